@@ -1,0 +1,49 @@
+"""`ostaf train` and `ostaf generate`: flags come from the config dataclasses."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ostaf.config import GenerateConfig, TrainConfig
+from ostaf.errors import OstafError
+from ostaf.flags import add_config_arguments, config_from_args
+
+COMMANDS = {
+    "train": (TrainConfig, "learn an attribute of one reference image"),
+    "generate": (GenerateConfig, "generate a λ sweep from trained checkpoint(s)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ostaf", description="One-shot attribute-focused personalisation of SD.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (cls, help_text) in COMMANDS.items():
+        add_config_arguments(sub.add_parser(name, help=help_text, description=cls.__doc__), cls)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_from_args(COMMANDS[args.command][0], args)
+        if args.command == "train":
+            from ostaf.train import train
+
+            result = train(config)
+            print(f"trained {result.step} steps ({result.seconds_per_step:.3f} s/step); checkpoint: {result.out}")
+        else:
+            from ostaf.generate import generate
+
+            results = generate(config)
+            print(f"wrote {sum(len(r.images) for r in results)} images and {len(results)} grid(s) to {config.out}")
+    except OstafError as err:
+        print(f"ostaf {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""Load Stable Diffusion 1.x: a real checkpoint (local folder or offline HF cache) or a random preset.
+
+Every model goes through the same classes (`UNet2DConditionModel`, `AutoencoderKL`,
+`CLIPTextModel`, `StableDiffusionPipeline`); a preset only supplies configs and
+seeded random weights instead of files:
+
+- ``tiny``: a few-MB model for tests and the demo (runs in seconds on a CPU);
+- ``sd14-random``: the full SD-1.4 architecture (859 M-parameter U-Net) for benchmarks,
+  where cost does not depend on weight values.
+
+Nothing is ever downloaded: hub ids resolve only from the local Hugging Face cache.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from ostaf.errors import OstafError
+from ostaf.tokenizer import clip_tokenizer
+
+SD_SCHEDULER = dict(
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    num_train_timesteps=1000,
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+    skip_prk_steps=True,
+)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Configs of a random-weight model; `resolution` is its native image size."""
+
+    unet: dict[str, Any]
+    vae: dict[str, Any]
+    text_encoder: dict[str, Any]
+    resolution: int
+    clip_vision: dict[str, Any] = field(default_factory=dict)  # open_clip CLIP kwargs; {} means ViT-B-32
+
+
+_TOKENS = dict(vocab_size=49408, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(
+        unet=dict(
+            sample_size=32,
+            in_channels=4,
+            out_channels=4,
+            layers_per_block=1,
+            block_out_channels=(32, 64),
+            down_block_types=("CrossAttnDownBlock2D",) * 2,
+            up_block_types=("CrossAttnUpBlock2D",) * 2,
+            cross_attention_dim=32,
+            attention_head_dim=4,
+            norm_num_groups=32,
+        ),
+        vae=dict(
+            block_out_channels=(32, 64),
+            in_channels=3,
+            out_channels=3,
+            latent_channels=4,
+            sample_size=64,
+            down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2,
+            norm_num_groups=32,
+        ),
+        text_encoder=dict(
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            projection_dim=32,
+            **_TOKENS,
+        ),
+        resolution=64,
+        clip_vision=dict(
+            embed_dim=32,
+            vision_cfg=dict(image_size=32, layers=2, width=32, head_width=16, patch_size=8),
+            text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1),
+        ),
+    ),
+    "sd14-random": Preset(  # values of CompVis/stable-diffusion-v1-4's config files
+        unet=dict(
+            sample_size=64,
+            in_channels=4,
+            out_channels=4,
+            layers_per_block=2,
+            block_out_channels=(320, 640, 1280, 1280),
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            cross_attention_dim=768,
+            attention_head_dim=8,
+            norm_num_groups=32,
+            act_fn="silu",
+            downsample_padding=1,
+            flip_sin_to_cos=True,
+            freq_shift=0,
+            mid_block_scale_factor=1,
+        ),
+        vae=dict(
+            block_out_channels=(128, 256, 512, 512),
+            in_channels=3,
+            out_channels=3,
+            latent_channels=4,
+            sample_size=512,
+            layers_per_block=2,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            norm_num_groups=32,
+        ),
+        text_encoder=dict(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_attention_heads=12,
+            num_hidden_layers=12,
+            projection_dim=768,
+            hidden_act="quick_gelu",
+            **_TOKENS,
+        ),
+        resolution=512,
+    ),
+}
+
+
+def is_preset(model: str) -> bool:
+    return model in PRESETS
+
+
+def native_resolution(pipe: StableDiffusionPipeline) -> int:
+    return pipe.unet.config.sample_size * pipe.vae_scale_factor
+
+
+def load_pipeline(model: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> StableDiffusionPipeline:
+    """A `StableDiffusionPipeline` for a preset name, a local diffusers folder, or a cached hub id."""
+    if is_preset(model):
+        pipe = _random_pipeline(PRESETS[model], seed)
+        return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
+    return _pretrained_pipeline(model, dtype)
+
+
+def _random_pipeline(preset: Preset, seed: int) -> StableDiffusionPipeline:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**preset.unet)
+        vae = AutoencoderKL(**preset.vae)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**preset.text_encoder))
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=clip_tokenizer(),
+        unet=unet,
+        scheduler=PNDMScheduler.from_config(SD_SCHEDULER),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _pretrained_pipeline(model: str, dtype: torch.dtype) -> StableDiffusionPipeline:
+    path = Path(model).expanduser()
+    source = str(path) if path.exists() else model
+    if path.exists() and not (path / "model_index.json").is_file():
+        raise OstafError(
+            f"{path} is not a diffusers Stable Diffusion folder (no model_index.json): point --model at the folder "
+            "that holds model_index.json, unet/, vae/, text_encoder/, scheduler/ (tokenizer/ optional)"
+        )
+    extra = {} if not path.exists() or (path / "tokenizer").is_dir() else {"tokenizer": clip_tokenizer()}
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            source,
+            torch_dtype=dtype,
+            safety_checker=None,
+            requires_safety_checker=False,
+            local_files_only=True,
+            **extra,
+        )
+    except (OSError, ValueError) as err:
+        hf_home = os.environ.get("HF_HOME", "~/.cache/huggingface")
+        raise OstafError(
+            f"cannot load Stable Diffusion weights {model!r}: {err.__class__.__name__}. Nothing is downloaded. "
+            f"Either pass --model /path/to/folder (a diffusers SD-1.x folder with model_index.json), or put the "
+            f"hub snapshot of {model!r} into the Hugging Face cache ({hf_home}/hub); or use --model tiny"
+        ) from None
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

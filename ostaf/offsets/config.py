@@ -1,0 +1,76 @@
+"""Which attention weights get E4T weight offsets, and how the offsets modulate them."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ostaf.errors import OstafError
+
+# U-Net part -> prefix of the diffusers module names it covers. Only blocks that
+# contain attention ever match, so "up_blocks" means up_blocks.1-3 on SD-1.x.
+PART_PREFIXES: dict[str, str] = {
+    "encoder": "down_blocks.",
+    "decoder": "up_blocks.",
+    "mid": "mid_block.",
+}
+PROJECTIONS = ("to_q", "to_k", "to_v")
+ATTENTIONS = ("attn1", "attn2")
+MODES = ("multiplicative", "additive")
+
+
+@dataclass(frozen=True)
+class OffsetsConfig:
+    """Where the hypernetwork offsets go and how ΔW enters the weight.
+
+    `multiplicative` is the authors' code, W' = W ⊙ (1 + λ·ΔW); `additive` is the
+    paper's formula read literally, W' = W + λ·ΔW.
+    """
+
+    parts: tuple[str, ...] = field(default=("decoder",), metadata={"help": "U-Net parts: encoder, decoder, mid"})
+    projections: tuple[str, ...] = field(default=PROJECTIONS, metadata={"help": "projections to modulate"})
+    attentions: tuple[str, ...] = field(default=ATTENTIONS, metadata={"help": "attn1 (self) and/or attn2 (cross)"})
+    mode: str = field(default="multiplicative", metadata={"help": "multiplicative | additive"})
+    zero_init: bool = field(default=False, metadata={"help": "start with ΔW = 0 (identity at step 0)"})
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "parts", tuple(self.parts))
+        object.__setattr__(self, "projections", tuple(self.projections))
+        object.__setattr__(self, "attentions", tuple(self.attentions))
+        _check_subset("parts", self.parts, tuple(PART_PREFIXES))
+        _check_subset("projections", self.projections, PROJECTIONS)
+        _check_subset("attentions", self.attentions, ATTENTIONS)
+        if self.mode not in MODES:
+            raise OstafError(f"offsets mode {self.mode!r} is unknown: use one of {', '.join(MODES)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> OffsetsConfig:
+        return cls(**data)
+
+
+def _check_subset(name: str, values: tuple[str, ...], allowed: tuple[str, ...]) -> None:
+    if not values:
+        raise OstafError(f"offsets {name} is empty: choose at least one of {', '.join(allowed)}")
+    unknown = [v for v in values if v not in allowed]
+    if unknown:
+        raise OstafError(f"offsets {name} {unknown} unknown: choose from {', '.join(allowed)}")
+
+
+def is_target_attention(config: OffsetsConfig, processor_name: str) -> bool:
+    """True if the attention module behind `processor_name` gets offsets.
+
+    `processor_name` is a key of `unet.attn_processors`, e.g.
+    ``up_blocks.1.attentions.0.transformer_blocks.0.attn2.processor``.
+    """
+    module_name = processor_name.removesuffix(".processor")
+    in_part = any(module_name.startswith(PART_PREFIXES[p]) for p in config.parts)
+    return in_part and module_name.rsplit(".", 1)[-1] in config.attentions
+
+
+def block_of(module_name: str) -> str:
+    """The U-Net block a module belongs to: ``up_blocks.1``, ``down_blocks.0`` or ``mid_block``."""
+    head = module_name.split(".")
+    return head[0] if head[0] == "mid_block" else ".".join(head[:2])

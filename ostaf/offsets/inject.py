@@ -1,0 +1,153 @@
+"""Install offsets into a diffusers U-Net, set λ, merge and unmerge, save and load.
+
+`OffsetsAdapter` only orchestrates: it finds the target attention modules, swaps
+in one `OffsetsAttnProcessor` per module through `Attention.set_processor`
+(diffusers' public hook), and keeps the original processors so that uninstall
+restores the U-Net exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from diffusers import UNet2DConditionModel
+from torch import nn
+
+from ostaf.errors import OstafError
+from ostaf.offsets.config import OffsetsConfig, block_of, is_target_attention
+from ostaf.offsets.processor import OffsetsAttnProcessor, Scale
+
+
+def matched_layers(unet: UNet2DConditionModel, config: OffsetsConfig) -> list[str]:
+    """Names of the attention modules that `config` targets, in U-Net order."""
+    return [name.removesuffix(".processor") for name in unet.attn_processors if is_target_attention(config, name)]
+
+
+class OffsetsAdapter:
+    """The offsets of one placeholder token (`*a`, `*m` or `*s`) living inside a U-Net."""
+
+    def __init__(self, unet: UNet2DConditionModel, config: OffsetsConfig, name: str) -> None:
+        self.unet = unet
+        self.config = config
+        self.name = name
+        self.processors: dict[str, OffsetsAttnProcessor] = {}
+
+    @classmethod
+    def install(cls, unet: UNet2DConditionModel, config: OffsetsConfig, name: str) -> OffsetsAdapter:
+        """Swap offsets processors into every target attention module of `unet`."""
+        layers = matched_layers(unet, config)
+        if not layers:
+            raise OstafError(
+                f"no attention module of this U-Net matches offsets parts {list(config.parts)} and "
+                f"attentions {list(config.attentions)}: pick parts that contain attention blocks"
+            )
+        adapter = cls(unet, config, name)
+        param = next(unet.parameters())
+        for layer in layers:
+            attn = unet.get_submodule(layer)
+            if isinstance(attn.processor, OffsetsAttnProcessor):
+                raise OstafError(
+                    f"{layer} already carries the offsets of {attn.processor.adapter}: adapters "
+                    f"{attn.processor.adapter} and {name} must target different U-Net parts"
+                )
+            proc = OffsetsAttnProcessor(attn, config.projections, config.mode, config.zero_init, name)
+            proc.to(device=param.device, dtype=torch.float32)  # trainables stay fp32 whatever the U-Net dtype
+            attn.set_processor(proc)
+            adapter.processors[layer] = proc
+        return adapter
+
+    def uninstall(self) -> None:
+        """Put back the processors that were there before `install`."""
+        self.unmerge()
+        for layer, proc in self.processors.items():
+            self.unet.get_submodule(layer).set_processor(proc.replaced[0])
+        self.processors = {}
+
+    # -- λ -------------------------------------------------------------------
+    def set_scale(self, scale: Scale) -> None:
+        """λ for the following forwards: a number, or a 1-D tensor with one λ per sample."""
+        if torch.is_tensor(scale):
+            if not torch.isfinite(scale).all():
+                raise OstafError(f"λ must be finite numbers, got {scale.tolist()}")
+        elif not isinstance(scale, (int, float)) or not torch.isfinite(torch.tensor(float(scale))):
+            raise OstafError(f"λ must be a finite number, got {scale!r}")
+        for proc in self.processors.values():
+            proc.scale = scale
+
+    @torch.no_grad()
+    def merge(self, scale: float) -> None:
+        """Fold λ·ΔW into the base weights, so generation costs exactly what the base model costs."""
+        if self.merged:
+            raise OstafError(f"offsets of {self.name} are already merged: call unmerge() first")
+        self.set_scale(float(scale))
+        for layer, proc in self.processors.items():
+            attn = self.unet.get_submodule(layer)
+            for proj in proc.offsets:
+                linear = getattr(attn, proj)
+                merged = proc.modulated_weight(linear.weight.data, proc.delta(proj), float(scale))
+                if not torch.isfinite(merged).all():
+                    raise OstafError(f"merging {self.name} at λ={scale} gives non-finite weights in {layer}.{proj}")
+                proc.register_buffer(f"base_{proj}", linear.weight.data, persistent=False)
+                linear.weight.data = merged
+            proc.merged_scale = float(scale)
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Restore the exact base weight tensors kept at merge time (bit-exact)."""
+        for layer, proc in self.processors.items():
+            if proc.merged_scale is None:
+                continue
+            attn = self.unet.get_submodule(layer)
+            for proj in proc.offsets:
+                getattr(attn, proj).weight.data = proc._buffers.pop(f"base_{proj}")
+            proc.merged_scale = None
+
+    @property
+    def merged(self) -> bool:
+        return any(p.merged_scale is not None for p in self.processors.values())
+
+    @contextmanager
+    def merged_at(self, scale: float) -> Iterator[None]:
+        self.merge(scale)
+        try:
+            yield
+        finally:
+            self.unmerge()
+
+    # -- parameters ------------------------------------------------------------
+    def parameters(self) -> Iterator[nn.Parameter]:
+        for proc in self.processors.values():
+            yield from proc.offsets.parameters()
+
+    def blocks(self) -> list[str]:
+        """The U-Net blocks that hold targeted attention, e.g. ``up_blocks.1``."""
+        return sorted({block_of(layer) for layer in self.processors})
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {
+            f"{layer}.{key}": tensor.detach()
+            for layer, proc in self.processors.items()
+            for key, tensor in proc.offsets.state_dict().items()
+        }
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load offsets saved by `state_dict`; shapes and names must match exactly."""
+        expected = self.state_dict()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise OstafError(
+                f"offsets checkpoint does not fit this U-Net ({len(missing)} missing, {len(unexpected)} "
+                f"unexpected keys, e.g. {(missing or unexpected)[:2]}): was it trained on another model or part?"
+            )
+        for key, tensor in state.items():
+            if tensor.shape != expected[key].shape:
+                raise OstafError(
+                    f"offsets checkpoint tensor {key} has shape {tuple(tensor.shape)}, this U-Net needs "
+                    f"{tuple(expected[key].shape)}: it was trained on another model architecture"
+                )
+        for layer, proc in self.processors.items():
+            prefix = f"{layer}."
+            proc.offsets.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})

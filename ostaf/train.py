@@ -1,0 +1,437 @@
+"""Fine-tune the hypernetwork offsets (and the placeholder token) on one reference image.
+
+`train(config)` reads like the method: load models, install offsets, build the
+placeholder, cache the reference latent, then optimise the noise-prediction loss
+on the prompt ``a {class} in the {attribute} of {token}``, checkpointing as it
+goes. Each step is a small named function so tests and benchmarks can drive them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from diffusers import DDPMScheduler, StableDiffusionPipeline
+from torch.nn import functional as F
+from torch.utils.hooks import RemovableHandle
+from tqdm.auto import tqdm
+
+from ostaf import checkpoint as ckpt_io
+from ostaf.attributes import Attribute, get_attribute
+from ostaf.config import TrainConfig
+from ostaf.errors import OstafError
+from ostaf.image_encoder import ImageEncoder, load_image_encoder
+from ostaf.images import fit_square, load_image, to_tensor
+from ostaf.models import load_pipeline, native_resolution
+from ostaf.offsets import OffsetsAdapter
+from ostaf.placeholder import PlaceholderEmbedding, add_placeholder, inject, word_embedding
+from ostaf.runtime import autocast_dtype, resolve_device, seed_everything
+
+log = logging.getLogger(__name__)
+TRAINER_STATE = "trainer.safetensors"
+RESUME_MAY_CHANGE = {"steps", "checkpoint_every", "device"}  # options that may differ when resuming
+
+
+class Tracker(Protocol):
+    """Where metrics go (MLflow, or nothing); training never asks which."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+
+
+class NullTracker:
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+
+@dataclass
+class TrainingSetup:
+    """Everything one training step touches."""
+
+    config: TrainConfig
+    attribute: Attribute
+    pipe: StableDiffusionPipeline
+    adapter: OffsetsAdapter
+    token: PlaceholderEmbedding
+    token_id: int
+    input_ids: torch.Tensor  # (1, 77)
+    latent_mean: torch.Tensor  # (1, 4, h, w), VAE posterior of the reference
+    latent_std: torch.Tensor
+    noise_scheduler: DDPMScheduler
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    trainable: list[torch.nn.Parameter] = field(default_factory=list)
+    token_hook: RemovableHandle | None = None
+    cached_context: torch.Tensor | None = None  # text states when the token is frozen
+
+    @property
+    def unet(self):
+        return self.pipe.unet
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    step: int
+    losses: list[float]
+    seconds_per_step: float
+
+
+def train(
+    config: TrainConfig,
+    pipe: StableDiffusionPipeline | None = None,
+    image_encoder: ImageEncoder | None = None,
+    tracker: Tracker | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train and write checkpoints under `config.out`; resumes if a checkpoint is there."""
+    tracker = tracker or NullTracker()
+    generator = seed_everything(config.seed)
+    setup = prepare(config, pipe, image_encoder)
+    optimizer = make_optimizer(setup)
+    scaler = torch.amp.GradScaler("cuda", enabled=setup.amp_dtype == torch.float16)
+    out = Path(config.out)
+    start = resume(setup, optimizer, generator, out)
+
+    losses: list[float] = []
+    started = time.perf_counter()
+    bar = tqdm(
+        range(start, config.steps),
+        initial=start,
+        total=config.steps,
+        disable=not progress,
+        desc=f"ostaf {config.attribute}",
+        unit="step",
+    )
+    for step in bar:
+        loss = optimizer_step(setup, optimizer, scaler, generator)
+        losses.append(loss)
+        bar.set_postfix(loss=f"{loss:.4f}")
+        with torch.no_grad():
+            tracker.log_metrics({"loss": loss, "token_norm": float(setup.token().norm())}, step + 1)
+        if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
+            save_training_checkpoint(
+                setup, optimizer, generator, out / "checkpoints" / f"step-{step + 1:06d}", step + 1
+            )
+    elapsed = time.perf_counter() - started
+    save_training_checkpoint(setup, optimizer, generator, out, config.steps)
+    finalize(setup)
+    return TrainResult(out, config.steps, losses, elapsed / max(len(losses), 1))
+
+
+@torch.no_grad()
+def finalize(setup: TrainingSetup) -> None:
+    """Leave `setup.pipe` personalised like `apply` would: e* in its token row, no hook, eval mode."""
+    if setup.token_hook is not None:
+        setup.token_hook.remove()
+        setup.token_hook = None
+    table = setup.pipe.text_encoder.get_input_embeddings().weight
+    table[setup.token_id] = final_embedding(setup).to(table.device, table.dtype)
+    for p in setup.trainable:
+        p.requires_grad_(False)
+
+
+# -- setup ----------------------------------------------------------------------
+
+
+def prepare(
+    config: TrainConfig, pipe: StableDiffusionPipeline | None = None, image_encoder: ImageEncoder | None = None
+) -> TrainingSetup:
+    """Load and freeze the models, install offsets and the placeholder, cache the reference latent."""
+    attribute = get_attribute(config.attribute)
+    device = resolve_device(config.device)
+    amp_dtype = autocast_dtype(config.precision, device)
+    image = load_image(config.image)
+    pipe = pipe or load_pipeline(config.model, seed=config.seed)
+    pipe.to(device)
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        module.requires_grad_(False).eval()
+        if amp_dtype is not None:
+            module.to(amp_dtype)  # frozen weights in half precision; trainables below stay fp32
+
+    adapter = OffsetsAdapter.install(pipe.unet, config.offsets_config(), attribute.token)
+    trainable = list(adapter.parameters())
+    if config.trainable == "paper":
+        trainable += unfreeze_blocks(pipe, adapter.blocks())
+
+    token = build_placeholder(config, attribute, pipe, image, image_encoder).to(device)
+    token_id = add_placeholder(pipe.tokenizer, pipe.text_encoder, attribute.token, token().detach())
+    hook = inject(pipe.text_encoder, token_id, token)
+    if config.train_token:
+        trainable += list(token.parameters())
+    else:
+        token.requires_grad_(False)
+    for p in trainable:
+        p.requires_grad_(True)
+
+    prompt = attribute.training_prompt(config.class_name)
+    input_ids = pipe.tokenizer(
+        prompt, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids.to(device)
+    mean, std = encode_reference(pipe, image, attribute, config.resolution or native_resolution(pipe), amp_dtype)
+    setup = TrainingSetup(
+        config=config,
+        attribute=attribute,
+        pipe=pipe,
+        adapter=adapter,
+        token=token,
+        token_id=token_id,
+        input_ids=input_ids,
+        latent_mean=mean,
+        latent_std=std,
+        noise_scheduler=DDPMScheduler.from_config(pipe.scheduler.config),
+        device=device,
+        amp_dtype=amp_dtype,
+        trainable=trainable,
+        token_hook=hook,
+    )
+    if not any(p.requires_grad for p in token.parameters()):
+        with torch.no_grad(), autocast(setup):
+            setup.cached_context = text_context(setup)
+    return setup
+
+
+def unfreeze_blocks(pipe: StableDiffusionPipeline, blocks: list[str]) -> list[torch.nn.Parameter]:
+    """The authors' `paper` setting: every weight of the targeted blocks trains (kept in fp32)."""
+    params = []
+    for block in blocks:
+        module = pipe.unet.get_submodule(block).float()
+        params += [p for name, p in module.named_parameters() if ".processor." not in f".{name}"]
+    return params
+
+
+def build_placeholder(
+    config: TrainConfig, attribute: Attribute, pipe: StableDiffusionPipeline, image, image_encoder: ImageEncoder | None
+) -> PlaceholderEmbedding:
+    word = word_embedding(pipe.tokenizer, pipe.text_encoder, attribute.word)
+    if config.token_init == "word":
+        return PlaceholderEmbedding(word, None, config.token_alpha)
+    encoder = image_encoder or load_image_encoder(config.model, seed=config.seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)  # the init MLP's weights depend on the seed only
+        return PlaceholderEmbedding(word, encoder.embed(image), config.token_alpha)
+
+
+@torch.no_grad()
+def encode_reference(
+    pipe: StableDiffusionPipeline, image, attribute: Attribute, resolution: int, amp_dtype: torch.dtype | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The VAE posterior (mean, std) of the reference, computed once for the whole run."""
+    pixels = to_tensor(fit_square(image, resolution, pad=attribute.name == "shape"))
+    pixels = pixels.to(pipe.vae.device, dtype=pipe.vae.dtype)
+    posterior = pipe.vae.encode(pixels).latent_dist
+    return posterior.mean.float(), posterior.std.float()
+
+
+def make_optimizer(setup: TrainingSetup) -> torch.optim.Optimizer:
+    config = setup.config
+    params = [p for p in setup.trainable if p.requires_grad]
+    if config.optimizer == "adamw8bit":
+        if setup.device.type == "cuda":
+            try:
+                import bitsandbytes as bnb
+
+                return bnb.optim.AdamW8bit(params, lr=config.effective_lr())
+            except ImportError:
+                warnings.warn("bitsandbytes is not installed (pip install 'ostaf[gpu]'); using AdamW", stacklevel=2)
+        else:
+            warnings.warn("8-bit AdamW needs CUDA; using torch AdamW", stacklevel=2)
+    return torch.optim.AdamW(params, lr=config.effective_lr())
+
+
+# -- one step -------------------------------------------------------------------
+
+
+def autocast(setup: TrainingSetup):
+    return torch.autocast(setup.device.type, dtype=setup.amp_dtype, enabled=setup.amp_dtype is not None)
+
+
+def text_context(setup: TrainingSetup) -> torch.Tensor:
+    """Text-encoder states of the training prompt, with the live e* injected."""
+    if setup.cached_context is not None:
+        return setup.cached_context
+    return setup.pipe.text_encoder(setup.input_ids)[0]
+
+
+def sample_batch(setup: TrainingSetup, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """(latents, noise, timesteps) of one micro-batch, all drawn from the run's generator."""
+    batch = setup.config.batch_size
+    shape = (batch, *setup.latent_mean.shape[1:])
+    eps = torch.randn(shape, generator=generator)
+    noise = torch.randn(shape, generator=generator)
+    timesteps = torch.randint(0, setup.noise_scheduler.config.num_train_timesteps, (batch,), generator=generator)
+    latents = setup.latent_mean + setup.latent_std * eps.to(setup.device)
+    return latents, noise.to(setup.device), timesteps.to(setup.device)
+
+
+def denoising_loss(
+    setup: TrainingSetup, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(noise-prediction MSE, token regulariser) for given latents, noise and timesteps."""
+    scheduler = setup.noise_scheduler
+    latents = latents * setup.pipe.vae.config.scaling_factor
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    target = (
+        noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
+    )
+    with autocast(setup):
+        context = text_context(setup).expand(latents.shape[0], -1, -1)
+        pred = setup.unet(noisy.to(setup.unet.dtype), timesteps, context).sample
+    mse = F.mse_loss(pred.float(), target.float())
+    reg = setup.token().pow(2).sum() if setup.config.train_token else mse.new_zeros(())  # ‖e*‖²
+    return mse, reg
+
+
+def optimizer_step(
+    setup: TrainingSetup, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, generator: torch.Generator
+) -> float:
+    """`grad_accum` micro-batches, then one update; returns the mean total loss."""
+    accum = setup.config.grad_accum
+    total = 0.0
+    for _ in range(accum):
+        mse, reg = denoising_loss(setup, *sample_batch(setup, generator))
+        loss = mse + setup.config.token_reg * reg
+        if not torch.isfinite(loss):
+            raise OstafError(
+                f"loss became {loss.item()} (not finite): lower --lr, or use --precision fp32; "
+                f"the last checkpoint under {setup.config.out} is intact"
+            )
+        scaler.scale(loss / accum).backward()
+        total += loss.item() / accum
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return total
+
+
+@torch.no_grad()
+def evaluation_loss(setup: TrainingSetup, seed: int = 0, samples: int = 8) -> float:
+    """Mean noise-prediction MSE over fixed (noise, timestep) pairs on the reference's mean latent."""
+    generator = torch.Generator().manual_seed(seed)
+    total = 0.0
+    for i in range(samples):
+        noise = torch.randn(setup.latent_mean.shape, generator=generator).to(setup.device)
+        t = torch.tensor([(i * setup.noise_scheduler.config.num_train_timesteps) // samples]).to(setup.device)
+        mse, _ = denoising_loss(setup, setup.latent_mean, noise, t)
+        total += mse.item()
+    return total / samples
+
+
+# -- checkpoints ------------------------------------------------------------------
+
+
+def final_embedding(setup: TrainingSetup) -> torch.Tensor:
+    return setup.token().detach().float().cpu()
+
+
+def model_tensors(setup: TrainingSetup) -> dict[str, torch.Tensor]:
+    tensors = {f"offsets.{k}": v for k, v in setup.adapter.state_dict().items()}
+    tensors["token.embedding"] = final_embedding(setup)
+    tensors.update({f"token.init.{k}": v for k, v in setup.token.state_dict().items() if v.numel()})
+    if setup.config.trainable == "paper":
+        ids = {id(p) for p in setup.trainable}
+        tensors.update(
+            {f"unet.{n}": p for n, p in setup.unet.named_parameters() if id(p) in ids and ".processor." not in n}
+        )
+    return tensors
+
+
+def card(setup: TrainingSetup, step: int) -> dict:
+    return {
+        "attribute": setup.attribute.name,
+        "token": setup.attribute.token,
+        "class_name": setup.config.class_name,
+        "model": setup.config.model,
+        "offsets": setup.adapter.config.to_dict(),
+        "trainable": setup.config.trainable,
+        "step": step,
+        "train": setup.config.to_dict(),
+    }
+
+
+def save_training_checkpoint(
+    setup: TrainingSetup, optimizer: torch.optim.Optimizer, generator: torch.Generator, folder: Path, step: int
+) -> None:
+    """Model tensors + card, plus the trainer state needed to resume (kept only in the newest folder)."""
+    from safetensors.torch import save_file
+
+    from ostaf.io import atomic_write
+
+    state = optimizer.state_dict()
+    trainer = {f"optim.{i}.{k}": v for i, s in state["state"].items() for k, v in s.items() if torch.is_tensor(v)}
+    trainer["rng.generator"] = generator.get_state()
+    trainer["rng.torch"] = torch.get_rng_state()
+    trainer = {k: v.detach().cpu().contiguous() for k, v in trainer.items()}
+    info = card(setup, step) | {"optimizer": {"param_groups": state["param_groups"]}}
+    atomic_write(folder / TRAINER_STATE, lambda tmp: save_file(trainer, str(tmp)))
+    ckpt_io.save_checkpoint(folder, info, model_tensors(setup))
+    for older in _trainer_states(Path(setup.config.out)):
+        if older.parent != folder:
+            older.unlink(missing_ok=True)
+
+
+def _trainer_states(out: Path) -> Iterator[Path]:
+    yield from (out / "checkpoints").glob(f"step-*/{TRAINER_STATE}")
+    if (out / TRAINER_STATE).exists():
+        yield out / TRAINER_STATE
+
+
+def latest_resumable(out: Path) -> Path | None:
+    """The newest folder under `out` holding a complete checkpoint and trainer state."""
+    candidates = [p.parent for p in _trainer_states(out) if (p.parent / ckpt_io.CARD).is_file()]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda f: ckpt_io.load_checkpoint(f).card["step"])
+
+
+def resume(setup: TrainingSetup, optimizer: torch.optim.Optimizer, generator: torch.Generator, out: Path) -> int:
+    """Restore model, optimizer and RNG state from the newest checkpoint in `out`; return its step."""
+    from safetensors.torch import load_file
+
+    folder = latest_resumable(out)
+    if folder is None:
+        return 0
+    saved = ckpt_io.load_checkpoint(folder)
+    mine, theirs = setup.config.to_dict(), dict(saved.card["train"])
+    differ = sorted(k for k in mine if k not in RESUME_MAY_CHANGE and mine[k] != theirs.get(k))
+    if differ:
+        raise OstafError(
+            f"{out} holds a run with different settings ({', '.join(differ)}): use a new --out, "
+            "or the same options to resume it"
+        )
+    step = saved.card["step"]
+    if step > setup.config.steps:
+        raise OstafError(
+            f"{out} is already at step {step} > --steps {setup.config.steps}: raise --steps or use a new --out"
+        )
+    setup.adapter.load_state_dict(saved.section("offsets."))
+    init = saved.section("token.init.")
+    setup.token.load_state_dict({**setup.token.state_dict(), **init})
+    _load_params(setup, saved.section("unet."))
+    trainer = load_file(str(folder / TRAINER_STATE))
+    state = optimizer.state_dict()
+    for key, value in trainer.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            state["state"].setdefault(int(index), {})[name] = value
+    saved_groups = saved.card["optimizer"]["param_groups"]
+    state["param_groups"] = [
+        g | {"params": own["params"]} for g, own in zip(saved_groups, state["param_groups"], strict=True)
+    ]
+    optimizer.load_state_dict(state)
+    generator.set_state(trainer["rng.generator"])
+    torch.set_rng_state(trainer["rng.torch"])
+    log.info("resumed %s from step %d", out, step)
+    return step
+
+
+def _load_params(setup: TrainingSetup, weights: dict[str, torch.Tensor]) -> None:
+    own = dict(setup.unet.named_parameters())
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            own[name].copy_(tensor)

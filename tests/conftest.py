@@ -1,0 +1,53 @@
+"""Shared fixtures: the `tiny` preset and small synthetic reference images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ostaf.config import TrainConfig
+from ostaf.models import load_pipeline
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture
+def tiny_pipe():
+    return load_pipeline("tiny", seed=0)
+
+
+def synthetic_image(size: int = 96, colour=(200, 30, 30), seed: int = 0) -> Image.Image:
+    """A coloured square with a stripe texture on white: something with shape and appearance."""
+    rng = np.random.default_rng(seed)
+    array = np.full((size, size, 3), 255, np.uint8)
+    lo, hi = size // 5, size - size // 4
+    array[lo:hi, lo:hi] = colour
+    array[lo:hi:6, lo:hi] = (20, 20, 20)
+    array = np.clip(array.astype(int) + rng.integers(-5, 6, array.shape), 0, 255).astype(np.uint8)
+    return Image.fromarray(array)
+
+
+@pytest.fixture
+def reference(tmp_path: Path) -> Path:
+    path = tmp_path / "reference.png"
+    synthetic_image().save(path)
+    return path
+
+
+def tiny_config(reference: Path, out: Path, **overrides) -> TrainConfig:
+    values = dict(
+        image=str(reference),
+        class_name="dog",
+        attribute="appearance",
+        model="tiny",
+        out=str(out),
+        steps=4,
+        checkpoint_every=0,
+        lr=1e-3,
+        device="cpu",
+    )
+    return TrainConfig(**(values | overrides))

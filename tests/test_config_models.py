@@ -1,0 +1,156 @@
+"""Configs are the single source of options; models load offline or fail with a clear message."""
+
+import argparse
+from dataclasses import fields
+
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+
+from ostaf.cli import build_parser
+from ostaf.config import GenerateConfig, TrainConfig
+from ostaf.errors import OstafError
+from ostaf.flags import add_config_arguments, config_from_args
+from ostaf.image_encoder import load_image_encoder
+from ostaf.models import PRESETS, load_pipeline
+
+
+@pytest.mark.parametrize("cls", [TrainConfig, GenerateConfig])
+def test_every_config_field_is_a_flag(cls):
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, cls)
+    dests = {a.dest for a in parser._actions if a.dest != "help"}
+    assert dests == {f.name for f in fields(cls)}
+
+
+def test_flags_round_trip_to_the_config(reference, tmp_path):
+    args = build_parser().parse_args(
+        [
+            "train",
+            "--image",
+            str(reference),
+            "--class-name",
+            "cat",
+            "--attribute",
+            "shape",
+            "--no-train-token",
+            "--zero-init",
+            "--lr",
+            "2e-5",
+        ]
+    )
+    config = config_from_args(TrainConfig, args)
+    assert (config.attribute, config.train_token, config.zero_init, config.lr) == ("shape", False, True, 2e-5)
+    assert config.offsets_config().parts == ("encoder",)
+    assert TrainConfig.from_dict(config.to_dict()) == config
+
+
+def test_generate_flags_collect_repeated_ckpt_and_prompt():
+    args = build_parser().parse_args(
+        [
+            "generate",
+            "--ckpt",
+            "a",
+            "--ckpt",
+            "b",
+            "--prompt",
+            "x *a",
+            "--prompt",
+            "y *m",
+            "--lam",
+            "0",
+            "0.5",
+            "--seeds",
+            "1",
+            "2",
+            "3",
+        ]
+    )
+    config = config_from_args(GenerateConfig, args)
+    assert config.ckpt == ["a", "b"] and config.prompt == ["x *a", "y *m"]
+    assert config.lam == [0.0, 0.5] and config.seeds == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (dict(attribute="colour"), "unknown attribute"),
+        (dict(class_name="  "), "class name is empty"),
+        (dict(steps=0), "steps must be > 0"),
+        (dict(lr=float("nan")), "finite"),
+        (dict(grad_accum=-1), "grad_accum"),
+    ],
+)
+def test_bad_train_options_raise_one_clear_error(overrides, message):
+    values = dict(image="x.png", class_name="dog") | overrides
+    with pytest.raises(OstafError, match=message):
+        TrainConfig(**values)
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (dict(lam=[float("inf")]), "finite"),
+        (dict(seeds=[1.5]), "integers"),
+        (dict(num_steps=0), "num_steps"),
+        (dict(ckpt=[]), "no checkpoint"),
+    ],
+)
+def test_bad_generate_options_raise_one_clear_error(overrides, message):
+    values = dict(ckpt=["c"], prompt=["a *a"]) | overrides
+    with pytest.raises(OstafError, match=message):
+        GenerateConfig(**values)
+
+
+def test_unknown_config_keys_are_named():
+    with pytest.raises(OstafError, match="no option"):
+        TrainConfig.from_dict({"image": "x", "class_name": "dog", "learning_rate": 1})
+
+
+def test_tiny_preset_is_seeded():
+    a, b, c = load_pipeline("tiny", seed=0), load_pipeline("tiny", seed=0), load_pipeline("tiny", seed=1)
+    wa, wb, wc = (p.unet.conv_in.weight for p in (a, b, c))
+    assert torch.equal(wa, wb) and not torch.equal(wa, wc)
+
+
+def test_sd14_random_has_the_sd14_architecture():
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**PRESETS["sd14-random"].unet)
+    assert sum(p.numel() for p in unet.parameters()) == 859_520_964
+    names = [n for n in unet.attn_processors if n.startswith("up_blocks.")]
+    assert len(names) == 18 and {n.split(".")[1] for n in names} == {"1", "2", "3"}
+
+
+def test_local_diffusers_folder_loads_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    saved = load_pipeline("tiny", seed=3)
+    saved.save_pretrained(tmp_path / "sd", safe_serialization=True)
+    loaded = load_pipeline(str(tmp_path / "sd"))
+    assert torch.equal(loaded.unet.conv_in.weight, saved.unet.conv_in.weight)
+    assert loaded.tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+
+
+def test_folder_without_tokenizer_uses_the_offline_one(tmp_path):
+    import shutil
+
+    load_pipeline("tiny").save_pretrained(tmp_path / "sd")
+    shutil.rmtree(tmp_path / "sd" / "tokenizer")
+    assert len(load_pipeline(str(tmp_path / "sd")).tokenizer) == 49408
+
+
+@pytest.mark.parametrize("model", ["/no/such/folder", "CompVis/stable-diffusion-v1-4"])
+def test_missing_weights_say_where_to_put_them(model, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(OstafError, match="Nothing is downloaded"):
+        load_pipeline(model)
+
+
+def test_folder_that_is_not_a_pipeline(tmp_path):
+    with pytest.raises(OstafError, match="model_index.json"):
+        load_pipeline(str(tmp_path))
+
+
+def test_missing_clip_weights_say_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("OSTAF_CLIP_WEIGHTS", str(tmp_path / "missing.safetensors"))
+    with pytest.raises(OstafError, match="--token-init word"):
+        load_image_encoder("/some/real/model")

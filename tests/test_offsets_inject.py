@@ -1,0 +1,181 @@
+"""Promises of the offsets adapter on the tiny U-Net: matching, λ, merge, per-sample λ."""
+
+import pytest
+import torch
+from diffusers.models.attention_processor import AttnProcessor2_0
+
+from ostaf.errors import OstafError
+from ostaf.offsets import OffsetsAdapter, OffsetsAttnProcessor, OffsetsConfig, is_target_attention, matched_layers
+
+
+def unet_inputs(batch: int = 2, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    sample = torch.randn(batch, 4, 8, 8, generator=g)
+    context = torch.randn(batch, 77, 32, generator=g)
+    return sample, torch.tensor([500] * batch), context
+
+
+@torch.no_grad()
+def run(unet, batch: int = 2, seed: int = 0, **kwargs):
+    sample, t, context = unet_inputs(batch, seed)
+    return unet(sample, t, context, **kwargs).sample
+
+
+def test_matching_is_a_pure_function_of_names():
+    decoder = OffsetsConfig(parts=("decoder",))
+    assert is_target_attention(decoder, "up_blocks.1.attentions.0.transformer_blocks.0.attn1.processor")
+    assert is_target_attention(decoder, "up_blocks.3.attentions.2.transformer_blocks.0.attn2.processor")
+    assert not is_target_attention(decoder, "down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor")
+    assert not is_target_attention(decoder, "mid_block.attentions.0.transformer_blocks.0.attn2.processor")
+    cross_only = OffsetsConfig(parts=("encoder",), attentions=("attn2",))
+    assert is_target_attention(cross_only, "down_blocks.2.attentions.1.transformer_blocks.0.attn2.processor")
+    assert not is_target_attention(cross_only, "down_blocks.2.attentions.1.transformer_blocks.0.attn1.processor")
+
+
+@pytest.mark.parametrize("part,prefix", [("decoder", "up_blocks."), ("encoder", "down_blocks.")])
+def test_only_chosen_blocks_qkv_are_modulated(tiny_pipe, part, prefix):
+    unet = tiny_pipe.unet
+    adapter = OffsetsAdapter.install(unet, OffsetsConfig(parts=(part,)), "*x")
+    modulated = {
+        n.removesuffix(".processor") for n, p in unet.attn_processors.items() if isinstance(p, OffsetsAttnProcessor)
+    }
+    assert modulated == set(adapter.processors) == set(matched_layers(unet, adapter.config))
+    assert modulated and all(n.startswith(prefix) for n in modulated)
+    assert {n.rsplit(".", 1)[-1] for n in modulated} == {"attn1", "attn2"}
+    untouched = [p for n, p in unet.attn_processors.items() if not n.startswith(prefix)]
+    assert untouched and all(isinstance(p, AttnProcessor2_0) for p in untouched)
+    for layer, proc in adapter.processors.items():
+        attn = unet.get_submodule(layer)
+        assert set(proc.offsets) == {"to_q", "to_k", "to_v"}
+        for name, offsets in proc.offsets.items():
+            assert offsets().shape == getattr(attn, name).weight.shape
+
+
+def test_install_with_no_match_raises():
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel(  # attention only in the encoder
+        sample_size=8,
+        block_out_channels=(32, 32),
+        layers_per_block=1,
+        cross_attention_dim=32,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        mid_block_type=None,
+        attention_head_dim=4,
+        norm_num_groups=32,
+    )
+    with pytest.raises(OstafError, match="no attention module"):
+        OffsetsAdapter.install(unet, OffsetsConfig(parts=("decoder", "mid")), "*x")
+
+
+def test_overlapping_adapters_are_refused(tiny_pipe):
+    OffsetsAdapter.install(tiny_pipe.unet, OffsetsConfig(parts=("decoder",)), "*a")
+    with pytest.raises(OstafError, match="already carries"):
+        OffsetsAdapter.install(tiny_pipe.unet, OffsetsConfig(parts=("decoder",)), "*s")
+
+
+def test_lambda_zero_is_bit_exact_base_and_lambda_changes_output(tiny_pipe):
+    unet = tiny_pipe.unet
+    base = run(unet)
+    adapter = OffsetsAdapter.install(unet, OffsetsConfig(parts=("decoder",)), "*a")
+    adapter.set_scale(0.0)
+    assert torch.equal(run(unet), base)
+    adapter.set_scale(1.0)
+    assert not torch.allclose(run(unet), base, atol=1e-4)
+    # λ also travels through cross_attention_kwargs, per call
+    assert torch.equal(run(unet, cross_attention_kwargs={"offset_scale": 0.0}), base)
+
+
+def test_zero_init_is_identity_at_step_zero(tiny_pipe):
+    unet = tiny_pipe.unet
+    base = run(unet)
+    OffsetsAdapter.install(unet, OffsetsConfig(parts=("decoder", "encoder"), zero_init=True), "*a")
+    torch.testing.assert_close(run(unet), base, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mode", ["multiplicative", "additive"])
+def test_merge_matches_unmerged_and_unmerge_is_bit_exact(tiny_pipe, mode):
+    unet = tiny_pipe.unet
+    weights = {n: p.clone() for n, p in unet.named_parameters()}
+    adapter = OffsetsAdapter.install(unet, OffsetsConfig(parts=("decoder",), mode=mode), "*a")
+    adapter.set_scale(0.7)
+    unmerged = run(unet)
+    adapter.merge(0.7)
+    assert adapter.merged
+    torch.testing.assert_close(run(unet), unmerged, rtol=1e-5, atol=1e-6)
+    adapter.unmerge()
+    assert all(torch.equal(p, weights[n]) for n, p in unet.named_parameters() if n in weights)
+    assert torch.equal(run(unet), unmerged)
+
+
+def test_multiplicative_form_is_w_times_one_plus_lambda_delta(tiny_pipe):
+    unet = tiny_pipe.unet
+    adapter = OffsetsAdapter.install(unet, OffsetsConfig(parts=("decoder",)), "*a")
+    layer, proc = next(iter(adapter.processors.items()))
+    linear = unet.get_submodule(layer).to_q
+    base = linear.weight.detach().clone()
+    with torch.no_grad():
+        delta = proc.delta("to_q")
+    adapter.merge(0.5)
+    torch.testing.assert_close(linear.weight, base * (1 + 0.5 * delta))
+
+
+def test_per_sample_lambda_equals_separate_runs(tiny_pipe):
+    unet = tiny_pipe.unet
+    adapter = OffsetsAdapter.install(unet, OffsetsConfig(parts=("decoder", "encoder")), "*a")
+    lams = [0.0, 0.5, 1.0, -0.3]
+    sample, t, context = unet_inputs(batch=4)
+    separate = []
+    for i, lam in enumerate(lams):
+        adapter.set_scale(lam)
+        with torch.no_grad():
+            separate.append(unet(sample[i : i + 1], t[i : i + 1], context[i : i + 1]).sample)
+    adapter.set_scale(torch.tensor(lams))
+    with torch.no_grad():
+        batched = unet(sample, t, context).sample
+    torch.testing.assert_close(batched, torch.cat(separate), rtol=1e-4, atol=1e-5)
+
+
+def test_per_sample_lambda_must_fit_the_batch(tiny_pipe):
+    adapter = OffsetsAdapter.install(tiny_pipe.unet, OffsetsConfig(parts=("decoder",)), "*a")
+    adapter.set_scale(torch.tensor([0.0, 1.0, 0.5]))
+    with pytest.raises(OstafError, match="one λ per prompt"):
+        run(tiny_pipe.unet, batch=2)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "1"])
+def test_lambda_must_be_finite(tiny_pipe, bad):
+    adapter = OffsetsAdapter.install(tiny_pipe.unet, OffsetsConfig(parts=("decoder",)), "*a")
+    with pytest.raises(OstafError, match="finite"):
+        adapter.set_scale(bad)
+
+
+def test_uninstall_restores_processors_and_output(tiny_pipe):
+    unet = tiny_pipe.unet
+    base = run(unet)
+    adapter = OffsetsAdapter.install(unet, OffsetsConfig(parts=("decoder",)), "*a")
+    adapter.merge(1.0)
+    adapter.uninstall()
+    assert all(isinstance(p, AttnProcessor2_0) for p in unet.attn_processors.values())
+    assert torch.equal(run(unet), base)
+
+
+def test_state_dict_round_trip_and_shape_check(tiny_pipe):
+    unet = tiny_pipe.unet
+    adapter = OffsetsAdapter.install(unet, OffsetsConfig(parts=("decoder",)), "*a")
+    adapter.set_scale(1.0)
+    state = adapter.state_dict()
+    out = run(unet)
+    adapter.uninstall()
+    torch.manual_seed(123)
+    again = OffsetsAdapter.install(unet, OffsetsConfig(parts=("decoder",)), "*a")
+    again.load_state_dict(state)
+    assert torch.equal(run(unet), out)
+    wrong = dict(state)
+    key = next(iter(wrong))
+    wrong[key] = torch.zeros(3, 3)
+    with pytest.raises(OstafError, match="another model"):
+        again.load_state_dict(wrong)
+    with pytest.raises(OstafError, match="does not fit"):
+        again.load_state_dict({k: v for k, v in state.items() if k != key})

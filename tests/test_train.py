@@ -1,0 +1,124 @@
+"""Training on the tiny preset: the loss goes down, only what should train changes, resume works."""
+
+import pytest
+import torch
+
+from ostaf.errors import OstafError
+from ostaf.image_encoder import load_image_encoder
+from ostaf.models import load_pipeline
+from ostaf.train import evaluation_loss, make_optimizer, optimizer_step, prepare, train
+from tests.conftest import tiny_config
+
+
+def snapshot(pipe):
+    return {
+        "unet": {n: p.detach().clone() for n, p in pipe.unet.named_parameters() if ".processor." not in n},
+        "vae": {n: p.detach().clone() for n, p in pipe.vae.named_parameters()},
+        "text": {n: p.detach().clone() for n, p in pipe.text_encoder.named_parameters()},
+    }
+
+
+def test_fifty_steps_lower_the_denoising_loss(reference, tmp_path):
+    config = tiny_config(reference, tmp_path / "run", steps=50, lr=1e-3)
+    setup = prepare(config)
+    before = evaluation_loss(setup, seed=7, samples=16)
+    optimizer = make_optimizer(setup)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(config.steps):
+        optimizer_step(setup, optimizer, scaler, generator)
+    after = evaluation_loss(setup, seed=7, samples=16)
+    assert after < 0.9 * before, (before, after)
+
+
+@pytest.mark.parametrize("trainable", ["lite", "paper"])
+def test_untargeted_parameters_never_change(reference, tmp_path, trainable):
+    pipe = load_pipeline("tiny")
+    before = snapshot(pipe)
+    train(tiny_config(reference, tmp_path / "run", steps=3, trainable=trainable), pipe=pipe, progress=False)
+    after = snapshot(pipe)
+    for part in ("vae", "text"):
+        for name, tensor in before[part].items():
+            if name.endswith("token_embedding.weight"):
+                continue  # grew by one row; checked below
+            assert torch.equal(after[part][name], tensor), name
+    changed = {n for n, t in before["unet"].items() if not torch.equal(after["unet"][n], t)}
+    if trainable == "lite":
+        assert changed == set()
+    else:  # decoder = up_blocks: every changed weight is in them, and they did change
+        assert changed and all(n.startswith("up_blocks.") for n in changed)
+    table = pipe.text_encoder.get_input_embeddings().weight
+    old = next(t for n, t in before["text"].items() if n.endswith("token_embedding.weight"))
+    assert table.shape[0] == old.shape[0] + 1
+    assert torch.equal(table[: old.shape[0]], old)  # every pre-existing row is bit-identical
+
+
+def test_token_row_holds_the_learned_embedding(reference, tmp_path):
+    pipe = load_pipeline("tiny")
+    train(tiny_config(reference, tmp_path / "run", steps=2), pipe=pipe, progress=False)
+    from ostaf.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(tmp_path / "run")
+    token_id = pipe.tokenizer.convert_tokens_to_ids("*a")
+    learned = ckpt.tensors["token.embedding"]
+    table = pipe.text_encoder.get_input_embeddings().weight
+    assert not torch.allclose(learned, table[7238])  # image features moved it away from the word "appearance"
+    assert torch.equal(table[token_id], learned)  # the trained pipeline now uses the learned e*
+
+
+def test_token_init_is_word_plus_alpha_f_of_image(reference, tmp_path):
+    config = tiny_config(reference, tmp_path / "run")
+    setup = prepare(config, image_encoder=load_image_encoder("tiny"))
+    token = setup.token
+    expected = token.word_embedding + 0.1 * token.initializer(token.image_embedding)
+    torch.testing.assert_close(token(), expected)
+    assert torch.equal(token.word_embedding, setup.pipe.text_encoder.get_input_embeddings().weight[7238])
+
+
+def test_word_only_init_trains_a_residual(reference, tmp_path):
+    result = train(tiny_config(reference, tmp_path / "run", token_init="word", steps=3), progress=False)
+    from ostaf.checkpoint import load_checkpoint
+
+    tensors = load_checkpoint(result.out).tensors
+    assert "token.init.residual" in tensors and tensors["token.init.residual"].abs().sum() > 0
+
+
+def test_frozen_token_caches_the_text_context(reference, tmp_path):
+    setup = prepare(tiny_config(reference, tmp_path / "run", train_token=False))
+    assert setup.cached_context is not None
+    assert all(not p.requires_grad for p in setup.token.parameters())
+
+
+def test_checkpoints_every_n_steps_and_resume_equals_uninterrupted(reference, tmp_path):
+    straight = train(tiny_config(reference, tmp_path / "a", steps=6, checkpoint_every=2), progress=False)
+    train(tiny_config(reference, tmp_path / "b", steps=4, checkpoint_every=2), progress=False)
+    assert sorted(p.name for p in (tmp_path / "a" / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
+    resumed = train(tiny_config(reference, tmp_path / "b", steps=6, checkpoint_every=2), progress=False)
+    assert len(resumed.losses) == 2  # only steps 5 and 6 ran
+    from ostaf.checkpoint import load_checkpoint
+
+    a, b = load_checkpoint(straight.out), load_checkpoint(resumed.out)
+    assert a.tensors.keys() == b.tensors.keys()
+    for key in a.tensors:
+        assert torch.equal(a.tensors[key], b.tensors[key]), key
+
+
+def test_resume_refuses_a_different_run(reference, tmp_path):
+    train(tiny_config(reference, tmp_path / "run", steps=2), progress=False)
+    with pytest.raises(OstafError, match="different settings"):
+        train(tiny_config(reference, tmp_path / "run", steps=3, lr=5e-4), progress=False)
+
+
+def test_non_finite_loss_stops_with_a_clear_error(reference, tmp_path):
+    setup = prepare(tiny_config(reference, tmp_path / "run"))
+    with torch.no_grad():
+        next(setup.adapter.parameters()).fill_(float("nan"))
+    optimizer = make_optimizer(setup)
+    with pytest.raises(OstafError, match="not finite"):
+        optimizer_step(setup, optimizer, torch.amp.GradScaler("cuda", enabled=False), torch.Generator())
+
+
+def test_shape_attribute_targets_the_encoder(reference, tmp_path):
+    setup = prepare(tiny_config(reference, tmp_path / "run", attribute="shape"))
+    assert setup.adapter.processors and all(n.startswith("down_blocks.") for n in setup.adapter.processors)
+    assert setup.attribute.token == "*m"
