@@ -151,8 +151,9 @@ def prepare(
     pipe.to(device)
     for module in (pipe.unet, pipe.vae, pipe.text_encoder):
         module.requires_grad_(False).eval()
-        if amp_dtype is not None:
-            module.to(amp_dtype)  # frozen weights in half precision; trainables below stay fp32
+    if amp_dtype is not None:  # frozen weights in half precision; trainables below stay fp32
+        pipe.unet.to(amp_dtype)  # the VAE stays fp32: it encodes the reference once, where fp16 can overflow
+        pipe.text_encoder.to(amp_dtype)
 
     adapter = OffsetsAdapter.install(pipe.unet, config.offsets_config(), attribute.token)
     trainable = list(adapter.parameters())
