@@ -29,9 +29,20 @@ def measure(model: str, part: str, resolution: int, steps: int, trainable: str, 
     torch.set_num_threads(torch.get_num_threads())
     tmp = Path(tempfile.mkdtemp())
     synthetic_reference("appearance").save(tmp / "ref.png")
-    config = TrainConfig(image=str(tmp / "ref.png"), class_name="ball", model=model, part=part,
-                         resolution=resolution, trainable=trainable, grad_accum=grad_accum, lr=1e-5,
-                         out=str(tmp / "run"), device="cpu", steps=steps)
+    config = TrainConfig(
+        image=str(tmp / "ref.png"),
+        class_name="ball",
+        model=model,
+        part=part,
+        resolution=resolution,
+        trainable=trainable,
+        grad_accum=grad_accum,
+        lr=1e-5,
+        out=str(tmp / "run"),
+        device="cpu",
+        segment=False,
+        steps=steps,
+    )
     setup = prepare(config)
     optimizer = make_optimizer(setup)
     scaler = torch.amp.GradScaler("cuda", enabled=False)
@@ -43,10 +54,16 @@ def measure(model: str, part: str, resolution: int, steps: int, trainable: str, 
         times.append(time.perf_counter() - start)
     trainable_params = sum(p.numel() for p in setup.trainable)
     return {
-        "model": model, "part": part, "resolution": resolution, "trainable": trainable, "grad_accum": grad_accum,
-        "first_step_s": round(times[0], 3), "s_per_step": round(statistics.median(times[1:] or times), 3),
+        "model": model,
+        "part": part,
+        "resolution": resolution,
+        "trainable": trainable,
+        "grad_accum": grad_accum,
+        "first_step_s": round(times[0], 3),
+        "s_per_step": round(statistics.median(times[1:] or times), 3),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
-        "trainable_params": trainable_params, "threads": torch.get_num_threads(),
+        "trainable_params": trainable_params,
+        "threads": torch.get_num_threads(),
     }
 
 
@@ -65,8 +82,22 @@ def main() -> None:
         return
     rows = []
     for part in args.parts:
-        cmd = [sys.executable, __file__, "--one", part, "--model", args.model, "--resolution", str(args.resolution),
-               "--steps", str(args.steps), "--trainable", args.trainable, "--grad-accum", str(args.grad_accum)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--one",
+            part,
+            "--model",
+            args.model,
+            "--resolution",
+            str(args.resolution),
+            "--steps",
+            str(args.steps),
+            "--trainable",
+            args.trainable,
+            "--grad-accum",
+            str(args.grad_accum),
+        ]
         done = subprocess.run(cmd, check=True, capture_output=True, text=True)
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
     keys = list(rows[0])

@@ -47,7 +47,7 @@ class _Config:
 class TrainConfig(_Config):
     """One reference image, one attribute → one OSTAF checkpoint."""
 
-    image: str = opt(help="reference image (PNG/JPEG)")
+    image: str = opt(help="reference image (PNG/JPEG), or a folder written by `ostaf preprocess`")
     class_name: str = opt(help="what the reference shows, e.g. 'dog'; goes into the training prompt")
     attribute: str = opt("appearance", "attribute to learn", choices=("shape", "appearance", "style"))
     model: str = opt(
@@ -69,6 +69,9 @@ class TrainConfig(_Config):
         "multiplicative", "W ⊙ (1 + λΔW) (authors' code) or W + λΔW", choices=("multiplicative", "additive")
     )
     zero_init: bool = opt(False, "initialise so that ΔW = 0 at step 0 (default: the authors' random init)")
+    segment: bool = opt(True, "cut the foreground out with SAM (appearance/style) and keep its mask")
+    sam: str = opt("auto", "SAM weights: auto (OSTAF_SAM_WEIGHTS), a file, tiny, or random-vit_b|l|h")
+    augment_bank: int = opt(8, "augmented crops/flips encoded once and sampled per step (shape uses 1)")
     token_init: str = opt(
         "clip", "placeholder init: clip = word + α·f(CLIP image features); word = word only", choices=TOKEN_INITS
     )
@@ -95,7 +98,9 @@ class TrainConfig(_Config):
             raise OstafError("class name is empty: say what the reference shows, e.g. --class-name dog")
         if attribute.token in self.class_name:
             raise OstafError(f"class name {self.class_name!r} must not contain the placeholder {attribute.token}")
-        _positive(steps=self.steps, grad_accum=self.grad_accum, batch_size=self.batch_size)
+        _positive(
+            steps=self.steps, grad_accum=self.grad_accum, batch_size=self.batch_size, augment_bank=self.augment_bank
+        )
         _non_negative(checkpoint_every=self.checkpoint_every, resolution=self.resolution)
         _finite(lr=self.lr, token_alpha=self.token_alpha, token_reg=self.token_reg)
         if self.lr <= 0:

@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
             out=str(out / attribute),
             steps=args.steps,
             checkpoint_every=20,
+            segment=args.model != "tiny",
             lr=1e-4,
         )
         ckpts[attribute] = str(train(config).out)

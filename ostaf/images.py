@@ -12,6 +12,7 @@ from ostaf.errors import OstafError
 from ostaf.io import atomic_write
 
 MIN_SIDE = 64
+MAX_PIXELS = 8192 * 8192
 
 
 def load_image(path: str | Path) -> Image.Image:
@@ -19,8 +20,15 @@ def load_image(path: str | Path) -> Image.Image:
     path = Path(path)
     if not path.is_file():
         raise OstafError(f"reference image {path} does not exist: pass the path of a PNG/JPEG file")
+    if path.stat().st_size == 0:
+        raise OstafError(f"image {path} is an empty file: pass a PNG or JPEG")
     try:
         with Image.open(path) as opened:
+            if opened.width * opened.height > MAX_PIXELS:
+                raise OstafError(
+                    f"image {path} is {opened.width}x{opened.height}, over the {MAX_PIXELS:,}-pixel limit "
+                    "(decompression-bomb guard): downscale it first"
+                )
             opened.load()
             image = ImageOps.exif_transpose(opened)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:

@@ -27,11 +27,13 @@ from ostaf.attributes import Attribute, get_attribute
 from ostaf.config import TrainConfig
 from ostaf.errors import OstafError
 from ostaf.image_encoder import ImageEncoder, load_image_encoder
-from ostaf.images import fit_square, load_image, to_tensor
+from ostaf.images import to_tensor
 from ostaf.models import load_pipeline, native_resolution
 from ostaf.offsets import OffsetsAdapter
 from ostaf.placeholder import PlaceholderEmbedding, add_placeholder, inject, word_embedding
+from ostaf.preprocess import Preprocessed, augment, load_preprocessed, preprocess
 from ostaf.runtime import autocast_dtype, resolve_device, seed_everything
+from ostaf.segment import load_sam
 
 log = logging.getLogger(__name__)
 TRAINER_STATE = "trainer.safetensors"
@@ -60,7 +62,7 @@ class TrainingSetup:
     token: PlaceholderEmbedding
     token_id: int
     input_ids: torch.Tensor  # (1, 77)
-    latent_mean: torch.Tensor  # (1, 4, h, w), VAE posterior of the reference
+    latent_mean: torch.Tensor  # (K, 4, h, w), VAE posteriors of the reference's K augmentations
     latent_std: torch.Tensor
     noise_scheduler: DDPMScheduler
     device: torch.device
@@ -146,8 +148,8 @@ def prepare(
     attribute = get_attribute(config.attribute)
     device = resolve_device(config.device)
     amp_dtype = autocast_dtype(config.precision, device)
-    image = load_image(config.image)
     pipe = pipe or load_pipeline(config.model, seed=config.seed)
+    reference = load_reference(config, config.resolution or native_resolution(pipe))
     pipe.to(device)
     for module in (pipe.unet, pipe.vae, pipe.text_encoder):
         module.requires_grad_(False).eval()
@@ -160,7 +162,7 @@ def prepare(
     if config.trainable == "paper":
         trainable += unfreeze_blocks(pipe, adapter.blocks())
 
-    token = build_placeholder(config, attribute, pipe, image, image_encoder).to(device)
+    token = build_placeholder(config, attribute, pipe, reference.image, image_encoder).to(device)
     token_id = add_placeholder(pipe.tokenizer, pipe.text_encoder, attribute.token, token().detach())
     hook = inject(pipe.text_encoder, token_id, token)
     if config.train_token:
@@ -174,7 +176,7 @@ def prepare(
     input_ids = pipe.tokenizer(
         prompt, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt"
     ).input_ids.to(device)
-    mean, std = encode_reference(pipe, image, attribute, config.resolution or native_resolution(pipe), amp_dtype)
+    mean, std = encode_reference(pipe, reference)
     setup = TrainingSetup(
         config=config,
         attribute=attribute,
@@ -218,15 +220,24 @@ def build_placeholder(
         return PlaceholderEmbedding(word, encoder.embed(image), config.token_alpha)
 
 
+def load_reference(config: TrainConfig, resolution: int) -> Preprocessed:
+    """A folder from `ostaf preprocess`, or the image preprocessed now (SAM only if `segment`)."""
+    if Path(config.image).is_dir():
+        return load_preprocessed(config.image)
+    sam = load_sam(config.sam) if config.segment else None
+    return preprocess(config.image, config.attribute, resolution, config.augment_bank, config.seed, sam)
+
+
 @torch.no_grad()
-def encode_reference(
-    pipe: StableDiffusionPipeline, image, attribute: Attribute, resolution: int, amp_dtype: torch.dtype | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The VAE posterior (mean, std) of the reference, computed once for the whole run."""
-    pixels = to_tensor(fit_square(image, resolution, pad=attribute.name == "shape"))
-    pixels = pixels.to(pipe.vae.device, dtype=pipe.vae.dtype)
-    posterior = pipe.vae.encode(pixels).latent_dist
-    return posterior.mean.float(), posterior.std.float()
+def encode_reference(pipe: StableDiffusionPipeline, reference: Preprocessed) -> tuple[torch.Tensor, torch.Tensor]:
+    """VAE posteriors (mean, std), each (K, 4, h, w), of the K augmentations: encoded once per run."""
+    means, stds = [], []
+    for recipe in reference.recipes:
+        pixels = to_tensor(augment(reference.image, recipe, reference.attribute))
+        posterior = pipe.vae.encode(pixels.to(pipe.vae.device, dtype=pipe.vae.dtype)).latent_dist
+        means.append(posterior.mean.float())
+        stds.append(posterior.std.float())
+    return torch.cat(means), torch.cat(stds)
 
 
 def make_optimizer(setup: TrainingSetup) -> torch.optim.Optimizer:
@@ -263,10 +274,11 @@ def sample_batch(setup: TrainingSetup, generator: torch.Generator) -> tuple[torc
     """(latents, noise, timesteps) of one micro-batch, all drawn from the run's generator."""
     batch = setup.config.batch_size
     shape = (batch, *setup.latent_mean.shape[1:])
+    pick = torch.randint(0, setup.latent_mean.shape[0], (batch,), generator=generator)  # which augmentation
     eps = torch.randn(shape, generator=generator)
     noise = torch.randn(shape, generator=generator)
     timesteps = torch.randint(0, setup.noise_scheduler.config.num_train_timesteps, (batch,), generator=generator)
-    latents = setup.latent_mean + setup.latent_std * eps.to(setup.device)
+    latents = setup.latent_mean[pick] + setup.latent_std[pick] * eps.to(setup.device)
     return latents, noise.to(setup.device), timesteps.to(setup.device)
 
 
@@ -316,9 +328,10 @@ def evaluation_loss(setup: TrainingSetup, seed: int = 0, samples: int = 8) -> fl
     generator = torch.Generator().manual_seed(seed)
     total = 0.0
     for i in range(samples):
-        noise = torch.randn(setup.latent_mean.shape, generator=generator).to(setup.device)
+        latent = setup.latent_mean[:1]
+        noise = torch.randn(latent.shape, generator=generator).to(setup.device)
         t = torch.tensor([(i * setup.noise_scheduler.config.num_train_timesteps) // samples]).to(setup.device)
-        mse, _ = denoising_loss(setup, setup.latent_mean, noise, t)
+        mse, _ = denoising_loss(setup, latent, noise, t)
         total += mse.item()
     return total / samples
 

@@ -49,5 +49,6 @@ def tiny_config(reference: Path, out: Path, **overrides) -> TrainConfig:
         checkpoint_every=0,
         lr=1e-3,
         device="cpu",
+        segment=False,
     )
     return TrainConfig(**(values | overrides))

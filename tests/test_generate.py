@@ -140,52 +140,15 @@ def test_generate_checks_prompts_before_loading_anything(checkpoints, tmp_path, 
 
 def test_cli_train_then_generate(checkpoints, tmp_path, capsys):
     out = tmp_path / "cli"
-    assert (
-        main(
-            [
-                "train",
-                "--image",
-                str(checkpoints["reference"]),
-                "--class-name",
-                "dog",
-                "--attribute",
-                "style",
-                "--steps",
-                "2",
-                "--out",
-                str(out / "ckpt"),
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    ref = checkpoints["reference"]
+    train_args = f"train --image {ref} --class-name dog --attribute style --steps 2 --device cpu --no-segment"
+    assert main([*train_args.split(), "--out", str(out / "ckpt")]) == 0
     assert load_checkpoint(out / "ckpt").card["token"] == "*s"
-    assert (
-        main(
-            [
-                "generate",
-                "--ckpt",
-                str(out / "ckpt"),
-                "--prompt",
-                "a man snowboarding in the style of *s",
-                "--lam",
-                "0",
-                "1",
-                "--seeds",
-                "3",
-                "--num-steps",
-                "2",
-                "--out",
-                str(out / "gen"),
-            ]
-        )
-        == 0
-    )
+    generate_args = ["generate", "--ckpt", str(out / "ckpt"), "--prompt", "a man snowboarding in the style of *s"]
+    assert main([*generate_args, *"--lam 0 1 --seeds 3 --num-steps 2 --out".split(), str(out / "gen")]) == 0
     assert len(list((out / "gen").rglob("lam*_seed3.png"))) == 2
-    assert (
-        main(["train", "--image", str(tmp_path / "missing.png"), "--class-name", "dog", "--out", str(out / "x")]) == 2
-    )
+    missing = f"train --image {tmp_path / 'missing.png'} --class-name dog --no-segment --out {out / 'x'}"
+    assert main(missing.split()) == 2
     assert "does not exist" in capsys.readouterr().err
 
 
