@@ -21,13 +21,45 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (cls, help_text) in COMMANDS.items():
         add_config_arguments(sub.add_parser(name, help=help_text, description=cls.__doc__), cls)
+    doctor = sub.add_parser("doctor", help="list the models the pipeline needs and where they were looked for")
+    doctor.add_argument("--model", default="tiny", help="the SD weights you intend to use")
+    pre = sub.add_parser("preprocess", help="segment and plan augmentations of one reference (as training does)")
+    for flag, kw in {
+        "--image": dict(required=True),
+        "--attribute": dict(default="appearance"),
+        "--out": dict(required=True),
+        "--resolution": dict(type=int, default=512),
+        "--bank": dict(type=int, default=8),
+        "--seed": dict(type=int, default=42),
+        "--sam": dict(default="auto"),
+        "--segment": dict(action=argparse.BooleanOptionalAction, default=True),
+    }.items():
+        pre.add_argument(flag, **kw)
     return parser
+
+
+def run_tool(args: argparse.Namespace) -> int:
+    if args.command == "doctor":
+        from ostaf.doctor import report
+
+        text, _ = report(args.model)
+        print(text)
+        return 0
+    from ostaf.preprocess import preprocess
+    from ostaf.segment import load_sam
+
+    sam = load_sam(args.sam) if args.segment else None
+    result = preprocess(args.image, args.attribute, args.resolution, args.bank, args.seed, sam)
+    print(f"preprocessed reference written to {result.save(args.out)}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
+        if args.command not in COMMANDS:
+            return run_tool(args)
         config = config_from_args(COMMANDS[args.command][0], args)
         if args.command == "train":
             from ostaf.train import train

@@ -1,0 +1,87 @@
+"""Aggregate per-image metrics into the paper's table (CSV + Markdown) and metric-vs-λ curves."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from ostaf.io import atomic_write
+
+# The paper's layout: which metrics are reported for which attribute.
+COLUMNS = {
+    "appearance": ("clip_t", "dino", "gram"),
+    "style": ("clip_t", "dino", "gram"),
+    "shape": ("clip_t", "iou"),
+}
+
+
+def paper_table(rows: list[dict], lam: float | None = None) -> list[dict]:
+    """One row per attribute: the mean of each of its metrics over items (at one λ, if given)."""
+    values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        if lam is None or row["lam"] == lam:
+            for metric in COLUMNS[row["attribute"]]:
+                if row.get(metric) is not None:
+                    values[row["attribute"]][metric].append(float(row[metric]))
+    return [
+        {
+            "attribute": attr,
+            "n": max(len(v) for v in values[attr].values()),
+            **{m: round(float(np.mean(values[attr][m])), 4) for m in COLUMNS[attr] if values[attr][m]},
+        }
+        for attr in COLUMNS
+        if attr in values
+    ]
+
+
+def to_csv(table: list[dict]) -> str:
+    keys = ["attribute", "n", "clip_t", "dino", "gram", "iou"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=keys, restval="")
+    writer.writeheader()
+    writer.writerows(table)
+    return buffer.getvalue()
+
+
+def to_markdown(table: list[dict]) -> str:
+    keys = ["attribute", "n", "clip_t", "dino", "gram", "iou"]
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(str(row.get(k, "–")) for k in keys) + " |" for row in table]
+    return "\n".join(lines) + "\n"
+
+
+def write_table(table: list[dict], folder: str | Path) -> None:
+    folder = Path(folder)
+    atomic_write(folder / "table.csv", lambda tmp: tmp.write_text(to_csv(table)))
+    atomic_write(folder / "table.md", lambda tmp: tmp.write_text(to_markdown(table)))
+
+
+def plot_curves(rows: list[dict], path: str | Path) -> Path:
+    """Metric vs λ, one panel per metric, one line per attribute."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = ["clip_t", "dino", "gram", "iou"]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3))
+    for ax, metric in zip(axes, metrics, strict=True):
+        for attr in COLUMNS:
+            points = defaultdict(list)
+            for row in rows:
+                if row["attribute"] == attr and row.get(metric) is not None:
+                    points[row["lam"]].append(row[metric])
+            if points:
+                lams = sorted(points)
+                ax.plot(lams, [np.mean(points[x]) for x in lams], marker="o", label=attr)
+        ax.set_xlabel("λ")
+        ax.set_title(metric)
+    axes[0].legend()
+    fig.tight_layout()
+    out = atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+    return out
