@@ -16,6 +16,7 @@ from PIL import Image
 
 from ostaf.errors import OstafError
 from ostaf.models import PRESETS
+from ostaf.runtime import seeded
 
 CLIP_ARCH = "ViT-B-32"
 CLIP_HUB_ID = "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"
@@ -48,8 +49,7 @@ def load_image_encoder(model: str, seed: int = 0) -> ImageEncoder:
 
     if model in PRESETS:
         kwargs = PRESETS[model].clip_vision or open_clip.get_model_config(CLIP_ARCH)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             return ImageEncoder(open_clip.CLIP(**kwargs))
     return ImageEncoder(_pretrained_clip())
 

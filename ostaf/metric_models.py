@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ostaf.errors import OstafError
+from ostaf.runtime import seeded
 
 DINO_HUB_ID = "facebook/dino-vits16"
 DINO_ENV = "OSTAF_DINO_WEIGHTS"
@@ -60,8 +61,7 @@ def load_dino(spec: str = "auto"):
     from transformers import ViTConfig, ViTModel
 
     if spec == "tiny":
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
+        with seeded(0):
             config = ViTConfig(
                 hidden_size=32,
                 num_hidden_layers=2,

@@ -23,6 +23,7 @@ from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNe
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from ostaf.errors import OstafError
+from ostaf.runtime import seeded
 from ostaf.tokenizer import clip_tokenizer
 
 SD_SCHEDULER = dict(
@@ -149,8 +150,7 @@ def load_pipeline(model: str, seed: int = 0, dtype: torch.dtype = torch.float32)
 
 
 def _random_pipeline(preset: Preset, seed: int) -> StableDiffusionPipeline:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         unet = UNet2DConditionModel(**preset.unet)
         vae = AutoencoderKL(**preset.vae)
         text_encoder = CLIPTextModel(CLIPTextConfig(**preset.text_encoder))

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from ostaf.errors import OstafError
+from ostaf.runtime import seeded
 
 SAM_WEIGHTS_ENV = "OSTAF_SAM_WEIGHTS"
 SAM_ARCHS = ("vit_b", "vit_l", "vit_h")
@@ -29,8 +30,7 @@ def build_tiny_sam(seed: int = 0):
     """A few-MB random `Sam` with SAM's real prompt/decoder interfaces, for tests and `--sam tiny`."""
     from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         sam = Sam(
             image_encoder=ImageEncoderViT(
                 img_size=1024,

@@ -32,7 +32,7 @@ from ostaf.models import load_pipeline, native_resolution
 from ostaf.offsets import OffsetsAdapter
 from ostaf.placeholder import PlaceholderEmbedding, add_placeholder, inject, word_embedding
 from ostaf.preprocess import Preprocessed, augment, load_preprocessed, preprocess
-from ostaf.runtime import autocast_dtype, resolve_device, seed_everything
+from ostaf.runtime import autocast_dtype, resolve_device, seed_everything, seeded
 from ostaf.segment import load_sam
 
 log = logging.getLogger(__name__)
@@ -215,8 +215,7 @@ def build_placeholder(
     if config.token_init == "word":
         return PlaceholderEmbedding(word, None, config.token_alpha)
     encoder = image_encoder or load_image_encoder(config.model, seed=config.seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)  # the init MLP's weights depend on the seed only
+    with seeded(config.seed):  # the init MLP's weights depend on the seed only
         return PlaceholderEmbedding(word, encoder.embed(image), config.token_alpha)
 
 
