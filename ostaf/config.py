@@ -7,6 +7,7 @@ these dataclasses; a field is added here and nowhere else.
 from __future__ import annotations
 
 import math
+import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
@@ -36,11 +37,22 @@ class _Config:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]):
+        """Build from JSON-like data (a KFP struct turns every number into a float; integral ones come back)."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise OstafError(f"{cls.__name__} has no option(s) {unknown}: known are {sorted(known)}")
-        return cls(**data)
+        hints = typing.get_type_hints(cls)
+        return cls(**{k: _coerce(v, hints[k]) for k, v in data.items()})
+
+
+def _coerce(value: Any, kind: Any) -> Any:
+    if kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if typing.get_origin(kind) is list and isinstance(value, list):
+        (inner,) = typing.get_args(kind)
+        return [_coerce(v, inner) for v in value]
+    return value
 
 
 @dataclass

@@ -21,6 +21,7 @@ from ostaf.runtime import seeded
 CLIP_ARCH = "ViT-B-32"
 CLIP_HUB_ID = "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"
 CLIP_WEIGHTS_ENV = "OSTAF_CLIP_WEIGHTS"
+EMBEDDING_FILE = "image_embedding.safetensors"  # written beside a preprocessed reference
 
 
 class ImageEncoder:
@@ -87,3 +88,22 @@ def _pretrained_clip() -> torch.nn.Module:
             f"{CLIP_WEIGHTS_ENV} to an open_clip checkpoint file or folder ({CLIP_ARCH}, laion2B-s34B-b79K), or put "
             f"the hub snapshot {CLIP_HUB_ID} into the Hugging Face cache; or train with --token-init word"
         ) from None
+
+
+def save_image_embedding(folder: str | Path, embedding: torch.Tensor) -> Path:
+    """Store the reference's CLIP embedding in its preprocessed folder (the token-init step)."""
+    from safetensors.torch import save_file
+
+    from ostaf.io import atomic_write
+
+    return atomic_write(
+        Path(folder) / EMBEDDING_FILE,
+        lambda tmp: save_file({"image_embedding": embedding.float().contiguous()}, str(tmp)),
+    )
+
+
+def saved_image_embedding(folder: str | Path) -> torch.Tensor | None:
+    from safetensors.torch import load_file
+
+    path = Path(folder) / EMBEDDING_FILE
+    return load_file(str(path))["image_embedding"] if path.is_file() else None

@@ -26,7 +26,7 @@ from ostaf import checkpoint as ckpt_io
 from ostaf.attributes import Attribute, get_attribute
 from ostaf.config import TrainConfig
 from ostaf.errors import OstafError
-from ostaf.image_encoder import ImageEncoder, load_image_encoder
+from ostaf.image_encoder import ImageEncoder, load_image_encoder, saved_image_embedding
 from ostaf.images import to_tensor
 from ostaf.models import load_pipeline, native_resolution
 from ostaf.offsets import OffsetsAdapter
@@ -214,9 +214,12 @@ def build_placeholder(
     word = word_embedding(pipe.tokenizer, pipe.text_encoder, attribute.word)
     if config.token_init == "word":
         return PlaceholderEmbedding(word, None, config.token_alpha)
-    encoder = image_encoder or load_image_encoder(config.model, seed=config.seed)
+    embedding = saved_image_embedding(config.image) if Path(config.image).is_dir() else None
+    if embedding is None:
+        encoder = image_encoder or load_image_encoder(config.model, seed=config.seed)
+        embedding = encoder.embed(image)
     with seeded(config.seed):  # the init MLP's weights depend on the seed only
-        return PlaceholderEmbedding(word, encoder.embed(image), config.token_alpha)
+        return PlaceholderEmbedding(word, embedding, config.token_alpha)
 
 
 def load_reference(config: TrainConfig, resolution: int) -> Preprocessed:

@@ -1,0 +1,1 @@
+"""KFP v2 components of the OSTAF pipeline: thin, typed adapters over `ostaf.steps`."""

@@ -1,0 +1,111 @@
+"""The two pipelines, built by factories so that compile-time settings stay arguments.
+
+attribute_personalization: one reference image + attribute → preprocess, init-token,
+                           train, generate (λ sweep), evaluate (+ the one-row table)
+attribute_benchmark:       the same branch fanned out over the manifest → aggregate
+"""
+
+from kfp import dsl
+from kfp.dsl import Markdown
+
+from components import steps as c
+from ostaf.config import GenerateConfig, TrainConfig
+from ostaf.steps import default_options
+
+GPU_RESOURCE = "nvidia.com/gpu"
+TRAIN_OPTIONS = default_options(TrainConfig)
+GENERATE_OPTIONS = default_options(GenerateConfig)
+
+
+def request_gpu(task: dsl.PipelineTask, count: int = 1) -> dsl.PipelineTask:
+    """GPU request for cluster runs; the local runner ignores it."""
+    return task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(count)
+
+
+def item_branch(benchmark, item_id, model, metric_models, train_options, generate_options, tracking):
+    """preprocess → init-token → train → generate → evaluate for one item; returns the evaluate task."""
+    pre = c.preprocess(benchmark=benchmark, item_id=item_id, model=model, train_options=train_options)
+    token = c.init_token(reference=pre.outputs["reference"], model=model, train_options=train_options)
+    trained = request_gpu(
+        c.train(reference=token.outputs["token"], model=model, train_options=train_options, tracking=tracking)
+    )
+    images = request_gpu(
+        c.generate(
+            checkpoint=trained.outputs["checkpoint"],
+            reference=token.outputs["token"],
+            generate_options=generate_options,
+            run_id=trained.outputs["Output"],
+        )
+    )
+    return c.evaluate(
+        images=images.outputs["images"],
+        reference=token.outputs["token"],
+        metric_models=metric_models,
+        run_id=trained.outputs["Output"],
+    )
+
+
+def fan_out(
+    chosen: dsl.PipelineTask, model, metric_models, train_options, generate_options, tracking, parallelism: int
+) -> dsl.PipelineTask:
+    """One branch per item id that `chosen` returned, then the aggregate table over all of them."""
+    with dsl.ParallelFor(chosen.outputs["Output"], parallelism=parallelism) as item_id:
+        scores = item_branch(
+            chosen.outputs["benchmark"], item_id, model, metric_models, train_options, generate_options, tracking
+        )
+    table = c.aggregate(scores=dsl.Collected(scores.outputs["scores"]), tracking=tracking)
+    return table.outputs["table"]
+
+
+def build_personalization():
+    @dsl.pipeline(name="attribute-personalization", description="One reference image, one attribute, λ sweep.")
+    def attribute_personalization(
+        image: str,
+        attribute: str,
+        class_name: str,
+        prompts: list,
+        model: str = "tiny",
+        metric_models: str = "auto",
+        train_options: dict = TRAIN_OPTIONS,
+        generate_options: dict = GENERATE_OPTIONS,
+    ) -> Markdown:
+        start = c.start_tracking(
+            pipeline="attribute-personalization",
+            model=model,
+            train_options=train_options,
+            generate_options=generate_options,
+            kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        )
+        ref = c.import_reference(image=image, attribute=attribute, class_name=class_name, prompts=prompts)
+        return fan_out(
+            ref, model, metric_models, train_options, generate_options, start.outputs["tracking"], parallelism=1
+        )
+
+    return attribute_personalization
+
+
+def build_benchmark(parallelism: int = 4):
+    @dsl.pipeline(name="attribute-benchmark", description="OSTAF over the Attribute Benchmark → paper table.")
+    def attribute_benchmark(
+        source: str = "dvc:/app",
+        attributes: list = [],  # noqa: B006 - KFP reads defaults from the signature
+        item_ids: list = [],  # noqa: B006
+        per_attribute: int = 0,
+        model: str = "tiny",
+        metric_models: str = "auto",
+        train_options: dict = TRAIN_OPTIONS,
+        generate_options: dict = GENERATE_OPTIONS,
+    ) -> Markdown:
+        start = c.start_tracking(
+            pipeline="attribute-benchmark",
+            model=model,
+            train_options=train_options,
+            generate_options=generate_options,
+            kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        )
+        chosen = c.select_items(source=source, attributes=attributes, item_ids=item_ids, per_attribute=per_attribute)
+        return fan_out(
+            chosen, model, metric_models, train_options, generate_options, start.outputs["tracking"], parallelism
+        )
+
+    return attribute_benchmark

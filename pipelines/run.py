@@ -1,0 +1,164 @@
+"""Compile, run locally (the embedded default) and submit to a KFP endpoint.
+
+    python -m pipelines compile --out build/pipelines
+    python -m pipelines run-local --per-attribute 1 --steps 60 --gen-num-steps 10
+    python -m pipelines submit --host https://kfp.example/pipeline --experiment ostaf --per-attribute 1
+
+Option flags are generated from `TrainConfig` (`--steps`, `--lr`, …) and `GenerateConfig`
+(`--gen-lam`, `--gen-seeds`, …); per-item fields come from the manifest instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kfp import compiler
+
+from ostaf.config import GenerateConfig, TrainConfig
+from ostaf.errors import OstafError
+from ostaf.flags import add_config_arguments, options_from_args
+from ostaf.steps import PER_ITEM_GENERATE, PER_ITEM_TRAIN
+from pipelines.dags import build_benchmark, build_personalization
+
+REPO = Path(__file__).resolve().parents[1]
+PIPELINES = {"benchmark": build_benchmark, "personalization": build_personalization}
+
+
+def compile_all(out: str | Path, parallelism: int = 4) -> list[Path]:
+    """Write both pipeline specs; the same code gives byte-identical YAML."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, build in PIPELINES.items():
+        pipeline = build(parallelism) if name == "benchmark" else build()
+        path = out / f"attribute_{name}.yaml"
+        compiler.Compiler().compile(pipeline, str(path))
+        written.append(path)
+    return written
+
+
+def run_local(name: str, params: dict[str, Any], pipeline_root: str | Path = "runs/kfp", parallelism: int = 1):
+    """Run a pipeline on this machine with the KFP subprocess runner; MLflow goes to ./mlflow.db by default."""
+    from kfp import local
+
+    from ostaf.tracking import tracking_uri
+
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri()  # absolute, so every task process shares one store
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(Path(pipeline_root).resolve()))
+    pipeline = PIPELINES[name](parallelism) if name == "benchmark" else PIPELINES[name]()
+    return pipeline(**params)
+
+
+def submit(
+    package: str | Path,
+    params: dict[str, Any],
+    host: str,
+    namespace: str | None,
+    experiment: str,
+    client_factory: Callable | None = None,
+):
+    """Upload a compiled spec and start a run on a KFP endpoint; returns the client's run result."""
+    import kfp
+
+    client = (client_factory or kfp.Client)(host=host, namespace=namespace)
+    run_name = f"{Path(package).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return client.create_run_from_pipeline_package(
+        str(package), arguments=params, run_name=run_name, experiment_name=experiment, namespace=namespace
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    comp = sub.add_parser("compile", help="write the pipeline specs (YAML)")
+    comp.add_argument("--out", default="build/pipelines")
+    comp.add_argument("--parallelism", type=int, default=4, help="benchmark branches at once on a cluster")
+    for name in ("run-local", "submit"):
+        p = sub.add_parser(name, help=f"{name} a pipeline")
+        p.add_argument("--pipeline", choices=list(PIPELINES), default="benchmark")
+        p.add_argument("--source", default=f"dvc:{REPO}", help="benchmark folder, or dvc:<repo>[@remote]")
+        p.add_argument("--attributes", nargs="*", default=[])
+        p.add_argument("--item-ids", nargs="*", default=[])
+        p.add_argument("--per-attribute", type=int, default=1, help="items per attribute (0 = all)")
+        p.add_argument("--all", action="store_true", help="every item of the benchmark (34)")
+        p.add_argument("--image", help="personalization pipeline: the reference image")
+        p.add_argument("--attribute", default="appearance", help="personalization pipeline: the attribute")
+        p.add_argument("--class-name", default="object", help="personalization pipeline: what the image shows")
+        p.add_argument("--prompts", nargs="*", default=[], help="personalization pipeline: prompts")
+        p.add_argument("--model", default="tiny")
+        p.add_argument("--metric-models", default="", help="auto (real weights) or tiny; default tiny for presets")
+        add_config_arguments(p, TrainConfig, exclude=PER_ITEM_TRAIN)
+        add_config_arguments(p, GenerateConfig, prefix="gen-", exclude=PER_ITEM_GENERATE)
+        if name == "submit":
+            p.add_argument("--host", default=os.environ.get("KFP_HOST"), help="KFP API endpoint (or $KFP_HOST)")
+            p.add_argument("--namespace", default=os.environ.get("KFP_NAMESPACE"))
+            p.add_argument("--experiment", default="ostaf")
+            p.add_argument("--package", default="build/pipelines", help="folder of compiled specs")
+        else:
+            p.add_argument("--pipeline-root", default="runs/kfp")
+    return parser
+
+
+def pipeline_params(args: argparse.Namespace) -> dict[str, Any]:
+    """Pipeline arguments from the flags; the option dicts are validated by building the configs."""
+    train_options = options_from_args(TrainConfig, args, exclude=PER_ITEM_TRAIN)
+    generate_options = options_from_args(GenerateConfig, args, prefix="gen-", exclude=PER_ITEM_GENERATE)
+    TrainConfig(image="x", class_name="x", **train_options)
+    GenerateConfig(ckpt=["x"], prompt=["x *a"], **generate_options)
+    common = {
+        "model": args.model,
+        "metric_models": args.metric_models or ("tiny" if args.model in ("tiny", "sd14-random") else "auto"),
+        "train_options": train_options,
+        "generate_options": generate_options,
+    }
+    if args.pipeline == "personalization":
+        if not args.image or not args.prompts:
+            raise OstafError("the personalization pipeline needs --image and --prompts")
+        return {
+            **common,
+            "image": str(Path(args.image).resolve()),
+            "attribute": args.attribute,
+            "class_name": args.class_name,
+            "prompts": args.prompts,
+        }
+    return {
+        **common,
+        "source": args.source,
+        "attributes": args.attributes,
+        "item_ids": args.item_ids,
+        "per_attribute": 0 if args.all else args.per_attribute,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "compile":
+            for path in compile_all(args.out, args.parallelism):
+                print(path)
+            return 0
+        params = pipeline_params(args)
+        if args.command == "submit":
+            if not args.host:
+                raise OstafError("no KFP endpoint: pass --host or set KFP_HOST")
+            package = Path(args.package) / f"attribute_{args.pipeline}.yaml"
+            if not package.is_file():
+                compile_all(args.package)
+            print(submit(package, params, args.host, args.namespace, args.experiment))
+            return 0
+        started = time.perf_counter()
+        task = run_local(args.pipeline, params, args.pipeline_root)
+        print(f"local {args.pipeline} run finished in {time.perf_counter() - started:.0f} s")
+        print(Path(task.output.path).read_text())
+        return 0
+    except OstafError as err:
+        print(f"pipelines {args.command}: error: {err}", file=sys.stderr)
+        return 2
