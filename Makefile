@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install run test lint clean
+.PHONY: install data run test lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,10 +13,16 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-run: install
-	$(PY) -m ostaf.demo --out runs/demo
+data: install
+	$(VENV)/bin/dvc pull -q
 
-test: install
+# The main job: the benchmark pipeline on the KFP local runner, `tiny` preset, one item per
+# attribute, tracked in ./mlflow.db (see `mlflow ui`). Flags: python -m pipelines run-local --help
+run: data
+	$(PY) -m pipelines run-local --per-attribute 1 --model tiny --no-segment --steps 60 --lr 1e-4 \
+		--checkpoint-every 20 --gen-num-steps 20 --gen-seeds 0 1
+
+test: data
 	$(PY) -m pytest -q
 
 lint: install

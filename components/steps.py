@@ -20,8 +20,7 @@ def start_tracking(
     """
     from ostaf.steps import start_pipeline_run
 
-    params = {"model": model, "train": train_options, "generate": generate_options}
-    run_id = start_pipeline_run(pipeline, params, kfp_run_id)
+    run_id = start_pipeline_run(pipeline, model, train_options, generate_options, kfp_run_id)
     with open(tracking.path, "w") as f:
         f.write(run_id)
     tracking.metadata["mlflow_run_id"] = run_id

@@ -46,6 +46,12 @@ class _Config:
         return cls(**{k: _coerce(v, hints[k]) for k, v in data.items()})
 
 
+def normalize_options(cls: type, options: dict[str, Any]) -> dict[str, Any]:
+    """A partial option dict with each value in its field's type (undoing JSON's float-only numbers)."""
+    hints = typing.get_type_hints(cls)
+    return {k: _coerce(v, hints[k]) if k in hints else v for k, v in options.items()}
+
+
 def _coerce(value: Any, kind: Any) -> Any:
     if kind is int and isinstance(value, float) and value.is_integer():
         return int(value)

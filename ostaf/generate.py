@@ -20,7 +20,6 @@ from diffusers import (
     StableDiffusionPipeline,
 )
 from PIL import Image
-from tqdm.auto import tqdm
 
 from ostaf.attributes import check_prompt
 from ostaf.checkpoint import apply, load_checkpoint
@@ -30,7 +29,7 @@ from ostaf.images import make_grid, save_image
 from ostaf.io import write_json
 from ostaf.models import load_pipeline, native_resolution
 from ostaf.offsets import OffsetsAdapter
-from ostaf.runtime import autocast_dtype, resolve_device
+from ostaf.runtime import autocast_dtype, progress_bar, resolve_device
 
 SCHEDULERS = {
     "ddim": DDIMScheduler,
@@ -70,7 +69,7 @@ def sweep(
     samples = [Sample(prompt, lam, seed) for seed in seeds for lam in lams]
     images: dict[tuple[float, int], Image.Image] = {}
     batches = [samples[i : i + batch_size] for i in range(0, len(samples), batch_size)]
-    for batch in tqdm(batches, disable=not progress, desc=prompt[:40], unit="batch"):
+    for batch in progress_bar(batches, disable=not progress, desc=prompt[:40], unit="batch"):
         for sample, image in zip(batch, run_batch(pipe, adapters, batch, num_steps, guidance, resolution), strict=True):
             images[(sample.lam, sample.seed)] = image
     rows = [[images[(lam, seed)] for lam in lams] for seed in seeds]

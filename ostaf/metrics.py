@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -45,6 +46,14 @@ def _pixels(images: Sequence[Image.Image], size: int, mean=IMAGENET_MEAN, std=IM
     return (batch - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
 
 
+@lru_cache(maxsize=1)
+def _clip_tokenizer():
+    """open_clip's ViT-B/32 tokenizer (its bundled BPE); built once, it takes seconds."""
+    import open_clip
+
+    return open_clip.get_tokenizer("ViT-B-32")
+
+
 @torch.no_grad()
 def clip_t(clip_model, images: Sequence[Image.Image], prompt: str) -> dict[str, float]:
     """Mean CLIP-T and CLIPScore of `images` against `prompt` with the placeholder phrase removed."""
@@ -52,7 +61,7 @@ def clip_t(clip_model, images: Sequence[Image.Image], prompt: str) -> dict[str, 
 
     transform = open_clip.image_transform(clip_model.visual.image_size, is_train=False)
     image_features = clip_model.encode_image(torch.stack([transform(im.convert("RGB")) for im in images]))
-    text = open_clip.get_tokenizer("ViT-B-32")([strip_placeholder(prompt)])
+    text = _clip_tokenizer()([strip_placeholder(prompt)])
     text_features = clip_model.encode_text(text)
     cos = F.cosine_similarity(image_features, text_features, dim=-1)  # (B,)
     return {"clip_t": float(cos.mean()), "clipscore": float((2.5 * cos.clamp(min=0)).mean())}

@@ -57,3 +57,12 @@ def seeded(seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
+
+
+def progress_bar(iterable, **kwargs):
+    """A tqdm bar that redraws rarely when nobody watches a terminal (KFP logs keep every redraw)."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, mininterval=0.1 if sys.stderr.isatty() else 30.0, **kwargs)

@@ -14,7 +14,7 @@ from typing import Any
 from ostaf import tracking
 from ostaf.attributes import get_attribute
 from ostaf.benchmark import BenchmarkItem, copy_items, load_manifest, pull
-from ostaf.config import GenerateConfig, TrainConfig
+from ostaf.config import GenerateConfig, TrainConfig, normalize_options
 from ostaf.io import write_json
 
 ITEM_FILE = "item.json"
@@ -36,9 +36,16 @@ def default_options(cls: type) -> dict[str, Any]:
     return out
 
 
-def start_pipeline_run(pipeline: str, params: dict[str, Any], kfp_run_id: str = "") -> str:
-    """The parent MLflow run of one pipeline run."""
+def start_pipeline_run(
+    pipeline: str, model: str, train_options: dict, generate_options: dict, kfp_run_id: str = ""
+) -> str:
+    """The parent MLflow run of one pipeline run, with the run's options as params."""
     tracking.check_reachable()
+    params = {
+        "model": model,
+        "train": normalize_options(TrainConfig, train_options),
+        "generate": normalize_options(GenerateConfig, generate_options),
+    }
     tags = {**tracking.provenance_tags(), "kfp_run_id": kfp_run_id, "pipeline": pipeline}
     return tracking.start_run(pipeline, params=params, tags=tags).run_id
 

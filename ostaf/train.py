@@ -20,7 +20,6 @@ import torch
 from diffusers import DDPMScheduler, StableDiffusionPipeline
 from torch.nn import functional as F
 from torch.utils.hooks import RemovableHandle
-from tqdm.auto import tqdm
 
 from ostaf import checkpoint as ckpt_io
 from ostaf.attributes import Attribute, get_attribute
@@ -32,7 +31,7 @@ from ostaf.models import load_pipeline, native_resolution
 from ostaf.offsets import OffsetsAdapter
 from ostaf.placeholder import PlaceholderEmbedding, add_placeholder, inject, word_embedding
 from ostaf.preprocess import Preprocessed, augment, load_preprocessed, preprocess
-from ostaf.runtime import autocast_dtype, resolve_device, seed_everything, seeded
+from ostaf.runtime import autocast_dtype, progress_bar, resolve_device, seed_everything, seeded
 from ostaf.segment import load_sam
 
 log = logging.getLogger(__name__)
@@ -102,7 +101,7 @@ def train(
 
     losses: list[float] = []
     started = time.perf_counter()
-    bar = tqdm(
+    bar = progress_bar(
         range(start, config.steps),
         initial=start,
         total=config.steps,

@@ -1,0 +1,127 @@
+"""End to end on one machine: the single-image pipeline (KFP local runner, tiny preset) against a real
+`mlflow server`; runs, metrics, artifacts and the registered model are read back through the client."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ostaf.config import GenerateConfig, TrainConfig
+from ostaf.steps import default_options
+from pipelines.run import run_local
+from tests.conftest import synthetic_image
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{tmp_path / 'server.db'}",
+        "--artifacts-destination",
+        str(tmp_path / "server-artifacts"),
+    ]
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=2).read()
+                break
+            except OSError:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise RuntimeError((tmp_path / "server.log").read_text()[-2000:]) from None
+                time.sleep(0.5)
+        yield uri
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+        log.close()
+
+
+def test_single_image_pipeline_logs_everything_to_a_real_server(mlflow_server, tmp_path, monkeypatch):
+    import mlflow
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    monkeypatch.chdir(tmp_path)
+    synthetic_image(96).save(tmp_path / "ref.png")
+    train = default_options(TrainConfig) | {"steps": 3, "segment": False, "lr": 1e-4, "checkpoint_every": 0}
+    generate = default_options(GenerateConfig) | {"num_steps": 2, "seeds": [0], "lam": [0.0, 1.0]}
+    task = run_local(
+        "personalization",
+        {
+            "image": str(tmp_path / "ref.png"),
+            "attribute": "appearance",
+            "class_name": "toy",
+            "prompts": ["a vase in the appearance of *a"],
+            "model": "tiny",
+            "metric_models": "tiny",
+            "train_options": train,
+            "generate_options": generate,
+        },
+        pipeline_root=tmp_path / "kfp",
+    )
+    assert "| appearance | 1 |" in Path(task.output.path).read_text()
+
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("ostaf")
+    runs = client.search_runs([experiment.experiment_id])
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    (child,) = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.info.status == child.info.status == "FINISHED"
+    assert {"git_commit", "dvc_data_md5", "kfp_run_id"} <= set(parent.data.tags)
+    assert parent.data.params["train.steps"] == "3" and child.data.params["steps"] == "3"
+    assert [m.step for m in client.get_metric_history(child.info.run_id, "loss")] == [1, 2, 3]
+    assert {"clip_t/lam_0", "clip_t/lam_1", "dino/lam_1", "gram/lam_1"} <= set(child.data.metrics)
+    assert "appearance/clip_t" in parent.data.metrics
+    child_files = {a.path for d in ("grids", "plots") for a in client.list_artifacts(child.info.run_id, d)}
+    assert child_files == {"grids/a-vase-in-the-appearance-of-a.png", "plots/metrics_vs_lambda.png"}
+    report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/table.md", "report/table.csv", "report/metrics_vs_lambda.png"} <= report
+
+    version = client.get_latest_versions("ostaf-appearance")[0]
+    model = mlflow.pyfunc.load_model(f"models:/ostaf-appearance/{version.version}")
+    query = pd.DataFrame([{"prompt": "a cup in the appearance of *a", "lam": 0.7, "seed": 5, "num_steps": 2}])
+    from_mlflow = model.predict(query)[0]
+
+    from ostaf import apply
+    from ostaf.models import load_pipeline
+
+    (checkpoint,) = (tmp_path / "kfp").rglob("train/checkpoint/ostaf.json")
+    pipe = load_pipeline("tiny")
+    apply(pipe, checkpoint.parent, lam=0.7)
+    direct = pipe(
+        "a cup in the appearance of *a",
+        generator=torch.Generator().manual_seed(5),
+        num_inference_steps=2,
+        guidance_scale=7.5,
+    ).images[0]
+    assert np.array_equal(from_mlflow, np.asarray(direct))
