@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ostaf.images import load_image
-from ostaf.metrics import clip_t, dino_similarity, gram_distance, mask_iou
+from ostaf.metrics import clip_t, dino_similarity, gram_distance, gram_matrices, mask_iou
 from ostaf.preprocess import Preprocessed
 from ostaf.report import COLUMNS
 
@@ -45,6 +45,7 @@ def evaluate_sweep(generated: str | Path, reference: Preprocessed, models: Metri
     groups: dict[tuple[str, float], list[Path]] = defaultdict(list)
     for entry in index:
         groups[(entry["prompt"], entry["lam"])].append(generated / entry["path"])
+    reference_grams = gram_matrices(models.vgg, reference.image) if models.vgg is not None else None
     rows = []
     for (prompt, lam), paths in sorted(groups.items()):
         images = [load_image(p) for p in paths]
@@ -52,7 +53,7 @@ def evaluate_sweep(generated: str | Path, reference: Preprocessed, models: Metri
         if models.dino is not None:
             row["dino"] = dino_similarity(models.dino, images, reference.image)
         if models.vgg is not None:
-            row["gram"] = gram_distance(models.vgg, images, reference.image)
+            row["gram"] = gram_distance(models.vgg, images, reference.image, reference_grams)
         if models.sam is not None:
             row["iou"] = float(np.mean([mask_iou(foreground_mask(im, models.sam), reference.mask) for im in images]))
         rows.append(row)

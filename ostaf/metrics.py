@@ -90,9 +90,17 @@ def gram_matrices(vgg_features: torch.nn.Module, image: Image.Image, size: int =
 
 
 @torch.no_grad()
-def gram_distance(vgg_features: torch.nn.Module, images: Sequence[Image.Image], reference: Image.Image) -> float:
-    """Mean over images of the layer-averaged MSE between Gram matrices (lower = closer style)."""
-    ref = gram_matrices(vgg_features, reference)
+def gram_distance(
+    vgg_features: torch.nn.Module,
+    images: Sequence[Image.Image],
+    reference: Image.Image,
+    reference_grams: list[torch.Tensor] | None = None,
+) -> float:
+    """Mean over images of the layer-averaged MSE between Gram matrices (lower = closer style).
+
+    `reference_grams` (from `gram_matrices`) saves recomputing the reference for every call.
+    """
+    ref = reference_grams if reference_grams is not None else gram_matrices(vgg_features, reference)
     per_image = [
         float(torch.stack([F.mse_loss(g, r) for g, r in zip(gram_matrices(vgg_features, im), ref, strict=True)]).mean())
         for im in images
