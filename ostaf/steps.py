@@ -11,10 +11,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import yaml
+from pydantic import ValidationError
+
 from ostaf import tracking
 from ostaf.attributes import get_attribute
 from ostaf.benchmark import BenchmarkItem, copy_items, load_manifest, pull
 from ostaf.config import GenerateConfig, TrainConfig, normalize_options
+from ostaf.errors import OstafError
 from ostaf.io import write_json
 
 ITEM_FILE = "item.json"
@@ -62,22 +66,21 @@ def import_reference(image: str, attribute: str, class_name: str, prompts: list[
     """A one-item benchmark made from a user's own image (the single-image pipeline's input)."""
     from ostaf.images import load_image, save_image
 
-    dest_path = Path(dest)
-    name = f"reference{Path(image).suffix.lower() or '.png'}"
-    item = BenchmarkItem(
-        id="reference",
-        attribute=attribute,
-        image=name.replace(Path(name).suffix, ".png"),
-        class_name=class_name,
-        prompts=prompts,
-        source=str(image),
-        license="user-provided",
-    )
-    save_image(load_image(image), dest_path / item.image)
-    import yaml
-
+    try:
+        item = BenchmarkItem(
+            id="reference",
+            attribute=attribute,
+            image="reference.png",
+            class_name=class_name,
+            prompts=prompts,
+            source=str(image),
+            license="user-provided",
+        )
+    except ValidationError as err:
+        raise OstafError(f"reference {image}: {err.errors()[0]['msg']}") from None
+    save_image(load_image(image), Path(dest) / item.image)
     manifest = {"name": "reference", "version": 1, "items": [item.model_dump(mode="json")]}
-    (dest_path / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    (Path(dest) / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
     return [item.id]
 
 
