@@ -45,6 +45,17 @@ def item_branch(benchmark, item_id, model, metric_models, train_options, generat
     )
 
 
+def start_tracking(pipeline: str, model, train_options, generate_options) -> dsl.PipelineTask:
+    """The task that opens the pipeline's parent MLflow run, tagged with the KFP run id."""
+    return c.start_tracking(
+        pipeline=pipeline,
+        model=model,
+        train_options=train_options,
+        generate_options=generate_options,
+        kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+    )
+
+
 def fan_out(
     chosen: dsl.PipelineTask, model, metric_models, train_options, generate_options, tracking, parallelism: int
 ) -> dsl.PipelineTask:
@@ -69,13 +80,7 @@ def build_personalization():
         train_options: dict = TRAIN_OPTIONS,
         generate_options: dict = GENERATE_OPTIONS,
     ) -> Markdown:
-        start = c.start_tracking(
-            pipeline="attribute-personalization",
-            model=model,
-            train_options=train_options,
-            generate_options=generate_options,
-            kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-        )
+        start = start_tracking("attribute-personalization", model, train_options, generate_options)
         ref = c.import_reference(image=image, attribute=attribute, class_name=class_name, prompts=prompts)
         return fan_out(
             ref, model, metric_models, train_options, generate_options, start.outputs["tracking"], parallelism=1
@@ -96,13 +101,7 @@ def build_benchmark(parallelism: int = 4):
         train_options: dict = TRAIN_OPTIONS,
         generate_options: dict = GENERATE_OPTIONS,
     ) -> Markdown:
-        start = c.start_tracking(
-            pipeline="attribute-benchmark",
-            model=model,
-            train_options=train_options,
-            generate_options=generate_options,
-            kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-        )
+        start = start_tracking("attribute-benchmark", model, train_options, generate_options)
         chosen = c.select_items(source=source, attributes=attributes, item_ids=item_ids, per_attribute=per_attribute)
         return fan_out(
             chosen, model, metric_models, train_options, generate_options, start.outputs["tracking"], parallelism

@@ -93,8 +93,9 @@ def test_single_image_reference_checks_its_prompts(tmp_path):
     from tests.conftest import synthetic_image
 
     synthetic_image(96).save(tmp_path / "me.png")
-    assert import_reference(str(tmp_path / "me.png"), "shape", "cat", ["a vase in the shape of *m"],
-                            str(tmp_path / "b")) == ["reference"]
+    assert import_reference(
+        str(tmp_path / "me.png"), "shape", "cat", ["a vase in the shape of *m"], str(tmp_path / "b")
+    ) == ["reference"]
     assert load_manifest(tmp_path / "b").item("reference").class_name == "cat"
     with pytest.raises(OstafError, match="must contain \\*m"):
         import_reference(str(tmp_path / "me.png"), "shape", "cat", ["a vase"], str(tmp_path / "c"))

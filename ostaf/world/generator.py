@@ -1,0 +1,160 @@
+"""Attribute World: seeded procedural images of one object on a known background.
+
+Independent factors, each with exact ground truth:
+
+    shape       circle, square, triangle, star, heart, cross, ring, crescent, diamond, hexagon
+    appearance  colour (8) × texture (solid, striped, dotted, checkered)
+    style       flat, noisy, outlined
+    jitter      position and scale
+
+`render(factors)` is a pure function of the factors; `sample(seed)` draws factors from a seed.
+Some (shape, colour, texture) combinations are held out of pretraining (`is_held_out`), so
+personalisation can be tested on combinations the model never saw together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+SIZE = 64
+BACKGROUND = (222, 208, 176)  # pale beige: far from every palette colour and from white
+SHAPES = ("circle", "square", "triangle", "star", "heart", "cross", "ring", "crescent", "diamond", "hexagon")
+COLOURS = {
+    "red": (200, 30, 30),
+    "green": (30, 150, 50),
+    "blue": (30, 60, 200),
+    "yellow": (225, 200, 20),
+    "purple": (130, 40, 160),
+    "orange": (235, 120, 20),
+    "cyan": (20, 180, 200),
+    "black": (25, 25, 25),
+}
+TEXTURES = ("solid", "striped", "dotted", "checkered")
+TEXTURE_WORDS = {"solid": "plain", "striped": "striped", "dotted": "dotted", "checkered": "checkered"}
+STYLES = ("flat", "noisy", "outlined")
+PERIOD = 8  # texture period in px
+SECOND = (250, 250, 250)  # the second colour of every texture: white stripes, dots and squares
+
+
+@dataclass(frozen=True)
+class Factors:
+    shape: str
+    colour: str
+    texture: str
+    style: str = "flat"
+    cx: float = 0.5  # centre, as a fraction of the image
+    cy: float = 0.5
+    scale: float = 0.32  # radius, as a fraction of the image
+
+    def caption(self) -> str:
+        words = f"a {self.colour} {TEXTURE_WORDS[self.texture]} {self.shape}"
+        return words if self.style == "flat" else f"{words}, {self.style} style"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class WorldImage:
+    image: np.ndarray  # (H, W, 3) uint8
+    mask: np.ndarray  # (H, W) bool: the object's silhouette
+    factors: Factors
+
+    @property
+    def caption(self) -> str:
+        return self.factors.caption()
+
+
+def is_held_out(shape: str, colour: str, texture: str) -> bool:
+    """A fixed 1-in-7 set of (shape, colour, texture) combinations that pretraining never sees."""
+    index = SHAPES.index(shape) * 32 + list(COLOURS).index(colour) * 4 + TEXTURES.index(texture)
+    return (index * 37) % 7 == 3
+
+
+def silhouette(shape: str, size: int = SIZE, cx: float = 0.5, cy: float = 0.5, scale: float = 0.32) -> np.ndarray:
+    """Boolean mask of `shape` centred at (cx, cy) with radius `scale` (fractions of the image)."""
+    yy, xx = (np.mgrid[:size, :size] + 0.5) / size
+    x, y = (xx - cx) / scale, (yy - cy) / scale  # unit coordinates: the shape fits in [-1, 1]²
+    r, theta = np.hypot(x, y), np.arctan2(y, x)
+    if shape == "circle":
+        return r <= 1
+    if shape == "square":
+        return (np.abs(x) <= 0.8) & (np.abs(y) <= 0.8)
+    if shape == "triangle":
+        return (y <= 0.75) & (y >= -1 + 2.3 * np.abs(x))
+    if shape == "star":
+        return r <= 0.45 + 0.55 * ((1 + np.cos(5 * (theta + np.pi / 2))) / 2) ** 3
+    if shape == "heart":
+        hx, hy = 1.15 * x, -1.15 * y + 0.25
+        return (hx**2 + hy**2 - 0.6) ** 3 - hx**2 * hy**3 <= 0
+    if shape == "cross":
+        return ((np.abs(x) <= 0.3) & (np.abs(y) <= 0.95)) | ((np.abs(y) <= 0.3) & (np.abs(x) <= 0.95))
+    if shape == "ring":
+        return (r <= 1) & (r >= 0.55)
+    if shape == "crescent":
+        return (r <= 1) & (np.hypot(x - 0.45, y + 0.1) >= 0.8)
+    if shape == "diamond":
+        return np.abs(x) + np.abs(y) <= 1
+    if shape == "hexagon":
+        return (np.abs(y) <= 0.87) & (np.abs(y) * 0.577 + np.abs(x) <= 1)
+    raise ValueError(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
+
+
+def texture_pattern(texture: str, size: int = SIZE) -> np.ndarray:
+    """Boolean (H, W): True where the texture's second colour goes."""
+    yy, xx = np.mgrid[:size, :size]
+    if texture == "solid":
+        return np.zeros((size, size), bool)
+    if texture == "striped":
+        return (yy % PERIOD) >= PERIOD // 2
+    if texture == "dotted":
+        return np.hypot((xx % PERIOD) - PERIOD / 2 + 0.5, (yy % PERIOD) - PERIOD / 2 + 0.5) <= 1.6
+    if texture == "checkered":
+        return ((xx // (PERIOD // 2)) + (yy // (PERIOD // 2))) % 2 == 1
+    raise ValueError(f"unknown texture {texture!r}; known: {', '.join(TEXTURES)}")
+
+
+def render(factors: Factors, size: int = SIZE, noise_seed: int = 0) -> WorldImage:
+    """The image of `factors` (a pure function; `noise_seed` only feeds the noisy style)."""
+    mask = silhouette(factors.shape, size, factors.cx, factors.cy, factors.scale)
+    painted = mask
+    if factors.style == "outlined":
+        inner = silhouette(factors.shape, size, factors.cx, factors.cy, factors.scale * 0.8)
+        painted = mask & ~inner
+    image = np.empty((size, size, 3), np.uint8)
+    image[:] = BACKGROUND
+    second = texture_pattern(factors.texture, size)
+    image[painted & ~second] = COLOURS[factors.colour]
+    image[painted & second] = SECOND
+    if factors.style == "noisy":
+        rng = np.random.default_rng(noise_seed)
+        noise = rng.integers(-18, 19, image.shape)
+        image = np.clip(image.astype(int) + noise * painted[..., None], 0, 255).astype(np.uint8)
+    return WorldImage(image, mask, factors)
+
+
+def sample_factors(rng: np.random.Generator, held_out: bool | None = False, style: str | None = "flat") -> Factors:
+    """Random factors; `held_out=False` avoids held-out combinations, True draws only them, None ignores."""
+    while True:
+        shape = SHAPES[rng.integers(len(SHAPES))]
+        colour = list(COLOURS)[rng.integers(len(COLOURS))]
+        texture = TEXTURES[rng.integers(len(TEXTURES))]
+        if held_out is None or is_held_out(shape, colour, texture) == held_out:
+            break
+    return Factors(
+        shape,
+        colour,
+        texture,
+        style or STYLES[rng.integers(len(STYLES))],
+        cx=float(rng.uniform(0.4, 0.6)),
+        cy=float(rng.uniform(0.4, 0.6)),
+        scale=float(rng.uniform(0.26, 0.36)),
+    )
+
+
+def sample(seed: int, held_out: bool | None = False, style: str | None = "flat") -> WorldImage:
+    """One world image, fully determined by `seed`."""
+    rng = np.random.default_rng(seed)
+    return render(sample_factors(rng, held_out, style), noise_seed=seed)
