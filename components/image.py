@@ -1,9 +1,9 @@
-"""The one place that names the container image every component runs in.
+"""The one place that names the container image every component runs in (registry-free name;
 
-`OSTAF_IMAGE` overrides it at compile time (the image build script sets it to the tag it pushed).
+prefix your registry via `OSTAF_IMAGE`, which overrides it at compile time).
 """
 
 import os
 
-DEFAULT_IMAGE = "ghcr.io/ostaf/ostaf:0.1.0"
+DEFAULT_IMAGE = "ostaf/ostaf:0.1.0"
 IMAGE = os.environ.get("OSTAF_IMAGE", DEFAULT_IMAGE)

@@ -2,7 +2,7 @@
 
     python -m pipelines compile --out build/pipelines
     python -m pipelines run-local --per-attribute 1 --steps 60 --gen-num-steps 10
-    python -m pipelines submit --host https://kfp.example/pipeline --experiment ostaf --per-attribute 1
+    python -m pipelines submit --host "$KFP_HOST" --experiment ostaf --per-attribute 1
 
 Option flags are generated from `TrainConfig` (`--steps`, `--lr`, …) and `GenerateConfig`
 (`--gen-lam`, `--gen-seeds`, …); per-item fields come from the manifest instead.

@@ -67,7 +67,7 @@ def test_train_and_generate_request_a_gpu(specs):
     assert gpu == {"exec-train", "exec-generate"}
     accel = executors["exec-train"]["container"]["resources"]["accelerator"]
     assert accel["resourceType"] == "nvidia.com/gpu" and accel["resourceCount"] == "1"
-    assert {ex["container"]["image"] for ex in executors.values()} == {"ghcr.io/ostaf/ostaf:0.1.0"}
+    assert {ex["container"]["image"] for ex in executors.values()} == {"ostaf/ostaf:0.1.0"}
 
 
 def test_compile_is_deterministic(tmp_path):
