@@ -1,6 +1,6 @@
-"""The one place that names the container image every component runs in (registry-free name;
+"""The one place that names the container image every component runs in.
 
-prefix your registry via `OSTAF_IMAGE`, which overrides it at compile time).
+The name carries no registry: set `OSTAF_IMAGE` (e.g. REGISTRY/ostaf:TAG) at compile time.
 """
 
 import os
