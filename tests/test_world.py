@@ -61,3 +61,21 @@ def test_exact_answers_for_identity_and_difference():
     assert appearance_distance(moved.image, world.image) > 0.3
     other = render(Factors("cross", world.factors.colour, world.factors.texture))
     assert shape_iou(other.image, world.mask) < 0.9 or world.factors.shape == "cross"
+
+
+def test_pretraining_recipe_runs_and_its_output_loads_as_a_pipeline(tmp_path):
+    import torch
+
+    from ostaf.models import load_pipeline
+    from ostaf.world.pretrain import WorldRecipe, pretrain
+
+    recipe = WorldRecipe(vae_steps=2, vae_batch=2, diffusion_steps=2, diffusion_batch=2)
+    info = pretrain(recipe, tmp_path / "world", progress=False)
+    assert info["recipe_hash"] == recipe.hash() and len(info["diffusion_losses_head"]) == 2
+    again = pretrain(recipe, tmp_path / "again", progress=False)
+    assert again["diffusion_losses_head"] == info["diffusion_losses_head"]  # the recipe is deterministic
+    pipe = load_pipeline(str(tmp_path / "world"))
+    image = pipe(
+        "a red striped star", num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np"
+    ).images[0]
+    assert image.shape == (64, 64, 3)
