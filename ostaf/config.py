@@ -94,6 +94,12 @@ class TrainConfig(_Config):
         "clip", "placeholder init: clip = word + α·f(CLIP image features); word = word only", choices=TOKEN_INITS
     )
     train_token: bool = opt(True, "train the placeholder token's init MLP with the offsets")
+    token_grad: str = opt(
+        "full",
+        "full: the token learns through every cross-attention (faithful); confined: only "
+        "through the targeted blocks (faster: backward stops there)",
+        choices=("full", "confined"),
+    )
     token_alpha: float = opt(0.1, "α in e* = emb(word) + α·f(image)")
     token_reg: float = opt(0.01, "weight of the ‖e*‖² regulariser")
     steps: int = opt(3000, "optimizer steps")

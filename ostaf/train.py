@@ -29,6 +29,7 @@ from ostaf.image_encoder import ImageEncoder, load_image_encoder, saved_image_em
 from ostaf.images import to_tensor
 from ostaf.models import load_pipeline, native_resolution
 from ostaf.offsets import OffsetsAdapter
+from ostaf.offsets.processor import DetachedContextProcessor
 from ostaf.placeholder import PlaceholderEmbedding, add_placeholder, inject, word_embedding
 from ostaf.preprocess import Preprocessed, augment, load_preprocessed, preprocess
 from ostaf.runtime import autocast_dtype, progress_bar, resolve_device, seed_everything, seeded
@@ -131,6 +132,7 @@ def finalize(setup: TrainingSetup) -> None:
     if setup.token_hook is not None:
         setup.token_hook.remove()
         setup.token_hook = None
+    release_token_gradient(setup.pipe)
     table = setup.pipe.text_encoder.get_input_embeddings().weight
     table[setup.token_id] = final_embedding(setup).to(table.device, table.dtype)
     for p in setup.trainable:
@@ -166,6 +168,8 @@ def prepare(
     hook = inject(pipe.text_encoder, token_id, token)
     if config.train_token:
         trainable += list(token.parameters())
+        if config.token_grad == "confined":
+            confine_token_gradient(pipe, adapter)
     else:
         token.requires_grad_(False)
     for p in trainable:
@@ -196,6 +200,20 @@ def prepare(
         with torch.no_grad(), autocast(setup):
             setup.cached_context = text_context(setup)
     return setup
+
+
+def confine_token_gradient(pipe: StableDiffusionPipeline, adapter: OffsetsAdapter) -> None:
+    """Detach the text context at every cross-attention outside the adapter's layers (undone by `finalize`)."""
+    for name, processor in pipe.unet.attn_processors.items():
+        layer = name.removesuffix(".processor")
+        if layer.endswith("attn2") and layer not in adapter.processors:
+            pipe.unet.get_submodule(layer).set_processor(DetachedContextProcessor(processor))
+
+
+def release_token_gradient(pipe: StableDiffusionPipeline) -> None:
+    for name, processor in pipe.unet.attn_processors.items():
+        if isinstance(processor, DetachedContextProcessor):
+            pipe.unet.get_submodule(name.removesuffix(".processor")).set_processor(processor.inner)
 
 
 def unfreeze_blocks(pipe: StableDiffusionPipeline, blocks: list[str]) -> list[torch.nn.Parameter]:

@@ -6,7 +6,7 @@ import torch
 from ostaf.errors import OstafError
 from ostaf.image_encoder import load_image_encoder
 from ostaf.models import load_pipeline
-from ostaf.train import evaluation_loss, make_optimizer, optimizer_step, prepare, train
+from ostaf.train import denoising_loss, evaluation_loss, make_optimizer, optimizer_step, prepare, train
 from tests.conftest import tiny_config
 
 
@@ -122,3 +122,26 @@ def test_shape_attribute_targets_the_encoder(reference, tmp_path):
     setup = prepare(tiny_config(reference, tmp_path / "run", attribute="shape"))
     assert setup.adapter.processors and all(n.startswith("down_blocks.") for n in setup.adapter.processors)
     assert setup.attribute.token == "*m"
+
+
+def test_confined_token_gradient_keeps_the_loss_and_changes_only_the_gradient(reference, tmp_path):
+    grads, losses = {}, {}
+    for mode in ("full", "confined"):
+        setup = prepare(tiny_config(reference, tmp_path / mode, token_grad=mode))
+        batch = (
+            setup.latent_mean[:1],
+            torch.randn(setup.latent_mean[:1].shape, generator=torch.Generator().manual_seed(0)),
+            torch.tensor([500]),
+        )
+        mse, _ = denoising_loss(setup, *batch)
+        mse.backward()
+        losses[mode] = mse.item()
+        grads[mode] = torch.cat([p.grad.flatten() for p in setup.token.parameters() if p.grad is not None])
+        if mode == "confined":
+            detached = [
+                p for p in setup.unet.attn_processors.values() if type(p).__name__ == "DetachedContextProcessor"
+            ]
+            assert len(detached) == 3  # the untargeted cross-attentions of tiny: two down blocks, the mid block
+    assert losses["full"] == pytest.approx(losses["confined"], abs=1e-6)
+    assert grads["confined"].abs().sum() > 0
+    assert not torch.allclose(grads["full"], grads["confined"])

@@ -147,3 +147,26 @@ def _per_sample(scale: torch.Tensor, batch: int) -> torch.Tensor:
             "give one λ per prompt in the batch"
         )
     return scale.repeat(batch // scale.shape[0])
+
+
+class DetachedContextProcessor:
+    """Wraps an untargeted cross-attention's processor so the text context reaching it is detached.
+
+    With it, the placeholder token learns only through the blocks that carry offsets, and the
+    backward pass can stop at those blocks (the `--token-grad confined` option).
+    """
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        *args,
+        **kwargs,
+    ) -> torch.Tensor:
+        if encoder_hidden_states is not None:
+            encoder_hidden_states = encoder_hidden_states.detach()
+        return self.inner(attn, hidden_states, encoder_hidden_states, *args, **kwargs)
