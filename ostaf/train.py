@@ -158,7 +158,8 @@ def prepare(
         pipe.unet.to(amp_dtype)  # the VAE stays fp32: it encodes the reference once, where fp16 can overflow
         pipe.text_encoder.to(amp_dtype)
 
-    adapter = OffsetsAdapter.install(pipe.unet, config.offsets_config(), attribute.token)
+    with seeded(config.seed):  # the offsets' initial weights depend on the seed only
+        adapter = OffsetsAdapter.install(pipe.unet, config.offsets_config(), attribute.token)
     trainable = list(adapter.parameters())
     if config.trainable == "paper":
         trainable += unfreeze_blocks(pipe, adapter.blocks())
