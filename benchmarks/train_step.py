@@ -1,9 +1,14 @@
-"""Seconds per optimizer step and peak memory of OSTAF training, one configuration per process.
+"""Train-step cost of OSTAF against forward-only, full fine-tuning and LoRA, measured side by side.
 
-    python benchmarks/train_step.py --model sd14-random --resolution 256 --parts decoder encoder
+    python benchmarks/train_step.py                       # sd14-random, 256 px, every configuration
+    python benchmarks/train_step.py --resolution 512
+    python benchmarks/train_step.py --model tiny --steps 6 --only forward ostaf-decoder-lite
 
-Each configuration runs in its own subprocess so that its peak RSS is its own;
-cost does not depend on weight values, so `sd14-random` stands in for SD-1.4.
+One micro-step = forward + backward (+ optimizer step) on one 1-image batch; the median over
+`--steps` steps after one warm-up step. Each configuration runs in its own process, so its peak
+RSS is its own. The ratio table is checked against the targets; the exit code is 1 when a ratio
+misses its target by more than 10 %. Cost does not depend on weight values, so `sd14-random`
+stands in for SD-1.4.
 """
 
 from __future__ import annotations
@@ -18,94 +23,177 @@ import tempfile
 import time
 from pathlib import Path
 
+OSTAF = {
+    "ostaf-decoder-lite": dict(part="decoder", trainable="lite"),
+    "ostaf-decoder-lite-confined": dict(part="decoder", trainable="lite", token_grad="confined"),
+    "ostaf-decoder-lite-frozen-token": dict(part="decoder", trainable="lite", train_token=False),
+    "ostaf-encoder-lite": dict(part="encoder", trainable="lite"),
+    "ostaf-decoder-paper": dict(part="decoder", trainable="paper"),
+}
+BASELINES = ("forward", "full-finetune", "lora-r4-decoder")
+# (numerator, denominator, metric, target): ratio must be ≤ target (+10 % slack before failing)
+TARGETS = [
+    ("ostaf-decoder-lite-confined", "forward", "s_per_step", 1.6),
+    ("ostaf-decoder-lite-frozen-token", "forward", "s_per_step", 1.6),
+    ("ostaf-decoder-lite", "forward", "s_per_step", 2.1),
+    ("ostaf-decoder-lite", "full-finetune", "s_per_step", 0.4),
+    ("ostaf-decoder-lite", "full-finetune", "peak_rss_gb", 0.35),
+    ("ostaf-encoder-lite", "forward", "s_per_step", 2.1),
+]
 
-def measure(model: str, part: str, resolution: int, steps: int, trainable: str, grad_accum: int) -> dict:
+
+def _reference(tmp: Path) -> Path:
+    from ostaf.demo import synthetic_reference
+
+    path = tmp / "ref.png"
+    synthetic_reference("appearance").save(path)
+    return path
+
+
+def _timed(step, steps: int) -> list[float]:
+    times = []
+    for _ in range(steps + 1):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def measure_ostaf(name: str, model: str, resolution: int, steps: int) -> tuple[list[float], int]:
     import torch
 
     from ostaf.config import TrainConfig
-    from ostaf.demo import synthetic_reference
     from ostaf.train import make_optimizer, optimizer_step, prepare
 
-    torch.set_num_threads(torch.get_num_threads())
     tmp = Path(tempfile.mkdtemp())
-    synthetic_reference("appearance").save(tmp / "ref.png")
     config = TrainConfig(
-        image=str(tmp / "ref.png"),
+        image=str(_reference(tmp)),
         class_name="ball",
         model=model,
-        part=part,
         resolution=resolution,
-        trainable=trainable,
-        grad_accum=grad_accum,
+        grad_accum=1,
         lr=1e-5,
         out=str(tmp / "run"),
         device="cpu",
         segment=False,
-        steps=steps,
+        augment_bank=1,
+        **OSTAF[name],
     )
     setup = prepare(config)
     optimizer = make_optimizer(setup)
     scaler = torch.amp.GradScaler("cuda", enabled=False)
     generator = torch.Generator().manual_seed(0)
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        optimizer_step(setup, optimizer, scaler, generator)
-        times.append(time.perf_counter() - start)
-    trainable_params = sum(p.numel() for p in setup.trainable)
+    times = _timed(lambda: optimizer_step(setup, optimizer, scaler, generator), steps)
+    return times, sum(p.numel() for p in setup.trainable)
+
+
+def measure_baseline(name: str, model: str, resolution: int, steps: int) -> tuple[list[float], int]:
+    import torch
+    from torch.nn import functional as F
+
+    from ostaf.models import load_pipeline, native_resolution
+
+    pipe = load_pipeline(model)
+    unet = pipe.unet.requires_grad_(False)
+    size = (resolution or native_resolution(pipe)) // pipe.vae_scale_factor
+    ids = pipe.tokenizer("a ball", padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        context = pipe.text_encoder(ids)[0]
+    latents, target = torch.randn(1, 4, size, size), torch.randn(1, 4, size, size)
+    t = torch.tensor([500])
+    if name == "forward":
+
+        def step():
+            with torch.inference_mode():
+                unet(latents, t, context)
+
+        return _timed(step, steps), 0
+    if name == "lora-r4-decoder":
+        from peft import LoraConfig
+
+        unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=r".*up_blocks.*attn[12]\.to_[qkv]"))
+        params = [p for p in unet.parameters() if p.requires_grad]
+    else:  # full fine-tune
+        params = list(unet.requires_grad_(True).parameters())
+    optimizer = torch.optim.AdamW(params, lr=1e-5)
+
+    def step():
+        loss = F.mse_loss(unet(latents, t, context).sample, target)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return _timed(step, steps), sum(p.numel() for p in params)
+
+
+def measure(name: str, model: str, resolution: int, steps: int) -> dict:
+    import torch
+
+    times, trainable = (measure_ostaf if name in OSTAF else measure_baseline)(name, model, resolution, steps)
     return {
-        "model": model,
-        "part": part,
-        "resolution": resolution,
-        "trainable": trainable,
-        "grad_accum": grad_accum,
+        "config": name,
+        "s_per_step": round(statistics.median(times[1:]), 3),
         "first_step_s": round(times[0], 3),
-        "s_per_step": round(statistics.median(times[1:] or times), 3),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
-        "trainable_params": trainable_params,
+        "trainable_params": trainable,
         "threads": torch.get_num_threads(),
     }
 
 
-def main() -> None:
+def check(rows: dict[str, dict]) -> list[tuple[str, float, float, bool]]:
+    """(label, ratio, target, ok) for each target whose two configurations were measured."""
+    results = []
+    for num, den, metric, target in TARGETS:
+        if num in rows and den in rows:
+            ratio = rows[num][metric] / rows[den][metric]
+            results.append((f"{num} / {den} ({metric})", ratio, target, ratio <= target * 1.1))
+    return results
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="tiny")
-    parser.add_argument("--parts", nargs="+", default=["decoder", "encoder"])
-    parser.add_argument("--resolution", type=int, default=0, help="px; 0 = the model's native size")
-    parser.add_argument("--steps", type=int, default=4, help="optimizer steps; the first is warm-up")
-    parser.add_argument("--trainable", default="lite", choices=["lite", "paper"])
-    parser.add_argument("--grad-accum", type=int, default=2)
-    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration, print JSON
+    parser.add_argument("--model", default="sd14-random")
+    parser.add_argument("--resolution", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=4, help="timed steps after one warm-up step")
+    parser.add_argument("--only", nargs="*", help="configurations to run (default: all)")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one configuration, print JSON
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.model, args.one, args.resolution, args.steps, args.trainable, args.grad_accum)))
-        return
-    rows = []
-    for part in args.parts:
+        print(json.dumps(measure(args.one, args.model, args.resolution, args.steps)))
+        return 0
+    names = args.only or [*BASELINES, *OSTAF]
+    rows = {}
+    for name in names:
         cmd = [
             sys.executable,
             __file__,
             "--one",
-            part,
+            name,
             "--model",
             args.model,
             "--resolution",
             str(args.resolution),
             "--steps",
             str(args.steps),
-            "--trainable",
-            args.trainable,
-            "--grad-accum",
-            str(args.grad_accum),
         ]
-        done = subprocess.run(cmd, check=True, capture_output=True, text=True)
-        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    keys = list(rows[0])
-    print("| " + " | ".join(keys) + " |")
-    print("|" + "---|" * len(keys))
-    for row in rows:
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            print(f"{name} failed:\n{done.stderr[-2000:]}", file=sys.stderr)
+            return 2
+        rows[name] = json.loads(done.stdout.strip().splitlines()[-1])
+        print(f"measured {name}: {rows[name]['s_per_step']} s/step", file=sys.stderr)
+    keys = list(next(iter(rows.values())))
+    print(f"\n{args.model} at {args.resolution} px, batch 1, median of {args.steps} steps after warm-up\n")
+    print("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
+    for row in rows.values():
         print("| " + " | ".join(str(row[k]) for k in keys) + " |")
+    results = check(rows)
+    if results:
+        print("\n| ratio | measured | target | ok |\n|---|---|---|---|")
+        for label, ratio, target, ok in results:
+            print(f"| {label} | {ratio:.2f} | ≤ {target} | {'yes' if ok else 'NO'} |")
+    return 0 if all(ok for *_, ok in results) else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
