@@ -22,15 +22,17 @@ COLUMNS = {
 def paper_table(rows: list[dict], lam: float | None = None) -> list[dict]:
     """One row per attribute: the mean of each of its metrics over items (at one λ, if given)."""
     values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for row in rows:
+    items: dict[str, set] = defaultdict(set)  # n counts items (references), not prompt rows
+    for index, row in enumerate(rows):
         if lam is None or row["lam"] == lam:
+            items[row["attribute"]].add(row.get("item", index))
             for metric in COLUMNS[row["attribute"]]:
                 if row.get(metric) is not None:
                     values[row["attribute"]][metric].append(float(row[metric]))
     return [
         {
             "attribute": attr,
-            "n": max(len(v) for v in values[attr].values()),
+            "n": len(items[attr]),
             **{m: round(float(np.mean(values[attr][m])), 4) for m in COLUMNS[attr] if values[attr][m]},
         }
         for attr in COLUMNS

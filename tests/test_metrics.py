@@ -121,3 +121,8 @@ def test_preprocess_command_writes_reference_mask_and_recipe(tmp_path):
     args = f"preprocess --image {tmp_path / 'ref.png'} --attribute style --out {tmp_path / 'pre'} --sam tiny"
     assert main([*args.split(), "--resolution", "64"]) == 0
     assert {p.name for p in (tmp_path / "pre").iterdir()} == {"reference.png", "mask.png", "recipe.json"}
+
+
+def test_table_counts_items_not_prompt_rows():
+    rows = [{"item": "a1", "attribute": "style", "lam": 1.0, "clip_t": c, "dino": 0.5, "gram": 0.1} for c in (0.1, 0.3)]
+    assert paper_table(rows) == [{"attribute": "style", "n": 1, "clip_t": 0.2, "dino": 0.5, "gram": 0.1}]
