@@ -49,7 +49,9 @@ class Preset:
     clip_vision: dict[str, Any] = field(default_factory=dict)  # open_clip CLIP kwargs; {} means ViT-B-32
 
 
-_TOKENS = dict(vocab_size=49408, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+CLIP_TOKEN_IDS = dict(
+    vocab_size=49408, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407
+)
 
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
@@ -81,7 +83,7 @@ PRESETS: dict[str, Preset] = {
             num_attention_heads=4,
             num_hidden_layers=2,
             projection_dim=32,
-            **_TOKENS,
+            **CLIP_TOKEN_IDS,
         ),
         resolution=64,
         clip_vision=dict(
@@ -126,7 +128,7 @@ PRESETS: dict[str, Preset] = {
             num_hidden_layers=12,
             projection_dim=768,
             hidden_act="quick_gelu",
-            **_TOKENS,
+            **CLIP_TOKEN_IDS,
         ),
         resolution=512,
     ),

@@ -26,11 +26,10 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from torch.nn import functional as F
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from ostaf.models import CLIP_TOKEN_IDS
 from ostaf.runtime import progress_bar, seeded
 from ostaf.tokenizer import clip_tokenizer
 from ostaf.world.generator import sample
-
-_TOKENS = dict(vocab_size=49408, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
 
 
 @dataclass(frozen=True)
@@ -69,7 +68,7 @@ class WorldRecipe:
             num_attention_heads=4,
             num_hidden_layers=2,
             projection_dim=64,
-            **_TOKENS,
+            **CLIP_TOKEN_IDS,
         )
     )
     seed: int = 0
