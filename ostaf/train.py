@@ -8,6 +8,7 @@ goes. Each step is a small named function so tests and benchmarks can drive them
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import warnings
@@ -420,7 +421,7 @@ def latest_resumable(out: Path) -> Path | None:
     candidates = [p.parent for p in _trainer_states(out) if (p.parent / ckpt_io.CARD).is_file()]
     if not candidates:
         return None
-    return max(candidates, key=lambda f: ckpt_io.load_checkpoint(f).card["step"])
+    return max(candidates, key=lambda f: json.loads((f / ckpt_io.CARD).read_text())["step"])  # cards only
 
 
 def resume(setup: TrainingSetup, optimizer: torch.optim.Optimizer, generator: torch.Generator, out: Path) -> int:

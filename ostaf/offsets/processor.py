@@ -66,8 +66,8 @@ class OffsetsAttnProcessor(nn.Module):
         if not torch.is_tensor(scale) or scale.ndim == 0:
             return F.linear(x, self.modulated_weight(linear.weight, delta, float(scale)), linear.bias)
         lam = _per_sample(scale, x.shape[0]).to(device=x.device, dtype=x.dtype)  # (B,)
-        extra_weight = linear.weight * delta.to(linear.weight.dtype) if self.mode == "multiplicative" else delta
-        extra = F.linear(x, extra_weight.to(linear.weight.dtype))  # (B, N, out)
+        delta = delta.to(linear.weight.dtype)
+        extra = F.linear(x, linear.weight * delta if self.mode == "multiplicative" else delta)  # (B, N, out)
         return linear(x) + lam.view(-1, *([1] * (x.ndim - 1))) * extra
 
     def __call__(
