@@ -16,11 +16,13 @@ install: $(VENV)/.installed
 data: install
 	$(VENV)/bin/dvc pull -q
 
-# The main job: the benchmark pipeline on the KFP local runner, `tiny` preset, one item per
-# attribute, tracked in ./mlflow.db (see `mlflow ui`). Flags: python -m pipelines run-local --help
+# The main job: the benchmark pipeline on the KFP local runner with the Attribute World model
+# (committed in tests/assets/) on held-out world references, one per attribute, tracked in
+# ./mlflow.db (see `mlflow ui`). Flags: python -m pipelines run-local --help
 run: data
-	$(PY) -m pipelines run-local --per-attribute 1 --model tiny --no-segment --steps 60 --lr 1e-4 \
-		--checkpoint-every 20 --gen-num-steps 20 --gen-seeds 0 1
+	$(PY) -m pipelines run-local --per-attribute 1 --model attribute-world --no-segment --token-init word \
+		--steps 200 --lr 1e-3 --checkpoint-every 50 --gen-num-steps 25 --gen-guidance 5 --gen-seeds 0 1 2 \
+		--gen-lam 0 0.25 0.5 0.75 1
 
 test: data
 	$(PY) -m pytest -q

@@ -23,13 +23,20 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
+from ratios import check_ratios, print_table  # noqa: E402
+
 OSTAF = {
     "ostaf-decoder-lite": dict(part="decoder", trainable="lite"),
     "ostaf-decoder-lite-confined": dict(part="decoder", trainable="lite", token_grad="confined"),
     "ostaf-decoder-lite-frozen-token": dict(part="decoder", trainable="lite", train_token=False),
     "ostaf-encoder-lite": dict(part="encoder", trainable="lite"),
     "ostaf-decoder-paper": dict(part="decoder", trainable="paper"),
+    "ostaf-decoder-lite-grad-ckpt": dict(part="decoder", trainable="lite", gradient_checkpointing=True),
+    "ostaf-decoder-lite-channels-last": dict(part="decoder", trainable="lite", channels_last=True),
+    "ostaf-decoder-lite-compile": dict(part="decoder", trainable="lite", compile=True),
 }
+DEFAULT_SKIP = ("ostaf-decoder-lite-compile",)  # minutes of compilation on a CPU: run it with --only
 BASELINES = ("forward", "full-finetune", "lora-r4-decoder")
 # (numerator, denominator, metric, target): ratio must be ≤ target (+10 % slack before failing)
 TARGETS = [
@@ -43,10 +50,12 @@ TARGETS = [
 
 
 def _reference(tmp: Path) -> Path:
-    from ostaf.demo import synthetic_reference
+    from PIL import Image
+
+    from ostaf.world import sample
 
     path = tmp / "ref.png"
-    synthetic_reference("appearance").save(path)
+    Image.fromarray(sample(0).image).save(path)
     return path
 
 
@@ -140,16 +149,6 @@ def measure(name: str, model: str, resolution: int, steps: int) -> dict:
     }
 
 
-def check(rows: dict[str, dict]) -> list[tuple[str, float, float, bool]]:
-    """(label, ratio, target, ok) for each target whose two configurations were measured."""
-    results = []
-    for num, den, metric, target in TARGETS:
-        if num in rows and den in rows:
-            ratio = rows[num][metric] / rows[den][metric]
-            results.append((f"{num} / {den} ({metric})", ratio, target, ratio <= target * 1.1))
-    return results
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="sd14-random")
@@ -161,7 +160,7 @@ def main() -> int:
     if args.one:
         print(json.dumps(measure(args.one, args.model, args.resolution, args.steps)))
         return 0
-    names = args.only or [*BASELINES, *OSTAF]
+    names = args.only or [n for n in (*BASELINES, *OSTAF) if n not in DEFAULT_SKIP]
     rows = {}
     for name in names:
         cmd = [
@@ -182,17 +181,9 @@ def main() -> int:
             return 2
         rows[name] = json.loads(done.stdout.strip().splitlines()[-1])
         print(f"measured {name}: {rows[name]['s_per_step']} s/step", file=sys.stderr)
-    keys = list(next(iter(rows.values())))
-    print(f"\n{args.model} at {args.resolution} px, batch 1, median of {args.steps} steps after warm-up\n")
-    print("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
-    for row in rows.values():
-        print("| " + " | ".join(str(row[k]) for k in keys) + " |")
-    results = check(rows)
-    if results:
-        print("\n| ratio | measured | target | ok |\n|---|---|---|---|")
-        for label, ratio, target, ok in results:
-            print(f"| {label} | {ratio:.2f} | ≤ {target} | {'yes' if ok else 'NO'} |")
-    return 0 if all(ok for *_, ok in results) else 1
+    title = f"{args.model} at {args.resolution} px, batch 1, median of {args.steps} steps after warm-up"
+    print_table(list(rows.values()), title)
+    return check_ratios(rows, TARGETS)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ never talks to a remote except through `dvc pull` in `fetch`.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -17,8 +18,10 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 
 from ostaf.attributes import ATTRIBUTES
 from ostaf.errors import OstafError
+from ostaf.io import atomic_write
 
 MANIFEST = "manifest.yaml"
+SAFE_ID = re.compile(r"[A-Za-z0-9._-]{1,100}")
 
 
 class BenchmarkItem(BaseModel):
@@ -35,6 +38,13 @@ class BenchmarkItem(BaseModel):
     license: str
     group: str | None = None
     note: str | None = None
+
+    @field_validator("id")
+    @classmethod
+    def safe_id(cls, value: str) -> str:
+        if not SAFE_ID.fullmatch(value) or value in (".", ".."):
+            raise ValueError(f"item id {value!r} must be letters, digits, '.', '_' or '-' (it names folders and runs)")
+        return value
 
     @field_validator("attribute")
     @classmethod
@@ -137,16 +147,50 @@ def _item_id_at(path: Path, loc: tuple) -> str | None:
 
 def pull(source: str) -> Path:
     """The benchmark folder behind `source`: a folder holding manifest.yaml, or ``dvc:<repo>[@<remote>]``,
-    which first runs `dvc pull` in that repository (from its default remote, or the one named)."""
+    which fetches the data from that repository's default remote (or the one named) into DVC's cache
+    and only then checks it out, so a failed transfer never leaves a partial ``data/``."""
     if not source.startswith("dvc:"):
         return Path(source)
     repo, _, remote = source.removeprefix("dvc:").partition("@")
-    cmd = [sys.executable, "-m", "dvc", "pull", *(["-r", remote] if remote else [])]
-    done = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
-    if done.returncode != 0:
-        detail = done.stderr.strip()[-400:]
-        raise OstafError(f"`dvc pull` in {repo} failed (remote {remote or 'default'}): {detail}")
-    return Path(repo) / "data" / "attribute-benchmark"
+    remote_args = ["-r", remote] if remote else []
+    fetched = _dvc(repo, "fetch", *remote_args)
+    if fetched.returncode != 0:
+        raise OstafError(
+            f"`dvc fetch` from {describe_remote(repo, remote)} failed; data/ was left as it was. Check that the "
+            f"remote is reachable and its credentials (AWS_* environment variables for s3): "
+            f"{_last_line(fetched.stderr)}"
+        )
+    data = Path(repo) / "data"
+    existed = data.exists()
+    checked = _dvc(repo, "checkout")
+    if checked.returncode != 0:  # files the fetch did not bring (DVC reports that at checkout)
+        if not existed:
+            shutil.rmtree(data, ignore_errors=True)  # no partial data/
+        raise OstafError(
+            f"the benchmark is not complete after `dvc fetch` from {describe_remote(repo, remote)}: check that the "
+            f"remote holds the data (`dvc push` to it) and is reachable; data/ was left as it was: "
+            f"{_last_line(checked.stderr)}"
+        )
+    return data / "attribute-benchmark"
+
+
+def _dvc(repo: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, capture_output=True, text=True)
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][-400:] if lines else "(no message)"
+
+
+def describe_remote(repo: str, remote: str = "") -> str:
+    """'remote NAME (URL)' as DVC resolves it, for error messages."""
+    listed = _dvc(repo, "remote", "list")
+    remotes = {parts[0]: parts[1] for parts in map(str.split, listed.stdout.splitlines()) if len(parts) >= 2}
+    if not remote:
+        default = _dvc(repo, "remote", "default")
+        remote = default.stdout.strip() or "(no default remote)"
+    return f"remote {remote} ({remotes.get(remote, 'not configured')})"
 
 
 def copy_items(folder: str | Path, dest: str | Path, items: list[BenchmarkItem]) -> Path:
@@ -157,5 +201,6 @@ def copy_items(folder: str | Path, dest: str | Path, items: list[BenchmarkItem])
         (dest / item.image).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(folder / item.image, dest / item.image)
     subset = manifest.model_copy(update={"items": list(items)})
-    (dest / MANIFEST).write_text(yaml.safe_dump(subset.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
+    text = yaml.safe_dump(subset.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    atomic_write(dest / MANIFEST, lambda tmp: tmp.write_text(text))
     return dest

@@ -28,6 +28,7 @@ from ostaf.placeholder import add_placeholder
 FORMAT = "ostaf-checkpoint/1"
 TENSORS = "ostaf.safetensors"
 CARD = "ostaf.json"
+PICKLE_MAGIC = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05", b"PK")  # pickle protocols 2-5, torch zip
 
 
 @dataclass
@@ -59,6 +60,13 @@ def load_checkpoint(folder: str | Path) -> Checkpoint:
         raise OstafError(
             f"{folder} is not an OSTAF checkpoint (needs {CARD} and {TENSORS}): pass the --out folder of "
             "`ostaf train` or one of its checkpoints/step-* folders"
+        )
+    with open(tensor_path, "rb") as f:
+        head = f.read(2)
+    if head in PICKLE_MAGIC:
+        raise OstafError(
+            f"{tensor_path} is a pickle / torch.save file, not safetensors: refused, because loading a pickle can "
+            "run code. Re-save the tensors with safetensors.torch.save_file"
         )
     try:
         card = json.loads(card_path.read_text())

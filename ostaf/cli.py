@@ -23,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
         add_config_arguments(sub.add_parser(name, help=help_text, description=cls.__doc__), cls)
     doctor = sub.add_parser("doctor", help="list the models the pipeline needs and where they were looked for")
     doctor.add_argument("--model", default="tiny", help="the SD weights you intend to use")
+    sync = sub.add_parser("sync-tracking", help="send MLflow records kept while the tracking server was away")
+    sync.add_argument("--spool", default=None, help="spool folder (default: $OSTAF_MLFLOW_SPOOL or ./mlflow-spool)")
     pre = sub.add_parser("preprocess", help="segment and plan augmentations of one reference (as training does)")
     for flag, kw in {
         "--image": dict(required=True),
@@ -44,6 +46,13 @@ def run_tool(args: argparse.Namespace) -> int:
 
         text, _ = report(args.model)
         print(text)
+        return 0
+    if args.command == "sync-tracking":
+        from ostaf.tracking import spool_dir, sync_spool, tracking_uri
+
+        sent = sync_spool(args.spool)
+        total = sum(sent.values())
+        print(f"sent {total} record(s) of {len(sent)} run(s) from {args.spool or spool_dir()} to {tracking_uri()}")
         return 0
     from ostaf.preprocess import preprocess
     from ostaf.segment import load_sam

@@ -16,7 +16,9 @@ from ostaf.errors import OstafError
 from ostaf.offsets import OffsetsConfig
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-TRAINABLES = ("lite", "paper")
+TRAINABLES = ("lite", "paper", "token", "blocks", "unet")
+# which trainables use the hypernetwork; the others are the paper's baselines (ΔW held at 0)
+OFFSET_TRAINABLES = ("lite", "paper")
 TOKEN_INITS = ("clip", "word")
 OPTIMIZERS = ("adamw", "adamw8bit")
 SCHEDULERS = ("ddim", "pndm", "dpm", "euler")
@@ -80,7 +82,9 @@ class TrainConfig(_Config):
     include_mid: bool = opt(False, "also modulate the mid block's attention")
     trainable: str = opt(
         "lite",
-        "lite: offsets + token; paper: also every weight of the targeted blocks (authors' code)",
+        "lite: offsets + token; paper: also every weight of the targeted blocks (authors' code); baselines "
+        "without the hypernetwork: token (textual inversion), blocks (token + targeted blocks' weights, "
+        "the paper's fine-tuned SD), unet (token + the whole U-Net, DreamBooth-like)",
         choices=TRAINABLES,
     )
     offset_mode: str = opt(
@@ -115,6 +119,9 @@ class TrainConfig(_Config):
     )
     optimizer: str = opt("adamw", "adamw, or adamw8bit (bitsandbytes, CUDA only)", choices=OPTIMIZERS)
     device: str = opt("auto", "torch device (auto: cuda if available)")
+    gradient_checkpointing: bool = opt(False, "recompute U-Net block activations in the backward pass (less memory)")
+    channels_last: bool = opt(False, "U-Net convolutions in channels-last memory format (faster on some GPUs)")
+    compile: bool = opt(False, "torch.compile the U-Net (slow first steps; pays off on long GPU runs)")
 
     def __post_init__(self) -> None:
         attribute = get_attribute(self.attribute)
@@ -133,7 +140,13 @@ class TrainConfig(_Config):
     def offsets_config(self) -> OffsetsConfig:
         part = get_attribute(self.attribute).part if self.part == "auto" else self.part
         parts = (part, "mid") if self.include_mid else (part,)
-        return OffsetsConfig(parts=parts, mode=self.offset_mode, zero_init=self.zero_init)
+        zero = self.zero_init or not self.uses_offsets
+        return OffsetsConfig(parts=parts, mode=self.offset_mode, zero_init=zero)
+
+    @property
+    def uses_offsets(self) -> bool:
+        """False for the baselines: their offsets stay at ΔW = 0, so λ has no effect."""
+        return self.trainable in OFFSET_TRAINABLES
 
     def effective_lr(self) -> float:
         return self.lr * self.grad_accum * self.batch_size if self.scale_lr else self.lr

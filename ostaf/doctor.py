@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ostaf.image_encoder import CLIP_HUB_ID, CLIP_WEIGHTS_ENV, _cached_hub_weights
 from ostaf.metric_models import Location, locate_dino, locate_vgg
-from ostaf.models import is_preset
+from ostaf.models import TRAINED_PRESETS, is_preset
 from ostaf.segment import SAM_WEIGHTS_ENV, sam_weights_path
 
 
@@ -18,6 +18,10 @@ def locate_sd(model: str) -> Location:
     fix = "pass --model /path/to/folder (diffusers layout with model_index.json) or cache the hub snapshot"
     if is_preset(model):
         return Location(name, [f"preset {model}"], f"preset {model} (random weights)", fix)
+    if model in TRAINED_PRESETS:
+        path = TRAINED_PRESETS[model]()
+        found = str(path) if (path / "model_index.json").is_file() else None
+        return Location(name, [f"preset {model}: {path}"], found, "python -m ostaf.world.pretrain --out " + str(path))
     path = Path(model).expanduser()
     if path.exists():
         found = str(path) if (path / "model_index.json").is_file() else None

@@ -8,6 +8,7 @@ the base model.
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,6 +118,22 @@ def run_batch(
             adapter.set_scale(1.0)
 
 
+def check_length(tokenizer, prompt: str, placeholders: list[str]) -> None:
+    """Prompts past CLIP's 77 tokens are cut (with a warning); a cut that drops a placeholder is an error."""
+    ids = tokenizer(prompt).input_ids
+    limit = tokenizer.model_max_length
+    if len(ids) <= limit:
+        return
+    kept = ids[: limit - 1]
+    lost = [t for t in placeholders if t in prompt and tokenizer.convert_tokens_to_ids(t) not in kept]
+    if lost:
+        raise OstafError(
+            f"prompt {prompt[:60]!r}… has {len(ids)} tokens; CLIP reads {limit}, and the cut drops {', '.join(lost)}: "
+            "shorten the prompt or move the placeholder to the front"
+        )
+    warnings.warn(f"prompt {prompt[:60]!r}… has {len(ids)} tokens; CLIP reads the first {limit}", stacklevel=2)
+
+
 def set_scheduler(pipe: StableDiffusionPipeline, name: str) -> None:
     if name not in SCHEDULERS:
         raise OstafError(f"unknown scheduler {name!r}: use one of {', '.join(SCHEDULERS)}")
@@ -145,6 +162,8 @@ def generate(
     pipe.to(device)
     set_scheduler(pipe, config.scheduler)
     adapters = [apply(pipe, c) for c in checkpoints]
+    for prompt in config.prompt:
+        check_length(pipe.tokenizer, prompt, tokens)
 
     out = Path(config.out)
     results, index = [], []

@@ -6,7 +6,9 @@ seeded random weights instead of files:
 
 - ``tiny``: a few-MB model for tests and the demo (runs in seconds on a CPU);
 - ``sd14-random``: the full SD-1.4 architecture (859 M-parameter U-Net) for benchmarks,
-  where cost does not depend on weight values.
+  where cost does not depend on weight values;
+- ``attribute-world``: a small model *trained* on the procedural Attribute World
+  (`ostaf.world.pretrain`), committed as a versioned asset: real, if small, images.
 
 Nothing is ever downloaded: hub ids resolve only from the local Hugging Face cache.
 """
@@ -14,6 +16,7 @@ Nothing is ever downloaded: hub ids resolve only from the local Hugging Face cac
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,8 +138,51 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+# Presets with trained weights in this repository (a versioned asset), loaded like any diffusers folder.
+WORLD_MODEL_ENV = "OSTAF_WORLD_MODEL"
+
+
+def world_model_path() -> Path:
+    """The Attribute World model: `$OSTAF_WORLD_MODEL`, else the asset committed beside the package."""
+    default = Path(__file__).resolve().parents[1] / "tests" / "assets" / "attribute-world"
+    return Path(os.environ.get(WORLD_MODEL_ENV) or default)
+
+
+TRAINED_PRESETS: dict[str, Callable[[], Path]] = {"attribute-world": world_model_path}
+
+
 def is_preset(model: str) -> bool:
+    """A random-weight preset (`tiny`, `sd14-random`); trained presets load through `load_pipeline` too."""
     return model in PRESETS
+
+
+def resolve_model(model: str) -> str:
+    """The folder behind a trained preset's name, or `model` unchanged."""
+    if model not in TRAINED_PRESETS:
+        return model
+    path = TRAINED_PRESETS[model]()
+    if not (path / "model_index.json").is_file():
+        raise OstafError(
+            f"the {model} model is not at {path}: it ships in the repository's tests/assets/ (check out the full "
+            f"repository), or rebuild it with `python -m ostaf.world.pretrain --out {path}` (about 30 min on 2 "
+            f"cores), or point ${WORLD_MODEL_ENV} at a copy"
+        )
+    return str(path)
+
+
+def model_resolution(model: str) -> int:
+    """The native image size of `model` without loading weights (presets, local folders; else SD's 512)."""
+    import json
+
+    if model in PRESETS:
+        return PRESETS[model].resolution
+    folder = Path(resolve_model(model)).expanduser()
+    try:
+        unet = json.loads((folder / "unet" / "config.json").read_text())
+        vae = json.loads((folder / "vae" / "config.json").read_text())
+    except (OSError, ValueError):
+        return 512
+    return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
 
 
 def native_resolution(pipe: StableDiffusionPipeline) -> int:
@@ -148,7 +194,7 @@ def load_pipeline(model: str, seed: int = 0, dtype: torch.dtype = torch.float32)
     if is_preset(model):
         pipe = _random_pipeline(PRESETS[model], seed)
         return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
-    return _pretrained_pipeline(model, dtype)
+    return _pretrained_pipeline(resolve_model(model), dtype)
 
 
 def _random_pipeline(preset: Preset, seed: int) -> StableDiffusionPipeline:

@@ -17,6 +17,13 @@ COLUMNS = {
     "style": ("clip_t", "dino", "gram"),
     "shape": ("clip_t", "iou"),
 }
+# Attribute World items also carry exact metrics (ostaf.world.references): reported when present.
+WORLD_COLUMNS = {
+    "appearance": ("appearance_dist", "appearance_match", "text_control"),
+    "style": (),
+    "shape": ("shape_iou", "text_control"),
+}
+TABLE_METRICS = ("clip_t", "dino", "gram", "iou", "shape_iou", "appearance_dist", "appearance_match", "text_control")
 
 
 def paper_table(rows: list[dict], lam: float | None = None) -> list[dict]:
@@ -26,22 +33,26 @@ def paper_table(rows: list[dict], lam: float | None = None) -> list[dict]:
     for index, row in enumerate(rows):
         if lam is None or row["lam"] == lam:
             items[row["attribute"]].add(row.get("item", index))
-            for metric in COLUMNS[row["attribute"]]:
+            for metric in COLUMNS[row["attribute"]] + WORLD_COLUMNS[row["attribute"]]:
                 if row.get(metric) is not None:
                     values[row["attribute"]][metric].append(float(row[metric]))
     return [
         {
             "attribute": attr,
             "n": len(items[attr]),
-            **{m: round(float(np.mean(values[attr][m])), 4) for m in COLUMNS[attr] if values[attr][m]},
+            **{m: round(float(np.mean(v)), 4) for m, v in values[attr].items() if v},
         }
         for attr in COLUMNS
         if attr in values
     ]
 
 
+def _keys(table: list[dict]) -> list[str]:
+    return ["attribute", "n", *(m for m in TABLE_METRICS if any(m in row for row in table))]
+
+
 def to_csv(table: list[dict]) -> str:
-    keys = ["attribute", "n", "clip_t", "dino", "gram", "iou"]
+    keys = _keys(table)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=keys, restval="")
     writer.writeheader()
@@ -50,7 +61,7 @@ def to_csv(table: list[dict]) -> str:
 
 
 def to_markdown(table: list[dict]) -> str:
-    keys = ["attribute", "n", "clip_t", "dino", "gram", "iou"]
+    keys = _keys(table)
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(str(row.get(k, "–")) for k in keys) + " |" for row in table]
     return "\n".join(lines) + "\n"

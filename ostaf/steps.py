@@ -19,13 +19,17 @@ from ostaf.attributes import get_attribute
 from ostaf.benchmark import BenchmarkItem, copy_items, load_manifest, pull
 from ostaf.config import GenerateConfig, TrainConfig, normalize_options
 from ostaf.errors import OstafError
-from ostaf.io import write_json
+from ostaf.io import atomic_write, write_json
+from ostaf.report import TABLE_METRICS
+from ostaf.world.references import GROUP as WORLD_GROUP
 
 ITEM_FILE = "item.json"
 SCORES_FILE = "scores.json"
 # Options set per item or per step, never by the pipeline's option dicts.
 PER_ITEM_TRAIN = ("image", "class_name", "attribute", "out", "model")
 PER_ITEM_GENERATE = ("ckpt", "prompt", "out", "model")
+WORLD_SOURCE = "world"  # --source world: Attribute World references instead of the DVC benchmark
+WORLD_ITEMS = 8  # world references per attribute when every item is asked for
 
 
 def default_options(cls: type) -> dict[str, Any]:
@@ -56,9 +60,15 @@ def start_pipeline_run(
 
 def select_benchmark(source: str, dest: str, attributes: list[str], ids: list[str], per_attribute: int) -> list[str]:
     """Copy the chosen benchmark items into `dest`; return their ids (the fan-out list)."""
-    folder = pull(source)
+    if source == WORLD_SOURCE:  # held-out Attribute World references, generated (no data to pull)
+        from ostaf.world.references import write_benchmark
+
+        folder = write_benchmark(Path(dest) / ".world", per_attribute or WORLD_ITEMS)
+    else:
+        folder = pull(source)
     items = load_manifest(folder).select(attributes or None, ids or None, per_attribute)
     copy_items(folder, dest, items)
+    shutil.rmtree(Path(dest) / ".world", ignore_errors=True)
     return [i.id for i in items]
 
 
@@ -80,19 +90,20 @@ def import_reference(image: str, attribute: str, class_name: str, prompts: list[
         raise OstafError(f"reference {image}: {err.errors()[0]['msg']}") from None
     save_image(load_image(image), Path(dest) / item.image)
     manifest = {"name": "reference", "version": 1, "items": [item.model_dump(mode="json")]}
-    (Path(dest) / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    text = yaml.safe_dump(manifest, sort_keys=False)
+    atomic_write(Path(dest) / "manifest.yaml", lambda tmp: tmp.write_text(text))
     return [item.id]
 
 
 def preprocess_item(benchmark: str, item_id: str, model: str, train_options: dict, dest: str) -> None:
     """SAM foreground + augmentation plan of one item, with its metadata in item.json."""
-    from ostaf.models import PRESETS
+    from ostaf.models import model_resolution
     from ostaf.preprocess import preprocess
     from ostaf.segment import load_sam
 
     item = load_manifest(benchmark).item(item_id)
     config = train_config(dest, item, model, train_options, out=dest)
-    resolution = config.resolution or (PRESETS[model].resolution if model in PRESETS else 512)
+    resolution = config.resolution or model_resolution(model)
     sam = load_sam(config.sam) if config.segment else None
     preprocess(Path(benchmark) / item.image, item.attribute, resolution, config.augment_bank, config.seed, sam).save(
         dest
@@ -153,6 +164,11 @@ def evaluate_item(images: str, reference: str, metric_models: str, run_id: str, 
 
     item = read_item(reference)
     rows = evaluate_sweep(images, load_preprocessed(reference), load_metric_models(item["attribute"], metric_models))
+    if item.get("group") == WORLD_GROUP:  # exact ground truth: add the world's own metrics
+        from ostaf.world.references import score_sweep
+
+        exact = score_sweep(images, item)
+        rows = [row | exact[(row["prompt"], row["lam"])] for row in rows]
     rows = [{"item": item["id"], "attribute": item["attribute"], **row} for row in rows]
     write_json(Path(dest) / SCORES_FILE, rows)
     means = by_lambda(rows)
@@ -163,7 +179,7 @@ def evaluate_item(images: str, reference: str, metric_models: str, run_id: str, 
         tracking.log_plot(logger, lambda p: plot_curves(rows, p), "plots/metrics_vs_lambda.png")
         logger.end()
     top = means[max(means)]
-    return {k: v for k, v in top.items() if k in ("clip_t", "dino", "gram", "iou")}
+    return {k: v for k, v in top.items() if k in TABLE_METRICS}
 
 
 def aggregate(score_dirs: list[str], parent_run_id: str, dest: str, lam: float | None = None) -> str:

@@ -7,6 +7,7 @@ different processes (KFP tasks) log into the same parent and nested runs.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import tempfile
@@ -20,6 +21,7 @@ from PIL import Image
 
 from ostaf.errors import OstafError
 
+log = logging.getLogger(__name__)
 EXPERIMENT = "ostaf"
 
 
@@ -42,9 +44,36 @@ def check_reachable(uri: str | None = None, timeout: float = 5.0) -> str:
     return uri
 
 
+_READY_STORES: set[str] = set()
+
+
+def _ready_sqlite_store(uri: str) -> None:
+    """Create or migrate a local SQLite store once, under a file lock: parallel local runs (or KFP branches)
+    that all find a new store would otherwise race to create its tables."""
+    if not uri.startswith("sqlite:///") or uri in _READY_STORES:
+        return
+    import fcntl
+
+    from mlflow import MlflowClient
+
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{db}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    _READY_STORES.add(uri)
+
+
 def client():
     from mlflow import MlflowClient
 
+    # MLflow's own HTTP retries back off for minutes; ours are short and end in the spool.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    _ready_sqlite_store(tracking_uri())
     return MlflowClient(tracking_uri=tracking_uri())
 
 
@@ -79,46 +108,164 @@ def provenance_tags(repo: str | Path | None = None) -> dict[str, str]:
     return tags
 
 
-class RunLogger:
-    """Logs into one existing MLflow run; implements the training `Tracker` protocol."""
+SPOOL_ENV = "OSTAF_MLFLOW_SPOOL"
+RETRIES = 3  # attempts per record before it is spooled
+BACKOFF_S = 0.5  # first back-off; doubles per attempt
+OFFLINE_S = 30.0  # after a failure, spool without trying the server for this long (training must not wait)
 
-    def __init__(self, run_id: str) -> None:
+
+def spool_dir() -> Path:
+    """Where records that could not be sent wait for `ostaf sync-tracking`: $OSTAF_MLFLOW_SPOOL or ./mlflow-spool."""
+    return Path(os.environ.get(SPOOL_ENV) or Path.cwd() / "mlflow-spool")
+
+
+class RunLogger:
+    """Logs into one existing MLflow run; implements the training `Tracker` protocol.
+
+    Every call becomes a record (params, metrics, tags, artifact, text, end). A record that the
+    tracking server does not take after `RETRIES` attempts with exponential back-off is appended
+    to the spool (``<spool>/<run_id>.jsonl``, artifacts copied beside it) and the caller goes on;
+    for `OFFLINE_S` after a failure records go straight to the spool. `sync_spool` (the CLI's
+    ``ostaf sync-tracking``) sends them later.
+    """
+
+    def __init__(self, run_id: str, spool: str | Path | None = None) -> None:
         self.run_id = run_id
         self.client = client()
+        self.spool = Path(spool) if spool else spool_dir()
+        self.offline_until = 0.0
+        self.spooled = 0
 
     def log_params(self, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param
-
         flat = flatten(params)
-        items = [Param(k, v) for k, v in flat.items()]
-        for start in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[start : start + 100])
+        keys = list(flat)
+        for start in range(0, len(keys), 100):
+            self._deliver({"kind": "params", "params": {k: flat[k] for k in keys[start : start + 100]}})
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+        values = {k: float(v) for k, v in metrics.items()}
+        self._deliver({"kind": "metrics", "metrics": values, "step": int(step), "timestamp": int(time.time() * 1000)})
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        for key, value in tags.items():
-            self.client.set_tag(self.run_id, key, value)
+        self._deliver({"kind": "tags", "tags": {k: str(v) for k, v in tags.items()}})
 
     def log_image(self, image: Image.Image, artifact_file: str) -> None:
-        self.client.log_image(self.run_id, image, artifact_file=artifact_file)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(artifact_file).name
+            image.save(path)
+            self.log_artifact(path, str(Path(artifact_file).parent) if "/" in artifact_file else None)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        path = Path(path)
-        if path.is_dir():
-            self.client.log_artifacts(self.run_id, str(path), artifact_path)
-        else:
-            self.client.log_artifact(self.run_id, str(path), artifact_path)
+        self._deliver({"kind": "artifact", "path": str(Path(path).resolve()), "artifact_path": artifact_path})
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self.client.log_text(self.run_id, text, artifact_file)
+        self._deliver({"kind": "text", "text": text, "artifact_file": artifact_file})
 
     def end(self, status: str = "FINISHED") -> None:
-        self.client.set_terminated(self.run_id, status)
+        self._deliver({"kind": "end", "status": status})
+
+    # -- delivery ------------------------------------------------------------------
+    def _deliver(self, record: dict[str, Any]) -> None:
+        if time.monotonic() >= self.offline_until:
+            for attempt in range(RETRIES):
+                try:
+                    apply_record(self.client, self.run_id, record)
+                    return
+                except Exception as err:  # noqa: BLE001 - any transport or server error: retry, then spool
+                    error = err
+                    if attempt + 1 < RETRIES:
+                        time.sleep(BACKOFF_S * 2**attempt)
+            self.offline_until = time.monotonic() + OFFLINE_S
+            if not self.spooled:
+                log.warning(
+                    "MLflow at %s is not taking records (%s); keeping them in %s until `ostaf sync-tracking`",
+                    tracking_uri(),
+                    error.__class__.__name__,
+                    self.spool,
+                )
+        self._spool(record)
+
+    def _spool(self, record: dict[str, Any]) -> None:
+        import json
+        import shutil
+
+        folder = self.spool / self.run_id
+        if record["kind"] == "artifact":  # copy now: the caller may delete the file afterwards
+            source = Path(record["path"])
+            kept = folder / f"{self.spooled:06d}" / source.name
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            (shutil.copytree if source.is_dir() else shutil.copy2)(source, kept)
+            record = record | {"path": str(kept)}
+        self.spool.mkdir(parents=True, exist_ok=True)
+        with open(self.spool / f"{self.run_id}.jsonl", "a") as f:  # one line per record: a torn line is skipped
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.spooled += 1
+
+
+def apply_record(mlflow_client, run_id: str, record: dict[str, Any]) -> None:
+    """Send one record to MLflow."""
+    from mlflow.entities import Metric, Param
+
+    kind = record["kind"]
+    if kind == "params":
+        mlflow_client.log_batch(run_id, params=[Param(k, v) for k, v in record["params"].items()])
+    elif kind == "metrics":
+        stamp, step = record["timestamp"], record["step"]
+        mlflow_client.log_batch(run_id, metrics=[Metric(k, v, stamp, step) for k, v in record["metrics"].items()])
+    elif kind == "tags":
+        for key, value in record["tags"].items():
+            mlflow_client.set_tag(run_id, key, value)
+    elif kind == "artifact":
+        path = Path(record["path"])
+        if path.is_dir():
+            mlflow_client.log_artifacts(run_id, str(path), record["artifact_path"])
+        else:
+            mlflow_client.log_artifact(run_id, str(path), record["artifact_path"])
+    elif kind == "text":
+        mlflow_client.log_text(run_id, record["text"], record["artifact_file"])
+    elif kind == "end":
+        mlflow_client.set_terminated(run_id, record["status"])
+    else:
+        raise OstafError(f"unknown tracking record kind {kind!r}")
+
+
+def sync_spool(spool: str | Path | None = None) -> dict[str, int]:
+    """Send every spooled record, oldest first; a run's file goes once all of it is sent. Returns counts per run."""
+    import json
+    import shutil
+
+    from ostaf.io import atomic_write
+
+    spool = Path(spool) if spool else spool_dir()
+    sent: dict[str, int] = {}
+    mlflow_client = client()
+    for journal in sorted(spool.glob("*.jsonl")):
+        run_id = journal.stem
+        lines = journal.read_text().splitlines()
+        records = []
+        for line in lines:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                log.warning("skipping a torn line in %s", journal)
+        done = 0
+        try:
+            for record in records:
+                apply_record(mlflow_client, run_id, record)
+                done += 1
+        except Exception as err:  # noqa: BLE001
+            remaining = "".join(json.dumps(r) + "\n" for r in records[done:])
+            atomic_write(journal, lambda tmp, text=remaining: tmp.write_text(text))
+            raise OstafError(
+                f"MLflow at {tracking_uri()} refused a spooled record of run {run_id} ({err.__class__.__name__}: "
+                f"{err}); {done} sent, {len(records) - done} kept in {journal}: fix the server and sync again"
+            ) from None
+        journal.unlink()
+        shutil.rmtree(spool / run_id, ignore_errors=True)
+        sent[run_id] = done
+    return sent
 
 
 def experiment_id(name: str = EXPERIMENT) -> str:

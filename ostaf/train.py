@@ -38,7 +38,8 @@ from ostaf.segment import load_sam
 
 log = logging.getLogger(__name__)
 TRAINER_STATE = "trainer.safetensors"
-RESUME_MAY_CHANGE = {"steps", "checkpoint_every", "device"}  # options that may differ when resuming
+# options that may differ when resuming (they change where or how fast, not what is learned)
+RESUME_MAY_CHANGE = {"steps", "checkpoint_every", "device", "gradient_checkpointing", "channels_last", "compile"}
 
 
 class Tracker(Protocol):
@@ -77,6 +78,10 @@ class TrainingSetup:
         return self.pipe.unet
 
 
+class NonFiniteLoss(OstafError):
+    """The loss is NaN or infinite: stop at once (nothing of this step is applied)."""
+
+
 @dataclass
 class TrainResult:
     out: Path
@@ -99,7 +104,7 @@ def train(
     optimizer = make_optimizer(setup)
     scaler = torch.amp.GradScaler("cuda", enabled=setup.amp_dtype == torch.float16)
     out = Path(config.out)
-    start = resume(setup, optimizer, generator, out)
+    start = resume(setup, optimizer, generator, out, scaler)
 
     losses: list[float] = []
     started = time.perf_counter()
@@ -112,17 +117,22 @@ def train(
         unit="step",
     )
     for step in bar:
-        loss = optimizer_step(setup, optimizer, scaler, generator)
+        try:
+            loss = optimizer_step(setup, optimizer, scaler, generator)
+        except NonFiniteLoss as err:
+            good = latest_resumable(out)
+            kept = f"the last good checkpoint, {good}, is intact" if good else "no checkpoint had been written yet"
+            raise OstafError(f"step {step + 1}: {err}; {kept}") from None
         losses.append(loss)
         bar.set_postfix(loss=f"{loss:.4f}")
         with torch.no_grad():
             tracker.log_metrics({"loss": loss, "token_norm": float(setup.token().norm())}, step + 1)
         if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
             save_training_checkpoint(
-                setup, optimizer, generator, out / "checkpoints" / f"step-{step + 1:06d}", step + 1
+                setup, optimizer, generator, out / "checkpoints" / f"step-{step + 1:06d}", step + 1, scaler
             )
     elapsed = time.perf_counter() - started
-    save_training_checkpoint(setup, optimizer, generator, out, config.steps)
+    save_training_checkpoint(setup, optimizer, generator, out, config.steps, scaler)
     finalize(setup)
     return TrainResult(out, config.steps, losses, elapsed / max(len(losses), 1))
 
@@ -161,9 +171,11 @@ def prepare(
 
     with seeded(config.seed):  # the offsets' initial weights depend on the seed only
         adapter = OffsetsAdapter.install(pipe.unet, config.offsets_config(), attribute.token)
-    trainable = list(adapter.parameters())
-    if config.trainable == "paper":
+    trainable = list(adapter.parameters()) if config.uses_offsets else []
+    if config.trainable in ("paper", "blocks"):
         trainable += unfreeze_blocks(pipe, adapter.blocks())
+    elif config.trainable == "unet":
+        trainable += unfreeze_blocks(pipe, [""])
 
     token = build_placeholder(config, attribute, pipe, reference.image, image_encoder).to(device)
     token_id = add_placeholder(pipe.tokenizer, pipe.text_encoder, attribute.token, token().detach())
@@ -182,6 +194,7 @@ def prepare(
         prompt, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt"
     ).input_ids.to(device)
     mean, std = encode_reference(pipe, reference)
+    speed_up(pipe.unet, config)
     setup = TrainingSetup(
         config=config,
         attribute=attribute,
@@ -204,6 +217,16 @@ def prepare(
     return setup
 
 
+def speed_up(unet, config: TrainConfig) -> None:
+    """The performance flags: each changes speed or memory, never what is learned (up to float rounding)."""
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    if config.channels_last:
+        unet.to(memory_format=torch.channels_last)
+    if config.compile:
+        unet.compile()  # in place: the module (and its attention processors) stay addressable
+
+
 def confine_token_gradient(pipe: StableDiffusionPipeline, adapter: OffsetsAdapter) -> None:
     """Detach the text context at every cross-attention outside the adapter's layers (undone by `finalize`)."""
     for name, processor in pipe.unet.attn_processors.items():
@@ -219,7 +242,7 @@ def release_token_gradient(pipe: StableDiffusionPipeline) -> None:
 
 
 def unfreeze_blocks(pipe: StableDiffusionPipeline, blocks: list[str]) -> list[torch.nn.Parameter]:
-    """The authors' `paper` setting: every weight of the targeted blocks trains (kept in fp32)."""
+    """Every weight of `blocks` trains, kept in fp32 (`paper`, `blocks`; "" is the whole U-Net)."""
     params = []
     for block in blocks:
         module = pipe.unet.get_submodule(block).float()
@@ -331,10 +354,7 @@ def optimizer_step(
         mse, reg = denoising_loss(setup, *sample_batch(setup, generator))
         loss = mse + setup.config.token_reg * reg
         if not torch.isfinite(loss):
-            raise OstafError(
-                f"loss became {loss.item()} (not finite): lower --lr, or use --precision fp32; "
-                f"the last checkpoint under {setup.config.out} is intact"
-            )
+            raise NonFiniteLoss(f"loss became {loss.item()} (not finite): lower --lr, or use --precision fp32")
         scaler.scale(loss / accum).backward()
         total += loss.item() / accum
     scaler.step(optimizer)
@@ -368,7 +388,7 @@ def model_tensors(setup: TrainingSetup) -> dict[str, torch.Tensor]:
     tensors = {f"offsets.{k}": v for k, v in setup.adapter.state_dict().items()}
     tensors["token.embedding"] = final_embedding(setup)
     tensors.update({f"token.init.{k}": v for k, v in setup.token.state_dict().items() if v.numel()})
-    if setup.config.trainable == "paper":
+    if setup.config.trainable in ("paper", "blocks", "unet"):
         ids = {id(p) for p in setup.trainable}
         tensors.update(
             {f"unet.{n}": p for n, p in setup.unet.named_parameters() if id(p) in ids and ".processor." not in n}
@@ -390,7 +410,12 @@ def card(setup: TrainingSetup, step: int) -> dict:
 
 
 def save_training_checkpoint(
-    setup: TrainingSetup, optimizer: torch.optim.Optimizer, generator: torch.Generator, folder: Path, step: int
+    setup: TrainingSetup,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    folder: Path,
+    step: int,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> None:
     """Model tensors + card, plus the trainer state needed to resume (kept only in the newest folder)."""
     from safetensors.torch import save_file
@@ -401,6 +426,10 @@ def save_training_checkpoint(
     trainer = {f"optim.{i}.{k}": v for i, s in state["state"].items() for k, v in s.items() if torch.is_tensor(v)}
     trainer["rng.generator"] = generator.get_state()
     trainer["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        trainer.update({f"rng.cuda.{i}": state for i, state in enumerate(torch.cuda.get_rng_state_all())})
+    if scaler is not None and scaler.is_enabled():  # fp16: the loss scale and its growth counter
+        trainer.update({f"scaler.{k}": torch.tensor(v) for k, v in scaler.state_dict().items()})
     trainer = {k: v.detach().cpu().contiguous() for k, v in trainer.items()}
     info = card(setup, step) | {"optimizer": {"param_groups": state["param_groups"]}}
     atomic_write(folder / TRAINER_STATE, lambda tmp: save_file(trainer, str(tmp)))
@@ -424,7 +453,13 @@ def latest_resumable(out: Path) -> Path | None:
     return max(candidates, key=lambda f: json.loads((f / ckpt_io.CARD).read_text())["step"])  # cards only
 
 
-def resume(setup: TrainingSetup, optimizer: torch.optim.Optimizer, generator: torch.Generator, out: Path) -> int:
+def resume(
+    setup: TrainingSetup,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    out: Path,
+    scaler: torch.amp.GradScaler | None = None,
+) -> int:
     """Restore model, optimizer and RNG state from the newest checkpoint in `out`; return its step."""
     from safetensors.torch import load_file
 
@@ -461,6 +496,12 @@ def resume(setup: TrainingSetup, optimizer: torch.optim.Optimizer, generator: to
     optimizer.load_state_dict(state)
     generator.set_state(trainer["rng.generator"])
     torch.set_rng_state(trainer["rng.torch"])
+    cuda = [trainer[k] for k in sorted(k for k in trainer if k.startswith("rng.cuda."))]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    saved_scaler = {k.removeprefix("scaler."): v.item() for k, v in trainer.items() if k.startswith("scaler.")}
+    if saved_scaler and scaler is not None and scaler.is_enabled():
+        scaler.load_state_dict(saved_scaler)
     log.info("resumed %s from step %d", out, step)
     return step
 

@@ -23,7 +23,8 @@ from kfp import compiler
 from ostaf.config import GenerateConfig, TrainConfig
 from ostaf.errors import OstafError
 from ostaf.flags import add_config_arguments, options_from_args
-from ostaf.steps import PER_ITEM_GENERATE, PER_ITEM_TRAIN
+from ostaf.models import PRESETS, TRAINED_PRESETS
+from ostaf.steps import PER_ITEM_GENERATE, PER_ITEM_TRAIN, WORLD_SOURCE
 from pipelines.dags import build_benchmark, build_personalization
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,7 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("run-local", "submit"):
         p = sub.add_parser(name, help=f"{name} a pipeline")
         p.add_argument("--pipeline", choices=list(PIPELINES), default="benchmark")
-        p.add_argument("--source", default=f"dvc:{REPO}", help="benchmark folder, or dvc:<repo>[@remote]")
+        p.add_argument(
+            "--source",
+            default="auto",
+            help=f"benchmark folder, dvc:<repo>[@remote], or {WORLD_SOURCE} (held-out Attribute World references); "
+            f"auto: {WORLD_SOURCE} for --model attribute-world, else dvc:{REPO}",
+        )
         p.add_argument("--attributes", nargs="*", default=[])
         p.add_argument("--item-ids", nargs="*", default=[])
         p.add_argument("--per-attribute", type=int, default=1, help="items per attribute (0 = all)")
@@ -93,7 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--attribute", default="appearance", help="personalization pipeline: the attribute")
         p.add_argument("--class-name", default="object", help="personalization pipeline: what the image shows")
         p.add_argument("--prompts", nargs="*", default=[], help="personalization pipeline: prompts")
-        p.add_argument("--model", default="tiny")
+        p.add_argument(
+            "--model",
+            default="attribute-world",
+            help="attribute-world (the small model trained on Attribute World), tiny, sd14-random, or real SD weights",
+        )
         p.add_argument("--metric-models", default="", help="auto (real weights) or tiny; default tiny for presets")
         add_config_arguments(p, TrainConfig, exclude=PER_ITEM_TRAIN)
         add_config_arguments(p, GenerateConfig, prefix="gen-", exclude=PER_ITEM_GENERATE)
@@ -115,7 +125,7 @@ def pipeline_params(args: argparse.Namespace) -> dict[str, Any]:
     GenerateConfig(ckpt=["x"], prompt=["x *a"], **generate_options)
     common = {
         "model": args.model,
-        "metric_models": args.metric_models or ("tiny" if args.model in ("tiny", "sd14-random") else "auto"),
+        "metric_models": args.metric_models or ("tiny" if args.model in (*PRESETS, *TRAINED_PRESETS) else "auto"),
         "train_options": train_options,
         "generate_options": generate_options,
     }
@@ -131,7 +141,9 @@ def pipeline_params(args: argparse.Namespace) -> dict[str, Any]:
         }
     return {
         **common,
-        "source": args.source,
+        "source": args.source
+        if args.source != "auto"
+        else (WORLD_SOURCE if args.model == "attribute-world" else f"dvc:{REPO}"),
         "attributes": args.attributes,
         "item_ids": args.item_ids,
         "per_attribute": 0 if args.all else args.per_attribute,

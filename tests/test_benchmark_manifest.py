@@ -74,6 +74,11 @@ def test_bad_manifests_name_the_item(tmp_path, change, message):
     assert "a1" in str(err.value)
 
 
+def test_item_ids_cannot_name_paths(tmp_path):
+    with pytest.raises(OstafError, match="letters, digits"):
+        load_manifest(write_manifest(tmp_path, item={"id": "../escape"}))
+
+
 def test_duplicate_ids_are_refused(tmp_path):
     folder = write_manifest(tmp_path)
     data = yaml.safe_load((folder / "manifest.yaml").read_text())
@@ -99,3 +104,33 @@ def test_single_image_reference_checks_its_prompts(tmp_path):
     assert load_manifest(tmp_path / "b").item("reference").class_name == "cat"
     with pytest.raises(OstafError, match="must contain \\*m"):
         import_reference(str(tmp_path / "me.png"), "shape", "cat", ["a vase"], str(tmp_path / "c"))
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_unreachable_remote_is_named_and_leaves_no_partial_data(tmp_path, monkeypatch, kind):
+    import subprocess
+    import sys
+
+    from ostaf.benchmark import pull
+    from tests.mlflow_server import free_port
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+
+    def dvc(*args):
+        subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, check=True, capture_output=True)
+
+    dvc("init", "--no-scm", "-q")
+    shutil.copy(Path(__file__).resolve().parents[1] / "data.dvc", repo)
+    if kind == "local":
+        dvc("remote", "add", "-d", "gone", str(tmp_path / "nowhere"))
+        expected = r"remote gone \(.*nowhere\)"
+    else:  # an object store that does not answer, with credentials from the environment only
+        dvc("remote", "add", "-d", "store", "s3://bucket/benchmark")
+        dvc("remote", "modify", "store", "endpointurl", f"http://127.0.0.1:{free_port()}")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "wrong")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+        expected = r"remote store \(s3://bucket/benchmark\)"
+    with pytest.raises(OstafError, match=expected):
+        pull(f"dvc:{repo}")
+    assert not (repo / "data").exists()  # nothing half-pulled

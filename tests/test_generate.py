@@ -100,6 +100,9 @@ def test_pickle_and_missing_checkpoints_are_refused(tmp_path):
     folder.mkdir()
     torch.save({"x": torch.zeros(1)}, folder / "ostaf.safetensors")  # a pickle under the right name
     (folder / "ostaf.json").write_text(json.dumps({"format": "ostaf-checkpoint/1"}))
+    with pytest.raises(OstafError, match="pickle.*refused"):
+        load_checkpoint(folder)
+    (folder / "ostaf.safetensors").write_bytes(b"\x00" * 12)  # truncated / not a tensor file
     with pytest.raises(OstafError, match="damaged"):
         load_checkpoint(folder)
     with pytest.raises(OstafError, match="not an OSTAF checkpoint"):
@@ -123,6 +126,16 @@ def test_generate_writes_images_grids_and_index(checkpoints, tmp_path):
         assert (tmp_path / "gen" / item["path"]).is_file()
     assert (tmp_path / "gen" / "a-cup-in-the-appearance-of-a" / "grid.png").is_file()
     assert not list((tmp_path / "gen").rglob("*.tmp"))
+
+
+def test_overlong_prompt_warns_and_a_cut_placeholder_is_an_error(checkpoints, tmp_path):
+    config = dict(ckpt=[str(checkpoints["appearance"])], lam=[1.0], seeds=[0], num_steps=1, device="cpu")
+    long = "a cup in the appearance of *a " + "with a very long tail of words " * 12
+    with pytest.warns(UserWarning, match="CLIP reads the first 77"):
+        generate(GenerateConfig(prompt=[long], out=str(tmp_path / "a"), **config), progress=False)
+    cut = "a cup " + "with a very long tail of words " * 12 + "in the appearance of *a"
+    with pytest.raises(OstafError, match="drops \\*a"):
+        generate(GenerateConfig(prompt=[cut], out=str(tmp_path / "b"), **config), progress=False)
 
 
 @pytest.mark.parametrize(

@@ -137,6 +137,30 @@ def test_per_sample_lambda_equals_separate_runs(tiny_pipe):
     torch.testing.assert_close(batched, torch.cat(separate), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("lam", [0.7, torch.tensor([0.7, 0.2])])
+def test_no_grad_reuses_delta_until_the_offsets_change(tiny_pipe, lam):
+    unet = tiny_pipe.unet
+    adapter = OffsetsAdapter.install(unet, OffsetsConfig(parts=("decoder",)), "*a")
+    adapter.set_scale(lam)
+    proc = next(iter(adapter.processors.values()))
+    first = run(unet)
+    cached = dict(proc._cache)
+    assert cached  # generation computed ΔW (or W ⊙ ΔW) once and kept it
+    again = run(unet)
+    assert torch.equal(first, again) and all(proc._cache[k][1] is v[1] for k, v in cached.items())  # reused
+    with torch.enable_grad():  # training never reads the cache: ΔW must carry its graph
+        sample, t, context = unet_inputs()
+        unet(sample, t, context).sample.sum().backward()
+    assert all(p.grad is not None for p in adapter.parameters())
+    with torch.no_grad():  # an optimizer step (in place) invalidates what was cached
+        for p in adapter.parameters():
+            p.add_(0.05)
+    changed = run(unet)
+    assert not torch.allclose(changed, first)
+    proc._cache.clear()
+    torch.testing.assert_close(run(unet), changed)  # what the cache gave is what a fresh ΔW gives
+
+
 def test_per_sample_lambda_must_fit_the_batch(tiny_pipe):
     adapter = OffsetsAdapter.install(tiny_pipe.unet, OffsetsConfig(parts=("decoder",)), "*a")
     adapter.set_scale(torch.tensor([0.0, 1.0, 0.5]))

@@ -1,12 +1,6 @@
 """End to end on one machine: the single-image pipeline (KFP local runner, tiny preset) against a real
 `mlflow server`; runs, metrics, artifacts and the registered model are read back through the client."""
 
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -18,52 +12,16 @@ from ostaf.config import GenerateConfig, TrainConfig
 from ostaf.steps import default_options
 from pipelines.run import run_local
 from tests.conftest import synthetic_image
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.mlflow_server import MlflowServer
 
 
 @pytest.fixture
 def mlflow_server(tmp_path):
-    port = free_port()
-    uri = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-        "--backend-store-uri",
-        f"sqlite:///{tmp_path / 'server.db'}",
-        "--artifacts-destination",
-        str(tmp_path / "server-artifacts"),
-    ]
-    log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = MlflowServer(tmp_path).start()
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=2).read()
-                break
-            except OSError:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise RuntimeError((tmp_path / "server.log").read_text()[-2000:]) from None
-                time.sleep(0.5)
-        yield uri
+        yield server.uri
     finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=30)
-        log.close()
+        server.stop()
 
 
 def test_single_image_pipeline_logs_everything_to_a_real_server(mlflow_server, tmp_path, monkeypatch):
@@ -71,6 +29,9 @@ def test_single_image_pipeline_logs_everything_to_a_real_server(mlflow_server, t
     from mlflow import MlflowClient
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    secrets = {"AWS_SECRET_ACCESS_KEY": "s3cr3t-aws-7f9d2c", "MLFLOW_TRACKING_PASSWORD": "s3cr3t-mlflow-51ab"}
+    for key, value in secrets.items():  # credentials come from the environment: they must never be logged
+        monkeypatch.setenv(key, value)
     monkeypatch.chdir(tmp_path)
     synthetic_image(96).save(tmp_path / "ref.png")
     train = default_options(TrainConfig) | {"steps": 3, "segment": False, "lr": 1e-4, "checkpoint_every": 0}
@@ -106,6 +67,11 @@ def test_single_image_pipeline_logs_everything_to_a_real_server(mlflow_server, t
     assert child_files == {"grids/a-vase-in-the-appearance-of-a.png", "plots/metrics_vs_lambda.png"}
     report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert {"report/table.md", "report/table.csv", "report/metrics_vs_lambda.png"} <= report
+    logged = [*parent.data.params.values(), *child.data.params.values(), *parent.data.tags.values()]
+    for value in secrets.values():  # not in params or tags, nor in any file of the run, store or artifacts
+        assert not any(value in str(v) for v in logged)
+        leaks = [p for p in tmp_path.rglob("*") if p.is_file() and value.encode() in p.read_bytes()]
+        assert leaks == []
 
     version = client.get_latest_versions("ostaf-appearance")[0]
     model = mlflow.pyfunc.load_model(f"models:/ostaf-appearance/{version.version}")

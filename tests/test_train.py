@@ -31,7 +31,7 @@ def test_fifty_steps_lower_the_denoising_loss(reference, tmp_path):
     assert after < 0.9 * before, (before, after)
 
 
-@pytest.mark.parametrize("trainable", ["lite", "paper"])
+@pytest.mark.parametrize("trainable", ["lite", "paper", "token", "blocks", "unet"])
 def test_untargeted_parameters_never_change(reference, tmp_path, trainable):
     pipe = load_pipeline("tiny")
     before = snapshot(pipe)
@@ -43,10 +43,22 @@ def test_untargeted_parameters_never_change(reference, tmp_path, trainable):
                 continue  # grew by one row; checked below
             assert torch.equal(after[part][name], tensor), name
     changed = {n for n, t in before["unet"].items() if not torch.equal(after["unet"][n], t)}
-    if trainable == "lite":
+    if trainable in ("lite", "token"):
         assert changed == set()
+    elif trainable == "unet":  # DreamBooth-like: every part of the U-Net moves
+        assert {n.split(".")[0] for n in changed} >= {"down_blocks", "mid_block", "up_blocks", "conv_in"}
     else:  # decoder = up_blocks: every changed weight is in them, and they did change
         assert changed and all(n.startswith("up_blocks.") for n in changed)
+    from ostaf.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(tmp_path / "run")
+    offsets = ckpt.section("offsets.")
+    row_weights = [v for k, v in offsets.items() if k.endswith("linear_row.weight")]
+    if trainable in ("token", "blocks", "unet"):  # baselines: no hypernetwork, ΔW = 0 exactly
+        assert row_weights and all(torch.count_nonzero(w) == 0 for w in row_weights)
+    assert {k.removeprefix("unet.") for k in ckpt.tensors if k.startswith("unet.")} == (
+        set() if trainable in ("lite", "token") else changed
+    )
     table = pipe.text_encoder.get_input_embeddings().weight
     old = next(t for n, t in before["text"].items() if n.endswith("token_embedding.weight"))
     assert table.shape[0] == old.shape[0] + 1

@@ -63,13 +63,16 @@ def test_exact_answers_for_identity_and_difference():
     assert shape_iou(other.image, world.mask) < 0.9 or world.factors.shape == "cross"
 
 
-def test_pretraining_recipe_runs_and_its_output_loads_as_a_pipeline(tmp_path):
+def test_pretraining_recipe_runs_and_its_output_loads_as_a_pipeline(tmp_path, monkeypatch):
     import torch
 
     from ostaf.models import load_pipeline
     from ostaf.world.pretrain import WorldRecipe, pretrain
 
-    recipe = WorldRecipe(vae_steps=2, vae_batch=2, diffusion_steps=2, diffusion_batch=2)
+    recipe = WorldRecipe(dataset_size=8, vae_steps=2, vae_batch=2, diffusion_steps=2, diffusion_batch=2, warmup_steps=1)
+    from ostaf.world import pretrain as module
+
+    monkeypatch.setattr(module, "caption_following", lambda pipe: {"held_in": {}, "held_out": {}})  # minutes
     info = pretrain(recipe, tmp_path / "world", progress=False)
     assert info["recipe_hash"] == recipe.hash() and len(info["diffusion_losses_head"]) == 2
     again = pretrain(recipe, tmp_path / "again", progress=False)

@@ -86,7 +86,7 @@ class OffsetsAdapter:
             attn = self.unet.get_submodule(layer)
             for proj in proc.offsets:
                 linear = getattr(attn, proj)
-                merged = proc.modulated_weight(linear.weight.data, proc.delta(proj), float(scale))
+                merged = proc.modulated_weight(linear.weight.data, proc.offsets[proj](), float(scale))
                 if not torch.isfinite(merged).all():
                     raise OstafError(f"merging {self.name} at λ={scale} gives non-finite weights in {layer}.{proj}")
                 proc.register_buffer(f"base_{proj}", linear.weight.data, persistent=False)

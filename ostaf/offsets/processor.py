@@ -47,10 +47,35 @@ class OffsetsAttnProcessor(nn.Module):
         # The processor this one replaced, restored on uninstall. A list so that an
         # nn.Module processor is not registered as our child.
         self.replaced: list = [attn.processor]
+        # Without autograd (generation) ΔW and W ⊙ ΔW are the same at every denoising step:
+        # computed once and reused until a parameter changes (tracked by tensor versions).
+        self._cache: dict[tuple, torch.Tensor] = {}
 
     def delta(self, name: str) -> torch.Tensor:
         """ΔW for projection `name`, shape (out_features, in_features)."""
-        return self.offsets[name]()
+        if torch.is_grad_enabled():
+            return self.offsets[name]()
+        return self._cached(("delta", name), list(self.offsets[name].parameters()), self.offsets[name])
+
+    def weighted_delta(self, name: str, weight: torch.Tensor) -> torch.Tensor:
+        """W ⊙ ΔW (multiplicative) or ΔW (additive): what λ_b scales in the per-sample form."""
+
+        def compute() -> torch.Tensor:
+            delta = self.offsets[name]().to(weight.dtype)
+            return weight * delta if self.mode == "multiplicative" else delta
+
+        if torch.is_grad_enabled():
+            return compute()
+        return self._cached(("weighted", name), [*self.offsets[name].parameters(), weight], compute)
+
+    def _cached(self, key: tuple, tensors: list[torch.Tensor], compute) -> torch.Tensor:
+        stamp = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+        value = compute()
+        self._cache[key] = (stamp, value)
+        return value
 
     def modulated_weight(self, weight: torch.Tensor, delta: torch.Tensor, scale: float) -> torch.Tensor:
         delta = delta.to(weight.dtype)
@@ -62,12 +87,10 @@ class OffsetsAttnProcessor(nn.Module):
         linear = getattr(attn, name)
         if name not in self.offsets or self.merged_scale is not None or _is_zero(scale):
             return linear(x)
-        delta = self.delta(name)
         if not torch.is_tensor(scale) or scale.ndim == 0:
-            return F.linear(x, self.modulated_weight(linear.weight, delta, float(scale)), linear.bias)
+            return F.linear(x, self.modulated_weight(linear.weight, self.delta(name), float(scale)), linear.bias)
         lam = _per_sample(scale, x.shape[0]).to(device=x.device, dtype=x.dtype)  # (B,)
-        delta = delta.to(linear.weight.dtype)
-        extra = F.linear(x, linear.weight * delta if self.mode == "multiplicative" else delta)  # (B, N, out)
+        extra = F.linear(x, self.weighted_delta(name, linear.weight))  # (B, N, out)
         return linear(x) + lam.view(-1, *([1] * (x.ndim - 1))) * extra
 
     def __call__(

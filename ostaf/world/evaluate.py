@@ -20,6 +20,7 @@ from ostaf.world.generator import BACKGROUND, COLOURS, SECOND, SHAPES, SIZE, TEX
 
 BACKGROUND_TOLERANCE = 40.0  # RGB distance from the background above which a pixel is the object
 WHITE_TOLERANCE = 40.0
+MAX_OBJECT_FRACTION = 0.6  # the largest world object covers ~1/3 of the image: more is not an object
 
 
 def _distance(image: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
@@ -41,8 +42,8 @@ def _canonical_areas() -> dict[str, float]:
 
 
 def classify_shape(mask: np.ndarray) -> tuple[str, float]:
-    """(best shape, its IoU) for a mask of any position and size."""
-    if not mask.any():
+    """(best shape, its IoU) for a mask of any position and size; "none" for an empty or frame-filling mask."""
+    if not mask.any() or mask.mean() > MAX_OBJECT_FRACTION:
         return "none", 0.0
     centred = center_mask(mask, SIZE)
     area = centred.sum()

@@ -1,21 +1,31 @@
 """Pretrain a small text-to-image latent diffusion model on Attribute World, deterministically.
 
-The recipe (`WorldRecipe`) is data: model configs, steps, batch sizes, learning rates, seeds.
-Two stages, both on images drawn by `ostaf.world.sample` from held-in combinations only:
+The recipe (`WorldRecipe`) is data: model configs, dataset size, steps, batch sizes, learning
+rates, seeds. Everything is drawn from held-in (shape, colour, texture) combinations only.
 
-1. the VAE (`AutoencoderKL`, 64 px → 16×16×4 latents): MSE reconstruction + a small KL term;
-2. the U-Net and the CLIP text encoder (random init, the offline CLIP tokenizer) on the
-   captions, with the VAE frozen: the SD noise-prediction loss, 10 % empty captions (for CFG).
+1. A fixed dataset of `dataset_size` flat-style images (`ostaf.world.sample(i)`, i < dataset_size).
+2. The VAE (`AutoencoderKL`, 64 px → 16×16×4 latents): MSE reconstruction + a small KL term.
+   It is then rounded to fp16 — the weights that ship — and every dataset latent is encoded
+   once with that rounded VAE, so the U-Net learns exactly the latents users' VAE produces
+   and the latent scale (`scaling_factor` = 1/std) is measured, not assumed.
+3. The U-Net and the CLIP text encoder (random init, the offline CLIP tokenizer) on the latents
+   and captions, the VAE frozen: the SD noise-prediction loss, warm-up + cosine learning rate.
+   Captions take one of four templates per draw (`caption_variant`): the plain caption, the
+   shape and appearance phrasings OSTAF's prompts use ("… object in the shape of a star",
+   "a star in the appearance of a red striped object"), or empty (classifier-free guidance).
 
-Everything is seeded from the recipe, so the same recipe gives the same losses; the recipe's
-hash is stored beside the weights. Weights are saved in fp16 safetensors (the test asset cap).
+Same recipe, same losses: every random draw comes from a generator seeded by the recipe.
+The recipe's hash is stored beside the weights (fp16 safetensors: the test-asset cap).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import shutil
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,10 +36,12 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from torch.nn import functional as F
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from ostaf.models import CLIP_TOKEN_IDS
+from ostaf.models import CLIP_TOKEN_IDS, SD_SCHEDULER
 from ostaf.runtime import progress_bar, seeded
 from ostaf.tokenizer import clip_tokenizer
-from ostaf.world.generator import sample
+from ostaf.world.generator import TEXTURE_WORDS, Factors, sample
+
+LOSS_HEAD = 5  # how many first losses of each stage the asset records (and the test replays)
 
 
 @dataclass(frozen=True)
@@ -40,7 +52,7 @@ class WorldRecipe:
             in_channels=4,
             out_channels=4,
             layers_per_block=1,
-            block_out_channels=(48, 96, 96),
+            block_out_channels=(32, 64, 128),
             down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
             up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
             cross_attention_dim=64,
@@ -55,10 +67,10 @@ class WorldRecipe:
             latent_channels=4,
             sample_size=64,
             layers_per_block=1,
-            block_out_channels=(32, 64, 64),
+            block_out_channels=(16, 32, 32),
             down_block_types=("DownEncoderBlock2D",) * 3,
             up_block_types=("UpDecoderBlock2D",) * 3,
-            norm_num_groups=16,
+            norm_num_groups=8,
         )
     )
     text_encoder: dict[str, Any] = field(
@@ -72,24 +84,38 @@ class WorldRecipe:
         )
     )
     seed: int = 0
-    vae_steps: int = 1500
-    vae_batch: int = 32
+    dataset_size: int = 20000
+    vae_steps: int = 1000
+    vae_batch: int = 16
     vae_lr: float = 1e-3
     vae_kl: float = 1e-6
-    diffusion_steps: int = 12000
+    diffusion_steps: int = 4000
     diffusion_batch: int = 32
-    diffusion_lr: float = 4e-4
-    caption_dropout: float = 0.1
+    diffusion_lr: float = 1e-3
+    warmup_steps: int = 200
+    # template probabilities: plain caption, shape phrasing, appearance phrasing, empty
+    caption_mix: tuple[float, float, float, float] = (0.6, 0.15, 0.15, 0.1)
 
     def hash(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def world_batch(start_seed: int, size: int) -> tuple[torch.Tensor, list[str]]:
-    """(B, 3, 64, 64) in [-1, 1] and captions of the held-in images seeded start_seed … start_seed+size-1."""
-    worlds = [sample(start_seed + i, held_out=False) for i in range(size)]
+def caption_variant(factors: Factors, template: int) -> str:
+    """The caption of `factors` in template 0 (plain), 1 (shape phrasing), 2 (appearance phrasing) or 3 (empty)."""
+    look = f"{factors.colour} {TEXTURE_WORDS[factors.texture]}"
+    return (
+        factors.caption(),
+        f"a {look} object in the shape of a {factors.shape}",
+        f"a {factors.shape} in the appearance of a {look} object",
+        "",
+    )[template]
+
+
+def world_images(indices: np.ndarray | range) -> tuple[torch.Tensor, list[Factors]]:
+    """(B, 3, 64, 64) in [-1, 1] and factors of the held-in dataset images with these indices."""
+    worlds = [sample(int(i), held_out=False) for i in indices]
     pixels = torch.from_numpy(np.stack([w.image for w in worlds])).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    return pixels, [w.caption for w in worlds]
+    return pixels, [w.factors for w in worlds]
 
 
 def build_models(recipe: WorldRecipe) -> tuple[AutoencoderKL, UNet2DConditionModel, CLIPTextModel]:
@@ -100,12 +126,19 @@ def build_models(recipe: WorldRecipe) -> tuple[AutoencoderKL, UNet2DConditionMod
     return vae, unet, text_encoder
 
 
-def train_vae(vae: AutoencoderKL, recipe: WorldRecipe, progress: bool = True) -> list[float]:
+def vae_batches(recipe: WorldRecipe) -> Iterator[np.ndarray]:
+    rng = np.random.default_rng(recipe.seed)
+    for _ in range(recipe.vae_steps):
+        yield rng.integers(0, recipe.dataset_size, recipe.vae_batch)
+
+
+def train_vae(vae: AutoencoderKL, recipe: WorldRecipe, progress: bool = True, steps: int | None = None) -> list[float]:
     optimizer = torch.optim.AdamW(vae.parameters(), lr=recipe.vae_lr)
     generator = torch.Generator().manual_seed(recipe.seed)
     losses = []
-    for step in progress_bar(range(recipe.vae_steps), disable=not progress, desc="world VAE"):
-        pixels, _ = world_batch(1_000_000 + step * recipe.vae_batch, recipe.vae_batch)
+    batches = list(vae_batches(recipe))[:steps]
+    for indices in progress_bar(batches, disable=not progress, desc="world VAE"):
+        pixels, _ = world_images(indices)
         posterior = vae.encode(pixels).latent_dist
         latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
         loss = F.mse_loss(vae.decode(latents).sample, pixels) + recipe.vae_kl * posterior.kl().mean()
@@ -116,30 +149,66 @@ def train_vae(vae: AutoencoderKL, recipe: WorldRecipe, progress: bool = True) ->
     return losses
 
 
+def publish_vae(vae: AutoencoderKL) -> AutoencoderKL:
+    """Round to the fp16 weights that ship (kept in fp32 for compute), frozen."""
+    with torch.no_grad():
+        for parameter in vae.parameters():
+            parameter.copy_(parameter.half().float())
+    return vae.requires_grad_(False).eval()
+
+
+@torch.no_grad()
+def encode(vae: AutoencoderKL, indices: np.ndarray | range, chunk: int = 256) -> torch.Tensor:
+    """Unscaled posterior means of the dataset images `indices`."""
+    indices = np.asarray(indices)
+    parts = [
+        vae.encode(world_images(indices[i : i + chunk])[0]).latent_dist.mean for i in range(0, len(indices), chunk)
+    ]
+    return torch.cat(parts)
+
+
+def diffusion_draws(recipe: WorldRecipe) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Per step: dataset indices and caption templates (a pure function of the recipe)."""
+    rng = np.random.default_rng(recipe.seed + 1)
+    for _ in range(recipe.diffusion_steps):
+        indices = rng.integers(0, recipe.dataset_size, recipe.diffusion_batch)
+        yield indices, rng.choice(4, size=recipe.diffusion_batch, p=recipe.caption_mix)
+
+
+def lr_factor(step: int, recipe: WorldRecipe) -> float:
+    if step < recipe.warmup_steps:
+        return (step + 1) / recipe.warmup_steps
+    progress = (step - recipe.warmup_steps) / max(1, recipe.diffusion_steps - recipe.warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def train_diffusion(
-    vae: AutoencoderKL,
+    latents_of: Callable[[np.ndarray], torch.Tensor],
+    factors_of: Callable[[np.ndarray], list[Factors]],
     unet: UNet2DConditionModel,
     text_encoder: CLIPTextModel,
     recipe: WorldRecipe,
+    scaling_factor: float,
     progress: bool = True,
+    steps: int | None = None,
 ) -> list[float]:
+    """The SD noise-prediction loss on pre-encoded latents; `latents_of(indices)` gives unscaled latents."""
     tokenizer = clip_tokenizer()
-    scheduler = DDPMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000
-    )
-    vae.requires_grad_(False).eval()
+    scheduler = DDPMScheduler.from_config(SD_SCHEDULER)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=recipe.diffusion_lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, recipe))
     generator = torch.Generator().manual_seed(recipe.seed + 1)
-    rng = np.random.default_rng(recipe.seed + 1)
+    unet.train()
+    text_encoder.train()
     losses = []
-    for step in progress_bar(range(recipe.diffusion_steps), disable=not progress, desc="world diffusion"):
-        pixels, captions = world_batch(step * recipe.diffusion_batch, recipe.diffusion_batch)
-        captions = ["" if rng.random() < recipe.caption_dropout else c for c in captions]
-        with torch.no_grad():
-            latents = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+    draws = list(diffusion_draws(recipe))[:steps]
+    bar = progress_bar(draws, disable=not progress, desc="world diffusion")
+    for indices, templates in bar:
+        latents = latents_of(indices) * scaling_factor
+        captions = [caption_variant(f, int(t)) for f, t in zip(factors_of(indices), templates, strict=True)]
         noise = torch.randn(latents.shape, generator=generator)
-        t = torch.randint(0, 1000, (latents.shape[0],), generator=generator)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator)
         ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
         pred = unet(scheduler.add_noise(latents, noise, t), t, text_encoder(ids)[0]).sample
         loss = F.mse_loss(pred, noise)
@@ -147,41 +216,121 @@ def train_diffusion(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
+        schedule.step()
         losses.append(loss.item())
+        if progress and len(losses) % 50 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
     return losses
 
 
+def dataset_factors(recipe: WorldRecipe) -> list[Factors]:
+    return [sample(i, held_out=False).factors for i in range(recipe.dataset_size)]
+
+
+@torch.no_grad()
+def caption_following(pipe, samples: int = 48, num_steps: int = 25, guidance: float = 5.0) -> dict[str, dict]:
+    """Accuracy of the model's own samples on plain captions: held-in vs held-out combinations.
+
+    Each caption names a shape, a colour and a texture; the exact evaluators classify each image.
+    """
+    from ostaf.generate import set_scheduler
+    from ostaf.world.evaluate import classify_colour, classify_shape, classify_texture, recover_mask
+
+    set_scheduler(pipe, "ddim")
+    report = {}
+    for name, held_out in (("held_in", False), ("held_out", True)):
+        factors = [sample(900_000 + i, held_out=held_out).factors for i in range(samples)]
+        images = pipe(
+            [f.caption() for f in factors],
+            num_inference_steps=num_steps,
+            guidance_scale=guidance,
+            generator=[torch.Generator().manual_seed(i) for i in range(samples)],
+            output_type="np",
+        ).images
+        hits = {"shape": [], "colour": [], "texture": [], "all": []}
+        for f, image in zip(factors, images, strict=True):
+            pixels = (image * 255).round().astype(np.uint8)
+            mask = recover_mask(pixels)
+            got = {
+                "shape": classify_shape(mask)[0] == f.shape,
+                "colour": classify_colour(pixels, mask) == f.colour,
+                "texture": classify_texture(pixels, mask) == f.texture,
+            }
+            for key, value in got.items():
+                hits[key].append(value)
+            hits["all"].append(all(got.values()))
+        report[name] = {k: round(float(np.mean(v)), 3) for k, v in hits.items()} | {"n": samples}
+    report["chance"] = {"shape": 0.1, "colour": 0.125, "texture": 0.25, "all": round(0.1 * 0.125 * 0.25, 4)}
+    return report
+
+
 def pretrain(recipe: WorldRecipe, out: str | Path, progress: bool = True) -> dict[str, Any]:
-    """Run both stages and save a diffusers pipeline folder (fp16 safetensors) plus `recipe.json`."""
+    """Run every stage and save a diffusers pipeline folder (fp16 safetensors) plus `recipe.json`."""
     from diffusers import PNDMScheduler, StableDiffusionPipeline
 
-    from ostaf.models import SD_SCHEDULER
+    from ostaf.io import atomic_dir, write_json
 
-    torch.manual_seed(recipe.seed)
     started = time.perf_counter()
     vae, unet, text_encoder = build_models(recipe)
     vae_losses = train_vae(vae, recipe, progress)
-    diffusion_losses = train_diffusion(vae, unet, text_encoder, recipe, progress)
+    vae = publish_vae(vae)
+    latents = encode(vae, range(recipe.dataset_size))
+    scaling_factor = float(1.0 / latents.std())
+    vae.register_to_config(scaling_factor=scaling_factor)
+    factors = dataset_factors(recipe)
+    diffusion_losses = train_diffusion(
+        lambda idx: latents[torch.from_numpy(idx)],
+        lambda idx: [factors[i] for i in idx],
+        unet,
+        text_encoder,
+        recipe,
+        scaling_factor,
+        progress,
+    )
     pipe = StableDiffusionPipeline(
         vae=vae,
-        unet=unet,
-        text_encoder=text_encoder,
+        unet=unet.eval(),
+        text_encoder=text_encoder.eval(),
         tokenizer=clip_tokenizer(),
         scheduler=PNDMScheduler.from_config(SD_SCHEDULER),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    out = Path(out)
-    pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)
     info = {
         "recipe": asdict(recipe),
         "recipe_hash": recipe.hash(),
         "seconds": round(time.perf_counter() - started, 1),
-        "vae_losses_head": vae_losses[:5],
-        "diffusion_losses_head": diffusion_losses[:5],
+        "scaling_factor": scaling_factor,
+        "vae_losses_head": vae_losses[:LOSS_HEAD],
+        "diffusion_losses_head": diffusion_losses[:LOSS_HEAD],
         "vae_loss_final": float(np.mean(vae_losses[-50:])),
         "diffusion_loss_final": float(np.mean(diffusion_losses[-200:])),
     }
-    (out / "recipe.json").write_text(json.dumps(info, indent=2, default=list) + "\n")
+    info["caption_following"] = caption_following(pipe)
+
+    def fill(folder: Path) -> None:
+        pipe.to(torch.float16).save_pretrained(folder, safe_serialization=True)
+        shutil.rmtree(folder / "tokenizer")  # 3.6 MB the loader rebuilds offline from open_clip's vocabulary
+        write_json(folder / "recipe.json", info)
+
+    atomic_dir(Path(out), fill)
+    pipe.to(torch.float32)
     return info
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m ostaf.world.pretrain --out DIR`: rebuild the Attribute World model from the recipe."""
+    import argparse
+
+    from ostaf.models import world_model_path
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=str(world_model_path()), help="output folder (replaced atomically)")
+    args = parser.parse_args(argv)
+    info = pretrain(WorldRecipe(), args.out)
+    print(json.dumps({k: info[k] for k in ("recipe_hash", "seconds", "caption_following")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""Generation cost: base pipeline vs OSTAF unmerged vs OSTAF merged, and a 5-value λ sweep as one batch
+vs five sequential runs — measured side by side, round-robin, in one process.
+
+    python benchmarks/generation.py                          # sd14-random, 256 px, 4 DDIM steps, CPU
+    python benchmarks/generation.py --device cuda --resolution 512 --num-steps 20
+    python benchmarks/generation.py --model tiny --rounds 2  # a quick smoke run
+
+Every configuration generates from the same prompt, seed and number of steps; each round runs
+every configuration once (in a rotated order), and the table shows the median over rounds, so
+drift on a shared machine hits all of them alike. Offsets are a freshly initialised decoder
+adapter (cost does not depend on their values). Exit code 1 when a ratio misses its target by
+more than 10 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from ratios import check_ratios, print_table  # noqa: E402
+
+LAMS = (0.0, 0.25, 0.5, 0.75, 1.0)
+PROMPT = "a vase in the appearance of a striped ball"
+CONFIGS = ("base", "ostaf-unmerged", "ostaf-merged", "sweep-5-one-batch", "sweep-5-sequential")
+
+
+def targets(device: str) -> list[tuple[str, str, str, float]]:
+    sweep = 0.6 if device == "cuda" else 1.05  # a batch can only save work where the device is underused
+    return [
+        ("ostaf-merged", "base", "seconds", 1.02),
+        ("sweep-5-one-batch", "sweep-5-sequential", "seconds", sweep),
+    ]
+
+
+def main() -> int:
+    import torch
+
+    from ostaf.generate import Sample, run_batch, set_scheduler
+    from ostaf.models import load_pipeline
+    from ostaf.offsets import OffsetsAdapter, OffsetsConfig
+    from ostaf.runtime import resolve_device
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="sd14-random")
+    parser.add_argument("--resolution", type=int, default=256)
+    parser.add_argument("--num-steps", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    pipe = load_pipeline(args.model, dtype=dtype).to(device)
+    set_scheduler(pipe, "ddim")
+    stock = dict(pipe.unet.attn_processors)
+    adapter = OffsetsAdapter.install(pipe.unet, OffsetsConfig(parts=("decoder",)), "*a")
+    with_offsets = dict(pipe.unet.attn_processors)
+
+    def generate(batch: list[Sample], adapters: list) -> None:
+        run_batch(pipe, adapters, batch, args.num_steps, 7.5, args.resolution)
+
+    def base() -> None:
+        generate([Sample(PROMPT, 1.0, 0)], [])
+
+    def unmerged() -> None:  # λ applied inside every attention call, as during training
+        adapter.set_scale(1.0)
+        pipe(
+            PROMPT,
+            num_inference_steps=args.num_steps,
+            height=args.resolution,
+            width=args.resolution,
+            generator=torch.Generator().manual_seed(0),
+        )
+
+    def merged() -> None:  # `run_batch` folds a single λ into the weights (merge + unmerge timed too)
+        generate([Sample(PROMPT, 1.0, 0)], [adapter])
+
+    def sweep_batch() -> None:
+        generate([Sample(PROMPT, lam, 0) for lam in LAMS], [adapter])
+
+    def sweep_sequential() -> None:
+        for lam in LAMS:
+            generate([Sample(PROMPT, lam, 0)], [adapter])
+
+    runs = {
+        "base": base,
+        "ostaf-unmerged": unmerged,
+        "ostaf-merged": merged,
+        "sweep-5-one-batch": sweep_batch,
+        "sweep-5-sequential": sweep_sequential,
+    }
+    times: dict[str, list[float]] = {name: [] for name in CONFIGS}
+    for round_ in range(args.rounds + 1):  # round 0 warms up (allocator, kernels) and is not counted
+        order = CONFIGS[round_ % len(CONFIGS) :] + CONFIGS[: round_ % len(CONFIGS)]
+        for name in order:
+            pipe.unet.set_attn_processor(dict(stock if name == "base" else with_offsets))
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            runs[name]()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if round_:
+                times[name].append(time.perf_counter() - start)
+        print(f"round {round_}/{args.rounds} done", file=sys.stderr)
+    rows = {
+        name: {"config": name, "seconds": round(statistics.median(t), 3), "images": 5 if "sweep" in name else 1}
+        for name, t in times.items()
+    }
+    title = (
+        f"{args.model} at {args.resolution} px on {device.type}, {args.num_steps} DDIM steps, CFG 7.5, "
+        f"median of {args.rounds} rounds"
+    )
+    print_table(list(rows.values()), title)
+    return check_ratios(rows, targets(device.type))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

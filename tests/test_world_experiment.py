@@ -1,0 +1,148 @@
+"""World references, their exact scores, the world benchmark source, and a reduced experiment end to end."""
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import yaml
+
+from ostaf.benchmark import load_manifest
+from ostaf.steps import WORLD_SOURCE, select_benchmark
+from ostaf.world.evaluate import classify_shape
+from ostaf.world.generator import Factors, is_held_out, render
+from ostaf.world.references import references, score, seed_of, words_in, write_benchmark
+
+
+def test_references_are_held_out_distinct_and_prompt_the_other_attribute():
+    refs = references(8)
+    shapes = [r for r in refs if r.attribute == "shape"]
+    looks = [r for r in refs if r.attribute == "appearance"]
+    assert len(shapes) == len(looks) == 8
+    for ref in refs:
+        f = ref.world().factors
+        assert is_held_out(f.shape, f.colour, f.texture)
+        assert ("*m" if ref.attribute == "shape" else "*a") in ref.prompt
+    assert len({r.world().factors.shape for r in shapes}) == 8
+    assert len({r.world().factors.colour for r in looks}) == 8
+    star = next(r for r in shapes if r.world().factors.shape != "circle")
+    assert words_in(star.prompt).keys() == {"colour", "texture"}  # the shape itself is only in *m
+    assert words_in(star.words)["shape"] == star.world().factors.shape
+    assert words_in("a heart in the appearance of *a") == {"shape": "heart"}
+
+
+def test_scores_are_exact_on_rendered_answers():
+    ref = references(1)[0]  # a shape reference
+    world = ref.world()
+    target = words_in(ref.prompt)
+    f = world.factors
+    answer = render(Factors(f.shape, target["colour"], target["texture"], "flat", f.cx, f.cy, f.scale))
+    assert score(answer.image, "shape", ref.prompt, world) == {
+        "shape_iou": 1.0,
+        "shape_match": 1.0,
+        "text_control": 1.0,
+    }
+    wrong = render(Factors("cross" if world.factors.shape != "cross" else "ring", "black", "solid"))
+    scores = score(wrong.image, "shape", ref.prompt, world)
+    assert scores["shape_iou"] < 0.8 and scores["text_control"] == 0.0
+    look = references(1)[1]
+    same = render(Factors(words_in(look.prompt)["shape"], look.world().factors.colour, look.world().factors.texture))
+    assert score(same.image, "appearance", look.prompt, look.world()) == {
+        "appearance_dist": score(same.image, "appearance", look.prompt, look.world())["appearance_dist"],
+        "appearance_match": 1.0,
+        "text_control": 1.0,
+    }
+    assert score(same.image, "appearance", look.prompt, look.world())["appearance_dist"] < 0.2
+
+
+def test_frame_filling_or_empty_masks_are_no_shape():
+    assert classify_shape(np.ones((64, 64), bool))[0] == "none"
+    assert classify_shape(np.zeros((64, 64), bool))[0] == "none"
+
+
+def test_world_benchmark_folder_validates_and_is_a_pipeline_source(tmp_path):
+    folder = write_benchmark(tmp_path / "bench", 2)
+    manifest = load_manifest(folder)
+    assert len(manifest.items) == 4 and all(len(i.prompts) == 3 for i in manifest.items)
+    item = manifest.items[0].model_dump()
+    assert seed_of(item) == references(2)[0].seed
+    ids = select_benchmark(WORLD_SOURCE, str(tmp_path / "chosen"), ["appearance"], [], 1)
+    chosen = yaml.safe_load((tmp_path / "chosen" / "manifest.yaml").read_text())["items"]
+    assert ids == [chosen[0]["id"]] and chosen[0]["attribute"] == "appearance"
+    assert (tmp_path / "chosen" / chosen[0]["image"]).is_file()
+    assert not (tmp_path / "chosen" / ".world").exists()
+
+
+def test_reduced_experiment_runs_end_to_end_and_lands_in_mlflow(tmp_path, monkeypatch):
+    from ostaf.world.experiment import ExperimentConfig, run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    config = ExperimentConfig(
+        references=1,
+        methods=["token", "ostaf-encoder-lite", "ostaf-decoder-lite"],
+        steps=2,
+        lams=[0.0, 1.0],
+        seeds=[0],
+        num_steps=3,
+        out=str(tmp_path / "out"),
+    )
+    report = run(config, progress=False)
+    methods = {(row["method"], row["attribute"]) for row in report["table"]}
+    assert methods == {
+        *(
+            (m, a)
+            for m in ("chance", "words", "token", "ostaf-encoder-lite", "ostaf-decoder-lite")
+            for a in ("shape", "appearance")
+        ),
+        ("compose", "shape+appearance"),
+    }
+    rows = json.loads((tmp_path / "out" / "rows.json").read_text())
+    assert {r["lam"] for r in rows if r["method"] == "ostaf-decoder-lite"} == {0.0, 1.0}
+    assert "| ostaf-encoder-lite | shape | 1 |" in (tmp_path / "out" / "table.md").read_text()
+    assert (tmp_path / "out" / "curves.png").stat().st_size > 0
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("ostaf").experiment_id])
+    parent = next(r for r in runs if r.info.run_name == "attribute-world")
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == len(report["table"])
+    chance = {row["attribute"]: row for row in report["table"] if row["method"] == "chance"}
+    assert chance["shape"]["shape_match"] == 0.1 and 0.0 < chance["shape"]["shape_iou"] < 1.0
+    chance = {row["attribute"]: row for row in report["table"] if row["method"] == "chance"}
+    assert chance["shape"]["shape_match"] == 0.1 and 0.0 < chance["shape"]["shape_iou"] < 1.0
+    child = next(r for r in children if r.info.run_name == "ostaf-decoder-lite/appearance")
+    history = client.get_metric_history(child.info.run_id, "appearance_dist_vs_lambda")
+    assert [m.step for m in history] == [0, 100]
+
+
+def test_benchmark_pipeline_runs_on_world_references_with_the_world_model(tmp_path, monkeypatch):
+    from ostaf.config import GenerateConfig, TrainConfig
+    from ostaf.steps import default_options
+    from pipelines.run import run_local
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)
+    train = default_options(TrainConfig) | {
+        "steps": 2,
+        "segment": False,
+        "token_init": "word",
+        "lr": 1e-4,
+        "checkpoint_every": 0,
+    }
+    generate = default_options(GenerateConfig) | {"num_steps": 2, "seeds": [0], "lam": [0.0, 1.0]}
+    task = run_local(
+        "benchmark",
+        {
+            "source": WORLD_SOURCE,
+            "attributes": ["shape"],
+            "item_ids": [],
+            "per_attribute": 1,
+            "model": "attribute-world",
+            "metric_models": "tiny",
+            "train_options": train,
+            "generate_options": generate,
+        },
+        pipeline_root=tmp_path / "kfp",
+    )
+    table = Path(task.output.path).read_text()
+    assert "shape_iou" in table and "text_control" in table and "| shape | 1 |" in table
