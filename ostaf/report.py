@@ -21,9 +21,19 @@ COLUMNS = {
 WORLD_COLUMNS = {
     "appearance": ("appearance_dist", "appearance_match", "text_control"),
     "style": (),
-    "shape": ("shape_iou", "text_control"),
+    "shape": ("shape_iou", "shape_match", "text_control"),
 }
-TABLE_METRICS = ("clip_t", "dino", "gram", "iou", "shape_iou", "appearance_dist", "appearance_match", "text_control")
+TABLE_METRICS = (
+    "clip_t",
+    "dino",
+    "gram",
+    "iou",
+    "shape_iou",
+    "shape_match",
+    "appearance_dist",
+    "appearance_match",
+    "text_control",
+)
 
 
 def paper_table(rows: list[dict], lam: float | None = None) -> list[dict]:
