@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections import Counter
 from pathlib import Path, PurePosixPath
 
@@ -21,6 +22,8 @@ from ostaf.errors import OstafError
 from ostaf.io import atomic_write
 
 MANIFEST = "manifest.yaml"
+WORLD_SOURCE = "world"  # --source world: Attribute World references instead of the DVC benchmark
+WORLD_ITEMS = 8  # world references per attribute
 SAFE_ID = re.compile(r"[A-Za-z0-9._-]{1,100}")
 
 
@@ -146,9 +149,20 @@ def _item_id_at(path: Path, loc: tuple) -> str | None:
 
 
 def pull(source: str) -> Path:
-    """The benchmark folder behind `source`: a folder holding manifest.yaml, or ``dvc:<repo>[@<remote>]``,
+    """The benchmark folder behind `source`: a folder holding manifest.yaml; ``world``, the held-out
+    Attribute World references (generated into a new temporary folder, ~50 KB); or ``dvc:<repo>[@<remote>]``,
     which fetches the data from that repository's default remote (or the one named) into DVC's cache
     and only then checks it out, so a failed transfer never leaves a partial ``data/``."""
+    if source == WORLD_SOURCE:
+        from ostaf.io import atomic_dir
+        from ostaf.world.references import write_benchmark
+
+        folder = Path(tempfile.gettempdir()) / "ostaf-world-benchmark"
+        return (
+            folder
+            if (folder / MANIFEST).is_file()
+            else atomic_dir(folder, lambda tmp: write_benchmark(tmp, WORLD_ITEMS))
+        )
     if not source.startswith("dvc:"):
         return Path(source)
     repo, _, remote = source.removeprefix("dvc:").partition("@")

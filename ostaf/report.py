@@ -23,17 +23,8 @@ WORLD_COLUMNS = {
     "style": (),
     "shape": ("shape_iou", "shape_match", "text_control"),
 }
-TABLE_METRICS = (
-    "clip_t",
-    "dino",
-    "gram",
-    "iou",
-    "shape_iou",
-    "shape_match",
-    "appearance_dist",
-    "appearance_match",
-    "text_control",
-)
+# every metric a table can hold, in column order: the paper's first, then the world's
+TABLE_METRICS = tuple(dict.fromkeys(m for table in (COLUMNS, WORLD_COLUMNS) for ms in table.values() for m in ms))
 
 
 def paper_table(rows: list[dict], lam: float | None = None) -> list[dict]:

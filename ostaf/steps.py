@@ -28,8 +28,6 @@ SCORES_FILE = "scores.json"
 # Options set per item or per step, never by the pipeline's option dicts.
 PER_ITEM_TRAIN = ("image", "class_name", "attribute", "out", "model")
 PER_ITEM_GENERATE = ("ckpt", "prompt", "out", "model")
-WORLD_SOURCE = "world"  # --source world: Attribute World references instead of the DVC benchmark
-WORLD_ITEMS = 8  # world references per attribute when every item is asked for
 
 
 def default_options(cls: type) -> dict[str, Any]:
@@ -60,15 +58,9 @@ def start_pipeline_run(
 
 def select_benchmark(source: str, dest: str, attributes: list[str], ids: list[str], per_attribute: int) -> list[str]:
     """Copy the chosen benchmark items into `dest`; return their ids (the fan-out list)."""
-    if source == WORLD_SOURCE:  # held-out Attribute World references, generated (no data to pull)
-        from ostaf.world.references import write_benchmark
-
-        folder = write_benchmark(Path(dest) / ".world", per_attribute or WORLD_ITEMS)
-    else:
-        folder = pull(source)
+    folder = pull(source)
     items = load_manifest(folder).select(attributes or None, ids or None, per_attribute)
     copy_items(folder, dest, items)
-    shutil.rmtree(Path(dest) / ".world", ignore_errors=True)
     return [i.id for i in items]
 
 

@@ -20,11 +20,12 @@ from typing import Any
 
 from kfp import compiler
 
+from ostaf.benchmark import WORLD_SOURCE
 from ostaf.config import GenerateConfig, TrainConfig
 from ostaf.errors import OstafError
 from ostaf.flags import add_config_arguments, options_from_args
 from ostaf.models import PRESETS, TRAINED_PRESETS
-from ostaf.steps import PER_ITEM_GENERATE, PER_ITEM_TRAIN, WORLD_SOURCE
+from ostaf.steps import PER_ITEM_GENERATE, PER_ITEM_TRAIN
 from pipelines.dags import build_benchmark, build_personalization
 
 REPO = Path(__file__).resolve().parents[1]

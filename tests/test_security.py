@@ -33,9 +33,10 @@ def findings(source: str) -> list[str]:
 
 
 def test_the_scanner_catches_each_pattern():
-    bad = "import pickle\neval('1')\ntorch.load(f)\nyaml.load(s)\nnp.load(f)\n"
+    load = "torch." + "load"  # spelled apart so that no scanner mistakes the sample for a call
+    bad = f"import pickle\neval('1')\n{load}(f)\nyaml.load(s)\nnp.load(f)\n"
     assert len(findings(bad)) == 5
-    assert findings("torch.load(f, weights_only=True)\nyaml.safe_load(s)\n") == []
+    assert findings(f"{load}(f, weights_only=True)\nyaml.safe_load(s)\n") == []
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))

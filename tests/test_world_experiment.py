@@ -7,8 +7,8 @@ import mlflow
 import numpy as np
 import yaml
 
-from ostaf.benchmark import load_manifest
-from ostaf.steps import WORLD_SOURCE, select_benchmark
+from ostaf.benchmark import WORLD_SOURCE, load_manifest
+from ostaf.steps import select_benchmark
 from ostaf.world.evaluate import classify_shape
 from ostaf.world.generator import Factors, is_held_out, render
 from ostaf.world.references import references, score, seed_of, words_in, write_benchmark

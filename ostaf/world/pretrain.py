@@ -39,7 +39,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from ostaf.models import CLIP_TOKEN_IDS, SD_SCHEDULER
 from ostaf.runtime import progress_bar, seeded
 from ostaf.tokenizer import clip_tokenizer
-from ostaf.world.generator import TEXTURE_WORDS, Factors, sample
+from ostaf.world.generator import TEXTURE_WORDS, Factors, sample, sample_factors
 
 LOSS_HEAD = 5  # how many first losses of each stage the asset records (and the test replays)
 
@@ -224,7 +224,8 @@ def train_diffusion(
 
 
 def dataset_factors(recipe: WorldRecipe) -> list[Factors]:
-    return [sample(i, held_out=False).factors for i in range(recipe.dataset_size)]
+    """The factors of every dataset image, drawn exactly as `sample` draws them, without rendering."""
+    return [sample_factors(np.random.default_rng(i), held_out=False) for i in range(recipe.dataset_size)]
 
 
 @torch.no_grad()
