@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install data run test lint clean
+.PHONY: install data run test lint clean services-up services-down image
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,17 @@ run: data
 
 test: data
 	$(PY) -m pytest -q
+
+# development services on 127.0.0.1: MLflow (artifacts in S3) + an S3 stand-in (infra/local)
+services-up: data
+	$(PY) infra/local/services.py start
+
+services-down:
+	$(PY) infra/local/services.py stop
+
+# the component image (infra/docker; podman or docker)
+image:
+	infra/docker/build.sh
 
 lint: install
 	$(VENV)/bin/ruff check .

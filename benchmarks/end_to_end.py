@@ -103,7 +103,10 @@ def warm_compute(tmp: Path, ref: Path, args: argparse.Namespace) -> dict[str, fl
 
     from ostaf.config import TrainConfig
     from ostaf.generate import sweep
+    from ostaf.runtime import tune_cpu_allocator
     from ostaf.train import make_optimizer, optimizer_step, prepare
+
+    tune_cpu_allocator()  # as the `ostaf` command it is compared with
 
     config = TrainConfig(
         image=str(ref),

@@ -39,6 +39,10 @@ def targets(device: str) -> list[tuple[str, str, str, float]]:
 def main() -> int:
     import torch
 
+    from ostaf.runtime import tune_cpu_allocator
+
+    tune_cpu_allocator()  # as the `ostaf` command runs
+
     from ostaf.generate import Sample, run_batch, set_scheduler
     from ostaf.models import load_pipeline
     from ostaf.offsets import OffsetsAdapter, OffsetsConfig

@@ -22,6 +22,10 @@ from ratios import print_table  # noqa: E402
 
 def main() -> int:
     import torch
+
+    from ostaf.runtime import tune_cpu_allocator
+
+    tune_cpu_allocator()  # as the `ostaf` command runs
     from PIL import Image
 
     from ostaf.config import TrainConfig

@@ -9,6 +9,7 @@ import sys
 from ostaf.config import GenerateConfig, TrainConfig
 from ostaf.errors import OstafError
 from ostaf.flags import add_config_arguments, config_from_args
+from ostaf.runtime import tune_cpu_allocator
 
 COMMANDS = {
     "train": (TrainConfig, "learn an attribute of one reference image"),
@@ -66,6 +67,7 @@ def run_tool(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    tune_cpu_allocator()
     try:
         if args.command not in COMMANDS:
             return run_tool(args)

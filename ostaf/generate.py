@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,13 +110,12 @@ def run_batch(
             for adapter in merged:
                 adapter.unmerge()
     per_sample = torch.tensor([s.lam for s in batch], dtype=torch.float32)
-    for adapter in adapters:
-        adapter.set_scale(per_sample)
-    try:
-        return pipe(**kwargs).images
-    finally:
+    with ExitStack() as stack:
         for adapter in adapters:
-            adapter.set_scale(1.0)
+            adapter.set_scale(per_sample)
+            stack.callback(adapter.set_scale, 1.0)
+            stack.enter_context(adapter.caching())  # W ⊙ ΔW once per sweep, not once per step
+        return pipe(**kwargs).images
 
 
 def check_length(tokenizer, prompt: str, placeholders: list[str]) -> None:

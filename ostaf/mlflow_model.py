@@ -25,14 +25,14 @@ class OstafModel(mlflow.pyfunc.PythonModel):
 
         images = []
         for row in model_input.to_dict("records"):
-            self.adapter.set_scale(float(row.get("lam", 1.0)))
-            out = self.pipe(
-                row["prompt"],
-                generator=torch.Generator().manual_seed(int(row.get("seed", 0))),
-                num_inference_steps=int(row.get("num_steps", 50)),
-                guidance_scale=float(row.get("guidance", 7.5)),
-                output_type="pil",
-            ).images[0]
+            with self.adapter.merged_at(float(row.get("lam", 1.0))):  # λ folded in: the base model's cost
+                out = self.pipe(
+                    row["prompt"],
+                    generator=torch.Generator().manual_seed(int(row.get("seed", 0))),
+                    num_inference_steps=int(row.get("num_steps", 50)),
+                    guidance_scale=float(row.get("guidance", 7.5)),
+                    output_type="pil",
+                ).images[0]
             images.append(np.asarray(out))
         return np.stack(images)
 

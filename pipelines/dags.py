@@ -11,48 +11,56 @@ from kfp.dsl import Markdown
 from components import steps as c
 from ostaf.config import GenerateConfig, TrainConfig
 from ostaf.steps import default_options
+from pipelines.cluster import on_cluster
 
-GPU_RESOURCE = "nvidia.com/gpu"
 TRAIN_OPTIONS = default_options(TrainConfig)
 GENERATE_OPTIONS = default_options(GenerateConfig)
 
 
-def request_gpu(task: dsl.PipelineTask, count: int = 1) -> dsl.PipelineTask:
-    """GPU request for cluster runs; the local runner ignores it."""
-    return task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(count)
-
-
 def item_branch(benchmark, item_id, model, metric_models, train_options, generate_options, tracking):
     """preprocess → init-token → train → generate → evaluate for one item; returns the evaluate task."""
-    pre = c.preprocess(benchmark=benchmark, item_id=item_id, model=model, train_options=train_options)
-    token = c.init_token(reference=pre.outputs["reference"], model=model, train_options=train_options)
-    trained = request_gpu(
-        c.train(reference=token.outputs["token"], model=model, train_options=train_options, tracking=tracking)
+    pre = on_cluster(
+        c.preprocess(benchmark=benchmark, item_id=item_id, model=model, train_options=train_options), weights=True
     )
-    images = request_gpu(
+    token = on_cluster(
+        c.init_token(reference=pre.outputs["reference"], model=model, train_options=train_options), weights=True
+    )
+    trained = on_cluster(
+        c.train(reference=token.outputs["token"], model=model, train_options=train_options, tracking=tracking),
+        weights=True,
+        gpu=True,
+    )
+    images = on_cluster(
         c.generate(
             checkpoint=trained.outputs["checkpoint"],
             reference=token.outputs["token"],
             generate_options=generate_options,
             run_id=trained.outputs["Output"],
-        )
+        ),
+        weights=True,
+        gpu=True,
     )
-    return c.evaluate(
-        images=images.outputs["images"],
-        reference=token.outputs["token"],
-        metric_models=metric_models,
-        run_id=trained.outputs["Output"],
+    return on_cluster(
+        c.evaluate(
+            images=images.outputs["images"],
+            reference=token.outputs["token"],
+            metric_models=metric_models,
+            run_id=trained.outputs["Output"],
+        ),
+        weights=True,
     )
 
 
 def start_tracking(pipeline: str, model, train_options, generate_options) -> dsl.PipelineTask:
     """The task that opens the pipeline's parent MLflow run, tagged with the KFP run id."""
-    return c.start_tracking(
-        pipeline=pipeline,
-        model=model,
-        train_options=train_options,
-        generate_options=generate_options,
-        kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+    return on_cluster(
+        c.start_tracking(
+            pipeline=pipeline,
+            model=model,
+            train_options=train_options,
+            generate_options=generate_options,
+            kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        )
     )
 
 
@@ -64,7 +72,7 @@ def fan_out(
         scores = item_branch(
             chosen.outputs["benchmark"], item_id, model, metric_models, train_options, generate_options, tracking
         )
-    table = c.aggregate(scores=dsl.Collected(scores.outputs["scores"]), tracking=tracking)
+    table = on_cluster(c.aggregate(scores=dsl.Collected(scores.outputs["scores"]), tracking=tracking))
     return table.outputs["table"]
 
 
@@ -81,7 +89,10 @@ def build_personalization():
         generate_options: dict = GENERATE_OPTIONS,
     ) -> Markdown:
         start = start_tracking("attribute-personalization", model, train_options, generate_options)
-        ref = c.import_reference(image=image, attribute=attribute, class_name=class_name, prompts=prompts)
+        ref = on_cluster(
+            c.import_reference(image=image, attribute=attribute, class_name=class_name, prompts=prompts),
+            weights=True,  # on a cluster the image is a path on the mounted volume
+        )
         return fan_out(
             ref, model, metric_models, train_options, generate_options, start.outputs["tracking"], parallelism=1
         )
@@ -102,7 +113,10 @@ def build_benchmark(parallelism: int = 4):
         generate_options: dict = GENERATE_OPTIONS,
     ) -> Markdown:
         start = start_tracking("attribute-benchmark", model, train_options, generate_options)
-        chosen = c.select_items(source=source, attributes=attributes, item_ids=item_ids, per_attribute=per_attribute)
+        chosen = on_cluster(
+            c.select_items(source=source, attributes=attributes, item_ids=item_ids, per_attribute=per_attribute),
+            object_store=True,
+        )
         return fan_out(
             chosen, model, metric_models, train_options, generate_options, start.outputs["tracking"], parallelism
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -25,7 +26,9 @@ from ostaf.config import GenerateConfig, TrainConfig
 from ostaf.errors import OstafError
 from ostaf.flags import add_config_arguments, options_from_args
 from ostaf.models import PRESETS, TRAINED_PRESETS
+from ostaf.runtime import CPU_ALLOCATOR_ENV
 from ostaf.steps import PER_ITEM_GENERATE, PER_ITEM_TRAIN
+from pipelines.cluster import CLUSTER
 from pipelines.dags import build_benchmark, build_personalization
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,6 +55,8 @@ def run_local(name: str, params: dict[str, Any], pipeline_root: str | Path = "ru
     from ostaf.tracking import tracking_uri
 
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri()  # absolute, so every task process shares one store
+    for key, value in CPU_ALLOCATOR_ENV.items():  # task processes start with glibc tuned for tensors
+        os.environ.setdefault(key, value)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(Path(pipeline_root).resolve()))
     pipeline = PIPELINES[name](parallelism) if name == "benchmark" else PIPELINES[name]()
     return pipeline(**params)
@@ -64,14 +69,23 @@ def submit(
     namespace: str | None,
     experiment: str,
     client_factory: Callable | None = None,
+    service_account: str = CLUSTER.service_account,
 ):
-    """Upload a compiled spec and start a run on a KFP endpoint; returns the client's run result."""
+    """Upload a compiled spec and start a run on a KFP endpoint; returns the client's run result.
+
+    The run's pods use `service_account` (infra/k8s makes it, with read access to ostaf's settings).
+    """
     import kfp
 
     client = (client_factory or kfp.Client)(host=host, namespace=namespace)
     run_name = f"{Path(package).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     return client.create_run_from_pipeline_package(
-        str(package), arguments=params, run_name=run_name, experiment_name=experiment, namespace=namespace
+        str(package),
+        arguments=params,
+        run_name=run_name,
+        experiment_name=experiment,
+        namespace=namespace,
+        service_account=service_account,
     )
 
 
@@ -112,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--host", default=os.environ.get("KFP_HOST"), help="KFP API endpoint (or $KFP_HOST)")
             p.add_argument("--namespace", default=os.environ.get("KFP_NAMESPACE"))
             p.add_argument("--experiment", default="ostaf")
+            p.add_argument("--service-account", default=CLUSTER.service_account, help="the run's pods run as")
             p.add_argument("--package", default="build/pipelines", help="folder of compiled specs")
         else:
             p.add_argument("--pipeline-root", default="runs/kfp")
@@ -165,10 +180,15 @@ def main(argv: list[str] | None = None) -> int:
             package = Path(args.package) / f"attribute_{args.pipeline}.yaml"
             if not package.is_file():
                 compile_all(args.package)
-            print(submit(package, params, args.host, args.namespace, args.experiment))
+            print(submit(package, params, args.host, args.namespace, args.experiment, None, args.service_account))
             return 0
         started = time.perf_counter()
-        task = run_local(args.pipeline, params, args.pipeline_root)
+        try:
+            task = run_local(args.pipeline, params, args.pipeline_root)
+        except RuntimeError as err:  # kfp's local runner: a task failed; its own error is logged above
+            message = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+            print(f"pipelines run-local: error: {message} (the failing task's log is above)", file=sys.stderr)
+            return 1
         print(f"local {args.pipeline} run finished in {time.perf_counter() - started:.0f} s")
         print(Path(task.output.path).read_text())
         return 0

@@ -138,27 +138,47 @@ def test_per_sample_lambda_equals_separate_runs(tiny_pipe):
 
 
 @pytest.mark.parametrize("lam", [0.7, torch.tensor([0.7, 0.2])])
-def test_no_grad_reuses_delta_until_the_offsets_change(tiny_pipe, lam):
+def test_caching_reuses_delta_until_the_offsets_change(tiny_pipe, lam):
     unet = tiny_pipe.unet
     adapter = OffsetsAdapter.install(unet, OffsetsConfig(parts=("decoder",)), "*a")
     adapter.set_scale(lam)
     proc = next(iter(adapter.processors.values()))
-    first = run(unet)
-    cached = dict(proc._cache)
-    assert cached  # generation computed ΔW (or W ⊙ ΔW) once and kept it
-    again = run(unet)
-    assert torch.equal(first, again) and all(proc._cache[k][1] is v[1] for k, v in cached.items())  # reused
-    with torch.enable_grad():  # training never reads the cache: ΔW must carry its graph
-        sample, t, context = unet_inputs()
-        unet(sample, t, context).sample.sum().backward()
-    assert all(p.grad is not None for p in adapter.parameters())
-    with torch.no_grad():  # an optimizer step (in place) invalidates what was cached
-        for p in adapter.parameters():
-            p.add_(0.05)
-    changed = run(unet)
+    uncached = run(unet)
+    assert proc._cache is None  # outside a caching block nothing is kept
+    with adapter.caching():
+        first = run(unet)
+        cached = dict(proc._cache)
+        assert cached  # the denoising loop computed ΔW (or W ⊙ ΔW) once and kept it
+        again = run(unet)
+        assert torch.equal(first, again) and all(proc._cache[k][1] is v[1] for k, v in cached.items())  # reused
+        with torch.enable_grad():  # training never reads the cache: ΔW must carry its graph
+            sample, t, context = unet_inputs()
+            unet(sample, t, context).sample.sum().backward()
+        assert all(p.grad is not None for p in adapter.parameters())
+        with torch.no_grad():  # an in-place update (version bump) invalidates what was cached
+            for p in adapter.parameters():
+                p.add_(0.05)
+        changed = run(unet)
+    assert proc._cache is None
+    torch.testing.assert_close(first, uncached)
     assert not torch.allclose(changed, first)
-    proc._cache.clear()
     torch.testing.assert_close(run(unet), changed)  # what the cache gave is what a fresh ΔW gives
+
+
+def test_updates_that_leave_no_version_trace_are_seen_outside_caching(tiny_pipe):
+    """The fused AdamW kernel updates parameters without bumping their versions: generation after
+    such a step must still use the new ΔW (a cache keyed on versions alone served the old one)."""
+    unet = tiny_pipe.unet
+    adapter = OffsetsAdapter.install(unet, OffsetsConfig(parts=("decoder",)), "*a")
+    adapter.set_scale(torch.tensor([1.0, 1.0]))
+    before = run(unet)
+    params = list(adapter.parameters())
+    versions = [p._version for p in params]
+    for p in params:
+        p.grad = torch.ones_like(p)
+    torch.optim.AdamW(params, lr=0.05, fused=True).step()
+    assert [p._version for p in params] == versions  # the trap: no version bump
+    assert not torch.allclose(run(unet), before)
 
 
 def test_per_sample_lambda_must_fit_the_batch(tiny_pipe):

@@ -15,7 +15,7 @@ BRANCH = ["preprocess", "init-token", "train", "generate", "evaluate"]
 @pytest.fixture(scope="module")
 def specs(tmp_path_factory):
     out = tmp_path_factory.mktemp("specs")
-    return {p.stem: yaml.safe_load(p.read_text()) for p in compile_all(out, parallelism=3)}
+    return {p.stem: next(yaml.safe_load_all(p.read_text())) for p in compile_all(out, parallelism=3)}
 
 
 def dag_tasks(spec, component):
@@ -84,8 +84,10 @@ class RecordingClient:
     def __init__(self, host, namespace):
         self.host, self.namespace = host, namespace
 
-    def create_run_from_pipeline_package(self, package, arguments, run_name, experiment_name, namespace):
-        spec = yaml.safe_load(open(package))
+    def create_run_from_pipeline_package(
+        self, package, arguments, run_name, experiment_name, namespace, service_account
+    ):
+        spec = next(yaml.safe_load_all(open(package)))
         RecordingClient.calls.append(
             dict(
                 host=self.host,
@@ -94,6 +96,7 @@ class RecordingClient:
                 run_name=run_name,
                 experiment=experiment_name,
                 namespace=namespace,
+                service_account=service_account,
                 pipeline=spec["pipelineInfo"],
             )
         )
@@ -122,7 +125,21 @@ def test_submit_sends_the_compiled_spec_and_arguments(tmp_path):
     assert submit(package, params, "http://kfp.local", "team-a", "ostaf", client_factory=RecordingClient) == "run-123"
     call = RecordingClient.calls[-1]
     assert call["host"] == "http://kfp.local" and call["namespace"] == "team-a" and call["experiment"] == "ostaf"
+    assert call["service_account"] == "ostaf-pipeline"  # made by infra/k8s/base/rbac.yaml
     assert call["pipeline"]["name"] == "attribute-benchmark"
     assert call["arguments"]["per_attribute"] == 2 and call["arguments"]["metric_models"] == "auto"
     assert call["arguments"]["train_options"]["steps"] == 800
     assert call["arguments"]["generate_options"]["lam"] == [0.0, 1.0]
+
+
+def test_a_failed_local_run_is_one_clear_error(monkeypatch, capsys):
+    import pipelines.run as run
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("Pipeline \x1b[95m'attribute-benchmark'\x1b[0m finished with status FAILURE.")
+
+    monkeypatch.setattr(run, "run_local", failing)
+    assert run.main(["run-local", "--model", "tiny", "--steps", "2"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("pipelines run-local: error: Pipeline 'attribute-benchmark' finished with status FAILURE.")
+    assert "\x1b" not in err

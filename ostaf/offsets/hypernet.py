@@ -46,7 +46,10 @@ class WeightOffsets(nn.Module):
         b = self.linear2(self.v)  # (out,)
         w_col, b_col = self.linear_column.weight, self.linear_column.bias  # (in, in), (in,)
         w_row, b_row = self.linear_row.weight, self.linear_row.bias  # (out, out), (out,)
-        left = torch.stack([F.linear(b, w_row), w_row.sum(dim=1), b_row], dim=1)  # (out, 3)
+        # W_r b and W_r 1 in one product: W_r (the largest tensor here, out×out) is read once, and
+        # its gradient is one (out, 2) @ (2, out) product instead of two outer products and a sum
+        row = w_row @ torch.stack([b, torch.ones_like(b)], dim=1)  # (out, 2) = [W_r b, W_r 1]
+        left = torch.cat([row, b_row[:, None]], dim=1)  # (out, 3)
         right = torch.stack([F.linear(a, w_col), b_col, torch.ones_like(b_col)], dim=1)  # (in, 3)
         return left @ right.T  # (out, in)
 

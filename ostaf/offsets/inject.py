@@ -116,6 +116,21 @@ class OffsetsAdapter:
         finally:
             self.unmerge()
 
+    @contextmanager
+    def caching(self) -> Iterator[None]:
+        """Reuse ΔW across the forwards of this block (a denoising loop), where the offsets are fixed.
+
+        Outside it every forward computes ΔW afresh. A parameter changed inside the block is
+        still noticed when it bumps the tensor's version (ordinary in-place ops do).
+        """
+        for proc in self.processors.values():
+            proc._cache = {}
+        try:
+            yield
+        finally:
+            for proc in self.processors.values():
+                proc._cache = None
+
     # -- parameters ------------------------------------------------------------
     def parameters(self) -> Iterator[nn.Parameter]:
         for proc in self.processors.values():

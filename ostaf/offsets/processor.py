@@ -47,13 +47,15 @@ class OffsetsAttnProcessor(nn.Module):
         # The processor this one replaced, restored on uninstall. A list so that an
         # nn.Module processor is not registered as our child.
         self.replaced: list = [attn.processor]
-        # Without autograd (generation) ΔW and W ⊙ ΔW are the same at every denoising step:
-        # computed once and reused until a parameter changes (tracked by tensor versions).
-        self._cache: dict[tuple, torch.Tensor] = {}
+        # Inside `OffsetsAdapter.caching()` (a denoising loop) and without autograd, ΔW and W ⊙ ΔW
+        # are the same at every step: computed once and reused. The cache lives only inside that
+        # block, because parameters can change in place without a trace outside it (fused
+        # optimizers and `.data` writes do not bump tensor versions); None = not caching.
+        self._cache: dict[tuple, tuple] | None = None
 
     def delta(self, name: str) -> torch.Tensor:
         """ΔW for projection `name`, shape (out_features, in_features)."""
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or self._cache is None:
             return self.offsets[name]()
         return self._cached(("delta", name), list(self.offsets[name].parameters()), self.offsets[name])
 
@@ -64,7 +66,7 @@ class OffsetsAttnProcessor(nn.Module):
             delta = self.offsets[name]().to(weight.dtype)
             return weight * delta if self.mode == "multiplicative" else delta
 
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or self._cache is None:
             return compute()
         return self._cached(("weighted", name), [*self.offsets[name].parameters(), weight], compute)
 
