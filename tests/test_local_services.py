@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import boto3
@@ -138,4 +137,5 @@ def test_stand_in_state_lives_in_the_state_folder(tmp_path):
     """local-s3-server (the persistent default) keeps its objects under the state folder."""
     command = services.s3_command("local-s3-server", 9999, tmp_path)
     assert command[command.index("--root-dir") + 1] == str(tmp_path / "s3")
-    assert tempfile.gettempdir() not in services.s3_command("moto", 9999, tmp_path)[0]
+    moto = services.s3_command("moto", 9999, tmp_path)
+    assert "--root-dir" not in moto and moto[moto.index("-p") + 1] == "9999"  # in memory, on the chosen port
