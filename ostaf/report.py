@@ -27,6 +27,11 @@ WORLD_COLUMNS = {
 TABLE_METRICS = tuple(dict.fromkeys(m for table in (COLUMNS, WORLD_COLUMNS) for ms in table.values() for m in ms))
 
 
+def significant(value: float, digits: int = 4) -> float:
+    """`digits` significant digits: a Gram distance of 3e-6 must not print as 0.0 (fixed decimals did)."""
+    return float(f"{value:.{digits}g}")
+
+
 def paper_table(rows: list[dict], lam: float | None = None) -> list[dict]:
     """One row per attribute: the mean of each of its metrics over items (at one λ, if given)."""
     values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -41,7 +46,7 @@ def paper_table(rows: list[dict], lam: float | None = None) -> list[dict]:
         {
             "attribute": attr,
             "n": len(items[attr]),
-            **{m: round(float(np.mean(v)), 4) for m, v in values[attr].items() if v},
+            **{m: significant(float(np.mean(v))) for m, v in values[attr].items() if v},
         }
         for attr in COLUMNS
         if attr in values

@@ -126,3 +126,11 @@ def test_preprocess_command_writes_reference_mask_and_recipe(tmp_path):
 def test_table_counts_items_not_prompt_rows():
     rows = [{"item": "a1", "attribute": "style", "lam": 1.0, "clip_t": c, "dino": 0.5, "gram": 0.1} for c in (0.1, 0.3)]
     assert paper_table(rows) == [{"attribute": "style", "n": 1, "clip_t": 0.2, "dino": 0.5, "gram": 0.1}]
+
+
+def test_table_keeps_small_metrics_visible():
+    """Gram distances of random-weight stand-ins are ~1e-6: the table keeps 4 significant digits, not 4 decimals."""
+    rows = [{"attribute": "style", "lam": 1.0, "clip_t": 0.123456, "dino": 12.34567, "gram": 3.14159e-6}]
+    (row,) = paper_table(rows)
+    assert row["gram"] == 3.142e-6 and row["clip_t"] == 0.1235 and row["dino"] == 12.35
+    assert "3.142e-06" in to_markdown([row])
