@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ratios import check_ratios, print_table  # noqa: E402
+from ratios import check_ratios, print_table, world_reference  # noqa: E402
 
 TARGETS = [("e2e-cli", "floor", "seconds", 1.35)]
 PROMPT = "a vase in the appearance of *a"
@@ -150,16 +150,11 @@ def main() -> int:
     parser.add_argument("--resolution", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    from PIL import Image
-
-    from ostaf.world import sample
-
     walls, floors, phases = [], [], []
     for round_ in range(args.rounds):
         with tempfile.TemporaryDirectory() as tmp_name:
             tmp = Path(tmp_name)
-            ref = tmp / "ref.png"
-            Image.fromarray(sample(0).image).save(ref)
+            ref = world_reference(tmp)
             imports = _wall([sys.executable, "-c", "import ostaf.train, ostaf.generate"])
             cli = cli_run(tmp, ref, args)
             warm = warm_compute(tmp, ref, args)

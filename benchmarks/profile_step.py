@@ -17,20 +17,16 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ratios import print_table  # noqa: E402
+from ratios import print_table, train_config  # noqa: E402
 
 
 def main() -> int:
     import torch
 
     from ostaf.runtime import tune_cpu_allocator
+    from ostaf.train import denoising_loss, make_optimizer, prepare, sample_batch
 
     tune_cpu_allocator()  # as the `ostaf` command runs
-    from PIL import Image
-
-    from ostaf.config import TrainConfig
-    from ostaf.train import denoising_loss, make_optimizer, prepare, sample_batch
-    from ostaf.world import sample
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="sd14-random")
@@ -42,12 +38,9 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=12, help="operators listed from the profiler")
     args = parser.parse_args()
 
-    tmp = Path(tempfile.mkdtemp())
-    Image.fromarray(sample(0).image).save(tmp / "ref.png")
-    config = TrainConfig(
-        image=str(tmp / "ref.png"), class_name="ball", model=args.model, resolution=args.resolution,
-        part=args.part, trainable=args.trainable, token_grad=args.token_grad, grad_accum=1, lr=1e-5,
-        out=str(tmp / "run"), device="cpu", segment=False, token_init="word", augment_bank=1,
+    config = train_config(
+        Path(tempfile.mkdtemp()), args.model, args.resolution,
+        part=args.part, trainable=args.trainable, token_grad=args.token_grad, token_init="word",
     )  # fmt: skip
     setup = prepare(config)
     optimizer = make_optimizer(setup)

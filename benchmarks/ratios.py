@@ -1,6 +1,9 @@
-"""Shared by the benchmarks: print a table, check ratio targets (10 % slack), and the exit code."""
+"""Shared by the benchmarks: the reference and training setup they measure, print a table, check ratio
+targets (10 % slack), and the exit code."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 SLACK = 1.1  # a ratio fails when it misses its target by more than 10 %
 
@@ -25,3 +28,25 @@ def check_ratios(rows: dict[str, dict], targets: list[tuple[str, str, str, float
         for label, ratio, target, ok in results:
             print(f"| {label} | {ratio:.3f} | ≤ {target} | {'yes' if ok else 'NO'} |")
     return 0 if all(ok for *_, ok in results) else 1
+
+
+def world_reference(folder: Path) -> Path:
+    """The reference every benchmark trains on (Attribute World sample 0), written to `folder/ref.png`."""
+    from PIL import Image
+
+    from ostaf.world import sample
+
+    path = Path(folder) / "ref.png"
+    Image.fromarray(sample(0).image).save(path)
+    return path
+
+
+def train_config(folder: Path, model: str, resolution: int, **variant):
+    """One image, batch 1, no SAM, on the CPU, outputs under `folder`; `variant` picks what is measured."""
+    from ostaf.config import TrainConfig
+
+    values = dict(class_name="ball", grad_accum=1, lr=1e-5, device="cpu", segment=False, augment_bank=1)
+    return TrainConfig(
+        image=str(world_reference(folder)), model=model, resolution=resolution, out=str(Path(folder) / "run"),
+        **(values | variant),
+    )  # fmt: skip

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ratios import check_ratios, print_table  # noqa: E402
+from ratios import check_ratios, print_table, train_config  # noqa: E402
 
 OSTAF = {
     "ostaf-decoder-lite": dict(part="decoder", trainable="lite"),
@@ -52,16 +52,6 @@ TARGETS = [
 ]
 
 
-def _reference(tmp: Path) -> Path:
-    from PIL import Image
-
-    from ostaf.world import sample
-
-    path = tmp / "ref.png"
-    Image.fromarray(sample(0).image).save(path)
-    return path
-
-
 def _timed(step, steps: int) -> list[float]:
     times = []
     for _ in range(steps + 1):
@@ -74,24 +64,9 @@ def _timed(step, steps: int) -> list[float]:
 def measure_ostaf(name: str, model: str, resolution: int, steps: int) -> tuple[list[float], int]:
     import torch
 
-    from ostaf.config import TrainConfig
     from ostaf.train import make_optimizer, optimizer_step, prepare
 
-    tmp = Path(tempfile.mkdtemp())
-    config = TrainConfig(
-        image=str(_reference(tmp)),
-        class_name="ball",
-        model=model,
-        resolution=resolution,
-        grad_accum=1,
-        lr=1e-5,
-        out=str(tmp / "run"),
-        device="cpu",
-        segment=False,
-        augment_bank=1,
-        **OSTAF[name],
-    )
-    setup = prepare(config)
+    setup = prepare(train_config(Path(tempfile.mkdtemp()), model, resolution, **OSTAF[name]))
     optimizer = make_optimizer(setup)
     scaler = torch.amp.GradScaler("cuda", enabled=False)
     generator = torch.Generator().manual_seed(0)

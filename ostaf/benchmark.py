@@ -215,6 +215,13 @@ def copy_items(folder: str | Path, dest: str | Path, items: list[BenchmarkItem])
         (dest / item.image).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(folder / item.image, dest / item.image)
     subset = manifest.model_copy(update={"items": list(items)})
-    text = yaml.safe_dump(subset.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
-    atomic_write(dest / MANIFEST, lambda tmp: tmp.write_text(text))
+    write_manifest(dest, subset.model_dump(mode="json"))
     return dest
+
+
+def write_manifest(folder: str | Path, manifest: dict) -> Path:
+    """Write `folder/manifest.yaml` atomically (keys in the given order); returns its path."""
+    path = Path(folder) / MANIFEST
+    text = yaml.safe_dump(manifest, sort_keys=False, allow_unicode=True)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+    return path

@@ -11,15 +11,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from ostaf import tracking
 from ostaf.attributes import get_attribute
-from ostaf.benchmark import BenchmarkItem, copy_items, load_manifest, pull
+from ostaf.benchmark import BenchmarkItem, copy_items, load_manifest, pull, write_manifest
 from ostaf.config import GenerateConfig, TrainConfig, normalize_options
 from ostaf.errors import OstafError
-from ostaf.io import atomic_write, write_json
+from ostaf.io import write_json
 from ostaf.report import TABLE_METRICS
 from ostaf.world.references import GROUP as WORLD_GROUP
 
@@ -81,9 +80,7 @@ def import_reference(image: str, attribute: str, class_name: str, prompts: list[
     except ValidationError as err:
         raise OstafError(f"reference {image}: {err.errors()[0]['msg']}") from None
     save_image(load_image(image), Path(dest) / item.image)
-    manifest = {"name": "reference", "version": 1, "items": [item.model_dump(mode="json")]}
-    text = yaml.safe_dump(manifest, sort_keys=False)
-    atomic_write(Path(dest) / "manifest.yaml", lambda tmp: tmp.write_text(text))
+    write_manifest(dest, {"name": "reference", "version": 1, "items": [item.model_dump(mode="json")]})
     return [item.id]
 
 

@@ -390,11 +390,10 @@ def model_tensors(setup: TrainingSetup) -> dict[str, torch.Tensor]:
     tensors = {f"offsets.{k}": v for k, v in setup.adapter.state_dict().items()}
     tensors["token.embedding"] = final_embedding(setup)
     tensors.update({f"token.init.{k}": v for k, v in setup.token.state_dict().items() if v.numel()})
-    if setup.config.trainable in ("paper", "blocks", "unet"):
-        ids = {id(p) for p in setup.trainable}
-        tensors.update(
-            {f"unet.{n}": p for n, p in setup.unet.named_parameters() if id(p) in ids and ".processor." not in n}
-        )
+    ids = {id(p) for p in setup.trainable}  # U-Net weights that train (paper, blocks, unet) are saved too
+    tensors.update(
+        {f"unet.{n}": p for n, p in setup.unet.named_parameters() if id(p) in ids and ".processor." not in n}
+    )
     return tensors
 
 

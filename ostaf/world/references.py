@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 from PIL import Image
 
 from ostaf.world.evaluate import (
@@ -192,9 +191,8 @@ def seed_of(item: dict) -> int:
 
 def write_benchmark(dest: str | Path, per_attribute: int) -> Path:
     """A benchmark folder (manifest.yaml + images/) of held-out world references, like the DVC one."""
-    from ostaf.benchmark import MANIFEST, load_manifest
+    from ostaf.benchmark import load_manifest, write_manifest
     from ostaf.images import save_image
-    from ostaf.io import atomic_write
 
     dest = Path(dest)
     refs = references(per_attribute)
@@ -206,7 +204,7 @@ def write_benchmark(dest: str | Path, per_attribute: int) -> Path:
         "description": "Held-out Attribute World references (ostaf.world); exact ground truth from the seed",
         "items": [benchmark_item(r) for r in refs],
     }
-    atomic_write(dest / MANIFEST, lambda tmp: tmp.write_text(yaml.safe_dump(manifest, sort_keys=False)))
+    write_manifest(dest, manifest)
     load_manifest(dest)  # validate what was written
     return dest
 
