@@ -17,12 +17,11 @@ data: install
 	$(VENV)/bin/dvc pull -q
 
 # The main job: the benchmark pipeline on the KFP local runner with the Attribute World model
-# (committed in tests/assets/) on held-out world references, one per attribute, tracked in
-# ./mlflow.db (see `mlflow ui`). Flags: python -m pipelines run-local --help
+# (shipped in the package, ostaf/world/model/) on held-out world references, one per attribute,
+# with the `world` recipe (ostaf/recipes.py), tracked in ./mlflow.db (see `mlflow ui`).
+# Flags: python -m pipelines run-local --help
 run: data
-	$(PY) -m pipelines run-local --per-attribute 1 --model attribute-world --no-segment --token-init word \
-		--steps 200 --lr 1e-3 --checkpoint-every 50 --gen-num-steps 25 --gen-guidance 5 --gen-seeds 0 1 2 \
-		--gen-lam 0 0.25 0.5 0.75 1
+	$(PY) -m pipelines run-local --per-attribute 1 --model attribute-world --recipe world
 
 test: data
 	$(PY) -m pytest -q

@@ -11,9 +11,13 @@ method and attribute whose `*_vs_lambda` metric histories are the λ curves (ste
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ostaf.flags import add_config_arguments, config_from_args
+from ostaf.tracking import provenance_tags
 from ostaf.world.experiment import ExperimentConfig, rescore, run
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rescore", action="store_true", help="score the saved images of a finished run again")
     args = parser.parse_args(argv)
     config = config_from_args(ExperimentConfig, args)
-    report = (rescore if args.rescore else run)(config, log_to_mlflow=not args.no_mlflow)
+    report = (rescore if args.rescore else run)(config, log_to_mlflow=not args.no_mlflow, tags=provenance_tags(REPO))
     print(open(f"{args.out}/table.md").read())
     print(f"wall time: {report['seconds']:.0f} s")
 

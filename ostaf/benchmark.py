@@ -1,16 +1,13 @@
-"""The Attribute Benchmark manifest: a validated schema, item selection, and fetching the data.
+"""The Attribute Benchmark manifest: a validated schema, item selection, copying and writing manifests.
 
-The data itself is DVC-tracked (`data.dvc` → `data/attribute-benchmark/`); this module
-never talks to a remote except through `dvc pull` in `fetch`.
+The data itself is DVC-tracked (`data.dvc` → `data/attribute-benchmark/`); fetching it is
+`ostaf.data`'s job, so this module never talks to DVC or a remote.
 """
 
 from __future__ import annotations
 
 import re
 import shutil
-import subprocess
-import sys
-import tempfile
 from collections import Counter
 from pathlib import Path, PurePosixPath
 
@@ -22,8 +19,6 @@ from ostaf.errors import OstafError
 from ostaf.io import atomic_write
 
 MANIFEST = "manifest.yaml"
-WORLD_SOURCE = "world"  # --source world: Attribute World references instead of the DVC benchmark
-WORLD_ITEMS = 8  # world references per attribute
 SAFE_ID = re.compile(r"[A-Za-z0-9._-]{1,100}")
 
 
@@ -146,65 +141,6 @@ def _item_id_at(path: Path, loc: tuple) -> str | None:
         if loc[1] < len(items) and isinstance(items[loc[1]], dict):
             return items[loc[1]].get("id")
     return None
-
-
-def pull(source: str) -> Path:
-    """The benchmark folder behind `source`: a folder holding manifest.yaml; ``world``, the held-out
-    Attribute World references (generated into a new temporary folder, ~50 KB); or ``dvc:<repo>[@<remote>]``,
-    which fetches the data from that repository's default remote (or the one named) into DVC's cache
-    and only then checks it out, so a failed transfer never leaves a partial ``data/``."""
-    if source == WORLD_SOURCE:
-        from ostaf.io import atomic_dir
-        from ostaf.world.references import write_benchmark
-
-        folder = Path(tempfile.gettempdir()) / "ostaf-world-benchmark"
-        return (
-            folder
-            if (folder / MANIFEST).is_file()
-            else atomic_dir(folder, lambda tmp: write_benchmark(tmp, WORLD_ITEMS))
-        )
-    if not source.startswith("dvc:"):
-        return Path(source)
-    repo, _, remote = source.removeprefix("dvc:").partition("@")
-    remote_args = ["-r", remote] if remote else []
-    fetched = _dvc(repo, "fetch", *remote_args)
-    if fetched.returncode != 0:
-        raise OstafError(
-            f"`dvc fetch` from {describe_remote(repo, remote)} failed; data/ was left as it was. Check that the "
-            f"remote is reachable and its credentials (AWS_* environment variables for s3): "
-            f"{_last_line(fetched.stderr)}"
-        )
-    data = Path(repo) / "data"
-    existed = data.exists()
-    checked = _dvc(repo, "checkout")
-    if checked.returncode != 0:  # files the fetch did not bring (DVC reports that at checkout)
-        if not existed:
-            shutil.rmtree(data, ignore_errors=True)  # no partial data/
-        raise OstafError(
-            f"the benchmark is not complete after `dvc fetch` from {describe_remote(repo, remote)}: check that the "
-            f"remote holds the data (`dvc push` to it) and is reachable; data/ was left as it was: "
-            f"{_last_line(checked.stderr)}"
-        )
-    return data / "attribute-benchmark"
-
-
-def _dvc(repo: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, capture_output=True, text=True)
-
-
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[-1][-400:] if lines else "(no message)"
-
-
-def describe_remote(repo: str, remote: str = "") -> str:
-    """'remote NAME (URL)' as DVC resolves it, for error messages."""
-    listed = _dvc(repo, "remote", "list")
-    remotes = {parts[0]: parts[1] for parts in map(str.split, listed.stdout.splitlines()) if len(parts) >= 2}
-    if not remote:
-        default = _dvc(repo, "remote", "default")
-        remote = default.stdout.strip() or "(no default remote)"
-    return f"remote {remote} ({remotes.get(remote, 'not configured')})"
 
 
 def copy_items(folder: str | Path, dest: str | Path, items: list[BenchmarkItem]) -> Path:

@@ -1,19 +1,27 @@
-"""OSTAF checkpoints: safetensors tensors + a JSON card, written atomically; `apply` loads them.
+"""OSTAF checkpoints: the one home of the format — write, find, load, resume, `apply`.
 
 A checkpoint folder holds
-    ostaf.safetensors   offsets.<layer>.<param>   the hypernetworks
-                        token.embedding           the learned e* (what generation uses)
-                        token.init.<param>        the token-init MLP f and its inputs (to resume)
-                        unet.<param>              base weights of the targeted blocks (`paper` only)
-    ostaf.json          format, attribute, token, model, offsets config, step, training config
+    ostaf.safetensors     offsets.<layer>.<param>   the hypernetworks
+                          token.embedding           the learned e* (what generation uses)
+                          token.init.<param>        the token-init MLP f and its inputs (to resume)
+                          unet.<param>              U-Net weights that trained (`paper`, `blocks`, `unet`)
+    ostaf.json            the card: format, attribute, token, base model (name and the seed that built
+                          it), offsets config, trainable, step, training config, optimizer param groups
+    trainer.safetensors   only in the newest folder of a run: what resuming needs
+                          optim.<index>.<name>      AdamW moments and step counts
+                          rng.generator, rng.torch, rng.cuda.<i>   the run's random states
+                          scaler.<name>             the fp16 GradScaler (when enabled)
+Tensors are written before the card: a folder with a card is complete.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from diffusers import StableDiffusionPipeline
@@ -22,13 +30,22 @@ from safetensors.torch import load_file, save_file
 
 from ostaf.errors import OstafError
 from ostaf.io import atomic_write, write_json
+from ostaf.models import BaseModel, base_of, load_pipeline
 from ostaf.offsets import OffsetsAdapter, OffsetsConfig
 from ostaf.placeholder import add_placeholder
 
+if TYPE_CHECKING:  # type hints only: train imports this module
+    from ostaf.train import TrainingSetup
+
+log = logging.getLogger(__name__)
 FORMAT = "ostaf-checkpoint/1"
 TENSORS = "ostaf.safetensors"
 CARD = "ostaf.json"
+TRAINER_STATE = "trainer.safetensors"
+CHECKPOINTS = "checkpoints"  # intermediate checkpoints: <out>/checkpoints/step-NNNNNN/
 PICKLE_MAGIC = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05", b"PK")  # pickle protocols 2-5, torch zip
+# options that may differ when resuming (they change where or how fast, not what is learned)
+RESUME_MAY_CHANGE = {"steps", "checkpoint_every", "device", "gradient_checkpointing", "channels_last", "compile"}
 
 
 @dataclass
@@ -40,8 +57,18 @@ class Checkpoint:
     def token(self) -> str:
         return self.card["token"]
 
+    @property
+    def base(self) -> BaseModel:
+        """How the base model was made (checkpoints before the `base` entry: the model name, seed 0)."""
+        base = self.card.get("base") or {"model": self.card["model"], "seed": 0}
+        return BaseModel(base["model"], int(base["seed"]))
+
     def section(self, prefix: str) -> dict[str, torch.Tensor]:
         return {k[len(prefix) :]: v for k, v in self.tensors.items() if k.startswith(prefix)}
+
+
+def step_folder(out: str | Path, step: int) -> Path:
+    return Path(out) / CHECKPOINTS / f"step-{step:06d}"
 
 
 def save_checkpoint(folder: str | Path, card: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Path:
@@ -78,21 +105,31 @@ def load_checkpoint(folder: str | Path) -> Checkpoint:
     return Checkpoint(card, tensors)
 
 
+def load_base_pipeline(
+    ckpt: Checkpoint, model: str = "", dtype: torch.dtype = torch.float32
+) -> StableDiffusionPipeline:
+    """The base model `ckpt` was trained on, rebuilt exactly (a preset from the same seed), or `model` instead."""
+    base = ckpt.base
+    if model and model != base.model:
+        return load_pipeline(model, dtype=dtype)
+    return load_pipeline(base.model, seed=base.seed, dtype=dtype)
+
+
 def apply(pipe: StableDiffusionPipeline, ckpt: str | Path | Checkpoint, lam: float = 1.0) -> OffsetsAdapter:
     """Turn a stock `StableDiffusionPipeline` into a personalised one, in place.
 
     Adds the checkpoint's placeholder token with its learned embedding, installs
-    its offsets with strength `lam`, and (for `paper` checkpoints) loads the tuned
-    block weights. Apply a shape and an appearance checkpoint to the same pipeline
-    to use both tokens in one prompt. Returns the adapter, whose `set_scale`,
-    `merge` and `unmerge` control λ afterwards.
+    its offsets with strength `lam`, and loads the U-Net weights that trained (for
+    `paper` and the fine-tuning baselines). Apply a shape and an appearance checkpoint
+    to the same pipeline to use both tokens in one prompt. Returns the adapter, whose
+    `set_scale`, `merge` and `unmerge` control λ afterwards.
     """
     ckpt = ckpt if isinstance(ckpt, Checkpoint) else load_checkpoint(ckpt)
     config = OffsetsConfig.from_dict(ckpt.card["offsets"])
     adapter = OffsetsAdapter.install(pipe.unet, config, ckpt.token)
     try:
         adapter.load_state_dict(ckpt.section("offsets."))
-        _load_block_weights(pipe, ckpt.section("unet."))
+        load_unet_weights(pipe.unet, ckpt.section("unet."))
         add_placeholder(pipe.tokenizer, pipe.text_encoder, ckpt.token, ckpt.tensors["token.embedding"])
     except BaseException:
         adapter.uninstall()
@@ -101,13 +138,142 @@ def apply(pipe: StableDiffusionPipeline, ckpt: str | Path | Checkpoint, lam: flo
     return adapter
 
 
-def _load_block_weights(pipe: StableDiffusionPipeline, weights: dict[str, torch.Tensor]) -> None:
+def load_unet_weights(unet: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Copy saved U-Net weights in, after checking every name and shape (a checkpoint of another model is one error)."""
     if not weights:
         return
-    own = dict(pipe.unet.named_parameters())
+    own = dict(unet.named_parameters())
     for name, tensor in weights.items():
         if name not in own or own[name].shape != tensor.shape:
             raise OstafError(f"checkpoint weight unet.{name} does not fit this U-Net: it was trained on another model")
     with torch.no_grad():
         for name, tensor in weights.items():
             own[name].copy_(tensor.to(own[name].dtype))
+
+
+# -- what training writes and resumes from --------------------------------------------------------
+
+
+def model_tensors(setup: TrainingSetup) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors: offsets, token (final e* and its init MLP), and the U-Net weights that train."""
+    tensors = {f"offsets.{k}": v for k, v in setup.adapter.state_dict().items()}
+    tensors["token.embedding"] = setup.token().detach().float().cpu()
+    tensors.update({f"token.init.{k}": v for k, v in setup.token.state_dict().items() if v.numel()})
+    ids = {id(p) for p in setup.trainable}  # derived from what trains, not from a list of trainable names
+    tensors.update(
+        {f"unet.{n}": p for n, p in setup.unet.named_parameters() if id(p) in ids and ".processor." not in n}
+    )
+    return tensors
+
+
+def card(setup: TrainingSetup, step: int) -> dict:
+    base = base_of(setup.pipe) or BaseModel(setup.config.model, setup.config.seed)
+    return {
+        "attribute": setup.attribute.name,
+        "token": setup.attribute.token,
+        "class_name": setup.config.class_name,
+        "model": setup.config.model,
+        "base": {"model": base.model, "seed": base.seed},
+        "offsets": setup.adapter.config.to_dict(),
+        "trainable": setup.config.trainable,
+        "step": step,
+        "train": setup.config.to_dict(),
+    }
+
+
+def save_training_checkpoint(
+    setup: TrainingSetup,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    folder: Path,
+    step: int,
+    scaler: torch.amp.GradScaler | None = None,
+) -> None:
+    """Model tensors + card, plus the trainer state needed to resume (kept only in the newest folder)."""
+    state = optimizer.state_dict()
+    trainer = {f"optim.{i}.{k}": v for i, s in state["state"].items() for k, v in s.items() if torch.is_tensor(v)}
+    trainer["rng.generator"] = generator.get_state()
+    trainer["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        trainer.update({f"rng.cuda.{i}": state for i, state in enumerate(torch.cuda.get_rng_state_all())})
+    if scaler is not None and scaler.is_enabled():  # fp16: the loss scale and its growth counter
+        trainer.update({f"scaler.{k}": torch.tensor(v) for k, v in scaler.state_dict().items()})
+    trainer = {k: v.detach().cpu().contiguous() for k, v in trainer.items()}
+    info = card(setup, step) | {"optimizer": {"param_groups": state["param_groups"]}}
+    atomic_write(folder / TRAINER_STATE, lambda tmp: save_file(trainer, str(tmp)))
+    save_checkpoint(folder, info, model_tensors(setup))
+    for older in _trainer_states(Path(setup.config.out)):
+        if older.parent != folder:
+            older.unlink(missing_ok=True)
+
+
+def _trainer_states(out: Path) -> Iterator[Path]:
+    yield from (out / CHECKPOINTS).glob(f"step-*/{TRAINER_STATE}")
+    if (out / TRAINER_STATE).exists():
+        yield out / TRAINER_STATE
+
+
+def latest_resumable(out: str | Path) -> Path | None:
+    """The newest folder under `out` holding a complete checkpoint and trainer state."""
+    candidates = [p.parent for p in _trainer_states(Path(out)) if (p.parent / CARD).is_file()]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda f: json.loads((f / CARD).read_text())["step"])  # cards only
+
+
+def resume(
+    setup: TrainingSetup,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    out: Path,
+    scaler: torch.amp.GradScaler | None = None,
+) -> int:
+    """Restore model, optimizer and RNG state from the newest checkpoint in `out`; return its step."""
+    folder = latest_resumable(out)
+    if folder is None:
+        return 0
+    saved = load_checkpoint(folder)
+    mine, theirs = setup.config.to_dict(), dict(saved.card["train"])
+    differ = sorted(k for k in mine if k not in RESUME_MAY_CHANGE and mine[k] != theirs.get(k))
+    if differ:
+        raise OstafError(
+            f"{out} holds a run with different settings ({', '.join(differ)}): use a new --out, "
+            "or the same options to resume it"
+        )
+    step = saved.card["step"]
+    if step > setup.config.steps:
+        raise OstafError(
+            f"{out} is already at step {step} > --steps {setup.config.steps}: raise --steps or use a new --out"
+        )
+    setup.adapter.load_state_dict(saved.section("offsets."))
+    setup.token.load_state_dict({**setup.token.state_dict(), **saved.section("token.init.")})
+    load_unet_weights(setup.unet, saved.section("unet."))
+    trainer = load_file(str(folder / TRAINER_STATE))
+    _load_optimizer(optimizer, trainer, saved.card["optimizer"]["param_groups"])
+    _load_random_state(generator, trainer)
+    saved_scaler = {k.removeprefix("scaler."): v.item() for k, v in trainer.items() if k.startswith("scaler.")}
+    if saved_scaler and scaler is not None and scaler.is_enabled():
+        scaler.load_state_dict(saved_scaler)
+    log.info("resumed %s from step %d", out, step)
+    return step
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, trainer: dict[str, torch.Tensor], groups: list[dict]) -> None:
+    state = optimizer.state_dict()
+    for key, value in trainer.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            state["state"].setdefault(int(index), {})[name] = value
+    state["param_groups"] = [
+        g | {"params": own["params"]} for g, own in zip(groups, state["param_groups"], strict=True)
+    ]
+    optimizer.load_state_dict(state)
+
+
+def _load_random_state(generator: torch.Generator, trainer: dict[str, torch.Tensor]) -> None:
+    generator.set_state(trainer["rng.generator"])
+    torch.set_rng_state(trainer["rng.torch"])
+    keys = sorted((k for k in trainer if k.startswith("rng.cuda.")), key=lambda k: int(k.rsplit(".", 1)[1]))
+    cuda = [trainer[k] for k in keys]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)

@@ -1,15 +1,18 @@
 """Run configurations: the one source of every parameter.
 
 CLI flags (`ostaf.flags`), KFP parameters and MLflow params are all derived from
-these dataclasses; a field is added here and nowhere else.
+these dataclasses; a field is added here and nowhere else. Field metadata says what
+a field is for: its help and choices, and whether it is *per item* (set by each
+benchmark item or pipeline step, never by the pipeline's shared option dicts).
 """
 
 from __future__ import annotations
 
 import math
 import typing
+from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, TypeVar
 
 from ostaf.attributes import get_attribute
 from ostaf.errors import OstafError
@@ -22,58 +25,165 @@ OFFSET_TRAINABLES = ("lite", "paper")
 TOKEN_INITS = ("clip", "word")
 OPTIMIZERS = ("adamw", "adamw8bit")
 SCHEDULERS = ("ddim", "pndm", "dpm", "euler")
+METRIC_MODELS = ("auto", "real", "tiny")
+DEFAULT_MODEL = "tiny"  # random weights, seconds on a CPU, no weights to find (attribute-world: small but trained)
+
+C = TypeVar("C", bound="_Config")
 
 
-def opt(default: Any = MISSING, help: str = "", choices: tuple | None = None, **kw: Any) -> Any:
-    """A dataclass field with its CLI help (and choices) attached."""
-    meta = {"help": help, **({"choices": choices} if choices else {})}
+def opt(
+    default: Any = MISSING,
+    help: str = "",
+    choices: tuple | None = None,
+    per_item: bool = False,
+    item_key: str | None = None,
+    repeatable: bool = False,
+    **kw: Any,
+) -> Any:
+    """A dataclass field with its CLI help attached.
+
+    `per_item`: set by each benchmark item or step, not by shared options (`item_key` names the
+    manifest key that supplies it, if any); `repeatable`: the flag may be given more than once.
+    """
+    meta = {
+        "help": help,
+        "per_item": per_item or item_key is not None,
+        "repeatable": repeatable,
+        **({"choices": choices} if choices else {}),
+        **({"item_key": item_key} if item_key else {}),
+    }
     if isinstance(default, (list, tuple)):
         value = list(default)
         return field(default_factory=lambda: list(value), metadata=meta, **kw)
     return field(default=default, metadata=meta, **kw)
 
 
+def default_of(f) -> Any:
+    """A field's default value (a fresh copy for list fields), or MISSING."""
+    return f.default_factory() if f.default_factory is not MISSING else f.default
+
+
+def per_item_fields(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls) if f.metadata.get("per_item"))
+
+
+def shared_defaults(cls: type) -> dict[str, Any]:
+    """The defaults of `cls`'s shared (not per-item) fields: the pipeline's option dict for that config."""
+    return {f.name: default_of(f) for f in fields(cls) if not f.metadata.get("per_item")}
+
+
+def validate_options(cls: type[C], options: Mapping[str, Any]) -> dict[str, Any]:
+    """Check a partial dict of shared options (names, types, choices, ranges); return it with defaults filled in.
+
+    What a pipeline or the CLI validates before any work, without inventing per-item values.
+    """
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise OstafError(f"{cls.__name__} has no option(s) {unknown}: known are {sorted(known)}")
+    per_item = sorted(k for k in options if known[k].metadata.get("per_item"))
+    if per_item:
+        raise OstafError(f"{per_item} are set per item, not by shared {cls.__name__} options")
+    hints = typing.get_type_hints(cls)
+    for name, value in options.items():
+        _check_field(known[name], hints[name], value)
+    values = shared_defaults(cls) | dict(options)
+    cls.check_options(values)
+    return values
+
+
 class _Config:
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):
+            _check_field(f, hints[f.name], getattr(self, f.name))
+        self.check_options(vars(self))
+        self.check_item()
+
+    @staticmethod
+    def check_options(values: Mapping[str, Any]) -> None:
+        """Range checks of the shared options (`values` holds every shared field)."""
+
+    def check_item(self) -> None:
+        """Checks of the per-item fields."""
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]):
-        """Build from JSON-like data (a KFP struct turns every number into a float; integral ones come back)."""
+    def from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
+        """Build from a dict of field values (a card, a JSON file); unknown keys are one error."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise OstafError(f"{cls.__name__} has no option(s) {unknown}: known are {sorted(known)}")
-        hints = typing.get_type_hints(cls)
-        return cls(**{k: _coerce(v, hints[k]) for k, v in data.items()})
+        return cls(**data)
+
+    @classmethod
+    def for_item(cls: type[C], item: Mapping[str, Any], options: Mapping[str, Any], **per_step: Any) -> C:
+        """The config of one benchmark item: shared `options`, the item's own fields, and the step's (`per_step`).
+
+        Per-item fields with an `item_key` come from `item` (e.g. `class_name`, `prompts`); the
+        others (`image`, `out`, `model`, …) from `per_step` or their defaults.
+        """
+        values = validate_options(cls, options)
+        for f in fields(cls):
+            key = f.metadata.get("item_key")
+            if key and f.name not in per_step:
+                if key not in item:
+                    raise OstafError(f"benchmark item {item.get('id', '?')} has no {key!r} (needed for {f.name})")
+                values[f.name] = item[key]
+        unknown = sorted(set(per_step) - set(per_item_fields(cls)))
+        if unknown:
+            raise OstafError(f"{unknown} are not per-item fields of {cls.__name__}")
+        return cls(**(values | per_step))
 
 
-def normalize_options(cls: type, options: dict[str, Any]) -> dict[str, Any]:
-    """A partial option dict with each value in its field's type (undoing JSON's float-only numbers)."""
-    hints = typing.get_type_hints(cls)
-    return {k: _coerce(v, hints[k]) if k in hints else v for k, v in options.items()}
+def _check_field(f, kind: Any, value: Any) -> None:
+    """One clear error for a value of the wrong type or outside the field's choices."""
+    if not _has_type(value, kind):
+        raise OstafError(f"option {f.name} must be {_type_name(kind)}, got {value!r}")
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        raise OstafError(f"unknown {f.name} {value!r}: use one of {', '.join(map(str, choices))}")
 
 
-def _coerce(value: Any, kind: Any) -> Any:
-    if kind is int and isinstance(value, float) and value.is_integer():
-        return int(value)
-    if typing.get_origin(kind) is list and isinstance(value, list):
+def _has_type(value: Any, kind: Any) -> bool:
+    if typing.get_origin(kind) is list:
         (inner,) = typing.get_args(kind)
-        return [_coerce(v, inner) for v in value]
-    return value
+        return isinstance(value, (list, tuple)) and all(_has_type(v, inner) for v in value)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def _type_name(kind: Any) -> str:
+    if typing.get_origin(kind) is list:
+        inner = typing.get_args(kind)[0]
+        return "a list of " + {int: "integers", float: "numbers", str: "strings"}.get(inner, str(inner))
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(kind, str(kind))
 
 
 @dataclass
 class TrainConfig(_Config):
     """One reference image, one attribute → one OSTAF checkpoint."""
 
-    image: str = opt(help="reference image (PNG/JPEG), or a folder written by `ostaf preprocess`")
-    class_name: str = opt(help="what the reference shows, e.g. 'dog'; goes into the training prompt")
-    attribute: str = opt("appearance", "attribute to learn", choices=("shape", "appearance", "style"))
-    model: str = opt(
-        "tiny", "SD-1.x weights: a local diffusers folder, a cached hub id, or a preset (tiny, sd14-random)"
+    image: str = opt(help="reference image (PNG/JPEG), or a folder written by `ostaf preprocess`", per_item=True)
+    class_name: str = opt(
+        help="what the reference shows, e.g. 'dog'; goes into the training prompt", item_key="class_name"
     )
-    out: str = opt("runs/ostaf", "output directory for checkpoints")
+    attribute: str = opt(
+        "appearance", "attribute to learn", choices=("shape", "appearance", "style"), item_key="attribute"
+    )
+    model: str = opt(
+        DEFAULT_MODEL,
+        "SD-1.x weights: a local diffusers folder, a cached hub id, or a preset (attribute-world: small and "
+        "trained; tiny, sd14-random: random weights)",
+        per_item=True,
+    )
+    out: str = opt("runs/ostaf", "output directory for checkpoints", per_item=True)
     part: str = opt(
         "auto",
         "U-Net part to modulate; auto = encoder for shape, decoder otherwise",
@@ -123,19 +233,20 @@ class TrainConfig(_Config):
     channels_last: bool = opt(False, "U-Net convolutions in channels-last memory format (faster on some GPUs)")
     compile: bool = opt(False, "torch.compile the U-Net (slow first steps; pays off on long GPU runs)")
 
-    def __post_init__(self) -> None:
+    @staticmethod
+    def check_options(values: Mapping[str, Any]) -> None:
+        _positive(**{k: values[k] for k in ("steps", "grad_accum", "batch_size", "augment_bank")})
+        _non_negative(**{k: values[k] for k in ("checkpoint_every", "resolution")})
+        _finite(**{k: values[k] for k in ("lr", "token_alpha", "token_reg")})
+        if values["lr"] <= 0:
+            raise OstafError(f"lr must be > 0, got {values['lr']}")
+
+    def check_item(self) -> None:
         attribute = get_attribute(self.attribute)
         if not self.class_name.strip():
             raise OstafError("class name is empty: say what the reference shows, e.g. --class-name dog")
         if attribute.token in self.class_name:
             raise OstafError(f"class name {self.class_name!r} must not contain the placeholder {attribute.token}")
-        _positive(
-            steps=self.steps, grad_accum=self.grad_accum, batch_size=self.batch_size, augment_bank=self.augment_bank
-        )
-        _non_negative(checkpoint_every=self.checkpoint_every, resolution=self.resolution)
-        _finite(lr=self.lr, token_alpha=self.token_alpha, token_reg=self.token_reg)
-        if self.lr <= 0:
-            raise OstafError(f"lr must be > 0, got {self.lr}")
 
     def offsets_config(self) -> OffsetsConfig:
         part = get_attribute(self.attribute).part if self.part == "auto" else self.part
@@ -156,12 +267,18 @@ class TrainConfig(_Config):
 class GenerateConfig(_Config):
     """Prompts × seeds × λ → images and one grid per prompt."""
 
-    ckpt: list[str] = opt(help="checkpoint folder(s); give a shape and an appearance one to compose them")
-    prompt: list[str] = opt(help="prompts using the placeholder(s), e.g. 'a vase in the appearance of *a'")
+    ckpt: list[str] = opt(
+        help="checkpoint folder(s); give a shape and an appearance one to compose them", per_item=True, repeatable=True
+    )
+    prompt: list[str] = opt(
+        help="prompts using the placeholder(s), e.g. 'a vase in the appearance of *a'",
+        item_key="prompts",
+        repeatable=True,
+    )
     lam: list[float] = opt([0.0, 0.5, 1.0], "λ values (offset strength); 0 = base model")
     seeds: list[int] = opt([0, 1, 2], "one image per seed (and λ)")
-    out: str = opt("runs/generate", "output directory")
-    model: str = opt("", "base weights (default: the model the checkpoint was trained on)")
+    out: str = opt("runs/generate", "output directory", per_item=True)
+    model: str = opt("", "base weights (default: the model the checkpoint was trained on)", per_item=True)
     num_steps: int = opt(50, "denoising steps")
     guidance: float = opt(7.5, "classifier-free guidance scale")
     scheduler: str = opt("ddim", "sampler", choices=SCHEDULERS)
@@ -170,19 +287,34 @@ class GenerateConfig(_Config):
     precision: str = opt("auto", "auto = fp16/bf16 on GPU, fp32 on CPU", choices=PRECISIONS)
     device: str = opt("auto", "torch device (auto: cuda if available)")
 
-    def __post_init__(self) -> None:
+    @staticmethod
+    def check_options(values: Mapping[str, Any]) -> None:
+        _finite(guidance=values["guidance"], **{f"lam[{i}]": v for i, v in enumerate(values["lam"])})
+        _positive(
+            num_steps=values["num_steps"],
+            batch_size=values["batch_size"],
+            lam_count=len(values["lam"]),
+            seed_count=len(values["seeds"]),
+        )
+        _non_negative(resolution=values["resolution"])
+
+    def check_item(self) -> None:
         if not self.ckpt:
             raise OstafError("no checkpoint given: pass --ckpt DIR (the --out of `ostaf train`)")
         if not self.prompt:
             raise OstafError("no prompt given: pass --prompt 'a vase in the appearance of *a'")
-        _finite(guidance=self.guidance, **{f"lam[{i}]": v for i, v in enumerate(self.lam)})
-        _positive(
-            num_steps=self.num_steps, batch_size=self.batch_size, lam_count=len(self.lam), seed_count=len(self.seeds)
-        )
-        _non_negative(resolution=self.resolution)
-        for seed in self.seeds:
-            if isinstance(seed, bool) or not isinstance(seed, int):
-                raise OstafError(f"seeds must be integers, got {seed!r}")
+
+
+@dataclass
+class EvaluateConfig(_Config):
+    """How a sweep is scored."""
+
+    metric_models: str = opt(
+        "auto",
+        "networks behind CLIP-T/DINO/Gram/IoU: real (local weights, see `ostaf doctor`), tiny (random stand-ins: "
+        "the code path only), auto (real for real models, stand-ins for presets)",
+        choices=METRIC_MODELS,
+    )
 
 
 def _positive(**values: int) -> None:

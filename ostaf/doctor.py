@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ostaf.image_encoder import CLIP_HUB_ID, CLIP_WEIGHTS_ENV, _cached_hub_weights
+from ostaf.image_encoder import CLIP_HUB_ID, CLIP_WEIGHTS_ENV, cached_hub_weights
 from ostaf.metric_models import Location, locate_dino, locate_vgg
 from ostaf.models import TRAINED_PRESETS, is_preset
 from ostaf.segment import SAM_WEIGHTS_ENV, sam_weights_path
@@ -36,7 +36,7 @@ def locate_sd(model: str) -> Location:
 def locate_clip() -> Location:
     env = os.environ.get(CLIP_WEIGHTS_ENV)
     found = env if env and Path(env).exists() else None
-    cached = _cached_hub_weights()
+    cached = cached_hub_weights()
     return Location(
         "CLIP ViT-B/32 (token init, CLIP-T)",
         [f"${CLIP_WEIGHTS_ENV}={env or '(unset)'}", f"HF cache: {CLIP_HUB_ID}"],

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,10 +9,13 @@ from typing import Any
 
 import numpy as np
 
+from ostaf.config import EvaluateConfig
 from ostaf.images import load_image
 from ostaf.metrics import clip_t, dino_similarity, gram_distance, gram_matrices, mask_iou
+from ostaf.models import is_any_preset
 from ostaf.preprocess import Preprocessed
 from ostaf.report import COLUMNS
+from ostaf.sweep import SweepIndex
 
 
 @dataclass
@@ -24,8 +26,15 @@ class MetricModels:
     sam: Any = None
 
 
+def metric_spec(config: EvaluateConfig, model: str) -> str:
+    """What the metric loaders take for a run on `model`: 'tiny' (random stand-ins) or 'auto' (real weights)."""
+    if config.metric_models == "tiny" or (config.metric_models == "auto" and is_any_preset(model)):
+        return "tiny"
+    return "auto"
+
+
 def load_metric_models(attribute: str, spec: str = "auto") -> MetricModels:
-    """The networks `attribute`'s metrics need; `tiny` gives random stand-ins (code path only)."""
+    """The networks `attribute`'s metrics need (`spec` as `metric_spec` gives it); `tiny`: random stand-ins."""
     from ostaf.image_encoder import load_image_encoder
     from ostaf.metric_models import load_dino, load_vgg_features
     from ostaf.segment import load_sam
@@ -40,14 +49,10 @@ def evaluate_sweep(generated: str | Path, reference: Preprocessed, models: Metri
     """One row per (prompt, λ): the attribute's metrics averaged over seeds."""
     from ostaf.segment import foreground_mask
 
-    generated = Path(generated)
-    index = json.loads((generated / "images.json").read_text())["images"]
-    groups: dict[tuple[str, float], list[Path]] = defaultdict(list)
-    for entry in index:
-        groups[(entry["prompt"], entry["lam"])].append(generated / entry["path"])
+    groups = SweepIndex.read(generated).by_prompt_and_lambda()
     reference_grams = gram_matrices(models.vgg, reference.image) if models.vgg is not None else None
     rows = []
-    for (prompt, lam), paths in sorted(groups.items()):
+    for (prompt, lam), paths in groups.items():
         images = [load_image(p) for p in paths]
         row: dict[str, Any] = {"prompt": prompt, "lam": lam, "n": len(images), **clip_t(models.clip, images, prompt)}
         if models.dino is not None:

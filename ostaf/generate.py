@@ -7,11 +7,9 @@ the base model.
 
 from __future__ import annotations
 
-import re
 import warnings
 from contextlib import ExitStack
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from diffusers import (
@@ -24,14 +22,14 @@ from diffusers import (
 from PIL import Image
 
 from ostaf.attributes import check_prompt
-from ostaf.checkpoint import apply, load_checkpoint
+from ostaf.checkpoint import apply, load_base_pipeline, load_checkpoint
 from ostaf.config import GenerateConfig
 from ostaf.errors import OstafError
-from ostaf.images import make_grid, save_image
-from ostaf.io import write_json
-from ostaf.models import load_pipeline, native_resolution
+from ostaf.images import make_grid
+from ostaf.models import native_resolution
 from ostaf.offsets import OffsetsAdapter
 from ostaf.runtime import autocast_dtype, progress_bar, resolve_device
+from ostaf.sweep import PromptResult, write_sweep
 
 SCHEDULERS = {
     "ddim": DDIMScheduler,
@@ -46,13 +44,6 @@ class Sample:
     prompt: str
     lam: float
     seed: int
-
-
-@dataclass
-class PromptResult:
-    prompt: str
-    images: dict[tuple[float, int], Image.Image]  # (λ, seed) → image
-    grid: Image.Image
 
 
 def sweep(
@@ -140,12 +131,6 @@ def set_scheduler(pipe: StableDiffusionPipeline, name: str) -> None:
     pipe.scheduler = SCHEDULERS[name].from_config(pipe.scheduler.config)
 
 
-def slug(text: str, limit: int = 60) -> str:
-    """A safe file name for a prompt."""
-    name = re.sub(r"[^a-z0-9]+", "-", text.lower().replace("*", "")).strip("-")
-    return name[:limit] or "prompt"
-
-
 def generate(
     config: GenerateConfig, pipe: StableDiffusionPipeline | None = None, progress: bool = True
 ) -> list[PromptResult]:
@@ -158,17 +143,15 @@ def generate(
         check_prompt(prompt, tokens)
     device = resolve_device(config.device)
     dtype = autocast_dtype(config.precision, device) or torch.float32
-    pipe = pipe or load_pipeline(config.model or checkpoints[0].card["model"], dtype=dtype)
+    pipe = pipe or load_base_pipeline(checkpoints[0], config.model, dtype=dtype)
     pipe.to(device)
     set_scheduler(pipe, config.scheduler)
     adapters = [apply(pipe, c) for c in checkpoints]
     for prompt in config.prompt:
         check_length(pipe.tokenizer, prompt, tokens)
 
-    out = Path(config.out)
-    results, index = [], []
-    for prompt in config.prompt:
-        result = sweep(
+    results = [
+        sweep(
             pipe,
             adapters,
             prompt,
@@ -180,11 +163,7 @@ def generate(
             config.batch_size,
             progress,
         )
-        folder = out / slug(prompt)
-        for (lam, seed), image in result.images.items():
-            path = save_image(image, folder / f"lam{lam:g}_seed{seed}.png")
-            index.append({"prompt": prompt, "lam": lam, "seed": seed, "path": str(path.relative_to(out))})
-        save_image(result.grid, folder / "grid.png")
-        results.append(result)
-    write_json(out / "images.json", {"config": config.to_dict(), "images": index})
+        for prompt in config.prompt
+    ]
+    write_sweep(config.out, results, config.to_dict())
     return results

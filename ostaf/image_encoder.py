@@ -55,7 +55,7 @@ def load_image_encoder(model: str, seed: int = 0) -> ImageEncoder:
     return ImageEncoder(_pretrained_clip())
 
 
-def _cached_hub_weights() -> Path | None:
+def cached_hub_weights() -> Path | None:
     """The cached weight file of the authors' CLIP, looked up without any network access."""
     from huggingface_hub import try_to_load_from_cache
 
@@ -78,7 +78,7 @@ def _pretrained_clip() -> torch.nn.Module:
             if path.is_file():
                 return open_clip.create_model(CLIP_ARCH, pretrained=str(path))
             raise FileNotFoundError(path)
-        cached = _cached_hub_weights()
+        cached = cached_hub_weights()
         if cached is None:
             raise FileNotFoundError(f"{CLIP_HUB_ID} is not in the Hugging Face cache")
         return open_clip.create_model(CLIP_ARCH, pretrained=str(cached))

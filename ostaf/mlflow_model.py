@@ -13,11 +13,10 @@ class OstafModel(mlflow.pyfunc.PythonModel):
     the checkpoint (a preset or a local path), never copied into the MLflow artifact."""
 
     def load_context(self, context) -> None:
-        from ostaf.checkpoint import apply, load_checkpoint
-        from ostaf.models import load_pipeline
+        from ostaf.checkpoint import apply, load_base_pipeline, load_checkpoint
 
         checkpoint = load_checkpoint(context.artifacts["checkpoint"])
-        self.pipe = load_pipeline(checkpoint.card["model"])
+        self.pipe = load_base_pipeline(checkpoint)
         self.adapter = apply(self.pipe, checkpoint)
 
     def predict(self, context, model_input, params=None) -> np.ndarray:
@@ -38,5 +37,5 @@ class OstafModel(mlflow.pyfunc.PythonModel):
 
 
 # Models-from-code: MLflow stores this file with the model and runs it at load time, so loading
-# needs no pickle (see `ostaf.tracking.log_checkpoint_model`).
+# needs no pickle (see `ostaf.tracking.RunLogger.log_model`).
 mlflow.models.set_model(OstafModel())

@@ -8,7 +8,7 @@ seeded random weights instead of files:
 - ``sd14-random``: the full SD-1.4 architecture (859 M-parameter U-Net) for benchmarks,
   where cost does not depend on weight values;
 - ``attribute-world``: a small model *trained* on the procedural Attribute World
-  (`ostaf.world.pretrain`), committed as a versioned asset: real, if small, images.
+  (`ostaf.world.pretrain`), shipped inside the package (`ostaf/world/model/`): real, if small, images.
 
 Nothing is ever downloaded: hub ids resolve only from the local Hugging Face cache.
 """
@@ -16,6 +16,7 @@ Nothing is ever downloaded: hub ids resolve only from the local Hugging Face cac
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,22 +139,43 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-# Presets with trained weights in this repository (a versioned asset), loaded like any diffusers folder.
+# Presets with trained weights shipped as package data, loaded like any diffusers folder.
 WORLD_MODEL_ENV = "OSTAF_WORLD_MODEL"
+WORLD_MODEL_DIR = Path(__file__).resolve().parent / "world" / "model"
 
 
 def world_model_path() -> Path:
-    """The Attribute World model: `$OSTAF_WORLD_MODEL`, else the asset committed beside the package."""
-    default = Path(__file__).resolve().parents[1] / "tests" / "assets" / "attribute-world"
-    return Path(os.environ.get(WORLD_MODEL_ENV) or default)
+    """The Attribute World model: `$OSTAF_WORLD_MODEL`, else the copy installed with the package."""
+    return Path(os.environ.get(WORLD_MODEL_ENV) or WORLD_MODEL_DIR)
 
 
 TRAINED_PRESETS: dict[str, Callable[[], Path]] = {"attribute-world": world_model_path}
 
 
+@dataclass(frozen=True)
+class BaseModel:
+    """How a base pipeline was made: the model name and the seed of a random preset's weights."""
+
+    model: str
+    seed: int = 0
+
+
+_BASES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # pipeline → BaseModel, for checkpoint cards
+
+
+def base_of(pipe: StableDiffusionPipeline) -> BaseModel | None:
+    """How `load_pipeline` made `pipe` (None for a pipeline built elsewhere)."""
+    return _BASES.get(pipe)
+
+
 def is_preset(model: str) -> bool:
     """A random-weight preset (`tiny`, `sd14-random`); trained presets load through `load_pipeline` too."""
     return model in PRESETS
+
+
+def is_any_preset(model: str) -> bool:
+    """A preset of either kind: random weights, or trained weights shipped with the package."""
+    return model in PRESETS or model in TRAINED_PRESETS
 
 
 def resolve_model(model: str) -> str:
@@ -163,9 +185,9 @@ def resolve_model(model: str) -> str:
     path = TRAINED_PRESETS[model]()
     if not (path / "model_index.json").is_file():
         raise OstafError(
-            f"the {model} model is not at {path}: it ships in the repository's tests/assets/ (check out the full "
-            f"repository), or rebuild it with `python -m ostaf.world.pretrain --out {path}` (about 30 min on 2 "
-            f"cores), or point ${WORLD_MODEL_ENV} at a copy"
+            f"the {model} model is not at {path}: it ships inside the ostaf package (reinstall it), or rebuild it "
+            f"with `python -m ostaf.world.pretrain --out {path}` (about 30 min on 2 cores), or point "
+            f"${WORLD_MODEL_ENV} at a copy"
         )
     return str(path)
 
@@ -193,8 +215,11 @@ def load_pipeline(model: str, seed: int = 0, dtype: torch.dtype = torch.float32)
     """A `StableDiffusionPipeline` for a preset name, a local diffusers folder, or a cached hub id."""
     if is_preset(model):
         pipe = _random_pipeline(PRESETS[model], seed)
-        return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
-    return _pretrained_pipeline(resolve_model(model), dtype)
+        pipe = pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
+    else:
+        pipe = _pretrained_pipeline(resolve_model(model), dtype)
+    _BASES[pipe] = BaseModel(model, seed)
+    return pipe
 
 
 def _random_pipeline(preset: Preset, seed: int) -> StableDiffusionPipeline:
@@ -212,6 +237,8 @@ def _random_pipeline(preset: Preset, seed: int) -> StableDiffusionPipeline:
         feature_extractor=None,
         requires_safety_checker=False,
     )
+    for module in (unet, vae, text_encoder):  # as from_pretrained gives them: inference mode
+        module.eval()
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

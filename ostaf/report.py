@@ -5,10 +5,12 @@ from __future__ import annotations
 import csv
 import io
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 
+from ostaf import groups
 from ostaf.io import atomic_write
 
 # The paper's layout: which metrics are reported for which attribute.
@@ -17,14 +19,17 @@ COLUMNS = {
     "style": ("clip_t", "dino", "gram"),
     "shape": ("clip_t", "iou"),
 }
-# Attribute World items also carry exact metrics (ostaf.world.references): reported when present.
-WORLD_COLUMNS = {
-    "appearance": ("appearance_dist", "appearance_match", "text_control"),
-    "style": (),
-    "shape": ("shape_iou", "shape_match", "text_control"),
-}
-# every metric a table can hold, in column order: the paper's first, then the world's
-TABLE_METRICS = tuple(dict.fromkeys(m for table in (COLUMNS, WORLD_COLUMNS) for ms in table.values() for m in ms))
+Curves = dict[str, dict[str, dict[float, float]]]  # line label → metric → λ → mean
+
+
+def columns(attribute: str) -> tuple[str, ...]:
+    """The paper's metrics for `attribute`, then the exact ones of registered item groups (when rows hold them)."""
+    return COLUMNS[attribute] + tuple(c for c in groups.columns(attribute) if c not in COLUMNS[attribute])
+
+
+def table_metrics() -> tuple[str, ...]:
+    """Every metric a table can hold, in column order."""
+    return tuple(dict.fromkeys(m for attribute in COLUMNS for m in columns(attribute)))
 
 
 def significant(value: float, digits: int = 4) -> float:
@@ -39,7 +44,7 @@ def paper_table(rows: list[dict], lam: float | None = None) -> list[dict]:
     for index, row in enumerate(rows):
         if lam is None or row["lam"] == lam:
             items[row["attribute"]].add(row.get("item", index))
-            for metric in COLUMNS[row["attribute"]] + WORLD_COLUMNS[row["attribute"]]:
+            for metric in columns(row["attribute"]):
                 if row.get(metric) is not None:
                     values[row["attribute"]][metric].append(float(row[metric]))
     return [
@@ -54,7 +59,7 @@ def paper_table(rows: list[dict], lam: float | None = None) -> list[dict]:
 
 
 def _keys(table: list[dict]) -> list[str]:
-    return ["attribute", "n", *(m for m in TABLE_METRICS if any(m in row for row in table))]
+    return ["attribute", "n", *(m for m in table_metrics() if any(m in row for row in table))]
 
 
 def to_csv(table: list[dict]) -> str:
@@ -66,8 +71,9 @@ def to_csv(table: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def to_markdown(table: list[dict]) -> str:
-    keys = _keys(table)
+def to_markdown(table: list[dict], keys: list[str] | None = None) -> str:
+    """A Markdown table of `keys` (default: the paper table's), '–' where a row has no value."""
+    keys = keys or _keys(table)
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(str(row.get(k, "–")) for k in keys) + " |" for row in table]
     return "\n".join(lines) + "\n"
@@ -79,28 +85,49 @@ def write_table(table: list[dict], folder: str | Path) -> None:
     atomic_write(folder / "table.md", lambda tmp: tmp.write_text(to_markdown(table)))
 
 
-def plot_curves(rows: list[dict], path: str | Path) -> Path:
-    """Metric vs λ, one panel per metric, one line per attribute."""
+def lambda_curves(rows: Iterable[dict], label: Callable[[dict], str | None], metrics: Iterable[str]) -> Curves:
+    """Mean of each metric per λ, one curve per `label(row)` (rows labelled None are left out)."""
+    points: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    metrics = tuple(metrics)
+    for row in rows:
+        name = label(row)
+        if name is None:
+            continue
+        for metric in metrics:
+            if row.get(metric) is not None:
+                points[name][metric][row["lam"]].append(row[metric])
+    return {
+        name: {m: {lam: float(np.mean(v)) for lam, v in sorted(by_lam.items())} for m, by_lam in per_metric.items()}
+        for name, per_metric in points.items()
+    }
+
+
+def plot_lambda_curves(curves: Curves, metrics: Iterable[str], path: str | Path, panel_width: float = 4.0) -> Path:
+    """One panel per metric, one line per curve, λ on the x axis."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = ["clip_t", "dino", "gram", "iou"]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3))
-    for ax, metric in zip(axes, metrics, strict=True):
-        for attr in COLUMNS:
-            points = defaultdict(list)
-            for row in rows:
-                if row["attribute"] == attr and row.get(metric) is not None:
-                    points[row["lam"]].append(row[metric])
-            if points:
-                lams = sorted(points)
-                ax.plot(lams, [np.mean(points[x]) for x in lams], marker="o", label=attr)
+    metrics = list(metrics)
+    colour = {name: plt.cm.tab20(i % 20) for i, name in enumerate(curves)}
+    fig, axes = plt.subplots(1, len(metrics), figsize=(panel_width * len(metrics), 3 + panel_width / 4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        for name, per_metric in curves.items():
+            if metric in per_metric:
+                by_lam = per_metric[metric]
+                ax.plot(list(by_lam), list(by_lam.values()), marker="o", color=colour[name], label=name)
         ax.set_xlabel("λ")
         ax.set_title(metric)
-    axes[0].legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6 if len(curves) > 4 else 8)
     fig.tight_layout()
     out = atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
     return out
+
+
+def plot_curves(rows: list[dict], path: str | Path) -> Path:
+    """Metric vs λ, one panel per paper metric, one line per attribute."""
+    metrics = ["clip_t", "dino", "gram", "iou"]
+    return plot_lambda_curves(lambda_curves(rows, lambda r: r["attribute"], metrics), metrics, path)

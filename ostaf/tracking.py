@@ -7,13 +7,17 @@ different processes (KFP tasks) log into the same parent and nested runs.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 import subprocess
 import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -89,9 +93,12 @@ def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def provenance_tags(repo: str | Path | None = None) -> dict[str, str]:
-    """Git commit and DVC data hash of the repository the code runs from, where known."""
-    repo = Path(repo or Path(__file__).resolve().parents[1])
+PROVENANCE = ("git_commit", "dvc_data_md5")  # tags nested runs take over from their parent
+
+
+def provenance_tags(repo: str | Path) -> dict[str, str]:
+    """Git commit and DVC data hash of the checkout `repo` (the caller's: the pipeline's or a benchmark's)."""
+    repo = Path(repo)
     tags: dict[str, str] = {}
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
@@ -161,6 +168,14 @@ class RunLogger:
     def log_text(self, text: str, artifact_file: str) -> None:
         self._deliver({"kind": "text", "text": text, "artifact_file": artifact_file})
 
+    def log_model(self, checkpoint: str | Path, attribute: str) -> None:
+        """The checkpoint as a pyfunc model, registered as ``ostaf-<attribute>`` (spooled like any record)."""
+        self._deliver({"kind": "model", "path": str(Path(checkpoint).resolve()), "attribute": attribute})
+
+    def set_status(self, status: str) -> None:
+        """RUNNING again when a later step writes into the run (`active`)."""
+        self._deliver({"kind": "status", "status": status})
+
     def end(self, status: str = "FINISHED") -> None:
         self._deliver({"kind": "end", "status": status})
 
@@ -186,11 +201,8 @@ class RunLogger:
         self._spool(record)
 
     def _spool(self, record: dict[str, Any]) -> None:
-        import json
-        import shutil
-
         folder = self.spool / self.run_id
-        if record["kind"] == "artifact":  # copy now: the caller may delete the file afterwards
+        if record["kind"] in ("artifact", "model"):  # copy now: the caller may delete the file afterwards
             source = Path(record["path"])
             kept = folder / f"{self.spooled:06d}" / source.name
             kept.parent.mkdir(parents=True, exist_ok=True)
@@ -225,6 +237,10 @@ def apply_record(mlflow_client, run_id: str, record: dict[str, Any]) -> None:
             mlflow_client.log_artifact(run_id, str(path), record["artifact_path"])
     elif kind == "text":
         mlflow_client.log_text(run_id, record["text"], record["artifact_file"])
+    elif kind == "model":
+        _log_model(run_id, record["path"], record["attribute"])
+    elif kind == "status":
+        mlflow_client.update_run(run_id, status=record["status"])
     elif kind == "end":
         mlflow_client.set_terminated(run_id, record["status"])
     else:
@@ -233,9 +249,6 @@ def apply_record(mlflow_client, run_id: str, record: dict[str, Any]) -> None:
 
 def sync_spool(spool: str | Path | None = None) -> dict[str, int]:
     """Send every spooled record, oldest first; a run's file goes once all of it is sent. Returns counts per run."""
-    import json
-    import shutil
-
     from ostaf.io import atomic_write
 
     spool = Path(spool) if spool else spool_dir()
@@ -281,10 +294,12 @@ def start_run(
     params: dict[str, Any] | None = None,
     tags: dict[str, str] | None = None,
 ) -> RunLogger:
-    """Create a run (nested under `parent_run_id` if given) and return its logger."""
+    """Create a run (nested under `parent_run_id` if given, with its provenance tags) and return its logger."""
     all_tags = {"mlflow.runName": name, **(tags or {})}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
+        parent = client().get_run(parent_run_id).data.tags
+        all_tags |= {k: parent[k] for k in PROVENANCE if k in parent and k not in all_tags}
     run = client().create_run(experiment_id(experiment), tags=all_tags)
     logger = RunLogger(run.info.run_id)
     if params:
@@ -292,14 +307,67 @@ def start_run(
     return logger
 
 
-def log_checkpoint_model(logger: RunLogger, checkpoint: str | Path, attribute: str) -> str:
+def child_run(parent_run_id: str, name: str, params: dict[str, Any], tags: dict[str, str]) -> RunLogger:
+    """The nested run `name` of a parent: the one a failed earlier attempt of the same step left, else a new one.
+
+    So a retried pipeline step (KFP `set_retry`) logs into one run per item, not one per attempt.
+    """
+    found = client().search_runs(
+        [experiment_id()],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.mlflow.runName = '{name}'",
+        max_results=1,
+    )
+    if found:
+        return RunLogger(found[0].info.run_id)
+    return start_run(name, parent_run_id=parent_run_id, params=params, tags=tags)
+
+
+def find_run(tag: str, value: str) -> str | None:
+    """The newest run of the ostaf experiment whose tag `tag` is `value`."""
+    found = client().search_runs(
+        [experiment_id()], filter_string=f"tags.{tag} = '{value}'", max_results=1, order_by=["start_time DESC"]
+    )
+    return found[0].info.run_id if found else None
+
+
+@contextmanager
+def active(logger: RunLogger, reopen: bool = False) -> Iterator[RunLogger]:
+    """The run is RUNNING inside the block and FINISHED after it; FAILED (KILLED on Ctrl-C) if the block raises.
+
+    Each step that writes into a run opens and closes it this way (`reopen`: it was closed by an earlier
+    step), so no failure leaves a run RUNNING forever.
+    """
+    if reopen:
+        logger.set_status("RUNNING")
+    try:
+        yield logger
+    except KeyboardInterrupt:
+        logger.end("KILLED")
+        raise
+    except BaseException:
+        logger.end("FAILED")
+        raise
+    logger.end("FINISHED")
+
+
+FINAL_STATUS = {"SUCCEEDED": "FINISHED", "CANCELED": "KILLED", "CANCELLED": "KILLED"}  # KFP state → MLflow status
+
+
+def finish_run(run_id: str, pipeline_state: str) -> str:
+    """Close a pipeline's parent run with the pipeline's final state (FAILED for anything but success)."""
+    status = FINAL_STATUS.get(pipeline_state.upper(), "FAILED")
+    RunLogger(run_id).end(status)
+    return status
+
+
+def _log_model(run_id: str, checkpoint: str | Path, attribute: str) -> str:
     """Log the checkpoint as a pyfunc model and register it as ``ostaf-<attribute>``; return its URI."""
     import mlflow
 
     from ostaf import mlflow_model
 
     mlflow.set_tracking_uri(tracking_uri())
-    with mlflow.start_run(run_id=logger.run_id):
+    with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="ostaf",
             python_model=mlflow_model.__file__,  # models-from-code: nothing pickled

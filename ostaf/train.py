@@ -8,11 +8,9 @@ goes. Each step is a small named function so tests and benchmarks can drive them
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -37,9 +35,6 @@ from ostaf.runtime import autocast_dtype, progress_bar, resolve_device, seed_eve
 from ostaf.segment import load_sam
 
 log = logging.getLogger(__name__)
-TRAINER_STATE = "trainer.safetensors"
-# options that may differ when resuming (they change where or how fast, not what is learned)
-RESUME_MAY_CHANGE = {"steps", "checkpoint_every", "device", "gradient_checkpointing", "channels_last", "compile"}
 
 
 class Tracker(Protocol):
@@ -104,7 +99,7 @@ def train(
     optimizer = make_optimizer(setup)
     scaler = torch.amp.GradScaler("cuda", enabled=setup.amp_dtype == torch.float16)
     out = Path(config.out)
-    start = resume(setup, optimizer, generator, out, scaler)
+    start = ckpt_io.resume(setup, optimizer, generator, out, scaler)
 
     losses: list[float] = []
     started = time.perf_counter()
@@ -120,7 +115,7 @@ def train(
         try:
             loss = optimizer_step(setup, optimizer, scaler, generator)
         except NonFiniteLoss as err:
-            good = latest_resumable(out)
+            good = ckpt_io.latest_resumable(out)
             kept = f"the last good checkpoint, {good}, is intact" if good else "no checkpoint had been written yet"
             raise OstafError(f"step {step + 1}: {err}; {kept}") from None
         losses.append(loss)
@@ -128,11 +123,11 @@ def train(
         with torch.no_grad():
             tracker.log_metrics({"loss": loss, "token_norm": float(setup.token().norm())}, step + 1)
         if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
-            save_training_checkpoint(
-                setup, optimizer, generator, out / "checkpoints" / f"step-{step + 1:06d}", step + 1, scaler
+            ckpt_io.save_training_checkpoint(
+                setup, optimizer, generator, ckpt_io.step_folder(out, step + 1), step + 1, scaler
             )
     elapsed = time.perf_counter() - started
-    save_training_checkpoint(setup, optimizer, generator, out, config.steps, scaler)
+    ckpt_io.save_training_checkpoint(setup, optimizer, generator, out, config.steps, scaler)
     finalize(setup)
     return TrainResult(out, config.steps, losses, elapsed / max(len(losses), 1))
 
@@ -145,7 +140,7 @@ def finalize(setup: TrainingSetup) -> None:
         setup.token_hook = None
     release_token_gradient(setup.pipe)
     table = setup.pipe.text_encoder.get_input_embeddings().weight
-    table[setup.token_id] = final_embedding(setup).to(table.device, table.dtype)
+    table[setup.token_id] = setup.token().detach().to(table.device, table.dtype)
     for p in setup.trainable:
         p.requires_grad_(False)
 
@@ -377,138 +372,3 @@ def evaluation_loss(setup: TrainingSetup, seed: int = 0, samples: int = 8) -> fl
         mse, _ = denoising_loss(setup, latent, noise, t)
         total += mse.item()
     return total / samples
-
-
-# -- checkpoints ------------------------------------------------------------------
-
-
-def final_embedding(setup: TrainingSetup) -> torch.Tensor:
-    return setup.token().detach().float().cpu()
-
-
-def model_tensors(setup: TrainingSetup) -> dict[str, torch.Tensor]:
-    tensors = {f"offsets.{k}": v for k, v in setup.adapter.state_dict().items()}
-    tensors["token.embedding"] = final_embedding(setup)
-    tensors.update({f"token.init.{k}": v for k, v in setup.token.state_dict().items() if v.numel()})
-    ids = {id(p) for p in setup.trainable}  # U-Net weights that train (paper, blocks, unet) are saved too
-    tensors.update(
-        {f"unet.{n}": p for n, p in setup.unet.named_parameters() if id(p) in ids and ".processor." not in n}
-    )
-    return tensors
-
-
-def card(setup: TrainingSetup, step: int) -> dict:
-    return {
-        "attribute": setup.attribute.name,
-        "token": setup.attribute.token,
-        "class_name": setup.config.class_name,
-        "model": setup.config.model,
-        "offsets": setup.adapter.config.to_dict(),
-        "trainable": setup.config.trainable,
-        "step": step,
-        "train": setup.config.to_dict(),
-    }
-
-
-def save_training_checkpoint(
-    setup: TrainingSetup,
-    optimizer: torch.optim.Optimizer,
-    generator: torch.Generator,
-    folder: Path,
-    step: int,
-    scaler: torch.amp.GradScaler | None = None,
-) -> None:
-    """Model tensors + card, plus the trainer state needed to resume (kept only in the newest folder)."""
-    from safetensors.torch import save_file
-
-    from ostaf.io import atomic_write
-
-    state = optimizer.state_dict()
-    trainer = {f"optim.{i}.{k}": v for i, s in state["state"].items() for k, v in s.items() if torch.is_tensor(v)}
-    trainer["rng.generator"] = generator.get_state()
-    trainer["rng.torch"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        trainer.update({f"rng.cuda.{i}": state for i, state in enumerate(torch.cuda.get_rng_state_all())})
-    if scaler is not None and scaler.is_enabled():  # fp16: the loss scale and its growth counter
-        trainer.update({f"scaler.{k}": torch.tensor(v) for k, v in scaler.state_dict().items()})
-    trainer = {k: v.detach().cpu().contiguous() for k, v in trainer.items()}
-    info = card(setup, step) | {"optimizer": {"param_groups": state["param_groups"]}}
-    atomic_write(folder / TRAINER_STATE, lambda tmp: save_file(trainer, str(tmp)))
-    ckpt_io.save_checkpoint(folder, info, model_tensors(setup))
-    for older in _trainer_states(Path(setup.config.out)):
-        if older.parent != folder:
-            older.unlink(missing_ok=True)
-
-
-def _trainer_states(out: Path) -> Iterator[Path]:
-    yield from (out / "checkpoints").glob(f"step-*/{TRAINER_STATE}")
-    if (out / TRAINER_STATE).exists():
-        yield out / TRAINER_STATE
-
-
-def latest_resumable(out: Path) -> Path | None:
-    """The newest folder under `out` holding a complete checkpoint and trainer state."""
-    candidates = [p.parent for p in _trainer_states(out) if (p.parent / ckpt_io.CARD).is_file()]
-    if not candidates:
-        return None
-    return max(candidates, key=lambda f: json.loads((f / ckpt_io.CARD).read_text())["step"])  # cards only
-
-
-def resume(
-    setup: TrainingSetup,
-    optimizer: torch.optim.Optimizer,
-    generator: torch.Generator,
-    out: Path,
-    scaler: torch.amp.GradScaler | None = None,
-) -> int:
-    """Restore model, optimizer and RNG state from the newest checkpoint in `out`; return its step."""
-    from safetensors.torch import load_file
-
-    folder = latest_resumable(out)
-    if folder is None:
-        return 0
-    saved = ckpt_io.load_checkpoint(folder)
-    mine, theirs = setup.config.to_dict(), dict(saved.card["train"])
-    differ = sorted(k for k in mine if k not in RESUME_MAY_CHANGE and mine[k] != theirs.get(k))
-    if differ:
-        raise OstafError(
-            f"{out} holds a run with different settings ({', '.join(differ)}): use a new --out, "
-            "or the same options to resume it"
-        )
-    step = saved.card["step"]
-    if step > setup.config.steps:
-        raise OstafError(
-            f"{out} is already at step {step} > --steps {setup.config.steps}: raise --steps or use a new --out"
-        )
-    setup.adapter.load_state_dict(saved.section("offsets."))
-    init = saved.section("token.init.")
-    setup.token.load_state_dict({**setup.token.state_dict(), **init})
-    _load_params(setup, saved.section("unet."))
-    trainer = load_file(str(folder / TRAINER_STATE))
-    state = optimizer.state_dict()
-    for key, value in trainer.items():
-        if key.startswith("optim."):
-            _, index, name = key.split(".", 2)
-            state["state"].setdefault(int(index), {})[name] = value
-    saved_groups = saved.card["optimizer"]["param_groups"]
-    state["param_groups"] = [
-        g | {"params": own["params"]} for g, own in zip(saved_groups, state["param_groups"], strict=True)
-    ]
-    optimizer.load_state_dict(state)
-    generator.set_state(trainer["rng.generator"])
-    torch.set_rng_state(trainer["rng.torch"])
-    cuda = [trainer[k] for k in sorted(k for k in trainer if k.startswith("rng.cuda."))]
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
-    saved_scaler = {k.removeprefix("scaler."): v.item() for k, v in trainer.items() if k.startswith("scaler.")}
-    if saved_scaler and scaler is not None and scaler.is_enabled():
-        scaler.load_state_dict(saved_scaler)
-    log.info("resumed %s from step %d", out, step)
-    return step
-
-
-def _load_params(setup: TrainingSetup, weights: dict[str, torch.Tensor]) -> None:
-    own = dict(setup.unet.named_parameters())
-    with torch.no_grad():
-        for name, tensor in weights.items():
-            own[name].copy_(tensor)

@@ -1,11 +1,12 @@
 """Compile, run locally (the embedded default) and submit to a KFP endpoint.
 
     python -m pipelines compile --out build/pipelines
-    python -m pipelines run-local --per-attribute 1 --steps 60 --gen-num-steps 10
+    python -m pipelines run-local --per-attribute 1 --recipe world
     python -m pipelines submit --host "$KFP_HOST" --experiment ostaf --per-attribute 1
 
-Option flags are generated from `TrainConfig` (`--steps`, `--lr`, …) and `GenerateConfig`
-(`--gen-lam`, `--gen-seeds`, …); per-item fields come from the manifest instead.
+Option flags are generated from `TrainConfig` (`--steps`, `--lr`, …), `GenerateConfig`
+(`--gen-lam`, `--gen-seeds`, …) and `EvaluateConfig` (`--metric-models`); per-item fields come
+from the manifest instead. `--recipe NAME` takes a named recipe's values as the defaults.
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ from typing import Any
 
 from kfp import compiler
 
-from ostaf.benchmark import WORLD_SOURCE
-from ostaf.config import GenerateConfig, TrainConfig
+from ostaf.config import EvaluateConfig, GenerateConfig, TrainConfig, validate_options
+from ostaf.data import default_source
 from ostaf.errors import OstafError
-from ostaf.flags import add_config_arguments, options_from_args
-from ostaf.models import PRESETS, TRAINED_PRESETS
+from ostaf.flags import add_config_arguments, options_from_args, set_recipe_defaults
+from ostaf.recipes import RECIPES, Recipe, get_recipe
 from ostaf.runtime import CPU_ALLOCATOR_ENV
-from ostaf.steps import PER_ITEM_GENERATE, PER_ITEM_TRAIN
+from ostaf.tracking import provenance_tags
 from pipelines.cluster import CLUSTER
 from pipelines.dags import build_benchmark, build_personalization
 
@@ -48,8 +49,13 @@ def compile_all(out: str | Path, parallelism: int = 4) -> list[Path]:
     return written
 
 
-def run_local(name: str, params: dict[str, Any], pipeline_root: str | Path = "runs/kfp", parallelism: int = 1):
-    """Run a pipeline on this machine with the KFP subprocess runner; MLflow goes to ./mlflow.db by default."""
+def run_local(
+    name: str, params: dict[str, Any], pipeline_root: str | Path = "runs/kfp", parallelism: int = 1
+) -> Path:
+    """Run a pipeline on this machine with the KFP subprocess runner; MLflow goes to ./mlflow.db by default.
+
+    No retries here (a local failure is not a lost pod). Returns the aggregate task's table (Markdown file).
+    """
     from kfp import local
 
     from ostaf.tracking import tracking_uri
@@ -57,9 +63,20 @@ def run_local(name: str, params: dict[str, Any], pipeline_root: str | Path = "ru
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri()  # absolute, so every task process shares one store
     for key, value in CPU_ALLOCATOR_ENV.items():  # task processes start with glibc tuned for tensors
         os.environ.setdefault(key, value)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(Path(pipeline_root).resolve()))
-    pipeline = PIPELINES[name](parallelism) if name == "benchmark" else PIPELINES[name]()
-    return pipeline(**params)
+    root = Path(pipeline_root).resolve()
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
+    pipeline = PIPELINES[name](parallelism, retries=0) if name == "benchmark" else PIPELINES[name](retries=0)
+    started = time.time()
+    pipeline(**params)
+    return newest_output(root, "aggregate", "table", since=started)
+
+
+def newest_output(root: Path, task: str, output: str, since: float) -> Path:
+    """A task's output file under the local pipeline root, written by the run that started at `since`."""
+    found = [p for p in root.glob(f"*/{task}/{output}") if p.stat().st_mtime >= since]
+    if not found:
+        raise OstafError(f"the local run wrote no {task}/{output} under {root}")
+    return max(found, key=lambda p: p.stat().st_mtime)
 
 
 def submit(
@@ -89,7 +106,8 @@ def submit(
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(recipe: Recipe | None = None) -> argparse.ArgumentParser:
+    """The CLI; with a `recipe`, its option values are the defaults of run-local and submit."""
     parser = argparse.ArgumentParser(
         prog="python -m pipelines", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -103,8 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--source",
             default="auto",
-            help=f"benchmark folder, dvc:<repo>[@remote], or {WORLD_SOURCE} (held-out Attribute World references); "
-            f"auto: {WORLD_SOURCE} for --model attribute-world, else dvc:{REPO}",
+            help="benchmark folder, dvc:<repo>[@remote], or a registered source such as world (held-out Attribute "
+            f"World references); auto: world for --model attribute-world, else dvc:{REPO}",
         )
         p.add_argument("--attributes", nargs="*", default=[])
         p.add_argument("--item-ids", nargs="*", default=[])
@@ -114,14 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--attribute", default="appearance", help="personalization pipeline: the attribute")
         p.add_argument("--class-name", default="object", help="personalization pipeline: what the image shows")
         p.add_argument("--prompts", nargs="*", default=[], help="personalization pipeline: prompts")
-        p.add_argument(
-            "--model",
-            default="attribute-world",
-            help="attribute-world (the small model trained on Attribute World), tiny, sd14-random, or real SD weights",
-        )
-        p.add_argument("--metric-models", default="", help="auto (real weights) or tiny; default tiny for presets")
-        add_config_arguments(p, TrainConfig, exclude=PER_ITEM_TRAIN)
-        add_config_arguments(p, GenerateConfig, prefix="gen-", exclude=PER_ITEM_GENERATE)
+        p.add_argument("--recipe", choices=list(RECIPES), help="take a named recipe's option values as defaults")
+        add_config_arguments(p, TrainConfig, only=("model",))
+        add_config_arguments(p, EvaluateConfig)
+        add_config_arguments(p, TrainConfig, shared=True)
+        add_config_arguments(p, GenerateConfig, prefix="gen-", shared=True)
         if name == "submit":
             p.add_argument("--host", default=os.environ.get("KFP_HOST"), help="KFP API endpoint (or $KFP_HOST)")
             p.add_argument("--namespace", default=os.environ.get("KFP_NAMESPACE"))
@@ -130,20 +145,30 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--package", default="build/pipelines", help="folder of compiled specs")
         else:
             p.add_argument("--pipeline-root", default="runs/kfp")
+        if recipe is not None:
+            set_recipe_defaults(p, recipe.train)
+            set_recipe_defaults(p, recipe.generate, prefix="gen-")
     return parser
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """`--recipe NAME` is read first: its values become the defaults, and explicit flags still win."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--recipe", choices=list(RECIPES))
+    known, _ = pre.parse_known_args(argv)
+    return build_parser(get_recipe(known.recipe) if known.recipe else None).parse_args(argv)
+
+
 def pipeline_params(args: argparse.Namespace) -> dict[str, Any]:
-    """Pipeline arguments from the flags; the option dicts are validated by building the configs."""
-    train_options = options_from_args(TrainConfig, args, exclude=PER_ITEM_TRAIN)
-    generate_options = options_from_args(GenerateConfig, args, prefix="gen-", exclude=PER_ITEM_GENERATE)
-    TrainConfig(image="x", class_name="x", **train_options)
-    GenerateConfig(ckpt=["x"], prompt=["x *a"], **generate_options)
+    """Pipeline arguments from the flags; the option dicts are validated before anything runs."""
+    train_options = validate_options(TrainConfig, options_from_args(TrainConfig, args))
+    generate_options = validate_options(GenerateConfig, options_from_args(GenerateConfig, args, prefix="gen-"))
     common = {
         "model": args.model,
-        "metric_models": args.metric_models or ("tiny" if args.model in (*PRESETS, *TRAINED_PRESETS) else "auto"),
+        "metric_models": args.metric_models,
         "train_options": train_options,
         "generate_options": generate_options,
+        "provenance": provenance_tags(REPO),
     }
     if args.pipeline == "personalization":
         if not args.image or not args.prompts:
@@ -157,9 +182,7 @@ def pipeline_params(args: argparse.Namespace) -> dict[str, Any]:
         }
     return {
         **common,
-        "source": args.source
-        if args.source != "auto"
-        else (WORLD_SOURCE if args.model == "attribute-world" else f"dvc:{REPO}"),
+        "source": args.source if args.source != "auto" else default_source(args.model, REPO),
         "attributes": args.attributes,
         "item_ids": args.item_ids,
         "per_attribute": 0 if args.all else args.per_attribute,
@@ -167,7 +190,7 @@ def pipeline_params(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         if args.command == "compile":
             for path in compile_all(args.out, args.parallelism):
@@ -184,13 +207,13 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         started = time.perf_counter()
         try:
-            task = run_local(args.pipeline, params, args.pipeline_root)
+            table = run_local(args.pipeline, params, args.pipeline_root)
         except RuntimeError as err:  # kfp's local runner: a task failed; its own error is logged above
             message = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
             print(f"pipelines run-local: error: {message} (the failing task's log is above)", file=sys.stderr)
             return 1
         print(f"local {args.pipeline} run finished in {time.perf_counter() - started:.0f} s")
-        print(Path(task.output.path).read_text())
+        print(table.read_text())
         return 0
     except OstafError as err:
         print(f"pipelines {args.command}: error: {err}", file=sys.stderr)

@@ -111,7 +111,7 @@ def test_unreachable_remote_is_named_and_leaves_no_partial_data(tmp_path, monkey
     import subprocess
     import sys
 
-    from ostaf.benchmark import pull
+    from ostaf.data import pull
     from tests.mlflow_server import free_port
 
     repo = tmp_path / "repo"

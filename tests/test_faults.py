@@ -70,14 +70,14 @@ def test_nan_loss_names_the_step_and_the_intact_checkpoint(reference, tmp_path):
 def test_full_disk_while_saving_leaves_nothing_half_written(reference, tmp_path, monkeypatch):
     import errno
 
-    import safetensors.torch
+    from ostaf import checkpoint
 
     def full(tensors, filename, metadata=None):
         with open(filename, "wb") as f:
             f.write(b"partial")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    monkeypatch.setattr(checkpoint, "save_file", full)  # every safetensors write of a checkpoint goes through it
     with pytest.raises(OstafError, match="No space left on device.*nothing was left half-written"):
         train(tiny_config(reference, tmp_path / "run", steps=2), progress=False)
     assert [p for p in (tmp_path / "run").rglob("*") if p.is_file()] == []

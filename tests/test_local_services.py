@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import boto3
@@ -130,6 +131,29 @@ def test_a_service_that_cannot_start_says_why_and_leaves_nothing_running(tmp_pat
     monkeypatch.setattr(services, "s3_command", lambda kind, port, state: [sys.executable, "-c", "raise SystemExit(3)"])
     with pytest.raises(services.ServiceError, match="s3 exited while starting"):
         services.start(state, "moto", seed=False)
+    assert services.read_state(state) is None
+
+
+def test_a_second_service_that_fails_stops_the_first(tmp_path, monkeypatch):
+    """The S3 stand-in starts and answers; MLflow then dies while starting: the S3 process is ended too."""
+    state = tmp_path / "state"
+    launched: list[dict] = []
+    real_launch = services.launch
+
+    def launch(name, cmd, env, logs):
+        if name == "mlflow":
+            cmd = [sys.executable, "-c", "raise SystemExit(4)"]
+        launched.append(real_launch(name, cmd, env, logs))
+        return launched[-1]
+
+    monkeypatch.setattr(services, "launch", launch)
+    with pytest.raises(services.ServiceError, match="mlflow exited while starting"):
+        services.start(state, "moto", seed=False)
+    assert [r["name"] for r in launched] == ["s3", "mlflow"]
+    deadline = time.monotonic() + 15
+    while services.alive(launched[0]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not services.alive(launched[0]), "the S3 stand-in that had started is still running"
     assert services.read_state(state) is None
 
 

@@ -134,3 +134,45 @@ def test_table_keeps_small_metrics_visible():
     (row,) = paper_table(rows)
     assert row["gram"] == 3.142e-6 and row["clip_t"] == 0.1235 and row["dino"] == 12.35
     assert "3.142e-06" in to_markdown([row])
+
+
+def test_dino_compares_each_image_with_the_reference_not_with_itself():
+    """Hand-computed: cosine of the CLS features of two *different* images, through the same preprocessing."""
+    import torch
+    from torch.nn import functional as F
+
+    from ostaf.metrics import _pixels
+
+    dino = load_dino("tiny")
+    reference, generated = synthetic_image(96, (200, 30, 30), 0), synthetic_image(96, (30, 30, 200), 1)
+    size = dino.config.image_size
+    with torch.no_grad():
+        ref_cls = dino(pixel_values=_pixels([reference], size)).last_hidden_state[:, 0]
+        gen_cls = dino(pixel_values=_pixels([generated], size)).last_hidden_state[:, 0]
+    expected = float(F.cosine_similarity(gen_cls, ref_cls, dim=-1))
+    assert dino_similarity(dino, [generated], reference) == pytest.approx(expected, abs=1e-5)
+    assert expected < 0.9999  # the two images really differ for this network
+    assert dino_similarity(dino, [reference], reference) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_clip_t_scores_the_prompt_without_its_placeholder_phrase():
+    """Hand-computed: the cosine with the text "a vase", not "a vase in the appearance of *a"."""
+    import torch
+    from torch.nn import functional as F
+
+    from ostaf.metrics import _clip_tokenizer
+
+    clip = load_image_encoder("tiny").model
+    image = synthetic_image(96)
+    import open_clip
+
+    transform = open_clip.image_transform(clip.visual.image_size, is_train=False)
+    with torch.no_grad():
+        image_features = clip.encode_image(transform(image).unsqueeze(0))
+
+        def cosine(text: str) -> float:
+            return float(F.cosine_similarity(image_features, clip.encode_text(_clip_tokenizer()([text])), dim=-1))
+
+    score = clip_t(clip, [image], "a vase in the appearance of *a")["clip_t"]
+    assert score == pytest.approx(cosine("a vase"), abs=1e-5)
+    assert abs(cosine("a vase") - cosine("a vase in the appearance of *a")) > 1e-4  # the phrase matters

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from ostaf.config import GenerateConfig, TrainConfig
-from ostaf.steps import default_options
+from ostaf.config import GenerateConfig, TrainConfig, shared_defaults
+from ostaf.tracking import provenance_tags
 from pipelines.run import run_local
 from tests.conftest import synthetic_image
 from tests.mlflow_server import MlflowServer
@@ -34,9 +34,9 @@ def test_single_image_pipeline_logs_everything_to_a_real_server(mlflow_server, t
         monkeypatch.setenv(key, value)
     monkeypatch.chdir(tmp_path)
     synthetic_image(96).save(tmp_path / "ref.png")
-    train = default_options(TrainConfig) | {"steps": 3, "segment": False, "lr": 1e-4, "checkpoint_every": 0}
-    generate = default_options(GenerateConfig) | {"num_steps": 2, "seeds": [0], "lam": [0.0, 1.0]}
-    task = run_local(
+    train = shared_defaults(TrainConfig) | {"steps": 3, "segment": False, "lr": 1e-4, "checkpoint_every": 0}
+    generate = shared_defaults(GenerateConfig) | {"num_steps": 2, "seeds": [0], "lam": [0.0, 1.0]}
+    table = run_local(
         "personalization",
         {
             "image": str(tmp_path / "ref.png"),
@@ -47,10 +47,11 @@ def test_single_image_pipeline_logs_everything_to_a_real_server(mlflow_server, t
             "metric_models": "tiny",
             "train_options": train,
             "generate_options": generate,
+            "provenance": provenance_tags(Path(__file__).resolve().parents[1]),
         },
         pipeline_root=tmp_path / "kfp",
     )
-    assert "| appearance | 1 |" in Path(task.output.path).read_text()
+    assert "| appearance | 1 |" in table.read_text()
 
     client = MlflowClient(mlflow_server)
     experiment = client.get_experiment_by_name("ostaf")
@@ -82,7 +83,7 @@ def test_single_image_pipeline_logs_everything_to_a_real_server(mlflow_server, t
     from ostaf.models import load_pipeline
 
     (checkpoint,) = (tmp_path / "kfp").rglob("train/checkpoint/ostaf.json")
-    pipe = load_pipeline("tiny")
+    pipe = load_pipeline("tiny", seed=42)  # the base training built: the run's seed (TrainConfig.seed)
     apply(pipe, checkpoint.parent, lam=0.7)
     direct = pipe(
         "a cup in the appearance of *a",

@@ -1,12 +1,12 @@
-"""The compiled DAGs: tasks, edges, parameters, GPU requests, determinism; submit up to the client."""
+"""The compiled DAGs: tasks, edges, parameters, GPU requests, retries, the exit handler, determinism; submit up
+to the client; a real failing local task."""
 
 from dataclasses import fields
 
 import pytest
 import yaml
 
-from ostaf.config import GenerateConfig, TrainConfig
-from ostaf.steps import PER_ITEM_GENERATE, PER_ITEM_TRAIN
+from ostaf.config import EvaluateConfig, GenerateConfig, TrainConfig, per_item_fields
 from pipelines.run import build_parser, compile_all, pipeline_params, submit
 
 BRANCH = ["preprocess", "init-token", "train", "generate", "evaluate"]
@@ -28,15 +28,42 @@ def dependencies(tasks):
 
 def test_benchmark_dag_fans_out_the_five_steps(specs):
     spec = specs["attribute_benchmark"]
-    root = dag_tasks(spec, "root")
-    assert set(root) == {"start-tracking", "select-items", "for-loop-1", "aggregate"}
-    assert root["for-loop-1"]["iteratorPolicy"]["parallelismLimit"] == 3
-    assert dependencies(root)["aggregate"] == {"for-loop-1", "start-tracking"}
-    branch = dependencies(dag_tasks(spec, "comp-for-loop-1"))
+    body = dag_tasks(spec, "comp-exit-handler-1")
+    assert set(body) == {"start-tracking", "select-items", "for-loop-2", "aggregate"}
+    assert body["for-loop-2"]["iteratorPolicy"]["parallelismLimit"] == 3
+    assert dependencies(body)["aggregate"] == {"for-loop-2", "start-tracking"}
+    branch = dependencies(dag_tasks(spec, "comp-for-loop-2"))
     assert set(branch) == set(BRANCH)
     for before, after in zip(BRANCH, BRANCH[1:], strict=False):
         assert before in branch[after] or after == "evaluate"
     assert branch["evaluate"] == {"generate", "init-token", "train"}
+
+
+@pytest.mark.parametrize("pipeline", ["attribute_benchmark", "attribute_personalization"])
+def test_an_exit_handler_closes_the_parent_run_whatever_happens(specs, pipeline):
+    root = dag_tasks(specs[pipeline], "root")
+    assert set(root) == {"exit-handler-1", "finish-tracking"}  # every task runs inside the handler
+    finish = root["finish-tracking"]
+    assert finish["dependentTasks"] == ["exit-handler-1"]
+    assert finish["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"  # runs after a failure too
+    assert "status" in specs[pipeline]["components"]["comp-finish-tracking"]["inputDefinitions"]["parameters"]
+
+
+def test_steps_that_are_safe_to_retry_are_retried_on_a_cluster_only(specs, tmp_path):
+    from pipelines.dags import build_benchmark
+
+    branch = dag_tasks(specs["attribute_benchmark"], "comp-for-loop-2")
+    retried = {name for name, task in branch.items() if task.get("retryPolicy", {}).get("maxRetryCount")}
+    assert retried == set(BRANCH)
+    body = dag_tasks(specs["attribute_benchmark"], "comp-exit-handler-1")
+    assert not any("retryPolicy" in task for task in body.values())  # select and aggregate: not per item
+
+    from kfp import compiler
+
+    path = tmp_path / "local.yaml"
+    compiler.Compiler().compile(build_benchmark(retries=0), str(path))  # what run-local runs
+    local = dag_tasks(next(yaml.safe_load_all(path.read_text())), "comp-for-loop-2")
+    assert not any("retryPolicy" in task for task in local.values())
 
 
 def test_parameters_come_from_the_configs(specs):
@@ -50,13 +77,17 @@ def test_parameters_come_from_the_configs(specs):
         "metric_models",
         "train_options",
         "generate_options",
+        "provenance",
     }
     train = params["train_options"]["defaultValue"]
-    assert set(train) == {f.name for f in fields(TrainConfig)} - set(PER_ITEM_TRAIN)
+    assert set(train) == {f.name for f in fields(TrainConfig)} - set(per_item_fields(TrainConfig))
     assert train["lr"] == 1e-6 and train["steps"] == 3000 and train["grad_accum"] == 2
     assert set(params["generate_options"]["defaultValue"]) == {f.name for f in fields(GenerateConfig)} - set(
-        PER_ITEM_GENERATE
+        per_item_fields(GenerateConfig)
     )
+    # one default per option: the pipeline's are the config fields' own
+    assert params["model"]["defaultValue"] == TrainConfig.__dataclass_fields__["model"].default
+    assert params["metric_models"]["defaultValue"] == EvaluateConfig.__dataclass_fields__["metric_models"].default
     single = specs["attribute_personalization"]["root"]["inputDefinitions"]["parameters"]
     assert {"image", "attribute", "class_name", "prompts"} <= set(single)
 
@@ -132,14 +163,20 @@ def test_submit_sends_the_compiled_spec_and_arguments(tmp_path):
     assert call["arguments"]["generate_options"]["lam"] == [0.0, 1.0]
 
 
-def test_a_failed_local_run_is_one_clear_error(monkeypatch, capsys):
+def test_a_failed_local_task_is_one_clear_error_naming_it(tmp_path, monkeypatch, capsys):
+    """A real local run whose preprocess task fails (the image is not an image): one line, the task named."""
     import pipelines.run as run
 
-    def failing(*args, **kwargs):
-        raise RuntimeError("Pipeline \x1b[95m'attribute-benchmark'\x1b[0m finished with status FAILURE.")
-
-    monkeypatch.setattr(run, "run_local", failing)
-    assert run.main(["run-local", "--model", "tiny", "--steps", "2"]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("pipelines run-local: error: Pipeline 'attribute-benchmark' finished with status FAILURE.")
-    assert "\x1b" not in err
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)
+    bench = tmp_path / "bench"
+    (bench / "images").mkdir(parents=True)
+    (bench / "images" / "broken.png").write_bytes(b"not a png at all")
+    item = {"id": "broken", "attribute": "appearance", "image": "images/broken.png", "class_name": "toy"}
+    item |= {"prompts": ["a vase in the appearance of *a"], "source": "test", "license": "CC0-1.0"}
+    (bench / "manifest.yaml").write_text(yaml.safe_dump({"name": "t", "version": 1, "items": [item]}))
+    argv = ["run-local", "--source", str(bench), "--model", "tiny", "--no-segment", "--steps", "1"]
+    assert run.main([*argv, "--pipeline-root", str(tmp_path / "kfp")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("pipelines run-local: error: Pipeline 'attribute-benchmark' finished with status FAILURE")
+    assert "preprocess" in err and "\x1b" not in err

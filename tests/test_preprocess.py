@@ -122,3 +122,50 @@ def test_missing_sam_weights_say_how_to_skip(monkeypatch):
     monkeypatch.delenv("OSTAF_SAM_WEIGHTS", raising=False)
     with pytest.raises(OstafError, match="--no-segment"):
         load_sam("auto")
+
+
+def test_flip_mirrors_the_crop_pixel_for_pixel():
+    from PIL import ImageOps
+
+    from ostaf.preprocess import AugmentRecipe, augment
+
+    image = synthetic_image(96, seed=3)
+    plain = augment(image, AugmentRecipe(64, (96, 96), (10, 20), False), "appearance")
+    flipped = augment(image, AugmentRecipe(64, (96, 96), (10, 20), True), "appearance")
+    assert np.array_equal(np.asarray(flipped), np.asarray(ImageOps.mirror(plain)))
+    assert not np.array_equal(np.asarray(flipped), np.asarray(plain))
+
+
+def test_palette_png_with_real_transparency_becomes_white(tmp_path):
+    """A palette image whose tRNS chunk makes index 0 transparent: those pixels load as white."""
+    palette = Image.new("P", (80, 80), 0)
+    palette.putpalette([10, 200, 10] + [200, 10, 10] * 255)  # index 0 green, everything else red
+    palette.paste(1, (20, 20, 60, 60))
+    path = tmp_path / "trns.png"
+    palette.save(path, transparency=0)
+    assert b"tRNS" in path.read_bytes()
+    loaded = np.asarray(load_image(path))
+    assert tuple(loaded[5, 5]) == (255, 255, 255)  # transparent index → white background
+    assert tuple(loaded[40, 40]) == (200, 10, 10)  # opaque pixels keep their colour
+
+
+def test_save_image_failing_half_way_leaves_no_partial_file(tmp_path, monkeypatch):
+    from ostaf.images import save_image
+
+    target = tmp_path / "out.png"
+    save_image(synthetic_image(64, (1, 2, 3)), target)
+    before = target.read_bytes()
+
+    def half_write(self, fp, *args, **kwargs):
+        with open(fp, "wb") as f:
+            f.write(b"\x89PNG half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", half_write)
+    with pytest.raises(OstafError, match="nothing was left half-written"):
+        save_image(synthetic_image(64, (9, 9, 9)), target)
+    with pytest.raises(OstafError):
+        save_image(synthetic_image(64), tmp_path / "new.png")
+    assert target.read_bytes() == before  # the old file is untouched
+    assert not (tmp_path / "new.png").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]  # no temporary left behind

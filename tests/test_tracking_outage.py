@@ -1,8 +1,10 @@
 """The tracking server goes away mid-run: logging goes on into the spool, and one command sends it later."""
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -102,3 +104,54 @@ def test_four_processes_logging_at_once_to_the_local_store_lose_nothing(tmp_path
         assert len(client.get_metric_history(run_id, "loss")) == 40
         assert len(client.get_metric_history(run_id, "token_norm")) == 40
         assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_a_sync_refused_part_way_sends_nothing_twice(tmp_path, monkeypatch):
+    """The server takes 3 records, refuses the 4th; the next sync sends exactly the rest, once each."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    logger = tracking.RunLogger("run-a", spool=tmp_path / "spool")
+    for step in range(6):
+        logger._spool({"kind": "metrics", "metrics": {"loss": float(step)}, "step": step, "timestamp": 0})
+    received: list[int] = []
+    refuse = {"at": 3}
+
+    def server(client, run_id, record):
+        if len(received) == refuse["at"]:
+            refuse["at"] = -1  # refuses once
+            raise ConnectionError("server went away")
+        received.append(record["step"])
+
+    monkeypatch.setattr(tracking, "apply_record", server)
+    with pytest.raises(OstafError, match="3 sent, 3 kept"):
+        tracking.sync_spool(tmp_path / "spool")
+    assert tracking.sync_spool(tmp_path / "spool") == {"run-a": 3}
+    assert received == [0, 1, 2, 3, 4, 5]  # in order, none twice
+    assert not list((tmp_path / "spool").glob("*.jsonl"))
+
+
+def test_a_record_is_retried_with_back_off_before_it_is_spooled(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    attempts, sleeps = [], []
+    monkeypatch.setattr(tracking, "apply_record", lambda *args: attempts.append(1) or (_ for _ in ()).throw(OSError()))
+    monkeypatch.setattr(tracking.time, "sleep", sleeps.append)
+    logger = tracking.RunLogger("run-b", spool=tmp_path / "spool")
+    logger.log_metrics({"loss": 1.0}, 0)
+    assert len(attempts) == tracking.RETRIES == 3
+    assert sleeps == [tracking.BACKOFF_S, 2 * tracking.BACKOFF_S]  # exponential back-off between attempts
+    assert logger.spooled == 1
+    logger.log_metrics({"loss": 2.0}, 1)  # within the offline window: straight to the spool, no new attempt
+    assert len(attempts) == 3 and logger.spooled == 2
+
+
+def test_a_registered_model_is_spooled_with_a_copy_of_its_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setattr(tracking, "RETRIES", 1)
+    monkeypatch.setattr(tracking, "apply_record", lambda *args: (_ for _ in ()).throw(OSError("down")))
+    checkpoint = tmp_path / "ckpt"
+    checkpoint.mkdir()
+    (checkpoint / "ostaf.json").write_text("{}")
+    logger = tracking.RunLogger("run-c", spool=tmp_path / "spool")
+    logger.log_model(checkpoint, "appearance")
+    (record,) = [json.loads(line) for line in (tmp_path / "spool" / "run-c.jsonl").read_text().splitlines()]
+    assert record["kind"] == "model" and record["attribute"] == "appearance"
+    assert (Path(record["path"]) / "ostaf.json").is_file() and Path(record["path"]) != checkpoint

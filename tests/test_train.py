@@ -105,8 +105,16 @@ def test_checkpoints_every_n_steps_and_resume_equals_uninterrupted(reference, tm
     straight = train(tiny_config(reference, tmp_path / "a", steps=6, checkpoint_every=2), progress=False)
     train(tiny_config(reference, tmp_path / "b", steps=4, checkpoint_every=2), progress=False)
     assert sorted(p.name for p in (tmp_path / "a" / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
-    resumed = train(tiny_config(reference, tmp_path / "b", steps=6, checkpoint_every=2), progress=False)
-    assert len(resumed.losses) == 2  # only steps 5 and 6 ran
+    steps: list[int] = []
+
+    class Recording:
+        def log_metrics(self, metrics, step):
+            steps.append(step)
+
+    resumed = train(
+        tiny_config(reference, tmp_path / "b", steps=6, checkpoint_every=2), tracker=Recording(), progress=False
+    )
+    assert len(resumed.losses) == 2 and steps == [5, 6]  # the step counter goes on from the checkpoint
     from ostaf.checkpoint import load_checkpoint
 
     a, b = load_checkpoint(straight.out), load_checkpoint(resumed.out)

@@ -1,17 +1,16 @@
 """World references, their exact scores, the world benchmark source, and a reduced experiment end to end."""
 
 import json
-from pathlib import Path
 
 import mlflow
 import numpy as np
 import yaml
 
-from ostaf.benchmark import WORLD_SOURCE, load_manifest
+from ostaf.benchmark import load_manifest
 from ostaf.steps import select_benchmark
-from ostaf.world.evaluate import classify_shape
-from ostaf.world.generator import Factors, is_held_out, render
-from ostaf.world.references import references, score, seed_of, words_in, write_benchmark
+from ostaf.world.evaluate import appearance_distance, classify_shape
+from ostaf.world.generator import COLOURS, Factors, is_held_out, render
+from ostaf.world.references import SOURCE, references, score, seed_of, words_in, write_benchmark
 
 
 def test_references_are_held_out_distinct_and_prompt_the_other_attribute():
@@ -46,13 +45,19 @@ def test_scores_are_exact_on_rendered_answers():
     scores = score(wrong.image, "shape", ref.prompt, world)
     assert scores["shape_iou"] < 0.8 and scores["text_control"] == 0.0
     look = references(1)[1]
-    same = render(Factors(words_in(look.prompt)["shape"], look.world().factors.colour, look.world().factors.texture))
-    assert score(same.image, "appearance", look.prompt, look.world()) == {
-        "appearance_dist": score(same.image, "appearance", look.prompt, look.world())["appearance_dist"],
-        "appearance_match": 1.0,
-        "text_control": 1.0,
-    }
-    assert score(same.image, "appearance", look.prompt, look.world())["appearance_dist"] < 0.2
+    f = look.world().factors
+    same = render(Factors(words_in(look.prompt)["shape"], f.colour, f.texture))
+    right = score(same.image, "appearance", look.prompt, look.world())
+    assert {k: right[k] for k in ("appearance_match", "text_control")} == {"appearance_match": 1.0, "text_control": 1.0}
+    assert right["appearance_dist"] == appearance_distance(same.image, look.world().image) < 0.2
+    colour = next(c for c in COLOURS if c != f.colour)
+    other = score(
+        render(Factors(words_in(look.prompt)["shape"], colour, f.texture)).image,
+        "appearance",
+        look.prompt,
+        look.world(),
+    )
+    assert other["appearance_match"] == 0.0 and other["appearance_dist"] > right["appearance_dist"] + 0.1
 
 
 def test_frame_filling_or_empty_masks_are_no_shape():
@@ -66,7 +71,7 @@ def test_world_benchmark_folder_validates_and_is_a_pipeline_source(tmp_path):
     assert len(manifest.items) == 4 and all(len(i.prompts) == 3 for i in manifest.items)
     item = manifest.items[0].model_dump()
     assert seed_of(item) == references(2)[0].seed
-    ids = select_benchmark(WORLD_SOURCE, str(tmp_path / "chosen"), ["appearance"], [], 1)
+    ids = select_benchmark(SOURCE, str(tmp_path / "chosen"), ["appearance"], [], 1)
     chosen = yaml.safe_load((tmp_path / "chosen" / "manifest.yaml").read_text())["items"]
     assert ids == [chosen[0]["id"]] and chosen[0]["attribute"] == "appearance"
     assert (tmp_path / "chosen" / chosen[0]["image"]).is_file()
@@ -116,24 +121,23 @@ def test_reduced_experiment_runs_end_to_end_and_lands_in_mlflow(tmp_path, monkey
 
 
 def test_benchmark_pipeline_runs_on_world_references_with_the_world_model(tmp_path, monkeypatch):
-    from ostaf.config import GenerateConfig, TrainConfig
-    from ostaf.steps import default_options
+    from ostaf.config import GenerateConfig, TrainConfig, shared_defaults
     from pipelines.run import run_local
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.chdir(tmp_path)
-    train = default_options(TrainConfig) | {
+    train = shared_defaults(TrainConfig) | {
         "steps": 2,
         "segment": False,
         "token_init": "word",
         "lr": 1e-4,
         "checkpoint_every": 0,
     }
-    generate = default_options(GenerateConfig) | {"num_steps": 2, "seeds": [0], "lam": [0.0, 1.0]}
-    task = run_local(
+    generate = shared_defaults(GenerateConfig) | {"num_steps": 2, "seeds": [0], "lam": [0.0, 1.0]}
+    table = run_local(
         "benchmark",
         {
-            "source": WORLD_SOURCE,
+            "source": SOURCE,
             "attributes": ["shape"],
             "item_ids": [],
             "per_attribute": 1,
@@ -144,6 +148,6 @@ def test_benchmark_pipeline_runs_on_world_references_with_the_world_model(tmp_pa
         },
         pipeline_root=tmp_path / "kfp",
     )
-    table = Path(task.output.path).read_text()
+    table = table.read_text()
     assert "| shape | 1 |" in table
     assert all(metric in table for metric in ("shape_iou", "shape_match", "text_control"))

@@ -89,7 +89,7 @@ class OffsetsAdapter:
                 merged = proc.modulated_weight(linear.weight.data, proc.offsets[proj](), float(scale))
                 if not torch.isfinite(merged).all():
                     raise OstafError(f"merging {self.name} at λ={scale} gives non-finite weights in {layer}.{proj}")
-                proc.register_buffer(f"base_{proj}", linear.weight.data, persistent=False)
+                proc.keep_base(proj, linear.weight.data)
                 linear.weight.data = merged
             proc.merged_scale = float(scale)
 
@@ -101,7 +101,7 @@ class OffsetsAdapter:
                 continue
             attn = self.unet.get_submodule(layer)
             for proj in proc.offsets:
-                getattr(attn, proj).weight.data = proc._buffers.pop(f"base_{proj}")
+                getattr(attn, proj).weight.data = proc.take_base(proj)
             proc.merged_scale = None
 
     @property

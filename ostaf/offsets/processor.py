@@ -79,6 +79,16 @@ class OffsetsAttnProcessor(nn.Module):
         self._cache[key] = (stamp, value)
         return value
 
+    def keep_base(self, name: str, weight: torch.Tensor) -> None:
+        """Hold the base weight tensor of projection `name` while a merged one replaces it (moves with `.to`)."""
+        self.register_buffer(f"base_{name}", weight, persistent=False)
+
+    def take_base(self, name: str) -> torch.Tensor:
+        """The base weight tensor kept by `keep_base`, released: the exact object, so unmerge is bit-exact."""
+        weight = getattr(self, f"base_{name}")
+        delattr(self, f"base_{name}")
+        return weight
+
     def modulated_weight(self, weight: torch.Tensor, delta: torch.Tensor, scale: float) -> torch.Tensor:
         delta = delta.to(weight.dtype)
         if self.mode == "multiplicative":

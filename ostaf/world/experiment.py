@@ -32,8 +32,11 @@ import numpy as np
 from PIL import Image
 
 from ostaf.config import opt
-from ostaf.images import save_image
+from ostaf.images import load_image, save_image
 from ostaf.io import atomic_write, write_json
+from ostaf.recipes import WORLD
+from ostaf.report import lambda_curves, plot_lambda_curves, to_markdown
+from ostaf.sweep import PromptResult, SweepIndex, write_sweep
 from ostaf.world.generator import WorldImage
 from ostaf.world.references import Reference, chance, references, score, score_composition
 
@@ -52,6 +55,9 @@ METHODS: dict[str, dict[str, Any]] = {
     "ostaf-decoder-lite-zero": dict(trainable="lite", part="decoder", zero_init=True),
 }
 COMPOSE = ("ostaf-encoder-lite", "ostaf-decoder-lite")  # shape checkpoint, appearance checkpoint
+COMPOSE_PROMPT = "an object in the shape of *m in the appearance of *a"
+METRICS = ("shape_iou", "shape_match", "appearance_dist", "appearance_match", "text_control")
+TABLE_KEYS = ["method", "attribute", "n", *METRICS, "train_s"]
 
 
 @dataclass
@@ -61,12 +67,12 @@ class ExperimentConfig:
     model: str = opt("attribute-world", "base model (a preset name or a diffusers folder)")
     references: int = opt(8, "held-out references per attribute (shape and appearance)")
     methods: list[str] = opt(list(METHODS), "methods to compare", choices=tuple(METHODS))
-    steps: int = opt(200, "optimizer steps per method and reference (the same budget for all)")
-    lr: float = opt(1e-3, "learning rate (the same for all methods; chosen on validation references)")
-    lams: list[float] = opt([0.0, 0.25, 0.5, 0.75, 1.0], "λ sweep")
-    seeds: list[int] = opt([0, 1, 2], "generation seeds")
-    num_steps: int = opt(25, "DDIM steps")
-    guidance: float = opt(5.0, "classifier-free guidance scale")
+    steps: int = opt(WORLD.train["steps"], "optimizer steps per method and reference (the same budget for all)")
+    lr: float = opt(WORLD.train["lr"], "learning rate (the same for all methods; chosen on validation references)")
+    lams: list[float] = opt(WORLD.generate["lam"], "λ sweep")
+    seeds: list[int] = opt(WORLD.generate["seeds"], "generation seeds")
+    num_steps: int = opt(WORLD.generate["num_steps"], "DDIM steps")
+    guidance: float = opt(WORLD.generate["guidance"], "classifier-free guidance scale")
     workers: int = opt(1, "parallel jobs (processes with one thread each)")
     out: str = opt("runs/attribute-world", "output folder: table.md, results.json, curves.png, grids")
 
@@ -74,7 +80,10 @@ class ExperimentConfig:
 # -- one job: train one method on one reference, sweep λ, score ------------------------------------
 
 
-def _generate(config: ExperimentConfig, pipe, ckpts: list[str], prompt: str, lams, out: Path):
+IMAGES = "images"  # each job's sweep folder (a `SweepIndex`) under runs/<method>/<reference>/
+
+
+def _generate(config: ExperimentConfig, pipe, ckpts: list[str], prompt: str, lams, job: Path):
     from ostaf.config import GenerateConfig
     from ostaf.generate import generate
 
@@ -83,7 +92,7 @@ def _generate(config: ExperimentConfig, pipe, ckpts: list[str], prompt: str, lam
         prompt=[prompt],
         lam=list(lams),
         seeds=list(config.seeds),
-        out=str(out),
+        out=str(job / IMAGES),
         num_steps=config.num_steps,
         guidance=config.guidance,
         batch_size=len(lams) * len(config.seeds),
@@ -108,6 +117,7 @@ def run_job(config: ExperimentConfig, method: str, ref: Reference) -> list[dict]
     """Train `method` on `ref` (resumes if already done), generate the λ sweep, and score it."""
     import torch
 
+    from ostaf.checkpoint import load_base_pipeline, load_checkpoint
     from ostaf.config import TrainConfig
     from ostaf.models import load_pipeline
     from ostaf.train import train
@@ -124,20 +134,14 @@ def run_job(config: ExperimentConfig, method: str, ref: Reference) -> list[dict]
         attribute=ref.attribute,
         model=config.model,
         out=str(out / "ckpt"),
-        steps=config.steps,
-        lr=config.lr,
-        checkpoint_every=0,
-        segment=False,
-        token_init="word",
-        device="cpu",
-        **METHODS[method],
+        **(WORLD.train | {"steps": config.steps, "lr": config.lr, "checkpoint_every": 0, "device": "cpu"})
+        | METHODS[method],
     )
     with torch.random.fork_rng(devices=[]):
         train(train_config, pipe=load_pipeline(config.model), progress=False)
     seconds = time.perf_counter() - started
-    result = _generate(
-        config, load_pipeline(config.model), [str(out / "ckpt")], ref.prompt, config.lams, out / "images"
-    )
+    ckpt = str(out / "ckpt")
+    result = _generate(config, load_base_pipeline(load_checkpoint(ckpt)), [ckpt], ref.prompt, config.lams, out)
     save_image(result.grid, out / "grid.png")
     return _rows(result.images, ref, method, world, seconds)
 
@@ -145,15 +149,19 @@ def run_job(config: ExperimentConfig, method: str, ref: Reference) -> list[dict]
 def _generate_words(config: ExperimentConfig, ref: Reference, out: Path) -> dict[tuple[float, int], Image.Image]:
     """The base model with the attribute spelled out: no checkpoint, so the stock pipeline, one image per seed."""
     from ostaf.generate import Sample, run_batch, set_scheduler
+    from ostaf.images import make_grid
     from ostaf.models import load_pipeline
 
     pipe = load_pipeline(config.model)
     set_scheduler(pipe, "ddim")
     batch = [Sample(ref.words, 1.0, seed) for seed in config.seeds]
-    images = run_batch(pipe, [], batch, config.num_steps, config.guidance, None)
-    for sample_, image in zip(batch, images, strict=True):
-        save_image(image, out / f"seed{sample_.seed}.png")
-    return {(1.0, s.seed): image for s, image in zip(batch, images, strict=True)}
+    images = {
+        (1.0, s.seed): image
+        for s, image in zip(batch, run_batch(pipe, [], batch, config.num_steps, config.guidance, None), strict=True)
+    }
+    grid = make_grid([[image] for image in images.values()], ["words"], [f"seed {s}" for s in config.seeds])
+    write_sweep(out / IMAGES, [PromptResult(ref.words, images, grid)], {"prompt": [ref.words]})
+    return images
 
 
 def run_compose(config: ExperimentConfig, shape_ref: Reference, look_ref: Reference) -> list[dict]:
@@ -164,15 +172,9 @@ def run_compose(config: ExperimentConfig, shape_ref: Reference, look_ref: Refere
         str(Path(config.out) / "runs" / m / r.id / "ckpt") for m, r in zip(COMPOSE, (shape_ref, look_ref), strict=True)
     ]
     pair = f"{shape_ref.id}+{look_ref.id}"
-    result = _generate(
-        config,
-        load_pipeline(config.model),
-        ckpts,
-        COMPOSE_PROMPT,
-        config.lams,
-        Path(config.out) / "runs" / "compose" / pair,
-    )
-    save_image(result.grid, Path(config.out) / "runs" / "compose" / pair / "grid.png")
+    job = Path(config.out) / "runs" / "compose" / pair
+    result = _generate(config, load_pipeline(config.model), ckpts, COMPOSE_PROMPT, config.lams, job)
+    save_image(result.grid, job / "grid.png")
     shape_world, look_world = shape_ref.world(), look_ref.world()
     return [
         {"method": "compose", "reference": pair, "attribute": "shape+appearance", "lam": lam, "seed": seed}
@@ -197,9 +199,6 @@ def jobs(config: ExperimentConfig, refs: list[Reference]) -> Iterator[tuple]:
 
 # -- the whole experiment -----------------------------------------------------------------------
 
-METRICS = ("shape_iou", "shape_match", "appearance_dist", "appearance_match", "text_control")
-COMPOSE_PROMPT = "an object in the shape of *m in the appearance of *a"
-
 
 def summarise(rows: list[dict], lam: float = 1.0) -> list[dict]:
     """One row per (method, attribute) at `lam`: each metric's mean over references and seeds."""
@@ -222,53 +221,19 @@ def summarise(rows: list[dict], lam: float = 1.0) -> list[dict]:
     return sorted(table, key=lambda e: (order.index(e["method"]), e["attribute"]))
 
 
-def to_markdown(table: list[dict]) -> str:
-    keys = ["method", "attribute", "n", *METRICS, "train_s"]
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(str(row.get(k, "–")) for k in keys) + " |" for row in table]
-    return "\n".join(lines) + "\n"
-
-
-def lambda_curves(rows: list[dict]) -> dict[str, dict[str, dict[float, float]]]:
-    """method/attribute → metric → λ → mean."""
-    points: dict[str, dict[str, dict[float, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-    for row in rows:
-        if row["method"] == "words":
-            continue
-        for metric in METRICS:
-            if metric in row:
-                points[f"{row['method']}/{row['attribute']}"][metric][row["lam"]].append(row[metric])
-    return {
-        k: {m: {lam: float(np.mean(v)) for lam, v in sorted(c.items())} for m, c in ms.items()}
-        for k, ms in points.items()
-    }
+def curves_of(rows: list[dict]) -> dict[str, dict[str, dict[float, float]]]:
+    """method/attribute → metric → λ → mean (the `words` ceiling has no λ)."""
+    return lambda_curves(rows, lambda r: None if r["method"] == "words" else f"{r['method']}/{r['attribute']}", METRICS)
 
 
 def plot_curves(curves: dict, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    shown = [name for name in curves if not name.startswith(("token", "finetune"))]  # λ does nothing there
-    colour = {name: plt.cm.tab20(i % 20) for i, name in enumerate(shown)}
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(4.5 * len(METRICS), 4))
-    for ax, metric in zip(axes, METRICS, strict=True):
-        for name in shown:
-            if metric in curves[name]:
-                by_lam = curves[name][metric]
-                ax.plot(list(by_lam), list(by_lam.values()), marker="o", color=colour[name], label=name)
-        ax.set_xlabel("λ")
-        ax.set_title(metric)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=6)
-    fig.tight_layout()
-    out = atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
-    return out
+    shown = {name: c for name, c in curves.items() if not name.startswith(("token", "finetune"))}  # λ does nothing
+    return plot_lambda_curves(shown, METRICS, path, panel_width=4.5)
 
 
-def run(config: ExperimentConfig, log_to_mlflow: bool = True, progress: bool = True) -> dict[str, Any]:
+def run(
+    config: ExperimentConfig, log_to_mlflow: bool = True, progress: bool = True, tags: dict | None = None
+) -> dict[str, Any]:
     """Every method on every reference, the compositions, the table, the curves; logged to MLflow."""
     from ostaf.runtime import progress_bar
 
@@ -284,27 +249,26 @@ def run(config: ExperimentConfig, log_to_mlflow: bool = True, progress: bool = T
             looks = [r for r in refs if r.attribute == "appearance"]
             for result in pool.map(_job, [("compose", config, s, a) for s, a in zip(shapes, looks, strict=True)]):
                 rows.extend(result)
-    return finish(config, refs, rows, time.perf_counter() - started, log_to_mlflow)
+    return finish(config, refs, rows, time.perf_counter() - started, log_to_mlflow, tags)
 
 
-def rescore(config: ExperimentConfig, log_to_mlflow: bool = True) -> dict[str, Any]:
+def prompt_of(row: dict, refs: dict[str, Reference]) -> str:
+    """The prompt a result row's images were generated from."""
+    if row["method"] == "compose":
+        return COMPOSE_PROMPT
+    ref = refs[row["reference"]]
+    return ref.words if row["method"] == "words" else ref.prompt
+
+
+def rescore(config: ExperimentConfig, log_to_mlflow: bool = True, tags: dict | None = None) -> dict[str, Any]:
     """Score the images a finished run saved again (after a change to the evaluators), keeping its timings."""
-    from ostaf.generate import slug
-    from ostaf.images import load_image
-
     out = Path(config.out)
     previous = json.loads((out / "results.json").read_text())
     refs = {r.id: r for r in references(config.references)}
     rows = []
     for row in json.loads((out / "rows.json").read_text()):
-        base = out / "runs" / row["method"] / row["reference"]
-        if row["method"] == "words":
-            path = base / f"seed{row['seed']}.png"
-        elif row["method"] == "compose":
-            path = base / slug(COMPOSE_PROMPT) / f"lam{row['lam']:g}_seed{row['seed']}.png"
-        else:
-            path = base / "images" / slug(refs[row["reference"]].prompt) / f"lam{row['lam']:g}_seed{row['seed']}.png"
-        pixels = np.asarray(load_image(path))
+        sweep = SweepIndex.read(out / "runs" / row["method"] / row["reference"] / IMAGES)
+        pixels = np.asarray(load_image(sweep.path(prompt_of(row, refs), row["lam"], row["seed"])))
         if row["method"] == "compose":
             shape_id, look_id = row["reference"].split("+")
             metrics = score_composition(pixels, refs[shape_id].world(), refs[look_id].world())
@@ -313,29 +277,34 @@ def rescore(config: ExperimentConfig, log_to_mlflow: bool = True) -> dict[str, A
             metrics = score(pixels, ref.attribute, ref.prompt, ref.world())
         keep = {k: row[k] for k in ("method", "reference", "attribute", "lam", "seed", "train_seconds") if k in row}
         rows.append(keep | metrics)
-    return finish(config, list(refs.values()), rows, previous["seconds"], log_to_mlflow)
+    return finish(config, list(refs.values()), rows, previous["seconds"], log_to_mlflow, tags)
 
 
 def finish(
-    config: ExperimentConfig, refs: list[Reference], rows: list[dict], seconds: float, log_to_mlflow: bool
+    config: ExperimentConfig,
+    refs: list[Reference],
+    rows: list[dict],
+    seconds: float,
+    log_to_mlflow: bool,
+    tags: dict | None = None,
 ) -> dict[str, Any]:
     """Table (with the chance floor), curves, files, MLflow."""
     out = Path(config.out)
     floor = [{"method": "chance", "reference": r.id, "attribute": r.attribute, "lam": 1.0} | chance(r) for r in refs]
     table = summarise(rows + floor)
-    curves = lambda_curves(rows)
+    curves = curves_of(rows)
     seconds = round(seconds, 1)
     report = {"config": asdict(config), "seconds": seconds, "references": [asdict(r) for r in refs], "table": table}
     write_json(out / "rows.json", rows)
     write_json(out / "results.json", report | {"curves": curves})
     markdown = (
-        f"{to_markdown(table)}\nλ = 1 for trained methods; `words`: the base model told the attribute in words; "
-        "`chance`: an answer with a wrong attribute, averaged over all of them (exact, by rendering).\n"
+        f"{to_markdown(table, TABLE_KEYS)}\nλ = 1 for trained methods; `words`: the base model told the attribute in "
+        "words; `chance`: an answer with a wrong attribute, averaged over all of them (exact, by rendering).\n"
     )
     atomic_write(out / "table.md", lambda tmp: tmp.write_text(markdown))
     plot_curves(curves, out / "curves.png")
     if log_to_mlflow:
-        _log(config, table, curves, out, seconds)
+        _log(config, table, curves, out, seconds, tags or {})
     return report
 
 
@@ -352,27 +321,22 @@ class _Inline:
         return map(fn, items)
 
 
-def _log(config: ExperimentConfig, table: list[dict], curves: dict, out: Path, seconds: float) -> None:
+def _log(config: ExperimentConfig, table: list[dict], curves: dict, out: Path, seconds: float, tags: dict) -> None:
     from ostaf import tracking
 
     tracking.check_reachable()
-    parent = tracking.start_run("attribute-world", params=asdict(config), tags=tracking.provenance_tags())
-    for row in table:
-        name = f"{row['method']}/{row['attribute']}"
-        child = tracking.start_run(
-            name,
-            parent_run_id=parent.run_id,
-            params={"method": row["method"], "attribute": row["attribute"], **METHODS.get(row["method"], {})},
-        )
-        child.log_metrics({k: v for k, v in row.items() if isinstance(v, float)}, step=0)
-        for metric, by_lam in curves.get(name, {}).items():
-            for lam, value in by_lam.items():  # the λ curve as a metric history (step = 100·λ)
-                child.log_metrics({f"{metric}_vs_lambda": value}, step=int(round(lam * 100)))
-        child.end()
-    parent.log_metrics({"seconds": seconds}, step=0)
-    for name in ("table.md", "results.json", "curves.png"):
-        parent.log_artifact(out / name)
-    grids = sorted((out / "runs").glob("*/*/grid.png"))
-    for grid in grids:
-        parent.log_artifact(grid, f"grids/{grid.parent.parent.name}")
-    parent.end()
+    parent = tracking.start_run("attribute-world", params=asdict(config), tags=tags)
+    with tracking.active(parent):
+        for row in table:
+            name = f"{row['method']}/{row['attribute']}"
+            params = {"method": row["method"], "attribute": row["attribute"], **METHODS.get(row["method"], {})}
+            with tracking.active(tracking.start_run(name, parent_run_id=parent.run_id, params=params)) as child:
+                child.log_metrics({k: v for k, v in row.items() if isinstance(v, float)}, step=0)
+                for metric, by_lam in curves.get(name, {}).items():
+                    for lam, value in by_lam.items():  # the λ curve as a metric history (step = 100·λ)
+                        child.log_metrics({f"{metric}_vs_lambda": value}, step=int(round(lam * 100)))
+        parent.log_metrics({"seconds": seconds}, step=0)
+        for name in ("table.md", "results.json", "curves.png"):
+            parent.log_artifact(out / name)
+        for grid in sorted((out / "runs").glob("*/*/grid.png")):
+            parent.log_artifact(grid, f"grids/{grid.parent.parent.name}")

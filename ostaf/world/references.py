@@ -12,12 +12,17 @@ prompt still controls the rest:
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from ostaf import groups
+from ostaf.benchmark import load_manifest, write_manifest
+from ostaf.images import load_image, save_image
+from ostaf.sweep import SweepIndex
 from ostaf.world.evaluate import (
     appearance_distance,
     classify_colour,
@@ -29,6 +34,8 @@ from ostaf.world.evaluate import (
 from ostaf.world.generator import COLOURS, SHAPES, TEXTURE_WORDS, TEXTURES, Factors, WorldImage, render, sample
 
 GROUP = "attribute-world"  # the benchmark group of world items (how the pipeline knows to score them exactly)
+SOURCE = "world"  # --source world: held-out world references instead of the DVC benchmark
+BENCHMARK_ITEMS = 8  # references per attribute in the `world` source
 
 
 @dataclass(frozen=True)
@@ -44,11 +51,6 @@ class Reference:
 
     def world(self) -> WorldImage:
         return sample(self.seed, held_out=True)
-
-    @property
-    def target(self) -> dict[str, str]:
-        """What the prompt's own words ask for (the text-control target)."""
-        return words_in(self.prompt)
 
 
 def _look(colour: str, texture: str) -> str:
@@ -189,11 +191,8 @@ def seed_of(item: dict) -> int:
     return int(str(item["id"]).rsplit("-", 1)[1])
 
 
-def write_benchmark(dest: str | Path, per_attribute: int) -> Path:
+def write_benchmark(dest: str | Path, per_attribute: int = BENCHMARK_ITEMS) -> Path:
     """A benchmark folder (manifest.yaml + images/) of held-out world references, like the DVC one."""
-    from ostaf.benchmark import load_manifest, write_manifest
-    from ostaf.images import save_image
-
     dest = Path(dest)
     refs = references(per_attribute)
     for ref in refs:
@@ -209,17 +208,26 @@ def write_benchmark(dest: str | Path, per_attribute: int) -> Path:
     return dest
 
 
-def score_sweep(generated: str | Path, item: dict) -> dict[tuple[str, float], dict[str, float]]:
+def score_sweep(sweep: SweepIndex, item: dict) -> dict[tuple[str, float], dict[str, float]]:
     """(prompt, λ) → the exact world metrics averaged over seeds, for a sweep written by `ostaf generate`."""
-    import json
-    from collections import defaultdict
-
-    from ostaf.images import load_image
-
-    generated = Path(generated)
     world = sample(seed_of(item), held_out=True)
-    groups: dict[tuple[str, float], list[dict[str, float]]] = defaultdict(list)
-    for entry in json.loads((generated / "images.json").read_text())["images"]:
-        image = np.asarray(load_image(generated / entry["path"]))
-        groups[(entry["prompt"], entry["lam"])].append(score(image, item["attribute"], entry["prompt"], world))
-    return {key: {m: float(np.mean([s[m] for s in scores])) for m in scores[0]} for key, scores in groups.items()}
+    scores: dict[tuple[str, float], list[dict[str, float]]] = defaultdict(list)
+    for key, paths in sweep.by_prompt_and_lambda().items():
+        for path in paths:
+            scores[key].append(score(np.asarray(load_image(path)), item["attribute"], key[0], world))
+    return {key: {m: float(np.mean([s[m] for s in per])) for m in per[0]} for key, per in scores.items()}
+
+
+groups.register(
+    groups.Group(
+        name=GROUP,
+        source=SOURCE,
+        write_benchmark=write_benchmark,
+        score_sweep=score_sweep,
+        columns={
+            "shape": ("shape_iou", "shape_match", "text_control"),
+            "appearance": ("appearance_dist", "appearance_match", "text_control"),
+        },
+        models=("attribute-world",),
+    )
+)
