@@ -28,8 +28,9 @@ def columns(attribute: str) -> tuple[str, ...]:
 
 
 def table_metrics() -> tuple[str, ...]:
-    """Every metric a table can hold, in column order."""
-    return tuple(dict.fromkeys(m for attribute in COLUMNS for m in columns(attribute)))
+    """Every metric a table can hold, in column order: the paper's, then the item groups' exact ones."""
+    paper = [m for attribute in COLUMNS for m in COLUMNS[attribute]]
+    return tuple(dict.fromkeys(paper + [m for attribute in COLUMNS for m in groups.columns(attribute)]))
 
 
 def significant(value: float, digits: int = 4) -> float:
