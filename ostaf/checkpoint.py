@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,7 @@ from diffusers import StableDiffusionPipeline
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ostaf.config import default_of
 from ostaf.errors import OstafError
 from ostaf.io import atomic_write, write_json
 from ostaf.models import BaseModel, base_of, load_pipeline
@@ -234,7 +235,8 @@ def resume(
         return 0
     saved = load_checkpoint(folder)
     mine, theirs = setup.config.to_dict(), dict(saved.card["train"])
-    differ = sorted(k for k in mine if k not in RESUME_MAY_CHANGE and mine[k] != theirs.get(k))
+    defaults = {f.name: default_of(f) for f in fields(setup.config)}  # options newer than the checkpoint
+    differ = sorted(k for k in mine if k not in RESUME_MAY_CHANGE and mine[k] != theirs.get(k, defaults[k]))
     if differ:
         raise OstafError(
             f"{out} holds a run with different settings ({', '.join(differ)}): use a new --out, "

@@ -26,6 +26,8 @@ TOKEN_INITS = ("clip", "word")
 OPTIMIZERS = ("adamw", "adamw8bit")
 SCHEDULERS = ("ddim", "pndm", "dpm", "euler")
 METRIC_MODELS = ("auto", "real", "tiny")
+TRAIN_LAMS = ("fixed", "uniform")
+REFERENCE_BLOCKS = ("decoder", "encoder", "all")
 DEFAULT_MODEL = "tiny"  # random weights, seconds on a CPU, no weights to find (attribute-world: small but trained)
 
 C = TypeVar("C", bound="_Config")
@@ -232,12 +234,53 @@ class TrainConfig(_Config):
     gradient_checkpointing: bool = opt(False, "recompute U-Net block activations in the backward pass (less memory)")
     channels_last: bool = opt(False, "U-Net convolutions in channels-last memory format (faster on some GPUs)")
     compile: bool = opt(False, "torch.compile the U-Net (slow first steps; pays off on long GPU runs)")
+    # -- the seeds' disentangling mechanisms (ostaf/mechanisms/); each is off by default, off = today's training
+    attn_binding: float = opt(
+        0.0,
+        "DisenDiff attention binding: weight of 1 − soft IoU between the placeholder's cross-attention map and "
+        "the reference mask (the class word's map without a mask); 0 = off",
+    )
+    attn_binding_res: int = opt(
+        0, "cross-attention resolution (px of the feature map) that binding reads; 0: DisenDiff's middle one"
+    )
+    nn_contrastive: float = opt(
+        0.0,
+        "Domain-Agnostic Tuning-Encoder: weight of an InfoNCE loss keeping e* near its nearest vocabulary words; "
+        "0 = off",
+    )
+    nn_k: int = opt(5, "positives of the contrastive loss: e*'s k nearest vocabulary embeddings (cosine)")
+    nn_temperature: float = opt(0.07, "temperature of the contrastive loss")
+    nn_vocab: int = opt(4096, "negatives: vocabulary rows sampled per step (0: the whole vocabulary)")
+    dual_path: float = opt(
+        1.0,
+        "Domain-Agnostic Tuning-Encoder dual path β: targeted attentions blend β·personalised + (1−β)·vanilla "
+        "(no offsets, the placeholder replaced by its nearest word); 1 = off",
+    )
+    train_lam: str = opt(
+        "fixed", "λ during training: fixed (1, today) or uniform (drawn in [0, 1] per sample)", choices=TRAIN_LAMS
+    )
+    token_steps: int = opt(0, "train the token alone (λ = 0) for N steps, then freeze it and train the offsets")
+    masked_loss: bool = opt(False, "count the denoising loss only inside the (dilated) reference mask")
+    mask_dilation: int = opt(1, "latent pixels the loss mask grows by (--masked-loss)")
 
     @staticmethod
     def check_options(values: Mapping[str, Any]) -> None:
-        _positive(**{k: values[k] for k in ("steps", "grad_accum", "batch_size", "augment_bank")})
-        _non_negative(**{k: values[k] for k in ("checkpoint_every", "resolution")})
-        _finite(**{k: values[k] for k in ("lr", "token_alpha", "token_reg")})
+        _positive(**{k: values[k] for k in ("steps", "grad_accum", "batch_size", "augment_bank", "nn_k")})
+        _non_negative(
+            **{k: values[k] for k in ("checkpoint_every", "resolution", "attn_binding_res", "nn_vocab", "token_steps")},
+            mask_dilation=values["mask_dilation"],
+        )
+        _finite(**{k: values[k] for k in ("lr", "token_alpha", "token_reg", "attn_binding", "nn_contrastive")})
+        _non_negative(attn_binding=values["attn_binding"], nn_contrastive=values["nn_contrastive"])
+        _unit(dual_path=values["dual_path"])
+        if values["nn_temperature"] <= 0 or not math.isfinite(values["nn_temperature"]):
+            raise OstafError(f"nn_temperature must be a finite number > 0, got {values['nn_temperature']}")
+        if values["token_steps"] and not values["train_token"]:
+            raise OstafError("--token-steps trains the token first: it needs a trainable token (drop --no-train-token)")
+        if values["token_steps"] >= values["steps"]:
+            raise OstafError(
+                f"token_steps ({values['token_steps']}) must be < steps ({values['steps']}): the offsets need steps too"
+            )
         if values["lr"] <= 0:
             raise OstafError(f"lr must be > 0, got {values['lr']}")
 
@@ -286,9 +329,26 @@ class GenerateConfig(_Config):
     batch_size: int = opt(8, "images per denoising batch (several λ share one batch)")
     precision: str = opt("auto", "auto = fp16/bf16 on GPU, fp32 on CPU", choices=PRECISIONS)
     device: str = opt("auto", "torch device (auto: cuda if available)")
+    dual_path: float = opt(
+        1.0,
+        "Domain-Agnostic Tuning-Encoder dual path β: targeted attentions blend β·personalised + (1−β)·vanilla "
+        "(no offsets, the placeholder replaced by its nearest word); 1 = off",
+    )
+    reference_attention: float = opt(
+        0.0,
+        "DreamTuner self-subject-attention ω: generated queries also attend to the reference's foreground "
+        "(noised to each step's timestep; one extra U-Net pass per step); 0 = off",
+    )
+    reference_image: str = opt("", "the reference for --reference-attention (default: the checkpoint's own)")
+    reference_blocks: str = opt(
+        "decoder", "U-Net blocks whose self-attention looks at the reference", choices=REFERENCE_BLOCKS
+    )
 
     @staticmethod
     def check_options(values: Mapping[str, Any]) -> None:
+        _unit(dual_path=values["dual_path"])
+        _finite(reference_attention=values["reference_attention"])
+        _non_negative(reference_attention=values["reference_attention"])
         _finite(guidance=values["guidance"], **{f"lam[{i}]": v for i, v in enumerate(values["lam"])})
         _positive(
             num_steps=values["num_steps"],
@@ -315,6 +375,12 @@ class EvaluateConfig(_Config):
         "the code path only), auto (real for real models, stand-ins for presets)",
         choices=METRIC_MODELS,
     )
+
+
+def _unit(**values: float) -> None:
+    for name, value in values.items():
+        if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise OstafError(f"{name} must be in [0, 1], got {value!r}")
 
 
 def _positive(**values: int) -> None:

@@ -109,3 +109,12 @@ def load_preprocessed(folder: str | Path) -> Preprocessed:
     ]
     mask = np.asarray(load_image(folder / "mask.png").convert("L")) > 127
     return Preprocessed(load_image(folder / "reference.png"), mask, recipes, recipe["attribute"])
+
+
+def augment_mask(mask: np.ndarray, recipe: AugmentRecipe, attribute: str) -> np.ndarray:
+    """The reference mask under exactly `augment`'s geometry (resize, crop, flip, or pad); padding is background.
+
+    The mask goes through `augment` itself, inverted, so that its white padding lands on the background.
+    """
+    inverted = Image.fromarray(np.where(mask, 0, 255).astype(np.uint8)).convert("RGB")
+    return np.asarray(augment(inverted, recipe, attribute))[..., 0] < 128

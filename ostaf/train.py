@@ -13,7 +13,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 from diffusers import DDPMScheduler, StableDiffusionPipeline
@@ -26,6 +26,9 @@ from ostaf.config import TrainConfig
 from ostaf.errors import OstafError
 from ostaf.image_encoder import ImageEncoder, load_image_encoder, saved_image_embedding
 from ostaf.images import to_tensor
+from ostaf.mechanisms import binding, schedule
+from ostaf.mechanisms.contrastive import NearestWordContrast
+from ostaf.mechanisms.masked_loss import latent_masks, masked_mse
 from ostaf.models import load_pipeline, native_resolution
 from ostaf.offsets import OffsetsAdapter
 from ostaf.offsets.processor import DetachedContextProcessor
@@ -67,6 +70,12 @@ class TrainingSetup:
     trainable: list[torch.nn.Parameter] = field(default_factory=list)
     token_hook: RemovableHandle | None = None
     cached_context: torch.Tensor | None = None  # text states when the token is frozen
+    step: int = 0  # the 0-based step being trained (`schedule.enter_step`)
+    # the mechanisms' state (ostaf.mechanisms); None when a mechanism is off
+    loss_masks: torch.Tensor | None = None  # (K, 1, h, w) per augmentation, dilated: --masked-loss
+    binding_masks: torch.Tensor | None = None  # (K, 1, h, w) per augmentation: binding targets
+    attention: binding.AttentionRecord | None = None  # --attn-binding
+    contrast: NearestWordContrast | None = None  # --nn-contrastive
 
     @property
     def unet(self):
@@ -83,6 +92,17 @@ class TrainResult:
     step: int
     losses: list[float]
     seconds_per_step: float
+    nearest_words: list[str] = field(default_factory=list)  # e*'s nearest vocabulary words (--nn-contrastive)
+
+
+class Batch(NamedTuple):
+    """One micro-batch, all drawn from the run's generator."""
+
+    latents: torch.Tensor  # (B, 4, h, w)
+    noise: torch.Tensor
+    timesteps: torch.Tensor  # (B,)
+    pick: torch.Tensor | None = None  # (B,) which augmentation each sample is
+    lam: torch.Tensor | None = None  # (B,) per-sample λ (--train-lam uniform), else the adapter's own
 
 
 def train(
@@ -112,6 +132,7 @@ def train(
         unit="step",
     )
     for step in bar:
+        schedule.enter_step(setup, step)
         try:
             loss = optimizer_step(setup, optimizer, scaler, generator)
         except NonFiniteLoss as err:
@@ -128,8 +149,19 @@ def train(
             )
     elapsed = time.perf_counter() - started
     ckpt_io.save_training_checkpoint(setup, optimizer, generator, out, config.steps, scaler)
+    words = nearest_words(setup)
+    if words:
+        log.info("nearest vocabulary words of %s: %s", setup.attribute.token, ", ".join(words))
     finalize(setup)
-    return TrainResult(out, config.steps, losses, elapsed / max(len(losses), 1))
+    return TrainResult(out, config.steps, losses, elapsed / max(len(losses), 1), words)
+
+
+def nearest_words(setup: TrainingSetup, count: int = 5) -> list[str]:
+    """e*'s nearest vocabulary words, as 'word (cosine)' (only with --nn-contrastive)."""
+    if setup.contrast is None:
+        return []
+    pairs = setup.contrast.nearest(setup.token().detach(), count)
+    return [f"{setup.pipe.tokenizer.convert_ids_to_tokens(i)} ({cos})" for i, cos in pairs]
 
 
 @torch.no_grad()
@@ -138,7 +170,10 @@ def finalize(setup: TrainingSetup) -> None:
     if setup.token_hook is not None:
         setup.token_hook.remove()
         setup.token_hook = None
+    binding.remove_probes(setup.unet)
+    setup.attention = None
     release_token_gradient(setup.pipe)
+    setup.adapter.set_scale(1.0)
     table = setup.pipe.text_encoder.get_input_embeddings().weight
     table[setup.token_id] = setup.token().detach().to(table.device, table.dtype)
     for p in setup.trainable:
@@ -190,6 +225,7 @@ def prepare(
     ).input_ids.to(device)
     mean, std = encode_reference(pipe, reference)
     speed_up(pipe.unet, config)
+    mechanisms = prepare_mechanisms(config, pipe, reference, tuple(mean.shape[-2:]), input_ids, token_id)
     setup = TrainingSetup(
         config=config,
         attribute=attribute,
@@ -205,11 +241,41 @@ def prepare(
         amp_dtype=amp_dtype,
         trainable=trainable,
         token_hook=hook,
+        **mechanisms,
     )
     if not any(p.requires_grad for p in token.parameters()):
         with torch.no_grad(), autocast(setup):
             setup.cached_context = text_context(setup)
     return setup
+
+
+def prepare_mechanisms(
+    config: TrainConfig,
+    pipe: StableDiffusionPipeline,
+    reference: Preprocessed,
+    latent_size: tuple[int, int],
+    input_ids: torch.Tensor,
+    token_id: int,
+) -> dict:
+    """The state of each mechanism that is on (`TrainingSetup` fields); an off mechanism builds nothing."""
+    state: dict = {}
+    if config.masked_loss:
+        state["loss_masks"] = latent_masks(reference, latent_size, config.mask_dilation).to(input_ids.device)
+    if config.attn_binding:
+        if not reference.mask.all():  # segmented: bind to the mask; else to the class word's map
+            state["binding_masks"] = latent_masks(reference, latent_size, 0).to(input_ids.device)
+        ids = input_ids[0].tolist()
+        class_ids = pipe.tokenizer(config.class_name, add_special_tokens=False).input_ids
+        positions = [ids.index(token_id), 1 + len(class_ids)]  # the placeholder; the class name's last word
+        resolution = config.attn_binding_res or binding.middle_resolution(pipe.unet, latent_size[-1])
+        state["attention"] = binding.AttentionRecord(positions, resolution)
+        binding.install_probes(pipe.unet, state["attention"])
+    if config.nn_contrastive:
+        vocabulary = pipe.text_encoder.get_input_embeddings().weight[:token_id]  # the words before the placeholder
+        state["contrast"] = NearestWordContrast(
+            vocabulary, config.nn_k, config.nn_temperature, config.nn_vocab, config.seed
+        )
+    return state
 
 
 def speed_up(unet, config: TrainConfig) -> None:
@@ -311,8 +377,8 @@ def text_context(setup: TrainingSetup) -> torch.Tensor:
     return setup.pipe.text_encoder(setup.input_ids)[0]
 
 
-def sample_batch(setup: TrainingSetup, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-    """(latents, noise, timesteps) of one micro-batch, all drawn from the run's generator."""
+def sample_batch(setup: TrainingSetup, generator: torch.Generator) -> Batch:
+    """One micro-batch, all drawn from the run's generator (a mechanism that is off draws nothing)."""
     batch = setup.config.batch_size
     shape = (batch, *setup.latent_mean.shape[1:])
     pick = torch.randint(0, setup.latent_mean.shape[0], (batch,), generator=generator)  # which augmentation
@@ -320,25 +386,56 @@ def sample_batch(setup: TrainingSetup, generator: torch.Generator) -> tuple[torc
     noise = torch.randn(shape, generator=generator)
     timesteps = torch.randint(0, setup.noise_scheduler.config.num_train_timesteps, (batch,), generator=generator)
     latents = setup.latent_mean[pick] + setup.latent_std[pick] * eps.to(setup.device)
-    return latents, noise.to(setup.device), timesteps.to(setup.device)
+    lam = schedule.sample_lambda(setup, batch, generator)
+    return Batch(latents, noise.to(setup.device), timesteps.to(setup.device), pick, lam)
 
 
 def denoising_loss(
-    setup: TrainingSetup, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+    setup: TrainingSetup,
+    latents: torch.Tensor,
+    noise: torch.Tensor,
+    timesteps: torch.Tensor,
+    pick: torch.Tensor | None = None,
+    lam: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(noise-prediction MSE, token regulariser) for given latents, noise and timesteps."""
+    """(noise-prediction MSE, token regulariser) for given latents, noise and timesteps (and per-sample λ)."""
     scheduler = setup.noise_scheduler
     latents = latents * setup.pipe.vae.config.scaling_factor
     noisy = scheduler.add_noise(latents, noise, timesteps)
     target = (
         noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
     )
-    with autocast(setup):
-        context = text_context(setup).expand(latents.shape[0], -1, -1)
-        pred = setup.unet(noisy.to(setup.unet.dtype), timesteps, context).sample
-    mse = F.mse_loss(pred.float(), target.float())
+    if lam is not None:
+        setup.adapter.set_scale(lam.to(setup.device))
+    if setup.attention is not None:
+        setup.attention.maps.clear()
+        setup.attention.active = True
+    try:
+        with autocast(setup):
+            context = text_context(setup).expand(latents.shape[0], -1, -1)
+            pred = setup.unet(noisy.to(setup.unet.dtype), timesteps, context).sample
+    finally:
+        if lam is not None:
+            setup.adapter.set_scale(1.0)
+        if setup.attention is not None:
+            setup.attention.active = False
+    if setup.loss_masks is not None and pick is not None:
+        mse = masked_mse(pred.float(), target.float(), setup.loss_masks[pick])
+    else:
+        mse = F.mse_loss(pred.float(), target.float())
     reg = setup.token().pow(2).sum() if setup.config.train_token else mse.new_zeros(())  # ‖e*‖²
     return mse, reg
+
+
+def mechanism_loss(setup: TrainingSetup, batch: Batch) -> torch.Tensor | None:
+    """The weighted losses of the mechanisms that are on (read after `denoising_loss` of the same batch)."""
+    terms = []
+    if setup.attention is not None:
+        masks = None if setup.binding_masks is None else setup.binding_masks[batch.pick]
+        terms.append(setup.config.attn_binding * binding.binding_loss(setup.attention, masks))
+    if setup.contrast is not None:
+        terms.append(setup.config.nn_contrastive * setup.contrast.loss(setup.token(), setup.step))
+    return sum(terms) if terms else None
 
 
 def optimizer_step(
@@ -348,8 +445,12 @@ def optimizer_step(
     accum = setup.config.grad_accum
     total = 0.0
     for _ in range(accum):
-        mse, reg = denoising_loss(setup, *sample_batch(setup, generator))
+        batch = sample_batch(setup, generator)
+        mse, reg = denoising_loss(setup, *batch)
         loss = mse + setup.config.token_reg * reg
+        extra = mechanism_loss(setup, batch)
+        if extra is not None:
+            loss = loss + extra
         if not torch.isfinite(loss):
             raise NonFiniteLoss(f"loss became {loss.item()} (not finite): lower --lr, or use --precision fp32")
         scaler.scale(loss / accum).backward()

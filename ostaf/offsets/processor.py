@@ -191,6 +191,8 @@ class DetachedContextProcessor:
     backward pass can stop at those blocks (the `--token-grad confined` option).
     """
 
+    detaches_context = True  # what an attention probe wrapped around it must do as well
+
     def __init__(self, inner) -> None:
         self.inner = inner
 

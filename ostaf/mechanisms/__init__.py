@@ -1,0 +1,12 @@
+"""The seed papers' disentangling mechanisms, each an option of the one config and off by default.
+
+One module per mechanism (config fields live in `ostaf.config`, grouped and named after the module):
+
+    masked_loss   --masked-loss                 the denoising loss counts only inside the reference mask
+    schedule      --train-lam, --token-steps    λ drawn per sample while training; token-first phases
+    contrastive   --nn-contrastive              InfoNCE keeping e* among its nearest vocabulary words
+    binding       --attn-binding                DisenDiff: the placeholder's cross-attention map onto the mask
+
+Off is bit-identical to training without the mechanism: an off mechanism builds nothing and draws
+no random numbers.
+"""

@@ -1,0 +1,43 @@
+"""Nearest-word contrastive token (`--nn-contrastive W`, Domain-Agnostic Tuning-Encoder, Arar et al. 2023).
+
+An InfoNCE loss on the placeholder embedding e*: its positives are its k nearest vocabulary embeddings
+by cosine (chosen anew each step, without gradient), its negatives the rest of a vocabulary sample; the
+gradient reaches only e*. It keeps the token in the region of real words, which the paper reports keeps
+the prompt in control. Negatives are drawn from a generator seeded by (run seed, step): the run's own
+random stream is untouched and a resumed run draws the same ones.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+
+class NearestWordContrast:
+    def __init__(self, vocabulary: torch.Tensor, k: int, temperature: float, sample: int, seed: int) -> None:
+        self.vocabulary = F.normalize(vocabulary.detach().float(), dim=-1)  # (V, d), the words before any placeholder
+        self.k, self.temperature, self.sample, self.seed = k, temperature, sample, seed
+
+    def similarities(self, embedding: torch.Tensor) -> torch.Tensor:
+        """Cosine of e* with every vocabulary word, (V,)."""
+        vocabulary = self.vocabulary.to(embedding.device)
+        return vocabulary @ F.normalize(embedding.float(), dim=-1)
+
+    def loss(self, embedding: torch.Tensor, step: int) -> torch.Tensor:
+        cos = self.similarities(embedding)
+        positives = cos.detach().topk(self.k).indices
+        logits = cos / self.temperature
+        if self.sample and self.sample < cos.shape[0] - self.k:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+            candidates = torch.randperm(cos.shape[0], generator=generator).to(cos.device)
+            candidates = candidates[~torch.isin(candidates, positives)][: self.sample]
+            pool = torch.cat([positives, candidates])
+        else:
+            pool = torch.arange(cos.shape[0], device=cos.device)
+        return torch.logsumexp(logits[pool], 0) - torch.logsumexp(logits[positives], 0)
+
+    def nearest(self, embedding: torch.Tensor, count: int = 5) -> list[tuple[int, float]]:
+        """The `count` nearest vocabulary ids with their cosine."""
+        with torch.no_grad():
+            values, ids = self.similarities(embedding).topk(count)
+        return [(int(i), round(float(v), 4)) for i, v in zip(ids, values, strict=True)]

@@ -1,0 +1,31 @@
+"""Masked denoising loss (`--masked-loss`): the background of the reference is not learned.
+
+The reference mask follows each augmentation (`augment_mask`), is reduced to the latent grid
+(a latent cell is foreground if any of its pixels is) and grown by `mask_dilation` cells.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from ostaf.preprocess import Preprocessed, augment_mask
+
+
+def latent_masks(reference: Preprocessed, latent_size: tuple[int, int], dilation: int) -> torch.Tensor:
+    """(K, 1, h, w) float masks, one per augmentation of the reference, on the latent grid."""
+    masks = []
+    for recipe in reference.recipes:
+        pixels = torch.from_numpy(augment_mask(reference.mask, recipe, reference.attribute).astype(np.float32))
+        cells = F.adaptive_max_pool2d(pixels[None, None], latent_size)  # (1, 1, h, w)
+        if dilation:
+            cells = F.max_pool2d(cells, 2 * dilation + 1, stride=1, padding=dilation)
+        masks.append(cells)
+    return torch.cat(masks)
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the masked latent cells only (every channel); mask (B, 1, h, w)."""
+    weight = mask.expand_as(pred)
+    return ((pred - target) ** 2 * weight).sum() / weight.sum().clamp(min=1.0)

@@ -1,0 +1,200 @@
+"""The seeds' training mechanisms (ostaf/mechanisms): off changes nothing, on changes the result, each loss
+reaches only what it should, resume stays bit-exact with all of them on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ostaf.checkpoint import load_checkpoint
+from ostaf.mechanisms import binding
+from ostaf.mechanisms.contrastive import NearestWordContrast
+from ostaf.mechanisms.masked_loss import masked_mse
+from ostaf.train import denoising_loss, mechanism_loss, prepare, sample_batch, train
+from tests.conftest import synthetic_image, tiny_config
+
+ALL_ON = dict(attn_binding=0.5, nn_contrastive=0.1, nn_vocab=256, train_lam="uniform", token_steps=1, masked_loss=True)
+ON = {  # one mechanism at a time
+    "binding": dict(attn_binding=1.0),
+    "contrastive": dict(nn_contrastive=1.0, nn_vocab=256),
+    "uniform-lambda": dict(train_lam="uniform"),
+    "token-steps": dict(token_steps=2),
+    "masked-loss": dict(masked_loss=True),
+}
+
+
+@pytest.fixture
+def masked_reference(tmp_path):
+    """A preprocessed reference folder whose mask is the synthetic object's square (not all of the image)."""
+    from PIL import Image
+
+    from ostaf.preprocess import preprocess
+
+    synthetic_image().save(tmp_path / "source.png")
+    folder = preprocess(tmp_path / "source.png", "appearance", 64, 4, 42, None).save(tmp_path / "pre")
+    mask = np.zeros((64, 64), np.uint8)
+    mask[12:48, 12:48] = 255
+    Image.fromarray(mask).save(folder / "mask.png")
+    return folder
+
+
+def tensors(out):
+    return load_checkpoint(out).tensors
+
+
+def test_off_builds_nothing_and_draws_nothing(reference, tmp_path, monkeypatch):
+    """With every mechanism off, no mechanism code runs and a micro-batch draws exactly the four tensors of today."""
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a mechanism ran although it is off")
+
+    for target in (
+        "ostaf.train.latent_masks",
+        "ostaf.train.NearestWordContrast",
+        "ostaf.mechanisms.binding.install_probes",
+    ):
+        monkeypatch.setattr(target, forbidden)
+    setup = prepare(tiny_config(reference, tmp_path / "off"))
+    assert setup.attention is setup.contrast is setup.loss_masks is None
+    generator = torch.Generator().manual_seed(7)
+    batch = sample_batch(setup, generator)
+    assert batch.lam is None
+    expected = torch.Generator().manual_seed(7)
+    torch.randint(0, setup.latent_mean.shape[0], (1,), generator=expected)
+    torch.randn(batch.latents.shape, generator=expected)
+    torch.randn(batch.latents.shape, generator=expected)
+    torch.randint(0, 1000, (1,), generator=expected)
+    assert torch.equal(generator.get_state(), expected.get_state())
+    assert mechanism_loss(setup, batch) is None
+
+
+@pytest.mark.parametrize("name", list(ON))
+def test_each_mechanism_changes_training(masked_reference, tmp_path, name):
+    off = train(tiny_config(masked_reference, tmp_path / "off", steps=3), progress=False)
+    on = train(tiny_config(masked_reference, tmp_path / "on", steps=3, **ON[name]), progress=False)
+    a, b = tensors(off.out), tensors(on.out)
+    assert any(not torch.equal(a[k], b[k]) for k in a), f"{name} changed nothing"
+
+
+def test_binding_and_contrastive_losses_reach_only_the_token_and_offsets(reference, tmp_path):
+    setup = prepare(tiny_config(reference, tmp_path / "g", attn_binding=1.0, nn_contrastive=1.0, nn_vocab=64))
+    batch = sample_batch(setup, torch.Generator().manual_seed(0))
+    denoising_loss(setup, *batch)  # the forward whose attention the probes recorded
+    mechanism_loss(setup, batch).backward()
+    trainable = {id(p) for p in setup.trainable}
+    everything = [*setup.unet.parameters(), *setup.pipe.text_encoder.parameters(), *setup.pipe.vae.parameters()]
+    assert all(p.grad is None for p in everything if id(p) not in trainable)  # frozen weights: untouched
+    token_grads = [p.grad for p in setup.token.parameters()]
+    assert all(g is not None and g.abs().sum() > 0 for g in token_grads)
+
+
+def test_resume_after_a_kill_is_bit_exact_with_every_mechanism_on(masked_reference, tmp_path):
+    options = dict(ALL_ON, steps=4, checkpoint_every=2)
+    straight = train(tiny_config(masked_reference, tmp_path / "a", **options), progress=False)
+    train(tiny_config(masked_reference, tmp_path / "b", **(options | {"steps": 2})), progress=False)  # "killed" at 2
+    resumed = train(tiny_config(masked_reference, tmp_path / "b", **options), progress=False)
+    assert len(resumed.losses) == 2
+    a, b = tensors(straight.out), tensors(resumed.out)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_binding_loss_is_zero_when_the_map_is_the_mask():
+    mask = torch.zeros(2, 1, 4, 4)
+    mask[:, :, 1:3, 1:3] = 1
+    record = binding.AttentionRecord(positions=[5, 2], resolution=4)
+    token_map = mask.flatten(2).transpose(1, 2)  # (B, N, 1): the placeholder attends exactly to the mask
+    record.maps["layer"] = torch.cat([token_map * 0.3 + 0.1, torch.rand(2, 16, 1)], dim=-1)  # scaled: normalised
+    assert float(binding.binding_loss(record, mask)) == pytest.approx(0.0, abs=1e-6)
+    record.maps["layer"] = torch.cat([1 - token_map, torch.rand(2, 16, 1)], dim=-1)  # the background instead
+    assert float(binding.binding_loss(record, mask)) > 0.9
+
+
+def test_without_a_mask_binding_pulls_the_token_onto_the_class_word():
+    record = binding.AttentionRecord(positions=[5, 2], resolution=4)
+    class_map = (torch.rand(1, 16, 1) > 0.5).float()  # a crisp class map: sharpening leaves it as it is
+    record.maps["layer"] = torch.cat([class_map * 0.2, class_map], dim=-1)  # the token attends where the class does
+    assert float(binding.binding_loss(record, None)) == pytest.approx(0.0, abs=1e-6)
+    soft = torch.rand(1, 16, 1)
+    record.maps["layer"] = torch.cat([soft**2, soft], dim=-1)  # the token on the sharpened class map
+    on_class = float(binding.binding_loss(record, None))
+    record.maps["layer"] = torch.cat([1 - soft, soft], dim=-1)  # the token everywhere else
+    assert on_class < float(binding.binding_loss(record, None)) - 0.2
+
+
+def test_probes_record_the_softmax_column_of_the_watched_tokens(masked_reference, tmp_path):
+    setup = prepare(tiny_config(masked_reference, tmp_path / "p", attn_binding=1.0))
+    assert setup.binding_masks is not None  # a real mask: the target is the mask, not the class word
+    batch = sample_batch(setup, torch.Generator().manual_seed(0))
+    denoising_loss(setup, *batch)
+    record = setup.attention
+    assert record.resolution == 16 and record.maps  # tiny at 64 px: cross-attention at 32² and 16²; middle 16
+    assert len(record.maps) == 3  # 16×16 cross-attention: one in down_blocks.1, two in up_blocks.0
+    assert record.positions == [7, 2]  # "<bos> a dog in the appearance of *a": the placeholder, the class word
+    for maps in record.maps.values():
+        assert maps.shape == (1, 256, 2) and bool(((maps >= 0) & (maps <= 1)).all())
+    assert not record.active  # recording only inside the training forward
+
+
+def test_contrastive_loss_falls_and_names_the_nearest_words():
+    torch.manual_seed(0)
+    vocabulary = torch.randn(300, 16)
+    contrast = NearestWordContrast(vocabulary, k=3, temperature=0.1, sample=64, seed=0)
+    embedding = torch.randn(16, requires_grad=True)
+    optimizer = torch.optim.SGD([embedding], lr=0.5)
+    losses = []
+    for step in range(20):
+        loss = contrast.loss(embedding, step)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0] * 0.5
+    nearest = contrast.nearest(embedding.detach(), 3)
+    cos = torch.nn.functional.cosine_similarity(vocabulary, embedding.detach()[None], dim=-1)
+    assert [i for i, _ in nearest] == cos.topk(3).indices.tolist()
+
+
+def test_token_steps_train_the_token_first_then_only_the_offsets(reference, tmp_path):
+    out = tmp_path / "phases"
+    initial = prepare(tiny_config(reference, tmp_path / "init"))
+    start = {f"offsets.{k}": v.clone() for k, v in initial.adapter.state_dict().items()}
+    train(tiny_config(reference, out, steps=4, token_steps=2, checkpoint_every=2), progress=False)
+    middle, final = tensors(out / "checkpoints" / "step-000002"), tensors(out)
+    assert all(torch.equal(middle[k], start[k]) for k in start)  # steps 1-2: the offsets did not move
+    assert not torch.equal(middle["token.embedding"], initial.token().detach())  # the token did
+    assert torch.equal(middle["token.embedding"], final["token.embedding"])  # steps 3-4: the token is frozen
+    assert any(not torch.equal(middle[k], final[k]) for k in start)  # and the offsets train
+
+
+def test_uniform_lambda_is_per_sample_and_reaches_the_offsets(reference, tmp_path):
+    setup = prepare(tiny_config(reference, tmp_path / "u", train_lam="uniform", batch_size=3))
+    batch = sample_batch(setup, torch.Generator().manual_seed(1))
+    assert batch.lam.shape == (3,) and bool(((batch.lam >= 0) & (batch.lam <= 1)).all())
+    mse, _ = denoising_loss(setup, *batch)
+    mse.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in setup.adapter.parameters())
+    assert all(proc.scale == 1.0 for proc in setup.adapter.processors.values())  # restored after the forward
+
+
+def test_masked_loss_ignores_the_background():
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[..., :2, :] = 1
+    pred, target = torch.zeros(1, 4, 4, 4), torch.zeros(1, 4, 4, 4)
+    pred[..., 2:, :] = 5.0  # wrong only outside the mask
+    assert float(masked_mse(pred, target, mask)) == 0.0
+    pred[..., 0, 0] = 2.0
+    assert float(masked_mse(pred, target, mask)) == pytest.approx(4 * 4 / (4 * 8))
+
+
+def test_the_loss_mask_follows_each_augmentation():
+    from ostaf.preprocess import AugmentRecipe, augment_mask
+
+    mask = np.zeros((96, 96), bool)
+    mask[20:60, 5:30] = True
+    plain = augment_mask(mask, AugmentRecipe(64, (96, 96), (10, 20), False), "appearance")
+    flipped = augment_mask(mask, AugmentRecipe(64, (96, 96), (10, 20), True), "appearance")
+    assert np.array_equal(flipped, plain[:, ::-1]) and plain.any()
+    assert np.array_equal(plain, mask[20:84, 10:74])  # the crop box, no resize at this size
+    padded = augment_mask(np.ones((96, 48), bool), AugmentRecipe(64, (64, 64), (0, 0), False), "shape")
+    assert not padded[:, :8].any() and padded[:, 24:40].all()  # padding is background
