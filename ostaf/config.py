@@ -311,10 +311,14 @@ class GenerateConfig(_Config):
     """Prompts × seeds × λ → images and one grid per prompt."""
 
     ckpt: list[str] = opt(
-        help="checkpoint folder(s); give a shape and an appearance one to compose them", per_item=True, repeatable=True
+        [],
+        "checkpoint folder(s); give a shape and an appearance one to compose them",
+        per_item=True,
+        repeatable=True,
     )
     prompt: list[str] = opt(
-        help="prompts using the placeholder(s), e.g. 'a vase in the appearance of *a'",
+        [],
+        "prompts using the placeholder(s), e.g. 'a vase in the appearance of *a'",
         item_key="prompts",
         repeatable=True,
     )
@@ -359,8 +363,11 @@ class GenerateConfig(_Config):
         _non_negative(resolution=values["resolution"])
 
     def check_item(self) -> None:
-        if not self.ckpt:
-            raise OstafError("no checkpoint given: pass --ckpt DIR (the --out of `ostaf train`)")
+        if not self.ckpt and not (self.reference_attention > 0 and self.reference_image):
+            raise OstafError(
+                "no checkpoint given: pass --ckpt DIR (the --out of `ostaf train`), or --reference-attention ω with "
+                "--reference-image PATH for the training-free path"
+            )
         if not self.prompt:
             raise OstafError("no prompt given: pass --prompt 'a vase in the appearance of *a'")
 

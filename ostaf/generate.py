@@ -7,10 +7,13 @@ the base model.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 from diffusers import (
     DDIMScheduler,
@@ -23,14 +26,18 @@ from PIL import Image
 
 from ostaf.attributes import check_prompt
 from ostaf.checkpoint import apply, load_base_pipeline, load_checkpoint
-from ostaf.config import GenerateConfig
+from ostaf.config import DEFAULT_MODEL, GenerateConfig
 from ostaf.errors import OstafError
-from ostaf.images import make_grid
-from ostaf.models import native_resolution
+from ostaf.images import load_image, make_grid
+from ostaf.mechanisms.dual_path import VanillaPrompts
+from ostaf.mechanisms.reference_attention import ReferenceAttention
+from ostaf.models import load_pipeline, native_resolution
 from ostaf.offsets import OffsetsAdapter
+from ostaf.preprocess import load_preprocessed
 from ostaf.runtime import autocast_dtype, progress_bar, resolve_device
 from ostaf.sweep import PromptResult, write_sweep
 
+log = logging.getLogger(__name__)
 SCHEDULERS = {
     "ddim": DDIMScheduler,
     "pndm": PNDMScheduler,
@@ -46,6 +53,59 @@ class Sample:
     seed: int
 
 
+@dataclass
+class Mechanisms:
+    """The generation-time mechanisms that are on (ostaf.mechanisms); the default is none, today's generation."""
+
+    dual_path: float = 1.0  # β; < 1 needs `vanilla`
+    vanilla: VanillaPrompts | None = None
+    reference: ReferenceAttention | None = None  # self-subject-attention, installed on the pipeline
+
+    @property
+    def unmerged(self) -> bool:
+        """Whether the offsets must stay unmerged (the vanilla path and the reference pass run without them)."""
+        return self.dual_path < 1.0 or self.reference is not None
+
+    @classmethod
+    def from_config(
+        cls, config: GenerateConfig, pipe: StableDiffusionPipeline, tokens: list[str], adapters: list, reference: str
+    ) -> Mechanisms:
+        mechanisms = cls()
+        if config.dual_path < 1.0:
+            mechanisms.dual_path = config.dual_path
+            mechanisms.vanilla = VanillaPrompts(pipe.tokenizer, pipe.text_encoder, tokens)
+            log.info("dual path: the vanilla path reads %s", mechanisms.vanilla.words)
+        if config.reference_attention > 0:
+            image, mask = load_reference_image(reference)
+            mechanisms.reference = ReferenceAttention(
+                pipe,
+                adapters,
+                image,
+                mask,
+                config.reference_attention,
+                config.reference_blocks,
+                config.resolution or None,
+            )
+        return mechanisms
+
+    def close(self) -> None:
+        if self.reference is not None:
+            self.reference.remove()
+
+
+def load_reference_image(path: str) -> tuple[Image.Image, np.ndarray]:
+    """A preprocessed folder (its cut-out reference and mask), or an image file (all of it is the subject)."""
+    if not path:
+        raise OstafError(
+            "--reference-attention needs --reference-image PATH (an image, or an `ostaf preprocess` folder)"
+        )
+    if Path(path).is_dir():
+        reference = load_preprocessed(path)
+        return reference.image, reference.mask
+    image = load_image(path)
+    return image, np.ones((image.height, image.width), bool)
+
+
 def sweep(
     pipe: StableDiffusionPipeline,
     adapters: list[OffsetsAdapter],
@@ -57,13 +117,15 @@ def sweep(
     resolution: int | None = None,
     batch_size: int = 8,
     progress: bool = True,
+    mechanisms: Mechanisms | None = None,
 ) -> PromptResult:
     """Images of one prompt for every (λ, seed), in batches of up to `batch_size` samples."""
     samples = [Sample(prompt, lam, seed) for seed in seeds for lam in lams]
     images: dict[tuple[float, int], Image.Image] = {}
     batches = [samples[i : i + batch_size] for i in range(0, len(samples), batch_size)]
     for batch in progress_bar(batches, disable=not progress, desc=prompt[:40], unit="batch"):
-        for sample, image in zip(batch, run_batch(pipe, adapters, batch, num_steps, guidance, resolution), strict=True):
+        made = run_batch(pipe, adapters, batch, num_steps, guidance, resolution, mechanisms)
+        for sample, image in zip(batch, made, strict=True):
             images[(sample.lam, sample.seed)] = image
     rows = [[images[(lam, seed)] for lam in lams] for seed in seeds]
     grid = make_grid(rows, [f"lam={lam:g}" for lam in lams], [f"seed {s}" for s in seeds])
@@ -77,8 +139,10 @@ def run_batch(
     num_steps: int,
     guidance: float,
     resolution: int | None,
+    mechanisms: Mechanisms | None = None,
 ) -> list[Image.Image]:
     """One denoising batch; each sample gets its own seed's noise and its own λ."""
+    mechanisms = mechanisms or Mechanisms()
     size = resolution or native_resolution(pipe)
     generators = [torch.Generator().manual_seed(s.seed) for s in batch]
     lams = {s.lam for s in batch}
@@ -90,7 +154,7 @@ def run_batch(
         height=size,
         width=size,
     )
-    if len(lams) == 1:  # one λ: fold it into the weights
+    if len(lams) == 1 and not mechanisms.unmerged:  # one λ: fold it into the weights
         lam = lams.pop()
         merged = [a for a in adapters if not a.merged]
         for adapter in merged:
@@ -100,12 +164,17 @@ def run_batch(
         finally:
             for adapter in merged:
                 adapter.unmerge()
-    per_sample = torch.tensor([s.lam for s in batch], dtype=torch.float32)
+    scale = torch.tensor([s.lam for s in batch], dtype=torch.float32) if len(lams) > 1 else float(next(iter(lams)))
     with ExitStack() as stack:
         for adapter in adapters:
-            adapter.set_scale(per_sample)
+            adapter.set_scale(scale)
             stack.callback(adapter.set_scale, 1.0)
             stack.enter_context(adapter.caching())  # W ⊙ ΔW once per sweep, not once per step
+        if mechanisms.dual_path < 1.0:
+            context = mechanisms.vanilla.context(kwargs["prompt"], guidance)
+            for adapter in adapters:
+                adapter.set_dual_path(mechanisms.dual_path, context)
+                stack.callback(adapter.set_dual_path, 1.0, None)
         return pipe(**kwargs).images
 
 
@@ -134,36 +203,51 @@ def set_scheduler(pipe: StableDiffusionPipeline, name: str) -> None:
 def generate(
     config: GenerateConfig, pipe: StableDiffusionPipeline | None = None, progress: bool = True
 ) -> list[PromptResult]:
-    """Load the checkpoint(s) onto the base model and write every image, grid and an index."""
+    """Load the checkpoint(s) onto the base model and write every image, grid and an index.
+
+    Without a checkpoint (only with --reference-attention) the base model generates with the reference alone:
+    DreamTuner's training-free path, a baseline.
+    """
     checkpoints = [load_checkpoint(c) for c in config.ckpt]
     tokens = [c.token for c in checkpoints]
     if len(set(tokens)) != len(tokens):
         raise OstafError(f"two checkpoints learned the same token ({tokens}): compose different attributes")
-    for prompt in config.prompt:
-        check_prompt(prompt, tokens)
+    if checkpoints:
+        for prompt in config.prompt:
+            check_prompt(prompt, tokens)
     device = resolve_device(config.device)
     dtype = autocast_dtype(config.precision, device) or torch.float32
-    pipe = pipe or load_base_pipeline(checkpoints[0], config.model, dtype=dtype)
+    if pipe is None:
+        pipe = (
+            load_base_pipeline(checkpoints[0], config.model, dtype=dtype)
+            if checkpoints
+            else load_pipeline(config.model or DEFAULT_MODEL, dtype=dtype)
+        )
     pipe.to(device)
     set_scheduler(pipe, config.scheduler)
     adapters = [apply(pipe, c) for c in checkpoints]
     for prompt in config.prompt:
         check_length(pipe.tokenizer, prompt, tokens)
-
-    results = [
-        sweep(
-            pipe,
-            adapters,
-            prompt,
-            config.lam,
-            config.seeds,
-            config.num_steps,
-            config.guidance,
-            config.resolution or None,
-            config.batch_size,
-            progress,
-        )
-        for prompt in config.prompt
-    ]
+    reference = config.reference_image or (checkpoints[0].card["train"]["image"] if checkpoints else "")
+    mechanisms = Mechanisms.from_config(config, pipe, tokens, adapters, reference)
+    try:
+        results = [
+            sweep(
+                pipe,
+                adapters,
+                prompt,
+                config.lam,
+                config.seeds,
+                config.num_steps,
+                config.guidance,
+                config.resolution or None,
+                config.batch_size,
+                progress,
+                mechanisms,
+            )
+            for prompt in config.prompt
+        ]
+    finally:
+        mechanisms.close()
     write_sweep(config.out, results, config.to_dict())
     return results

@@ -26,7 +26,7 @@ from ostaf.config import TrainConfig
 from ostaf.errors import OstafError
 from ostaf.image_encoder import ImageEncoder, load_image_encoder, saved_image_embedding
 from ostaf.images import to_tensor
-from ostaf.mechanisms import binding, schedule
+from ostaf.mechanisms import binding, dual_path, schedule
 from ostaf.mechanisms.contrastive import NearestWordContrast
 from ostaf.mechanisms.masked_loss import latent_masks, masked_mse
 from ostaf.models import load_pipeline, native_resolution
@@ -76,6 +76,7 @@ class TrainingSetup:
     binding_masks: torch.Tensor | None = None  # (K, 1, h, w) per augmentation: binding targets
     attention: binding.AttentionRecord | None = None  # --attn-binding
     contrast: NearestWordContrast | None = None  # --nn-contrastive
+    vocabulary: torch.Tensor | None = None  # (V, D) the words before the placeholder: --dual-path
 
     @property
     def unet(self):
@@ -270,8 +271,10 @@ def prepare_mechanisms(
         resolution = config.attn_binding_res or binding.middle_resolution(pipe.unet, latent_size[-1])
         state["attention"] = binding.AttentionRecord(positions, resolution)
         binding.install_probes(pipe.unet, state["attention"])
+    vocabulary = pipe.text_encoder.get_input_embeddings().weight[:token_id]  # a view: the words before *a/*m/*s
+    if config.dual_path < 1.0:
+        state["vocabulary"] = vocabulary
     if config.nn_contrastive:
-        vocabulary = pipe.text_encoder.get_input_embeddings().weight[:token_id]  # the words before the placeholder
         state["contrast"] = NearestWordContrast(
             vocabulary, config.nn_k, config.nn_temperature, config.nn_vocab, config.seed
         )
@@ -407,6 +410,8 @@ def denoising_loss(
     )
     if lam is not None:
         setup.adapter.set_scale(lam.to(setup.device))
+    if setup.vocabulary is not None:
+        setup.adapter.set_dual_path(setup.config.dual_path, vanilla_context(setup))
     if setup.attention is not None:
         setup.attention.maps.clear()
         setup.attention.active = True
@@ -417,6 +422,8 @@ def denoising_loss(
     finally:
         if lam is not None:
             setup.adapter.set_scale(1.0)
+        if setup.vocabulary is not None:
+            setup.adapter.set_dual_path(1.0, None)
         if setup.attention is not None:
             setup.attention.active = False
     if setup.loss_masks is not None and pick is not None:
@@ -425,6 +432,14 @@ def denoising_loss(
         mse = F.mse_loss(pred.float(), target.float())
     reg = setup.token().pow(2).sum() if setup.config.train_token else mse.new_zeros(())  # ‖e*‖²
     return mse, reg
+
+
+@torch.no_grad()
+def vanilla_context(setup: TrainingSetup) -> torch.Tensor:
+    """The dual path's hard prompt: the training prompt with e* replaced by its nearest word now, (1, T, D)."""
+    word = dual_path.nearest_word(setup.token(), setup.vocabulary)
+    with autocast(setup):
+        return setup.pipe.text_encoder(dual_path.hard_ids(setup.input_ids, {setup.token_id: word}))[0]
 
 
 def mechanism_loss(setup: TrainingSetup, batch: Batch) -> torch.Tensor | None:

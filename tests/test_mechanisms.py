@@ -21,6 +21,7 @@ ON = {  # one mechanism at a time
     "uniform-lambda": dict(train_lam="uniform"),
     "token-steps": dict(token_steps=2),
     "masked-loss": dict(masked_loss=True),
+    "dual-path": dict(dual_path=0.5),
 }
 
 
@@ -33,8 +34,9 @@ def masked_reference(tmp_path):
 
     synthetic_image().save(tmp_path / "source.png")
     folder = preprocess(tmp_path / "source.png", "appearance", 64, 4, 42, None).save(tmp_path / "pre")
-    mask = np.zeros((64, 64), np.uint8)
-    mask[12:48, 12:48] = 255
+    side = Image.open(folder / "reference.png").width
+    mask = np.zeros((side, side), np.uint8)
+    mask[side // 5 : side * 3 // 4, side // 5 : side * 3 // 4] = 255  # the synthetic object's square
     Image.fromarray(mask).save(folder / "mask.png")
     return folder
 
@@ -198,3 +200,158 @@ def test_the_loss_mask_follows_each_augmentation():
     assert np.array_equal(plain, mask[20:84, 10:74])  # the crop box, no resize at this size
     padded = augment_mask(np.ones((96, 48), bool), AugmentRecipe(64, (64, 64), (0, 0), False), "shape")
     assert not padded[:, :8].any() and padded[:, 24:40].all()  # padding is background
+
+
+# -- dual path --------------------------------------------------------------------------------------------------
+
+
+def dual_inputs(batch: int = 2):
+    g = torch.Generator().manual_seed(0)
+    return (
+        torch.randn(batch, 4, 8, 8, generator=g),
+        torch.tensor([500] * batch),
+        torch.randn(batch, 77, 32, generator=g),
+    )
+
+
+def test_dual_path_blends_the_personalised_and_the_vanilla_attention(tiny_pipe):
+    from ostaf.offsets import OffsetsAdapter, OffsetsConfig
+
+    unet = tiny_pipe.unet
+    sample, t, context = dual_inputs()
+    vanilla_context = torch.randn(2, 77, 32, generator=torch.Generator().manual_seed(1))
+    adapter = OffsetsAdapter.install(unet, OffsetsConfig(parts=("decoder",)), "*a")
+    with torch.no_grad():
+        personalised = unet(sample, t, context).sample
+        adapter.set_dual_path(1.0, vanilla_context)  # β = 1: exactly the model without it
+        assert torch.equal(unet(sample, t, context).sample, personalised)
+        adapter.set_dual_path(0.0, context)  # β = 0, same context: only the vanilla path, i.e. no offsets
+        only_vanilla = unet(sample, t, context).sample
+        adapter.set_dual_path(1.0, None)
+        adapter.set_scale(0.0)
+        assert torch.equal(only_vanilla, unet(sample, t, context).sample)
+        adapter.set_scale(1.0)
+        adapter.set_dual_path(0.5, vanilla_context)
+        blended = unet(sample, t, context).sample
+    assert not torch.allclose(blended, personalised, atol=1e-5) and not torch.allclose(blended, only_vanilla, atol=1e-5)
+
+
+def test_per_sample_lambda_equals_separate_runs_with_the_dual_path_on(tiny_pipe):
+    from ostaf.offsets import OffsetsAdapter, OffsetsConfig
+
+    unet = tiny_pipe.unet
+    adapter = OffsetsAdapter.install(unet, OffsetsConfig(parts=("decoder", "encoder")), "*a")
+    lams = [0.0, 0.5, 1.0]
+    sample, t, context = dual_inputs(batch=3)
+    vanilla_context = torch.randn(3, 77, 32, generator=torch.Generator().manual_seed(2))
+    separate = []
+    with torch.no_grad():
+        for i, lam in enumerate(lams):
+            adapter.set_scale(lam)
+            adapter.set_dual_path(0.6, vanilla_context[i : i + 1])
+            separate.append(unet(sample[i : i + 1], t[i : i + 1], context[i : i + 1]).sample)
+        adapter.set_scale(torch.tensor(lams))
+        adapter.set_dual_path(0.6, vanilla_context)
+        batched = unet(sample, t, context).sample
+    torch.testing.assert_close(batched, torch.cat(separate), rtol=1e-4, atol=1e-5)
+
+
+def test_dual_path_refuses_merged_offsets(tiny_pipe):
+    from ostaf.errors import OstafError
+    from ostaf.offsets import OffsetsAdapter, OffsetsConfig
+
+    adapter = OffsetsAdapter.install(tiny_pipe.unet, OffsetsConfig(parts=("decoder",)), "*a")
+    sample, t, context = dual_inputs()
+    adapter.set_dual_path(0.5, context)
+    with adapter.merged_at(1.0), pytest.raises(OstafError, match="unmerged"), torch.no_grad():
+        tiny_pipe.unet(sample, t, context)
+
+
+def test_generation_with_the_dual_path_reads_the_nearest_words(masked_reference, tmp_path, caplog):
+    from ostaf.config import GenerateConfig
+    from ostaf.generate import generate
+
+    ckpt = train(tiny_config(masked_reference, tmp_path / "ckpt", steps=2), progress=False).out
+    common = dict(ckpt=[str(ckpt)], prompt=["a vase in the appearance of *a"], lam=[1.0], seeds=[0], num_steps=2)
+    plain = generate(GenerateConfig(**common, out=str(tmp_path / "plain"), device="cpu"), progress=False)
+    with caplog.at_level("INFO", logger="ostaf.generate"):
+        dual = generate(
+            GenerateConfig(**common, out=str(tmp_path / "dual"), device="cpu", dual_path=0.5), progress=False
+        )
+    assert "the vanilla path reads {'*a':" in caplog.text
+    a, b = np.asarray(plain[0].images[(1.0, 0)]), np.asarray(dual[0].images[(1.0, 0)])
+    assert not np.array_equal(a, b)
+
+
+# -- self-subject-attention (DreamTuner) ------------------------------------------------------------------------
+
+
+def reference_folder(tmp_path, name: str, outside: tuple[int, int, int]):
+    """A preprocessed reference: the synthetic object inside a square mask, `outside` everywhere else."""
+    from PIL import Image
+
+    from ostaf.preprocess import preprocess
+
+    image = np.asarray(synthetic_image(64)).copy()
+    mask = np.zeros((64, 64), bool)
+    mask[12:48, 12:48] = True
+    image[~mask] = outside
+    Image.fromarray(image).save(tmp_path / f"{name}.png")
+    folder = preprocess(tmp_path / f"{name}.png", "appearance", 64, 1, 42, None).save(tmp_path / name)
+    Image.fromarray(mask.astype(np.uint8) * 255).save(folder / "mask.png")
+    return folder
+
+
+def reference_run(tmp_path, name, **options):
+    from ostaf.config import GenerateConfig
+    from ostaf.generate import generate
+
+    config = GenerateConfig(
+        prompt=["a vase"],
+        lam=[1.0],
+        seeds=[0],
+        num_steps=2,
+        out=str(tmp_path / f"gen-{name}"),
+        device="cpu",
+        model="tiny",
+        **options,
+    )
+    return np.asarray(generate(config, progress=False)[0].images[(1.0, 0)])
+
+
+def test_reference_attention_changes_the_image_and_ignores_the_background(tmp_path):
+    red = reference_folder(tmp_path, "red", (250, 0, 0))
+    blue = reference_folder(tmp_path, "blue", (0, 0, 250))
+    first = reference_run(tmp_path, "a", reference_attention=1.0, reference_image=str(red))
+    second = reference_run(tmp_path, "b", reference_attention=1.0, reference_image=str(blue))
+    assert np.array_equal(first, second)  # only the reference's foreground reaches the image
+    stronger = reference_run(tmp_path, "c", reference_attention=4.0, reference_image=str(red))
+    assert not np.array_equal(first, stronger)  # ω weighs the reference
+
+
+def test_reference_attention_with_a_checkpoint_serves_a_lambda_sweep_and_leaves_the_pipeline_clean(
+    masked_reference, tmp_path, tiny_pipe
+):
+    from ostaf.config import GenerateConfig
+    from ostaf.generate import generate
+
+    ckpt = train(tiny_config(masked_reference, tmp_path / "ckpt", steps=2), progress=False).out
+    before = {name: type(p) for name, p in tiny_pipe.unet.attn_processors.items()}
+    common = dict(ckpt=[str(ckpt)], prompt=["a vase in the appearance of *a"], lam=[0.0, 1.0], seeds=[0], num_steps=2)
+    plain = generate(GenerateConfig(**common, out=str(tmp_path / "plain"), device="cpu"), progress=False)
+    config = GenerateConfig(**common, out=str(tmp_path / "ref"), device="cpu", reference_attention=2.0)
+    with_reference = generate(config, pipe=tiny_pipe, progress=False)  # the checkpoint's own reference folder
+    for key in [(0.0, 0), (1.0, 0)]:
+        assert not np.array_equal(np.asarray(plain[0].images[key]), np.asarray(with_reference[0].images[key]))
+    after = {name: type(p).__name__ for name, p in tiny_pipe.unet.attn_processors.items()}
+    assert "SubjectAttentionProcessor" not in after.values() and not tiny_pipe.unet._forward_pre_hooks
+    assert set(after) == set(before)
+
+
+def test_reference_attention_off_installs_nothing(tiny_pipe):
+    from ostaf.config import GenerateConfig
+    from ostaf.generate import Mechanisms
+
+    config = GenerateConfig(ckpt=["c"], prompt=["a *a"])
+    mechanisms = Mechanisms.from_config(config, tiny_pipe, [], [], "")
+    assert mechanisms.reference is None and not mechanisms.unmerged and not tiny_pipe.unet._forward_pre_hooks

@@ -76,6 +76,14 @@ class OffsetsAdapter:
         for proc in self.processors.values():
             proc.scale = scale
 
+    def set_dual_path(self, beta: float, vanilla_context: torch.Tensor | None) -> None:
+        """β for the following forwards (1 = off) and the vanilla prompt's text context, (B | 1, T, D)."""
+        if not 0.0 <= beta <= 1.0:
+            raise OstafError(f"dual path β must be in [0, 1], got {beta}")
+        for proc in self.processors.values():
+            proc.dual_beta = float(beta)
+            proc.vanilla_context = vanilla_context if beta < 1.0 else None
+
     @torch.no_grad()
     def merge(self, scale: float) -> None:
         """Fold λ·ΔW into the base weights, so generation costs exactly what the base model costs."""

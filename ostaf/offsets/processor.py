@@ -44,6 +44,10 @@ class OffsetsAttnProcessor(nn.Module):
         self.adapter = adapter
         self.scale: Scale = 1.0
         self.merged_scale: float | None = None
+        # Dual path (Domain-Agnostic Tuning-Encoder): β·personalised + (1−β)·vanilla, where the vanilla path has
+        # no offsets and, in cross-attention, the context with the placeholder replaced by its nearest word.
+        self.dual_beta: float = 1.0
+        self.vanilla_context: torch.Tensor | None = None  # (B | 1, T, D), set by `OffsetsAdapter.set_dual_path`
         # The processor this one replaced, restored on uninstall. A list so that an
         # nn.Module processor is not registered as our child.
         self.replaced: list = [attn.processor]
@@ -116,6 +120,30 @@ class OffsetsAttnProcessor(nn.Module):
         **kwargs,
     ) -> torch.Tensor:
         scale = self.scale if offset_scale is None else offset_scale
+        out = self.attend(attn, hidden_states, encoder_hidden_states, attention_mask, temb, scale)
+        if self.dual_beta >= 1.0:
+            return out
+        if self.merged_scale is not None:
+            raise OstafError("the dual path needs unmerged offsets (its vanilla path has none): unmerge() first")
+        context = None
+        if encoder_hidden_states is not None:  # cross-attention: the hard prompt's context
+            if self.vanilla_context is None:
+                raise OstafError("the dual path needs the vanilla prompt's context: OffsetsAdapter.set_dual_path")
+            context = self.vanilla_context.to(encoder_hidden_states.dtype)
+            context = context.expand(encoder_hidden_states.shape[0], -1, -1) if context.shape[0] == 1 else context
+        vanilla = self.attend(attn, hidden_states, context, attention_mask, temb, 0.0)
+        return self.dual_beta * out + (1 - self.dual_beta) * vanilla
+
+    def attend(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        temb: torch.Tensor | None,
+        scale: Scale,
+    ) -> torch.Tensor:
+        """`AttnProcessor2_0`, step for step, with the q/k/v projections modulated at strength `scale`."""
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)

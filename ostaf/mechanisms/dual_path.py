@@ -1,0 +1,65 @@
+"""Dual path (`--dual-path β`, Domain-Agnostic Tuning-Encoder, Arar et al. 2023), for training and generation.
+
+Each targeted attention layer computes its output twice — the personalised path (offsets at λ, the learned
+token) and the vanilla path (no offsets; in cross-attention, the prompt with every placeholder replaced by
+its nearest vocabulary word) — and blends β·personalised + (1 − β)·vanilla (`OffsetsAttnProcessor`).
+β = 1 is exactly the model without it. The vanilla context carries no gradient: only the personalised path
+trains. Cost: a second attention in every targeted layer, and one text-encoder pass for the hard prompt.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+
+def nearest_word(embedding: torch.Tensor, vocabulary: torch.Tensor) -> int:
+    """The vocabulary id whose embedding is closest (cosine) to `embedding`."""
+    with torch.no_grad():
+        cos = F.normalize(vocabulary.float(), dim=-1) @ F.normalize(embedding.float().to(vocabulary.device), dim=-1)
+    return int(cos.argmax())
+
+
+def hard_ids(input_ids: torch.Tensor, replace: dict[int, int]) -> torch.Tensor:
+    """`input_ids` with each placeholder id replaced by its word's id."""
+    out = input_ids.clone()
+    for token_id, word_id in replace.items():
+        out[input_ids == token_id] = word_id
+    return out
+
+
+class VanillaPrompts:
+    """The vanilla path's text context for generation prompts, with the checkpoints' placeholders hard-coded."""
+
+    def __init__(self, tokenizer, text_encoder, tokens: list[str]) -> None:
+        self.tokenizer, self.text_encoder = tokenizer, text_encoder
+        table = text_encoder.get_input_embeddings().weight
+        ids = [tokenizer.convert_tokens_to_ids(t) for t in tokens]
+        vocabulary = table[: min(ids)]  # the words before any placeholder
+        self.replace = {i: nearest_word(table[i], vocabulary) for i in ids}
+
+    @property
+    def words(self) -> dict[str, str]:
+        """placeholder → its nearest word (what the vanilla path reads instead)."""
+        return {
+            self.tokenizer.convert_ids_to_tokens(t): self.tokenizer.convert_ids_to_tokens(w).removesuffix("</w>")
+            for t, w in self.replace.items()
+        }
+
+    @torch.no_grad()
+    def context(self, prompts: list[str], guidance: float) -> torch.Tensor:
+        """(B, T, D), or (2B, T, D) as [unconditional, vanilla] when classifier-free guidance doubles the batch."""
+        device = self.text_encoder.device
+
+        def encode(texts: list[str]) -> torch.Tensor:
+            ids = self.tokenizer(
+                texts,
+                padding="max_length",
+                max_length=self.tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids.to(device)
+            return self.text_encoder(hard_ids(ids, self.replace))[0]
+
+        vanilla = encode(prompts)
+        return torch.cat([encode([""] * len(prompts)), vanilla]) if guidance > 1.0 else vanilla

@@ -1,0 +1,170 @@
+"""Self-subject-attention (`ostaf generate --reference-attention ω`, DreamTuner, Hua et al. 2023): training-free.
+
+At every denoising step a forward pre-hook on the U-Net (torch's public hook, not a patch) first passes the
+reference's latent, noised to the same timestep, through the U-Net once (base weights: λ = 0, no dual path,
+the unconditional prompt). Wrapped self-attention processors of the chosen blocks record the reference's
+keys and values there; in the generation pass the generated image's queries attend to their own keys *and*
+the reference's, with the reference logits weighted by ω (log ω added, as in the paper) and the reference's
+background masked out. The reference is cut out onto a plain background before encoding, so nothing outside
+its mask reaches the generated image. One reference pass per step serves the whole batch and both
+classifier-free-guidance halves. ω = 0 installs nothing: exactly today's generation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from diffusers.models.attention_processor import Attention
+from PIL import Image
+from torch.nn import functional as F
+
+from ostaf.errors import OstafError
+from ostaf.images import to_tensor
+from ostaf.preprocess import cut_out
+
+BLOCK_PREFIXES = {"decoder": ("up_blocks.",), "encoder": ("down_blocks.",), "all": ("down_blocks.", "up_blocks.")}
+
+
+@dataclass
+class ReferenceState:
+    """Shared by the hook and the processors: what pass is running, and what the reference pass recorded."""
+
+    omega: float
+    masks: dict[int, torch.Tensor]  # feature tokens N → (N,) bool foreground of the reference at that resolution
+    mode: str = "use"  # "record": the reference pass; "use": a generation pass
+    keys: dict[str, torch.Tensor] = field(default_factory=dict)  # layer → (1, N, C)
+    values: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class SubjectAttentionProcessor:
+    """Self-attention whose queries also see the reference's keys/values (AttnProcessor2_0's steps otherwise)."""
+
+    def __init__(self, inner, state: ReferenceState, name: str) -> None:
+        self.inner, self.state, self.name = inner, state, name
+
+    def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states=None, *args, **kwargs):
+        state = self.state
+        if encoder_hidden_states is not None or attn.group_norm is not None or attn.spatial_norm is not None:
+            return self.inner(attn, hidden_states, encoder_hidden_states, *args, **kwargs)
+        if state.mode == "record":
+            state.keys[self.name] = attn.to_k(hidden_states)  # base weights: the reference pass runs at λ = 0
+            state.values[self.name] = attn.to_v(hidden_states)
+            return self.inner(attn, hidden_states, encoder_hidden_states, *args, **kwargs)
+        beta = getattr(self.inner, "dual_beta", 1.0)
+        scale = getattr(self.inner, "scale", 0.0)
+        out = self.attend(attn, hidden_states, scale)
+        if beta < 1.0:  # the dual path's vanilla half: no offsets
+            out = beta * out + (1 - beta) * self.attend(attn, hidden_states, 0.0)
+        return out
+
+    def project(self, attn: Attention, name: str, x: torch.Tensor, scale) -> torch.Tensor:
+        project = getattr(self.inner, "project", None)
+        return project(attn, name, x, scale) if project else getattr(attn, name)(x)
+
+    def attend(self, attn: Attention, hidden_states: torch.Tensor, scale) -> torch.Tensor:
+        state = self.state
+        batch, tokens, _ = hidden_states.shape  # (B, N, C)
+        query = self.project(attn, "to_q", hidden_states, scale)
+        key = self.project(attn, "to_k", hidden_states, scale)
+        value = self.project(attn, "to_v", hidden_states, scale)
+        ref_key = state.keys[self.name].to(key.dtype).expand(batch, -1, -1)  # (B, M, C)
+        ref_value = state.values[self.name].to(value.dtype).expand(batch, -1, -1)
+        key, value = torch.cat([key, ref_key], 1), torch.cat([value, ref_value], 1)  # (B, N + M, C)
+        heads = attn.heads
+        head_dim = key.shape[-1] // heads
+        query = query.view(batch, -1, heads, head_dim).transpose(1, 2)  # (B, h, N, d)
+        key = key.view(batch, -1, heads, head_dim).transpose(1, 2)  # (B, h, N + M, d)
+        value = value.view(batch, -1, heads, head_dim).transpose(1, 2)
+        foreground = state.masks[ref_key.shape[1]].to(query.device)  # (M,)
+        reference_bias = torch.where(foreground, math.log(state.omega), float("-inf"))
+        bias = torch.cat([torch.zeros(tokens, device=query.device), reference_bias]).to(query.dtype)  # (N + M,)
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias.view(1, 1, 1, -1))  # (B, h, N, d)
+        out = out.transpose(1, 2).reshape(batch, -1, heads * head_dim).to(query.dtype)
+        out = attn.to_out[1](attn.to_out[0](out))
+        if attn.residual_connection:
+            out = out + hidden_states
+        return out / attn.rescale_output_factor
+
+
+class ReferenceAttention:
+    """Installs the processors and the per-step reference pass on a pipeline; `remove` undoes both."""
+
+    def __init__(
+        self,
+        pipe,
+        adapters: list,
+        image: Image.Image,
+        mask: np.ndarray,
+        omega: float,
+        blocks: str = "decoder",
+        resolution: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        if omega <= 0:
+            raise OstafError("reference attention needs ω > 0 (0 means off)")
+        self.pipe, self.adapters = pipe, adapters
+        unet, vae = pipe.unet, pipe.vae
+        size = resolution or unet.config.sample_size * pipe.vae_scale_factor
+        plain = cut_out(image.convert("RGB"), mask).resize((size, size), Image.Resampling.BICUBIC)
+        with torch.no_grad():
+            pixels = to_tensor(plain).to(vae.device, vae.dtype)
+            self.latent = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor  # (1, 4, h, w)
+            self.noise = torch.randn(self.latent.shape, generator=torch.Generator().manual_seed(seed)).to(self.latent)
+            ids = pipe.tokenizer(
+                [""], padding="max_length", max_length=pipe.tokenizer.model_max_length, return_tensors="pt"
+            ).input_ids.to(pipe.text_encoder.device)
+            self.context = pipe.text_encoder(ids)[0]  # the unconditional prompt
+        side = self.latent.shape[-1]
+        grid = torch.from_numpy(np.asarray(Image.fromarray(mask).resize((size, size)), bool).astype(np.float32))
+        masks = {}
+        for level in range(len(unet.config.down_block_types)):
+            cells = F.adaptive_max_pool2d(grid[None, None], (side >> level, side >> level))[0, 0]
+            masks[(side >> level) ** 2] = cells.flatten() > 0
+        self.state = ReferenceState(omega, masks)
+        prefixes = BLOCK_PREFIXES[blocks]
+        self.layers = []
+        for name, processor in unet.attn_processors.items():
+            layer = name.removesuffix(".processor")
+            if layer.endswith("attn1") and layer.startswith(prefixes):
+                unet.get_submodule(layer).set_processor(SubjectAttentionProcessor(processor, self.state, layer))
+                self.layers.append(layer)
+        if not self.layers:
+            raise OstafError(f"no self-attention in the U-Net's {blocks} blocks: pick --reference-blocks all")
+        self.handle = unet.register_forward_pre_hook(self.reference_pass, with_kwargs=True)
+
+    def reference_pass(self, unet, args: tuple, kwargs: dict):
+        """Before each generation forward: the reference, noised to this step's timestep, through the U-Net once."""
+        if self.state.mode == "record":
+            return None
+        timestep = args[1] if len(args) > 1 else kwargs["timestep"]
+        t = torch.as_tensor(timestep, device=self.latent.device).reshape(-1)[:1]
+        noisy = self.pipe.scheduler.add_noise(self.latent, self.noise, t.cpu().long()).to(unet.dtype)
+        scales = [
+            (a, [p.scale for p in a.processors.values()], [p.dual_beta for p in a.processors.values()])
+            for a in self.adapters
+        ]
+        self.state.mode = "record"
+        try:
+            for adapter, _, _ in scales:  # the reference goes through the base model
+                for proc in adapter.processors.values():
+                    proc.scale, proc.dual_beta = 0.0, 1.0
+            with torch.no_grad():
+                unet(noisy, t.to(unet.device), encoder_hidden_states=self.context.to(unet.dtype))
+        finally:
+            self.state.mode = "use"
+            for adapter, lams, betas in scales:
+                for proc, lam, beta in zip(adapter.processors.values(), lams, betas, strict=True):
+                    proc.scale, proc.dual_beta = lam, beta
+        return None
+
+    def remove(self) -> None:
+        self.handle.remove()
+        unet = self.pipe.unet
+        for name, processor in unet.attn_processors.items():
+            if isinstance(processor, SubjectAttentionProcessor):
+                unet.get_submodule(name.removesuffix(".processor")).set_processor(processor.inner)
+        self.state.keys.clear()
+        self.state.values.clear()
