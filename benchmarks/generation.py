@@ -1,7 +1,9 @@
-"""Generation cost: base pipeline vs OSTAF unmerged vs OSTAF merged, and a 5-value λ sweep as one batch
-vs five sequential runs — measured side by side, round-robin, in one process.
+"""Generation cost: base pipeline vs OSTAF unmerged vs OSTAF merged, a 5-value λ sweep as one batch vs five
+sequential runs, and the generation mechanisms (dual path, self-subject-attention) — measured side by side,
+round-robin, in one process.
 
     python benchmarks/generation.py                          # sd14-random, 256 px, 4 DDIM steps, CPU
+    python benchmarks/generation.py --only base dual-path reference-attention
     python benchmarks/generation.py --device cuda --resolution 512 --num-steps 20
     python benchmarks/generation.py --model tiny --rounds 2  # a quick smoke run
 
@@ -25,7 +27,15 @@ from ratios import check_ratios, print_table  # noqa: E402
 
 LAMS = (0.0, 0.25, 0.5, 0.75, 1.0)
 PROMPT = "a vase in the appearance of a striped ball"
-CONFIGS = ("base", "ostaf-unmerged", "ostaf-merged", "sweep-5-one-batch", "sweep-5-sequential")
+CONFIGS = (
+    "base",
+    "ostaf-unmerged",
+    "ostaf-merged",
+    "sweep-5-one-batch",
+    "sweep-5-sequential",
+    "dual-path",
+    "reference-attention",
+)
 
 
 def targets(device: str) -> list[tuple[str, str, str, float]]:
@@ -33,6 +43,9 @@ def targets(device: str) -> list[tuple[str, str, str, float]]:
     return [
         ("ostaf-merged", "base", "seconds", 1.02),
         ("sweep-5-one-batch", "sweep-5-sequential", "seconds", sweep),
+        # one extra U-Net pass per step (the reference) and a second attention per targeted layer
+        ("reference-attention", "base", "seconds", 2.1),
+        ("dual-path", "ostaf-unmerged", "seconds", 1.3),
     ]
 
 
@@ -43,9 +56,15 @@ def main() -> int:
 
     tune_cpu_allocator()  # as the `ostaf` command runs
 
-    from ostaf.generate import Sample, run_batch, set_scheduler
+    import numpy as np
+    from PIL import Image
+
+    from ostaf.generate import Mechanisms, Sample, run_batch, set_scheduler
+    from ostaf.mechanisms.dual_path import VanillaPrompts
+    from ostaf.mechanisms.reference_attention import ReferenceAttention
     from ostaf.models import load_pipeline
     from ostaf.offsets import OffsetsAdapter, OffsetsConfig
+    from ostaf.placeholder import add_placeholder, word_embedding
     from ostaf.runtime import resolve_device
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -54,7 +73,9 @@ def main() -> int:
     parser.add_argument("--num-steps", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--only", nargs="+", choices=CONFIGS, help="measure these configurations only")
     args = parser.parse_args()
+    configs = tuple(args.only or CONFIGS)
     device = resolve_device(args.device)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     pipe = load_pipeline(args.model, dtype=dtype).to(device)
@@ -62,9 +83,16 @@ def main() -> int:
     stock = dict(pipe.unet.attn_processors)
     adapter = OffsetsAdapter.install(pipe.unet, OffsetsConfig(parts=("decoder",)), "*a")
     with_offsets = dict(pipe.unet.attn_processors)
+    add_placeholder(pipe.tokenizer, pipe.text_encoder, "*a", word_embedding(pipe.tokenizer, pipe.text_encoder, "ball"))
+    dual = Mechanisms(0.5, VanillaPrompts(pipe.tokenizer, pipe.text_encoder, ["*a"]))
+    image = Image.fromarray(np.full((args.resolution, args.resolution, 3), 128, np.uint8))
+    square = np.zeros((args.resolution, args.resolution), bool)
+    square[args.resolution // 4 : -args.resolution // 4, args.resolution // 4 : -args.resolution // 4] = True
+    reference = ReferenceAttention(pipe, [adapter], image, square, 1.0, "decoder", args.resolution)
+    reference.remove()  # installed per run below: the configurations share one pipeline
 
-    def generate(batch: list[Sample], adapters: list) -> None:
-        run_batch(pipe, adapters, batch, args.num_steps, 7.5, args.resolution)
+    def generate(batch: list[Sample], adapters: list, mechanisms: Mechanisms | None = None) -> None:
+        run_batch(pipe, adapters, batch, args.num_steps, 7.5, args.resolution, mechanisms)
 
     def base() -> None:
         generate([Sample(PROMPT, 1.0, 0)], [])
@@ -89,16 +117,28 @@ def main() -> int:
         for lam in LAMS:
             generate([Sample(PROMPT, lam, 0)], [adapter])
 
+    def dual_path() -> None:  # β = 0.5: every decoder attention twice, the hard prompt encoded once
+        generate([Sample(PROMPT + " *a", 1.0, 0)], [adapter], dual)
+
+    def reference_attention() -> None:  # ω = 1 on the decoder's self-attention: one reference pass per step
+        reference.install()
+        try:
+            generate([Sample(PROMPT, 1.0, 0)], [adapter], Mechanisms(reference=reference))
+        finally:
+            reference.remove()
+
     runs = {
         "base": base,
         "ostaf-unmerged": unmerged,
         "ostaf-merged": merged,
         "sweep-5-one-batch": sweep_batch,
         "sweep-5-sequential": sweep_sequential,
+        "dual-path": dual_path,
+        "reference-attention": reference_attention,
     }
-    times: dict[str, list[float]] = {name: [] for name in CONFIGS}
+    times: dict[str, list[float]] = {name: [] for name in configs}
     for round_ in range(args.rounds + 1):  # round 0 warms up (allocator, kernels) and is not counted
-        order = CONFIGS[round_ % len(CONFIGS) :] + CONFIGS[: round_ % len(CONFIGS)]
+        order = configs[round_ % len(configs) :] + configs[: round_ % len(configs)]
         for name in order:
             pipe.unet.set_attn_processor(dict(stock if name == "base" else with_offsets))
             if device.type == "cuda":

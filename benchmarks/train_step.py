@@ -35,6 +35,13 @@ OSTAF = {
     "ostaf-decoder-lite-grad-ckpt": dict(part="decoder", trainable="lite", gradient_checkpointing=True),
     "ostaf-decoder-lite-channels-last": dict(part="decoder", trainable="lite", channels_last=True),
     "ostaf-decoder-lite-compile": dict(part="decoder", trainable="lite", compile=True),
+    # the seeds' mechanisms, each alone on top of decoder lite (--token-steps is not a row: its two phases cost
+    # what the frozen-offsets and frozen-token rows cost)
+    "ostaf-decoder-lite+binding": dict(part="decoder", trainable="lite", attn_binding=1.0),
+    "ostaf-decoder-lite+contrastive": dict(part="decoder", trainable="lite", nn_contrastive=0.1),
+    "ostaf-decoder-lite+dual-path": dict(part="decoder", trainable="lite", dual_path=0.5),
+    "ostaf-decoder-lite+uniform-lambda": dict(part="decoder", trainable="lite", train_lam="uniform"),
+    "ostaf-decoder-lite+masked-loss": dict(part="decoder", trainable="lite", masked_loss=True),
 }
 DEFAULT_SKIP = ("ostaf-decoder-lite-compile",)  # minutes of compilation on a CPU: run it with --only
 BASELINES = ("forward", "full-finetune", "lora-r4-decoder")

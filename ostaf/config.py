@@ -343,7 +343,9 @@ class GenerateConfig(_Config):
         "DreamTuner self-subject-attention ω: generated queries also attend to the reference's foreground "
         "(noised to each step's timestep; one extra U-Net pass per step); 0 = off",
     )
-    reference_image: str = opt("", "the reference for --reference-attention (default: the checkpoint's own)")
+    reference_image: str = opt(
+        "", "the reference for --reference-attention (default: the checkpoint's own)", per_item=True
+    )
     reference_blocks: str = opt(
         "decoder", "U-Net blocks whose self-attention looks at the reference", choices=REFERENCE_BLOCKS
     )

@@ -135,7 +135,9 @@ def generate_item(checkpoint: str, reference: str, generate_options: dict, run_i
     """The λ sweep over the item's prompts; grids go to the item's MLflow run."""
     from ostaf.generate import generate
 
-    config = GenerateConfig.for_item(read_item(reference), generate_options, ckpt=[checkpoint], out=dest)
+    config = GenerateConfig.for_item(
+        read_item(reference), generate_options, ckpt=[checkpoint], out=dest, reference_image=reference
+    )
     if not run_id:
         generate(config)
         return

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_per_item_fields_are_field_metadata():
     assert per_item_fields(TrainConfig) == ("image", "class_name", "attribute", "model", "out")
-    assert per_item_fields(GenerateConfig) == ("ckpt", "prompt", "out", "model")
+    assert per_item_fields(GenerateConfig) == ("ckpt", "prompt", "out", "model", "reference_image")
     assert not set(shared_defaults(TrainConfig)) & set(per_item_fields(TrainConfig))
 
 

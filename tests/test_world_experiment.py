@@ -120,7 +120,7 @@ def test_reduced_experiment_runs_end_to_end_and_lands_in_mlflow(tmp_path, monkey
     assert [m.step for m in history] == [0, 100]
 
 
-def test_benchmark_pipeline_runs_on_world_references_with_the_world_model(tmp_path, monkeypatch):
+def test_benchmark_pipeline_runs_on_world_references_with_the_world_model_and_every_mechanism(tmp_path, monkeypatch):
     from ostaf.config import GenerateConfig, TrainConfig, shared_defaults
     from pipelines.run import run_local
 
@@ -133,7 +133,11 @@ def test_benchmark_pipeline_runs_on_world_references_with_the_world_model(tmp_pa
         "lr": 1e-4,
         "checkpoint_every": 0,
     }
+    # every mechanism of ostaf/mechanisms at once, through the pipeline's option dicts
+    train |= {"attn_binding": 0.5, "nn_contrastive": 0.1, "nn_vocab": 256, "dual_path": 0.8}
+    train |= {"train_lam": "uniform", "token_steps": 1, "masked_loss": True}
     generate = shared_defaults(GenerateConfig) | {"num_steps": 2, "seeds": [0], "lam": [0.0, 1.0]}
+    generate |= {"dual_path": 0.8, "reference_attention": 1.5, "reference_blocks": "all"}
     table = run_local(
         "benchmark",
         {

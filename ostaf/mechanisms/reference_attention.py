@@ -124,15 +124,21 @@ class ReferenceAttention:
             cells = F.adaptive_max_pool2d(grid[None, None], (side >> level, side >> level))[0, 0]
             masks[(side >> level) ** 2] = cells.flatten() > 0
         self.state = ReferenceState(omega, masks)
-        prefixes = BLOCK_PREFIXES[blocks]
+        self.prefixes = BLOCK_PREFIXES[blocks]
+        self.handle = None
+        self.install()
+
+    def install(self) -> None:
+        """Wrap the chosen self-attention processors and hook the per-step reference pass (again after `remove`)."""
+        unet = self.pipe.unet
         self.layers = []
         for name, processor in unet.attn_processors.items():
             layer = name.removesuffix(".processor")
-            if layer.endswith("attn1") and layer.startswith(prefixes):
+            if layer.endswith("attn1") and layer.startswith(self.prefixes):
                 unet.get_submodule(layer).set_processor(SubjectAttentionProcessor(processor, self.state, layer))
                 self.layers.append(layer)
         if not self.layers:
-            raise OstafError(f"no self-attention in the U-Net's {blocks} blocks: pick --reference-blocks all")
+            raise OstafError(f"no self-attention in the U-Net's {self.prefixes} blocks: pick --reference-blocks all")
         self.handle = unet.register_forward_pre_hook(self.reference_pass, with_kwargs=True)
 
     def reference_pass(self, unet, args: tuple, kwargs: dict):
@@ -161,7 +167,9 @@ class ReferenceAttention:
         return None
 
     def remove(self) -> None:
-        self.handle.remove()
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
         unet = self.pipe.unet
         for name, processor in unet.attn_processors.items():
             if isinstance(processor, SubjectAttentionProcessor):

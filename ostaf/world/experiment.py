@@ -53,7 +53,23 @@ METHODS: dict[str, dict[str, Any]] = {
     # the same with ΔW = 0 at step 0 (`--zero-init`) instead of the authors' random init (|ΔW| ≈ 0.2 here)
     "ostaf-encoder-lite-zero": dict(trainable="lite", part="encoder", zero_init=True),
     "ostaf-decoder-lite-zero": dict(trainable="lite", part="decoder", zero_init=True),
+    # OSTAF lite on the paper's part (encoder for shape, decoder for appearance), alone and with each mechanism
+    "ostaf-lite": dict(trainable="lite"),
+    "lite+binding": dict(trainable="lite", attn_binding=1.0),
+    "lite+contrastive": dict(trainable="lite", nn_contrastive=0.1),
+    "lite+dual-path": dict(trainable="lite", dual_path=0.5),
+    "lite+uniform-lambda": dict(trainable="lite", train_lam="uniform"),
+    "lite+token-steps": dict(trainable="lite", token_steps=100),
+    "lite+masked-loss": dict(trainable="lite", masked_loss=True),
+    "lite+reference-attention": dict(trainable="lite"),
 }
+# generation options of a method (GenerateConfig overrides), where it has any
+GENERATE_METHODS: dict[str, dict[str, Any]] = {
+    "lite+dual-path": dict(dual_path=0.5),
+    "lite+reference-attention": dict(reference_attention=2.0),
+}
+PAPER_METHODS = tuple(m for m in METHODS if m.startswith(("token", "finetune", "ostaf-")) and m != "ostaf-lite")
+MECHANISM_METHODS = ("ostaf-lite", *(m for m in METHODS if m.startswith("lite+")))
 COMPOSE = ("ostaf-encoder-lite", "ostaf-decoder-lite")  # shape checkpoint, appearance checkpoint
 COMPOSE_PROMPT = "an object in the shape of *m in the appearance of *a"
 METRICS = ("shape_iou", "shape_match", "appearance_dist", "appearance_match", "text_control")
@@ -66,7 +82,11 @@ class ExperimentConfig:
 
     model: str = opt("attribute-world", "base model (a preset name or a diffusers folder)")
     references: int = opt(8, "held-out references per attribute (shape and appearance)")
-    methods: list[str] = opt(list(METHODS), "methods to compare", choices=tuple(METHODS))
+    methods: list[str] = opt(
+        list(PAPER_METHODS),
+        "methods to compare (mechanisms: " + " ".join(MECHANISM_METHODS) + ")",
+        choices=tuple(METHODS),
+    )
     steps: int = opt(WORLD.train["steps"], "optimizer steps per method and reference (the same budget for all)")
     lr: float = opt(WORLD.train["lr"], "learning rate (the same for all methods; chosen on validation references)")
     lams: list[float] = opt(WORLD.generate["lam"], "λ sweep")
@@ -83,11 +103,12 @@ class ExperimentConfig:
 IMAGES = "images"  # each job's sweep folder (a `SweepIndex`) under runs/<method>/<reference>/
 
 
-def _generate(config: ExperimentConfig, pipe, ckpts: list[str], prompt: str, lams, job: Path):
+def _generate(config: ExperimentConfig, pipe, ckpts: list[str], prompt: str, lams, job: Path, method: str = ""):
     from ostaf.config import GenerateConfig
     from ostaf.generate import generate
 
     gen = GenerateConfig(
+        **GENERATE_METHODS.get(method, {}),
         ckpt=ckpts,
         prompt=[prompt],
         lam=list(lams),
@@ -141,7 +162,7 @@ def run_job(config: ExperimentConfig, method: str, ref: Reference) -> list[dict]
         train(train_config, pipe=load_pipeline(config.model), progress=False)
     seconds = time.perf_counter() - started
     ckpt = str(out / "ckpt")
-    result = _generate(config, load_base_pipeline(load_checkpoint(ckpt)), [ckpt], ref.prompt, config.lams, out)
+    result = _generate(config, load_base_pipeline(load_checkpoint(ckpt)), [ckpt], ref.prompt, config.lams, out, method)
     save_image(result.grid, out / "grid.png")
     return _rows(result.images, ref, method, world, seconds)
 
@@ -329,7 +350,9 @@ def _log(config: ExperimentConfig, table: list[dict], curves: dict, out: Path, s
     with tracking.active(parent):
         for row in table:
             name = f"{row['method']}/{row['attribute']}"
-            params = {"method": row["method"], "attribute": row["attribute"], **METHODS.get(row["method"], {})}
+            method = row["method"]
+            params = {"method": method, "attribute": row["attribute"], **METHODS.get(method, {})}
+            params |= {f"generate.{k}": v for k, v in GENERATE_METHODS.get(method, {}).items()}
             with tracking.active(tracking.start_run(name, parent_run_id=parent.run_id, params=params)) as child:
                 child.log_metrics({k: v for k, v in row.items() if isinstance(v, float)}, step=0)
                 for metric, by_lam in curves.get(name, {}).items():
