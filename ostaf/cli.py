@@ -43,6 +43,8 @@ def run_train(args: argparse.Namespace) -> None:
 
     result = train(config_from_args(TrainConfig, args))
     print(f"trained {result.step} steps ({result.seconds_per_step:.3f} s/step); checkpoint: {result.out}")
+    if result.nearest_words:
+        print(f"nearest vocabulary words of the token: {', '.join(result.nearest_words)}")
 
 
 def run_generate(args: argparse.Namespace) -> None:

@@ -127,6 +127,8 @@ def train_item(reference: str, model: str, train_options: dict, parent_run_id: s
     with tracking.active(logger, reopen=True):
         result = train(config, tracker=logger)
         logger.log_params({"seconds_per_step": round(result.seconds_per_step, 4)})
+        if result.nearest_words:  # --nn-contrastive: where e* ended up among the words
+            logger.log_params({"nearest_words": ", ".join(result.nearest_words)})
         logger.log_model(result.out, item["attribute"])
     return logger.run_id
 
