@@ -77,6 +77,7 @@ def test_each_mechanism_changes_training(masked_reference, tmp_path, name):
     on = train(tiny_config(masked_reference, tmp_path / "on", steps=3, **ON[name]), progress=False)
     a, b = tensors(off.out), tensors(on.out)
     assert any(not torch.equal(a[k], b[k]) for k in a), f"{name} changed nothing"
+    assert len(on.nearest_words) == (5 if name == "contrastive" else 0)  # printed and logged after training
 
 
 def test_binding_and_contrastive_losses_reach_only_the_token_and_offsets(reference, tmp_path):
