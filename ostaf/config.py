@@ -94,6 +94,15 @@ def validate_options(cls: type[C], options: Mapping[str, Any]) -> dict[str, Any]
     return values
 
 
+def dual_path_option() -> Any:
+    """The dual path's β: one field of both configs (it applies while training and while generating)."""
+    return opt(
+        1.0,
+        "Domain-Agnostic Tuning-Encoder dual path β: targeted attentions blend β·personalised + (1−β)·vanilla "
+        "(no offsets, the placeholder replaced by its nearest word); 1 = off",
+    )
+
+
 class _Config:
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
@@ -251,11 +260,7 @@ class TrainConfig(_Config):
     nn_k: int = opt(5, "positives of the contrastive loss: e*'s k nearest vocabulary embeddings (cosine)")
     nn_temperature: float = opt(0.07, "temperature of the contrastive loss")
     nn_vocab: int = opt(4096, "negatives: vocabulary rows sampled per step (0: the whole vocabulary)")
-    dual_path: float = opt(
-        1.0,
-        "Domain-Agnostic Tuning-Encoder dual path β: targeted attentions blend β·personalised + (1−β)·vanilla "
-        "(no offsets, the placeholder replaced by its nearest word); 1 = off",
-    )
+    dual_path: float = dual_path_option()
     train_lam: str = opt(
         "fixed", "λ during training: fixed (1, today) or uniform (drawn in [0, 1] per sample)", choices=TRAIN_LAMS
     )
@@ -333,11 +338,7 @@ class GenerateConfig(_Config):
     batch_size: int = opt(8, "images per denoising batch (several λ share one batch)")
     precision: str = opt("auto", "auto = fp16/bf16 on GPU, fp32 on CPU", choices=PRECISIONS)
     device: str = opt("auto", "torch device (auto: cuda if available)")
-    dual_path: float = opt(
-        1.0,
-        "Domain-Agnostic Tuning-Encoder dual path β: targeted attentions blend β·personalised + (1−β)·vanilla "
-        "(no offsets, the placeholder replaced by its nearest word); 1 = off",
-    )
+    dual_path: float = dual_path_option()
     reference_attention: float = opt(
         0.0,
         "DreamTuner self-subject-attention ω: generated queries also attend to the reference's foreground "

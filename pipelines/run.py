@@ -49,9 +49,7 @@ def compile_all(out: str | Path, parallelism: int = 4) -> list[Path]:
     return written
 
 
-def run_local(
-    name: str, params: dict[str, Any], pipeline_root: str | Path = "runs/kfp", parallelism: int = 1
-) -> Path:
+def run_local(name: str, params: dict[str, Any], pipeline_root: str | Path = "runs/kfp", parallelism: int = 1) -> Path:
     """Run a pipeline on this machine with the KFP subprocess runner; MLflow goes to ./mlflow.db by default.
 
     No retries here (a local failure is not a lost pod). Returns the aggregate task's table (Markdown file).
