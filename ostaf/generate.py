@@ -72,6 +72,8 @@ class Mechanisms:
     ) -> Mechanisms:
         mechanisms = cls()
         if config.dual_path < 1.0:
+            if not tokens:
+                raise OstafError("--dual-path blends a checkpoint's offsets with the base model: pass --ckpt DIR")
             mechanisms.dual_path = config.dual_path
             mechanisms.vanilla = VanillaPrompts(pipe.tokenizer, pipe.text_encoder, tokens)
             log.info("dual path: the vanilla path reads %s", mechanisms.vanilla.words)
