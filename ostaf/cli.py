@@ -57,12 +57,11 @@ def run_generate(args: argparse.Namespace) -> None:
 
 def run_preprocess(args: argparse.Namespace) -> None:
     from ostaf.models import model_resolution
-    from ostaf.preprocess import preprocess
-    from ostaf.segment import load_sam
+    from ostaf.preprocess import preprocess_reference
 
-    sam = load_sam(args.sam) if args.segment else None
     resolution = args.resolution or model_resolution(args.model)
-    result = preprocess(args.image, args.attribute, resolution, args.augment_bank, args.seed, sam)
+    sam = args.sam if args.segment else None
+    result = preprocess_reference(args.image, args.attribute, resolution, args.augment_bank, args.seed, sam)
     print(f"preprocessed reference written to {result.save(args.out)}")
 
 

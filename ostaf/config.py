@@ -28,6 +28,7 @@ SCHEDULERS = ("ddim", "pndm", "dpm", "euler")
 METRIC_MODELS = ("auto", "real", "tiny")
 TRAIN_LAMS = ("fixed", "uniform")
 REFERENCE_BLOCKS = ("decoder", "encoder", "all")
+LAM_LIMIT = 10.0  # |λ| beyond this saturates every modulated weight (W ⊙ (1 + λΔW)): refused, not rendered black
 DEFAULT_MODEL = "tiny"  # random weights, seconds on a CPU, no weights to find (attribute-world: small but trained)
 
 C = TypeVar("C", bound="_Config")
@@ -275,6 +276,7 @@ class TrainConfig(_Config):
             **{k: values[k] for k in ("checkpoint_every", "resolution", "attn_binding_res", "nn_vocab", "token_steps")},
             mask_dilation=values["mask_dilation"],
         )
+        _multiple_of_8(resolution=values["resolution"])
         _finite(**{k: values[k] for k in ("lr", "token_alpha", "token_reg", "attn_binding", "nn_contrastive")})
         _non_negative(attn_binding=values["attn_binding"], nn_contrastive=values["nn_contrastive"])
         _unit(dual_path=values["dual_path"])
@@ -327,7 +329,10 @@ class GenerateConfig(_Config):
         item_key="prompts",
         repeatable=True,
     )
-    lam: list[float] = opt([0.0, 0.5, 1.0], "λ values (offset strength); 0 = base model")
+    lam: list[float] = opt([0.0, 0.5, 1.0], "λ values (offset strength); 0 = no offsets (the learned token stays)")
+    lam_per_ckpt: list[float] = opt(
+        [], "one strength per --ckpt, multiplying each checkpoint's λ (e.g. 0.8 1.0 for a shape + an appearance one)"
+    )
     seeds: list[int] = opt([0, 1, 2], "one image per seed (and λ)")
     out: str = opt("runs/generate", "output directory", per_item=True)
     model: str = opt("", "base weights (default: the model the checkpoint was trained on)", per_item=True)
@@ -364,8 +369,20 @@ class GenerateConfig(_Config):
             seed_count=len(values["seeds"]),
         )
         _non_negative(resolution=values["resolution"])
+        _multiple_of_8(resolution=values["resolution"])
+        for lam in [*values["lam"], *values["lam_per_ckpt"]]:
+            if abs(lam) > LAM_LIMIT:
+                raise OstafError(
+                    f"λ = {lam:g} is far outside what offsets are trained for (|λ| ≤ {LAM_LIMIT:g}; 0 = no offsets, "
+                    "1 = as trained): a λ that large saturates every modulated weight"
+                )
 
     def check_item(self) -> None:
+        if self.lam_per_ckpt and len(self.lam_per_ckpt) != len(self.ckpt):
+            raise OstafError(
+                f"--lam-per-ckpt gives {len(self.lam_per_ckpt)} strength(s) for {len(self.ckpt)} checkpoint(s): "
+                "give one per --ckpt, in the same order"
+            )
         if not self.ckpt and not (self.reference_attention > 0 and self.reference_image):
             raise OstafError(
                 "no checkpoint given: pass --ckpt DIR (the --out of `ostaf train`), or --reference-attention ω with "
@@ -385,6 +402,14 @@ class EvaluateConfig(_Config):
         "the code path only), auto (real for real models, stand-ins for presets)",
         choices=METRIC_MODELS,
     )
+
+
+def _multiple_of_8(**values: int) -> None:
+    for name, value in values.items():
+        if value % 8:
+            raise OstafError(
+                f"{name} {value} is not a multiple of 8 (the latent grid needs it): use e.g. {max(8, value // 8 * 8)}"
+            )
 
 
 def _unit(**values: float) -> None:

@@ -29,6 +29,7 @@ from ostaf.checkpoint import apply, load_base_pipeline, load_checkpoint
 from ostaf.config import DEFAULT_MODEL, GenerateConfig
 from ostaf.errors import OstafError
 from ostaf.images import load_image, make_grid
+from ostaf.io import check_output_dir
 from ostaf.mechanisms.dual_path import VanillaPrompts
 from ostaf.mechanisms.reference_attention import ReferenceAttention
 from ostaf.models import load_pipeline, native_resolution
@@ -59,6 +60,7 @@ class Mechanisms:
 
     dual_path: float = 1.0  # β; < 1 needs `vanilla`
     vanilla: VanillaPrompts | None = None
+    strengths: list[float] | None = None  # one λ multiplier per adapter (--lam-per-ckpt); None: 1 each
     reference: ReferenceAttention | None = None  # self-subject-attention, installed on the pipeline
 
     @property
@@ -70,7 +72,7 @@ class Mechanisms:
     def from_config(
         cls, config: GenerateConfig, pipe: StableDiffusionPipeline, tokens: list[str], adapters: list, reference: str
     ) -> Mechanisms:
-        mechanisms = cls()
+        mechanisms = cls(strengths=list(config.lam_per_ckpt) or None)
         if config.dual_path < 1.0:
             if not tokens:
                 raise OstafError("--dual-path blends a checkpoint's offsets with the base model: pass --ckpt DIR")
@@ -156,20 +158,21 @@ def run_batch(
         height=size,
         width=size,
     )
+    strengths = mechanisms.strengths or [1.0] * len(adapters)
     if len(lams) == 1 and not mechanisms.unmerged:  # one λ: fold it into the weights
         lam = lams.pop()
-        merged = [a for a in adapters if not a.merged]
-        for adapter in merged:
-            adapter.merge(lam)
+        merged = [(a, s) for a, s in zip(adapters, strengths, strict=True) if not a.merged]
+        for adapter, strength in merged:
+            adapter.merge(lam * strength)
         try:
             return pipe(**kwargs).images
         finally:
-            for adapter in merged:
+            for adapter, _ in merged:
                 adapter.unmerge()
     scale = torch.tensor([s.lam for s in batch], dtype=torch.float32) if len(lams) > 1 else float(next(iter(lams)))
     with ExitStack() as stack:
-        for adapter in adapters:
-            adapter.set_scale(scale)
+        for adapter, strength in zip(adapters, strengths, strict=True):
+            adapter.set_scale(scale * strength)
             stack.callback(adapter.set_scale, 1.0)
             stack.enter_context(adapter.caching())  # W ⊙ ΔW once per sweep, not once per step
         if mechanisms.dual_path < 1.0:
@@ -210,6 +213,7 @@ def generate(
     Without a checkpoint (only with --reference-attention) the base model generates with the reference alone:
     DreamTuner's training-free path, a baseline.
     """
+    check_output_dir(config.out)
     checkpoints = [load_checkpoint(c) for c in config.ckpt]
     tokens = [c.token for c in checkpoints]
     if len(set(tokens)) != len(tokens):

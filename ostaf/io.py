@@ -56,3 +56,18 @@ def atomic_dir(path: str | Path, fill: Callable[[Path], None]) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def check_output_dir(path: str | Path) -> Path:
+    """Refuse an output folder that cannot be written before any work starts (a file there, no permission)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OstafError(f"--out {path} is an existing file, not a folder: choose a writable output directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-test.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise OstafError(f"cannot write into {path}: {err.strerror}; choose a writable output directory") from None
+    return path

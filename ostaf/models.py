@@ -243,8 +243,17 @@ def _random_pipeline(preset: Preset, seed: int) -> StableDiffusionPipeline:
     return pipe
 
 
+WEIGHT_FILES = (".safetensors", ".ckpt", ".bin", ".pt", ".pth")
+
+
 def _pretrained_pipeline(model: str, dtype: torch.dtype) -> StableDiffusionPipeline:
     path = Path(model).expanduser()
+    if not path.exists() and (path.suffix in WEIGHT_FILES or model.startswith(("/", "./", "../", "~"))):
+        raise OstafError(
+            f"{model} does not exist. Nothing is downloaded: --model takes a diffusers SD-1.x folder (with "
+            "model_index.json), a preset (attribute-world, tiny, sd14-random) or a hub id already in the Hugging Face "
+            "cache"
+        )
     source = str(path) if path.exists() else model
     if path.exists() and not (path / "model_index.json").is_file():
         raise OstafError(

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ostaf.attributes import get_attribute
+from ostaf.errors import OstafError
 from ostaf.images import fit_square, load_image, save_image
 from ostaf.io import write_json
 
@@ -101,9 +102,26 @@ def preprocess(
     return Preprocessed(image, mask, sample_recipes(image.size, attribute, resolution, bank, seed), attribute)
 
 
+def preprocess_reference(
+    path: str | Path, attribute: str, resolution: int, bank: int, seed: int, sam_spec: str | None
+) -> Preprocessed:
+    """`preprocess` with SAM loaded from `sam_spec` (None: no segmentation) only after the image was read, so a
+    bad image is the error a user sees first, not missing SAM weights."""
+    load_image(path)  # one clear error for an unreadable or odd image, before any weights are looked for
+    from ostaf.segment import load_sam  # segment-anything: only when segmenting
+
+    return preprocess(path, attribute, resolution, bank, seed, load_sam(sam_spec) if sam_spec else None)
+
+
 def load_preprocessed(folder: str | Path) -> Preprocessed:
     folder = Path(folder)
-    recipe = json.loads((folder / "recipe.json").read_text())
+    try:
+        recipe = json.loads((folder / "recipe.json").read_text())
+    except (OSError, ValueError) as err:
+        raise OstafError(
+            f"{folder} is a folder but not an `ostaf preprocess` output (recipe.json: {err.__class__.__name__}): "
+            f"pass an image file, or write the folder with `ostaf preprocess --image IMAGE --out {folder}`"
+        ) from None
     recipes = [
         AugmentRecipe(r["resolution"], tuple(r["resized"]), tuple(r["crop"]), r["flip"]) for r in recipe["recipes"]
     ]

@@ -92,15 +92,14 @@ def import_reference(image: str, attribute: str, class_name: str, prompts: list[
 def preprocess_item(benchmark: str, item_id: str, model: str, train_options: dict, dest: str) -> None:
     """SAM foreground + augmentation plan of one item, with its metadata in item.json."""
     from ostaf.models import model_resolution
-    from ostaf.preprocess import preprocess
-    from ostaf.segment import load_sam
+    from ostaf.preprocess import preprocess_reference
 
     item = load_manifest(benchmark).item(item_id).model_dump(mode="json")
     image = str(Path(benchmark) / item["image"])
     config = TrainConfig.for_item(item, train_options, image=image, model=model, out=dest)
     resolution = config.resolution or model_resolution(model)
-    sam = load_sam(config.sam) if config.segment else None
-    preprocess(config.image, config.attribute, resolution, config.augment_bank, config.seed, sam).save(dest)
+    sam = config.sam if config.segment else None
+    preprocess_reference(config.image, config.attribute, resolution, config.augment_bank, config.seed, sam).save(dest)
     write_json(Path(dest) / ITEM_FILE, item)
 
 

@@ -26,6 +26,7 @@ from ostaf.config import TrainConfig
 from ostaf.errors import OstafError
 from ostaf.image_encoder import ImageEncoder, load_image_encoder, saved_image_embedding
 from ostaf.images import to_tensor
+from ostaf.io import check_output_dir
 from ostaf.mechanisms import binding, dual_path, schedule
 from ostaf.mechanisms.contrastive import NearestWordContrast
 from ostaf.mechanisms.masked_loss import latent_masks, masked_mse
@@ -33,9 +34,8 @@ from ostaf.models import load_pipeline, native_resolution
 from ostaf.offsets import OffsetsAdapter
 from ostaf.offsets.processor import DetachedContextProcessor
 from ostaf.placeholder import PlaceholderEmbedding, add_placeholder, inject, word_embedding
-from ostaf.preprocess import Preprocessed, augment, load_preprocessed, preprocess
+from ostaf.preprocess import Preprocessed, augment, load_preprocessed, preprocess_reference
 from ostaf.runtime import autocast_dtype, progress_bar, resolve_device, seed_everything, seeded
-from ostaf.segment import load_sam
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,7 @@ def train(
 ) -> TrainResult:
     """Train and write checkpoints under `config.out`; resumes if a checkpoint is there."""
     tracker = tracker or NullTracker()
+    check_output_dir(config.out)  # before minutes of work, not at the first save
     generator = seed_everything(config.seed)
     setup = prepare(config, pipe, image_encoder)
     optimizer = make_optimizer(setup)
@@ -332,8 +333,8 @@ def load_reference(config: TrainConfig, resolution: int) -> Preprocessed:
     """A folder from `ostaf preprocess`, or the image preprocessed now (SAM only if `segment`)."""
     if Path(config.image).is_dir():
         return load_preprocessed(config.image)
-    sam = load_sam(config.sam) if config.segment else None
-    return preprocess(config.image, config.attribute, resolution, config.augment_bank, config.seed, sam)
+    sam = config.sam if config.segment else None
+    return preprocess_reference(config.image, config.attribute, resolution, config.augment_bank, config.seed, sam)
 
 
 @torch.no_grad()
