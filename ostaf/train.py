@@ -142,7 +142,7 @@ def train(
             kept = f"the last good checkpoint, {good}, is intact" if good else "no checkpoint had been written yet"
             raise OstafError(f"step {step + 1}: {err}; {kept}") from None
         losses.append(loss)
-        bar.set_postfix(loss=f"{loss:.4f}")
+        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)  # shown at the bar's own pace
         with torch.no_grad():
             tracker.log_metrics({"loss": loss, "token_norm": float(setup.token().norm())}, step + 1)
         if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -28,8 +27,9 @@ from ostaf.errors import OstafError
 from ostaf.flags import add_config_arguments, options_from_args, set_recipe_defaults
 from ostaf.recipes import RECIPES, Recipe, get_recipe
 from ostaf.runtime import CPU_ALLOCATOR_ENV
-from ostaf.tracking import provenance_tags
+from ostaf.tracking import provenance_tags, tracking_uri
 from pipelines.cluster import CLUSTER
+from pipelines.console import ANSI, quiet_run
 from pipelines.dags import build_benchmark, build_personalization
 
 REPO = Path(__file__).resolve().parents[1]
@@ -143,6 +143,7 @@ def build_parser(recipe: Recipe | None = None) -> argparse.ArgumentParser:
             p.add_argument("--package", default="build/pipelines", help="folder of compiled specs")
         else:
             p.add_argument("--pipeline-root", default="runs/kfp")
+            p.add_argument("--verbose", action="store_true", help="stream every task's full output (KFP's own)")
         if recipe is not None:
             set_recipe_defaults(p, recipe.train)
             set_recipe_defaults(p, recipe.generate, prefix="gen-")
@@ -204,14 +205,20 @@ def main(argv: list[str] | None = None) -> int:
             print(submit(package, params, args.host, args.namespace, args.experiment, None, args.service_account))
             return 0
         started = time.perf_counter()
+        log = Path(args.pipeline_root) / "logs" / f"{args.pipeline}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        print(f"running the {args.pipeline} pipeline on the KFP local runner (every task's full log: {log})")
         try:
-            table = run_local(args.pipeline, params, args.pipeline_root)
-        except RuntimeError as err:  # kfp's local runner: a task failed; its own error is logged above
-            message = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
-            print(f"pipelines run-local: error: {message} (the failing task's log is above)", file=sys.stderr)
+            with quiet_run(log, args.verbose):
+                table = run_local(args.pipeline, params, args.pipeline_root)
+        except RuntimeError as err:  # kfp's local runner: a task failed; its last lines are shown above
+            message = ANSI.sub("", str(err))
+            print(f"pipelines run-local: error: {message} (its full log: {log})", file=sys.stderr)
             return 1
-        print(f"local {args.pipeline} run finished in {time.perf_counter() - started:.0f} s")
+        print(f"local {args.pipeline} run finished in {time.perf_counter() - started:.0f} s\n")
         print(table.read_text())
+        print(
+            f"MLflow: .venv/bin/mlflow ui --backend-store-uri {tracking_uri()}  (the report: the parent run's report/)"
+        )
         return 0
     except OstafError as err:
         print(f"pipelines {args.command}: error: {err}", file=sys.stderr)

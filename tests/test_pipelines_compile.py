@@ -177,6 +177,15 @@ def test_a_failed_local_task_is_one_clear_error_naming_it(tmp_path, monkeypatch,
     (bench / "manifest.yaml").write_text(yaml.safe_dump({"name": "t", "version": 1, "items": [item]}))
     argv = ["run-local", "--source", str(bench), "--model", "tiny", "--no-segment", "--steps", "1"]
     assert run.main([*argv, "--pipeline-root", str(tmp_path / "kfp")]) == 1
-    err = capsys.readouterr().err.strip().splitlines()[-1]
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()[-1]
     assert err.startswith("pipelines run-local: error: Pipeline 'attribute-benchmark' finished with status FAILURE")
     assert "preprocess" in err and "\x1b" not in err
+    # the console: one line per task, the failed task's own last lines, no KFP internals; all of it in the log
+    out = captured.out
+    assert "executor_input" not in out and len(out.splitlines()) < 40
+    assert "select-items       success" in out and "preprocess         failure" in out
+    assert "broken.png" in out.split("preprocess         failure", 1)[1]  # the task's own error, shown
+    (log,) = (tmp_path / "kfp" / "logs").glob("benchmark-*.log")
+    assert str(log.relative_to(tmp_path)) in err.replace(str(tmp_path) + "/", "")
+    assert "executor_input" in log.read_text()

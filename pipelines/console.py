@@ -1,0 +1,95 @@
+"""What `run-local` shows: one line per task with its time, training progress, and a failed task's last lines.
+
+The KFP local runner prints every task's executor input, its outputs and its whole log to stdout. `quiet_run`
+sends all of that to a log file and writes a short summary to the terminal instead (`--verbose`: everything).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import sys
+import time
+import warnings
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stdout
+from pathlib import Path
+from typing import TextIO
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+STARTED = re.compile(r"Executing task '([^']+)'")
+FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
+PIPELINE = re.compile(r"Pipeline '([^']+)' finished with status (\w+)")
+PROGRESS = re.compile(r"(ostaf \w+): +(\d+)%\|.*?\| *(\d+/\d+)")
+RATE = re.compile(r"([\d.]+ ?(?:s/step|step/s))")
+LOSS = re.compile(r"loss=([\d.]+)")
+# noise of kfp 2.17's local runner that says nothing about this pipeline
+QUIET_WARNINGS = (r".*non-Python base image.*", r".*have no effect in the current local runner.*")
+
+
+class Summary(io.TextIOBase):
+    """A stdout stand-in: every line goes to the log; task starts/ends, progress and failures to the terminal."""
+
+    def __init__(self, log: TextIO, terminal: TextIO, tail: int = 15) -> None:
+        self.log, self.terminal = log, terminal
+        self.partial = ""
+        self.started: dict[str, float] = {}
+        self.recent: deque[str] = deque(maxlen=tail)
+        self.progress: tuple[str, str] | None = None  # the last progress line shown (the bar repeats 100 %)
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        lines = (self.partial + text.replace("\r", "\n")).split("\n")
+        self.partial = lines.pop()
+        for line in lines:
+            self.line(ANSI.sub("", line))
+        return len(text)
+
+    def flush(self) -> None:
+        self.log.flush()
+        self.terminal.flush()
+
+    def say(self, text: str) -> None:
+        self.terminal.write(text + "\n")
+        self.terminal.flush()
+
+    def line(self, line: str) -> None:
+        if line.strip():
+            self.recent.append(line.rstrip())
+        if found := STARTED.search(line):
+            self.started[found[1]] = time.monotonic()
+            self.recent.clear()
+        elif found := FINISHED.search(line):
+            task, status = found[1], found[2]
+            seconds = time.monotonic() - self.started.pop(task, time.monotonic())
+            self.say(f"  {task:<18} {status.lower():<8} {seconds:6.1f} s")
+            if status != "SUCCESS":
+                self.say("    its last log lines:")
+                for kept in list(self.recent)[:-1]:
+                    self.say(f"    | {kept.strip()[:400]}")
+        elif found := PIPELINE.search(line):
+            self.say(f"pipeline {found[1]}: {found[2].lower()}")
+        elif (found := PROGRESS.search(line)) and (found[1], found[2]) != self.progress:
+            self.progress = (found[1], found[2])
+            rate, loss = RATE.search(line), LOSS.search(line)
+            details = ", ".join(x for x in (rate and rate[1], loss and f"loss {loss[1]}") if x)
+            self.say(f"    {found[1]} {found[2]:>3}% {found[3]:>9}  {details}")
+
+
+@contextmanager
+def quiet_run(log_path: Path, verbose: bool = False) -> Iterator[Path]:
+    """Run a local pipeline with its full output in `log_path` and a summary (or everything) on the terminal."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w", buffering=1) as log:
+        if verbose:
+            yield log_path
+            return
+        summary = Summary(log, sys.stdout)
+        with warnings.catch_warnings(), redirect_stdout(summary):
+            for pattern in QUIET_WARNINGS:
+                warnings.filterwarnings("ignore", message=pattern)
+            yield log_path
