@@ -399,7 +399,7 @@ class EvaluateConfig(_Config):
     metric_models: str = opt(
         "auto",
         "networks behind CLIP-T/DINO/Gram/IoU: real (local weights, see `ostaf doctor`), tiny (random stand-ins: "
-        "the code path only), auto (real for real models, stand-ins for presets)",
+        "the code path only, numbers without meaning), auto (real for real models; for presets n/a: not computed)",
         choices=METRIC_MODELS,
     )
 

@@ -20,16 +20,20 @@ from ostaf.sweep import SweepIndex
 
 @dataclass
 class MetricModels:
-    clip: Any
+    clip: Any = None  # None: the metric is not computed (no weights, and no stand-ins asked for)
     dino: Any = None
     vgg: Any = None
     sam: Any = None
 
 
 def metric_spec(config: EvaluateConfig, model: str) -> str:
-    """What the metric loaders take for a run on `model`: 'tiny' (random stand-ins) or 'auto' (real weights)."""
-    if config.metric_models == "tiny" or (config.metric_models == "auto" and is_any_preset(model)):
+    """What the metric loaders take for a run on `model`: 'auto' (real weights), 'tiny' (random stand-ins, only
+    when asked for), or 'none' (a preset with `auto`: no real weights exist for it here, and stand-in numbers
+    would mean nothing, so the paper's metrics are n/a)."""
+    if config.metric_models == "tiny":
         return "tiny"
+    if config.metric_models == "auto" and is_any_preset(model):
+        return "none"
     return "auto"
 
 
@@ -39,6 +43,8 @@ def load_metric_models(attribute: str, spec: str = "auto") -> MetricModels:
     from ostaf.metric_models import load_dino, load_vgg_features
     from ostaf.segment import load_sam
 
+    if spec == "none":
+        return MetricModels()
     clip = load_image_encoder("tiny" if spec == "tiny" else "real").model
     if "iou" in COLUMNS[attribute]:
         return MetricModels(clip, sam=load_sam(spec))
@@ -54,7 +60,9 @@ def evaluate_sweep(generated: str | Path, reference: Preprocessed, models: Metri
     rows = []
     for (prompt, lam), paths in groups.items():
         images = [load_image(p) for p in paths]
-        row: dict[str, Any] = {"prompt": prompt, "lam": lam, "n": len(images), **clip_t(models.clip, images, prompt)}
+        row: dict[str, Any] = {"prompt": prompt, "lam": lam, "n": len(images)}
+        if models.clip is not None:
+            row |= clip_t(models.clip, images, prompt)
         if models.dino is not None:
             row["dino"] = dino_similarity(models.dino, images, reference.image)
         if models.vgg is not None:

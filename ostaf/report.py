@@ -128,7 +128,22 @@ def plot_lambda_curves(curves: Curves, metrics: Iterable[str], path: str | Path,
     return out
 
 
-def plot_curves(rows: list[dict], path: str | Path) -> Path:
-    """Metric vs λ, one panel per paper metric, one line per attribute."""
-    metrics = ["clip_t", "dino", "gram", "iou"]
+NOT_COMPUTED = (
+    "CLIP-T, DINO, Gram and IoU: n/a (no weights for them here, see `ostaf doctor`; `--metric-models tiny` "
+    "computes them with random stand-ins, whose numbers mean nothing)"
+)
+
+
+def missing_paper_metrics(rows: list[dict]) -> bool:
+    """True when no row holds any of the paper's metrics (they were not computed)."""
+    paper = {m for ms in COLUMNS.values() for m in ms}
+    return not any(m in row for row in rows for m in paper)
+
+
+def plot_curves(rows: list[dict], path: str | Path) -> Path | None:
+    """Metric vs λ, one panel per metric the rows hold (the paper's, then exact ones), one line per attribute;
+    None when they hold none."""
+    metrics = [m for m in table_metrics() if any(row.get(m) is not None for row in rows)]
+    if not metrics:
+        return None
     return plot_lambda_curves(lambda_curves(rows, lambda r: r["attribute"], metrics), metrics, path)

@@ -26,7 +26,15 @@ from ostaf.config import EvaluateConfig, GenerateConfig, TrainConfig, validate_o
 from ostaf.errors import OstafError
 from ostaf.images import load_image, save_image
 from ostaf.io import write_json
-from ostaf.report import paper_table, plot_curves, table_metrics, to_markdown, write_table
+from ostaf.report import (
+    NOT_COMPUTED,
+    missing_paper_metrics,
+    paper_table,
+    plot_curves,
+    table_metrics,
+    to_markdown,
+    write_table,
+)
 from ostaf.sweep import SweepIndex, slug
 
 ITEM_FILE = "item.json"
@@ -166,11 +174,13 @@ def evaluate_item(
     rows = [{"item": item["id"], "attribute": item["attribute"], **row} for row in rows]
     write_json(Path(dest) / SCORES_FILE, rows)
     means = by_lambda(rows)
+    plot = plot_curves(rows, Path(dest) / "metrics_vs_lambda.png")  # the metrics that were computed
     if run_id:
         with tracking.active(tracking.RunLogger(run_id), reopen=True) as logger:
             for index, (lam, metrics) in enumerate(means.items()):
                 logger.log_metrics({f"{k}/lam_{lam:g}": v for k, v in metrics.items()}, step=index)
-            tracking.log_plot(logger, lambda p: plot_curves(rows, p), "plots/metrics_vs_lambda.png")
+            if plot:
+                logger.log_artifact(plot, "plots")
     top = means[max(means)]
     known = table_metrics()
     return {k: v for k, v in top.items() if k in known}
@@ -185,6 +195,8 @@ def aggregate(score_dirs: list[str], parent_run_id: str, dest: str, lam: float |
     write_json(Path(dest) / SCORES_FILE, rows)
     plot_curves(rows, Path(dest) / "metrics_vs_lambda.png")
     markdown = f"Attribute Benchmark at λ = {lam:g}\n\n{to_markdown(table)}"
+    if missing_paper_metrics(rows):
+        markdown += f"\n{NOT_COMPUTED}\n"
     if parent_run_id:
         logger = tracking.RunLogger(parent_run_id)
         logger.log_artifact(dest, "report")

@@ -376,11 +376,3 @@ def _log_model(run_id: str, checkpoint: str | Path, attribute: str) -> str:
             pip_requirements=["ostaf"],
         )
     return info.model_uri
-
-
-def log_plot(logger: RunLogger, write_png, artifact_file: str) -> None:
-    """Log a plot drawn by `write_png(path)`."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / Path(artifact_file).name
-        write_png(path)
-        logger.log_artifact(path, str(Path(artifact_file).parent) if "/" in artifact_file else None)

@@ -155,3 +155,36 @@ def test_benchmark_pipeline_runs_on_world_references_with_the_world_model_and_ev
     table = table.read_text()
     assert "| shape | 1 |" in table
     assert all(metric in table for metric in ("shape_iou", "shape_match", "text_control"))
+
+
+def test_stand_in_metrics_are_not_computed_unless_asked_for(tmp_path):
+    """A preset with `--metric-models auto`: the paper's metrics are n/a (left out, with a note), the world's exact
+    ones are there; `tiny` computes the stand-ins on request."""
+    from PIL import Image
+
+    from ostaf.preprocess import preprocess
+    from ostaf.steps import ITEM_FILE, aggregate, evaluate_item
+    from ostaf.sweep import PromptResult, write_sweep
+    from ostaf.world.references import benchmark_item
+
+    ref = references(1)[0]  # a shape reference
+    item = benchmark_item(ref)
+    Image.fromarray(ref.world().image).save(tmp_path / "ref.png")
+    reference = preprocess(tmp_path / "ref.png", "shape", 64, 1, 0, None).save(tmp_path / "reference")
+    (reference / ITEM_FILE).write_text(json.dumps(item))
+    answer = Image.fromarray(ref.world().image)
+    images = {(1.0, 0): answer}
+    write_sweep(tmp_path / "images", [PromptResult(item["prompts"][0], images, answer)], {})
+    scores = {}
+    for spec in ("auto", "tiny"):
+        dest = tmp_path / f"scores-{spec}"
+        top = evaluate_item(
+            str(tmp_path / "images"), str(reference), "attribute-world", {"metric_models": spec}, "", str(dest)
+        )
+        scores[spec] = (top, aggregate([str(dest)], "", str(tmp_path / f"report-{spec}")))
+    auto, auto_table = scores["auto"]
+    assert "clip_t" not in auto and "iou" not in auto and auto["shape_match"] == 1.0
+    assert "clip_t" not in auto_table and "n/a (no weights for them here" in auto_table and "shape_iou" in auto_table
+    tiny, tiny_table = scores["tiny"]
+    assert {"clip_t", "iou", "shape_iou"} <= set(tiny) and "n/a" not in tiny_table
+    assert (tmp_path / "scores-auto" / "metrics_vs_lambda.png").is_file()  # the curves of what was computed
