@@ -76,7 +76,8 @@ class TrainingSetup:
     binding_masks: torch.Tensor | None = None  # (K, 1, h, w) per augmentation: binding targets
     attention: binding.AttentionRecord | None = None  # --attn-binding
     contrast: NearestWordContrast | None = None  # --nn-contrastive
-    vocabulary: torch.Tensor | None = None  # (V, D) the words before the placeholder: --dual-path
+    vocabulary: torch.Tensor | None = None  # (V, D) unit rows of the words before the placeholder: --dual-path
+    vanilla: tuple[int, torch.Tensor] | None = None  # (nearest word, its hard prompt's context), reused while it holds
 
     @property
     def unet(self):
@@ -272,12 +273,13 @@ def prepare_mechanisms(
         resolution = config.attn_binding_res or binding.middle_resolution(pipe.unet, latent_size[-1])
         state["attention"] = binding.AttentionRecord(positions, resolution)
         binding.install_probes(pipe.unet, state["attention"])
-    vocabulary = pipe.text_encoder.get_input_embeddings().weight[:token_id]  # a view: the words before *a/*m/*s
+    if config.dual_path < 1.0 or config.nn_contrastive:  # unit rows of the words before *a/*m/*s, once, shared
+        words = F.normalize(pipe.text_encoder.get_input_embeddings().weight[:token_id].detach().float(), dim=-1)
     if config.dual_path < 1.0:
-        state["vocabulary"] = vocabulary
+        state["vocabulary"] = words
     if config.nn_contrastive:
         state["contrast"] = NearestWordContrast(
-            vocabulary, config.nn_k, config.nn_temperature, config.nn_vocab, config.seed
+            words, config.nn_k, config.nn_temperature, config.nn_vocab, config.seed, normalised=True
         )
     return state
 
@@ -438,9 +440,12 @@ def denoising_loss(
 @torch.no_grad()
 def vanilla_context(setup: TrainingSetup) -> torch.Tensor:
     """The dual path's hard prompt: the training prompt with e* replaced by its nearest word now, (1, T, D)."""
-    word = dual_path.nearest_word(setup.token(), setup.vocabulary)
-    with autocast(setup):
-        return setup.pipe.text_encoder(dual_path.hard_ids(setup.input_ids, {setup.token_id: word}))[0]
+    word = dual_path.nearest_word(setup.token(), setup.vocabulary, normalised=True)
+    if setup.vanilla is None or setup.vanilla[0] != word:  # the frozen text encoder gives the same context again
+        with autocast(setup):
+            context = setup.pipe.text_encoder(dual_path.hard_ids(setup.input_ids, {setup.token_id: word}))[0]
+        setup.vanilla = (word, context)
+    return setup.vanilla[1]
 
 
 def mechanism_loss(setup: TrainingSetup, batch: Batch) -> torch.Tensor | None:

@@ -14,8 +14,11 @@ from torch.nn import functional as F
 
 
 class NearestWordContrast:
-    def __init__(self, vocabulary: torch.Tensor, k: int, temperature: float, sample: int, seed: int) -> None:
-        self.vocabulary = F.normalize(vocabulary.detach().float(), dim=-1)  # (V, d), the words before any placeholder
+    def __init__(
+        self, vocabulary: torch.Tensor, k: int, temperature: float, sample: int, seed: int, normalised: bool = False
+    ) -> None:
+        rows = vocabulary.detach().float()
+        self.vocabulary = rows if normalised else F.normalize(rows, dim=-1)  # (V, d), the words before any placeholder
         self.k, self.temperature, self.sample, self.seed = k, temperature, sample, seed
 
     def similarities(self, embedding: torch.Tensor) -> torch.Tensor:

@@ -13,10 +13,11 @@ import torch
 from torch.nn import functional as F
 
 
-def nearest_word(embedding: torch.Tensor, vocabulary: torch.Tensor) -> int:
-    """The vocabulary id whose embedding is closest (cosine) to `embedding`."""
+def nearest_word(embedding: torch.Tensor, vocabulary: torch.Tensor, normalised: bool = False) -> int:
+    """The vocabulary id whose embedding is closest (cosine) to `embedding` (`normalised`: rows are unit already)."""
     with torch.no_grad():
-        cos = F.normalize(vocabulary.float(), dim=-1) @ F.normalize(embedding.float().to(vocabulary.device), dim=-1)
+        rows = vocabulary if normalised else F.normalize(vocabulary.float(), dim=-1)
+        cos = rows @ F.normalize(embedding.float().to(vocabulary.device), dim=-1)
     return int(cos.argmax())
 
 
