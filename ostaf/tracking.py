@@ -281,10 +281,26 @@ def sync_spool(spool: str | Path | None = None) -> dict[str, int]:
     return sent
 
 
+# MLflow 3 opens an experiment without a kind in its GenAI view (traces, token usage): this is model training
+EXPERIMENT_TAGS = {
+    "mlflow.experimentKind": "custom_model_development",
+    "mlflow.note.content": (
+        "OSTAF: one-shot attribute-focused personalisation of Stable Diffusion. One parent run per pipeline or "
+        "benchmark run, one nested run per reference image (loss, per-λ metrics, grids, the checkpoint as a model)."
+    ),
+}
+
+
 def experiment_id(name: str = EXPERIMENT) -> str:
+    """The experiment's id, created (with its kind and description) when it does not exist yet."""
     c = client()
     found = c.get_experiment_by_name(name)
-    return found.experiment_id if found else c.create_experiment(name)
+    if found is None:
+        return c.create_experiment(name, tags=EXPERIMENT_TAGS)
+    for key, value in EXPERIMENT_TAGS.items():  # an experiment made by an older ostaf
+        if key not in found.tags:
+            c.set_experiment_tag(found.experiment_id, key, value)
+    return found.experiment_id
 
 
 def start_run(

@@ -193,3 +193,14 @@ def test_the_installed_package_loads_the_world_model_outside_the_repository(tmp_
     package, model_dir, loaded = run.stdout.strip().splitlines()[-3:]
     assert package.startswith(str(target)) and model_dir.startswith(str(target))
     assert loaded == "UNet2DConditionModel False"
+
+
+def test_the_experiment_is_a_model_training_one_with_a_description(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    tracking.start_run("a run")
+    tags = MlflowClient(uri).get_experiment_by_name("ostaf").tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"  # not MLflow 3's GenAI view
+    assert tags["mlflow.note.content"].startswith("OSTAF")
