@@ -4,9 +4,11 @@ A checkpoint folder holds
     ostaf.safetensors     offsets.<layer>.<param>   the hypernetworks
                           token.embedding           the learned e* (what generation uses)
                           token.init.<param>        the token-init MLP f and its inputs (to resume)
-                          unet.<param>              U-Net weights that trained (`paper`, `blocks`, `unet`)
+                          unet.<param>              U-Net weights that trained (`paper`, `blocks`, `unet`;
+                                                    `lora`: its peft LoRA layers, `…to_q.lora_A.ostaf_m.weight`)
     ostaf.json            the card: format, attribute, token, base model (name and the seed that built
-                          it), offsets config, trainable, step, training config, optimizer param groups
+                          it), offsets config, trainable, `lora` (its layers and rank, for `lora`), step,
+                          training config, optimizer param groups
     trainer.safetensors   only in the newest folder of a run: what resuming needs
                           optim.<index>.<name>      AdamW moments and step counts
                           rng.generator, rng.torch, rng.cuda.<i>   the run's random states
@@ -31,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from ostaf.config import default_of
 from ostaf.errors import OstafError
 from ostaf.io import atomic_write, write_json
+from ostaf.lora import LoraAdapter, LoraSpec
 from ostaf.models import BaseModel, base_of, load_pipeline
 from ostaf.offsets import OffsetsAdapter, OffsetsConfig
 from ostaf.placeholder import add_placeholder
@@ -116,27 +119,35 @@ def load_base_pipeline(
     return load_pipeline(base.model, seed=base.seed, dtype=dtype)
 
 
-def apply(pipe: StableDiffusionPipeline, ckpt: str | Path | Checkpoint, lam: float = 1.0) -> OffsetsAdapter:
+def apply(
+    pipe: StableDiffusionPipeline, ckpt: str | Path | Checkpoint, lam: float = 1.0
+) -> OffsetsAdapter | LoraAdapter:
     """Turn a stock `StableDiffusionPipeline` into a personalised one, in place.
 
     Adds the checkpoint's placeholder token with its learned embedding, installs
     its offsets with strength `lam`, and loads the U-Net weights that trained (for
     `paper` and the fine-tuning baselines). Apply a shape and an appearance checkpoint
     to the same pipeline to use both tokens in one prompt. Returns the adapter, whose
-    `set_scale`, `merge` and `unmerge` control λ afterwards.
+    `set_scale`, `merge` and `unmerge` control λ afterwards (the LoRA's, for `--trainable lora`).
     """
     ckpt = ckpt if isinstance(ckpt, Checkpoint) else load_checkpoint(ckpt)
     config = OffsetsConfig.from_dict(ckpt.card["offsets"])
     adapter = OffsetsAdapter.install(pipe.unet, config, ckpt.token)
     try:
+        lora = (
+            LoraAdapter.install(pipe.unet, LoraSpec.from_dict(ckpt.card["lora"]), ckpt.token)
+            if "lora" in ckpt.card
+            else None
+        )
         adapter.load_state_dict(ckpt.section("offsets."))
         load_unet_weights(pipe.unet, ckpt.section("unet."))
         add_placeholder(pipe.tokenizer, pipe.text_encoder, ckpt.token, ckpt.tensors["token.embedding"])
     except BaseException:
         adapter.uninstall()
         raise
-    adapter.set_scale(lam)
-    return adapter
+    driven = lora or adapter
+    driven.set_scale(lam)
+    return driven
 
 
 def load_unet_weights(unet: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
@@ -177,6 +188,7 @@ def card(setup: TrainingSetup, step: int) -> dict:
         "base": {"model": base.model, "seed": base.seed},
         "offsets": setup.adapter.config.to_dict(),
         "trainable": setup.config.trainable,
+        **({"lora": setup.lora.spec.to_dict()} if setup.lora else {}),
         "step": step,
         "train": setup.config.to_dict(),
     }

@@ -9,26 +9,32 @@ from collections.abc import Callable
 
 from ostaf.config import DEFAULT_MODEL, GenerateConfig, TrainConfig
 from ostaf.errors import OstafError
-from ostaf.flags import add_config_arguments, config_from_args
+from ostaf.flags import add_config_arguments, config_from_args, set_recipe_defaults
+from ostaf.recipes import RECIPES, Recipe
 from ostaf.runtime import tune_cpu_allocator
 
 # `ostaf preprocess` takes these TrainConfig fields: the same flags, defaults and help as `ostaf train`
 PREPROCESS_FIELDS = ("image", "attribute", "model", "out", "resolution", "augment_bank", "seed", "sam", "segment")
 
 
-def build_parser() -> argparse.ArgumentParser:
+RECIPE_HELP = "take a named recipe's option values as defaults (explicit flags still win): " + "; ".join(
+    f"{r.name}: {r.description}" for r in RECIPES.values()
+)
+
+
+def build_parser(recipe: Recipe | None = None) -> argparse.ArgumentParser:
+    """The CLI; with `recipe`, its option values are the defaults of `train` and `generate`."""
     parser = argparse.ArgumentParser(prog="ostaf", description="One-shot attribute-focused personalisation of SD.")
     sub = parser.add_subparsers(dest="command", required=True)
-    add_config_arguments(
-        sub.add_parser("train", help="learn an attribute of one reference image", description=TrainConfig.__doc__),
-        TrainConfig,
+    train = sub.add_parser("train", help="learn an attribute of one reference image", description=TrainConfig.__doc__)
+    add_config_arguments(train, TrainConfig)
+    generate = sub.add_parser(
+        "generate", help="generate a λ sweep from trained checkpoint(s)", description=GenerateConfig.__doc__
     )
-    add_config_arguments(
-        sub.add_parser(
-            "generate", help="generate a λ sweep from trained checkpoint(s)", description=GenerateConfig.__doc__
-        ),
-        GenerateConfig,
-    )
+    add_config_arguments(generate, GenerateConfig)
+    for command, values in ((train, recipe.train if recipe else {}), (generate, recipe.generate if recipe else {})):
+        command.add_argument("--recipe", choices=list(RECIPES), help=RECIPE_HELP)
+        set_recipe_defaults(command, values)
     pre = sub.add_parser("preprocess", help="segment and plan augmentations of one reference (as training does)")
     add_config_arguments(pre, TrainConfig, only=PREPROCESS_FIELDS, required=("out",))
     doctor = sub.add_parser("doctor", help="list the models the pipeline needs and where they were looked for")
@@ -90,9 +96,17 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
 }
 
 
+def recipe_of(argv: list[str] | None) -> Recipe | None:
+    """The recipe `--recipe NAME` names, read before the real parse (an unknown name is the parser's error)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--recipe")
+    known, _ = pre.parse_known_args(argv)
+    return RECIPES.get(known.recipe or "")
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    args = build_parser(recipe_of(argv)).parse_args(argv)
     tune_cpu_allocator()
     try:
         COMMANDS[args.command](args)

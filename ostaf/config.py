@@ -17,9 +17,10 @@ from typing import Any, TypeVar
 from ostaf.attributes import get_attribute
 from ostaf.errors import OstafError
 from ostaf.offsets import OffsetsConfig
+from ostaf.offsets.config import PROJECTIONS
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-TRAINABLES = ("lite", "paper", "token", "blocks", "unet")
+TRAINABLES = ("lite", "paper", "token", "blocks", "unet", "lora")
 # which trainables use the hypernetwork; the others are the paper's baselines (ΔW held at 0)
 OFFSET_TRAINABLES = ("lite", "paper")
 TOKEN_INITS = ("clip", "word")
@@ -206,9 +207,11 @@ class TrainConfig(_Config):
         "lite",
         "lite: offsets + token; paper: also every weight of the targeted blocks (authors' code); baselines "
         "without the hypernetwork: token (textual inversion), blocks (token + targeted blocks' weights, "
-        "the paper's fine-tuned SD), unet (token + the whole U-Net, DreamBooth-like)",
+        "the paper's fine-tuned SD), unet (token + the whole U-Net, DreamBooth-like), lora (token + peft LoRA on "
+        "the q/k/v the offsets would modulate; λ is its scale)",
         choices=TRAINABLES,
     )
+    lora_rank: int = opt(4, "LoRA rank (--trainable lora)")
     offset_mode: str = opt(
         "multiplicative", "W ⊙ (1 + λΔW) (authors' code) or W + λΔW", choices=("multiplicative", "additive")
     )
@@ -271,7 +274,7 @@ class TrainConfig(_Config):
 
     @staticmethod
     def check_options(values: Mapping[str, Any]) -> None:
-        _positive(**{k: values[k] for k in ("steps", "grad_accum", "batch_size", "augment_bank", "nn_k")})
+        _positive(**{k: values[k] for k in ("steps", "grad_accum", "batch_size", "augment_bank", "nn_k", "lora_rank")})
         _non_negative(
             **{k: values[k] for k in ("checkpoint_every", "resolution", "attn_binding_res", "nn_vocab", "token_steps")},
             mask_dilation=values["mask_dilation"],
@@ -302,7 +305,8 @@ class TrainConfig(_Config):
         part = get_attribute(self.attribute).part if self.part == "auto" else self.part
         parts = (part, "mid") if self.include_mid else (part,)
         zero = self.zero_init or not self.uses_offsets
-        return OffsetsConfig(parts=parts, mode=self.offset_mode, zero_init=zero)
+        projections = () if self.trainable == "lora" else PROJECTIONS  # LoRA takes the q/k/v instead
+        return OffsetsConfig(parts=parts, projections=projections, mode=self.offset_mode, zero_init=zero)
 
     @property
     def uses_offsets(self) -> bool:

@@ -25,7 +25,7 @@ def pull(source: str) -> Path:
     into DVC's cache and only then checks it out, so a failed transfer never leaves a partial ``data/``."""
     group = groups.of_source(source)
     if group is not None:
-        folder = Path(tempfile.gettempdir()) / f"ostaf-{group.name}-benchmark"
+        folder = Path(tempfile.gettempdir()) / f"ostaf-{group.name}-benchmark-v{group.version}"
         return folder if (folder / MANIFEST).is_file() else atomic_dir(folder, group.write_benchmark)
     if not source.startswith("dvc:"):
         return Path(source)

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     out = Path(args.out)
     started = time.perf_counter()
-    shape_ref, look_ref = references(1)
+    shape_ref, look_ref = references(1, attributes=("shape", "appearance"))
     ckpts = {}
     for ref in (shape_ref, look_ref):
         image = save_image(Image.fromarray(ref.world().image), out / f"reference-{ref.attribute}.png")

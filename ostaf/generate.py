@@ -147,6 +147,13 @@ def run_batch(
 ) -> list[Image.Image]:
     """One denoising batch; each sample gets its own seed's noise and its own λ."""
     mechanisms = mechanisms or Mechanisms()
+    if len({s.lam for s in batch}) > 1 and not all(a.per_sample for a in adapters):
+        made: dict[int, Image.Image] = {}  # LoRA: one λ per forward, so one batch per λ, in the batch's order
+        for lam in sorted({s.lam for s in batch}):
+            part = [s for s in batch if s.lam == lam]
+            images = run_batch(pipe, adapters, part, num_steps, guidance, resolution, mechanisms)
+            made.update({id(s): image for s, image in zip(part, images, strict=True)})
+        return [made[id(s)] for s in batch]
     size = resolution or native_resolution(pipe)
     generators = [torch.Generator().manual_seed(s.seed) for s in batch]
     lams = {s.lam for s in batch}

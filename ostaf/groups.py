@@ -29,6 +29,7 @@ class Group:
     score_sweep: Callable[[Any, dict], Scores]  # (SweepIndex, manifest item) → exact metrics
     columns: dict[str, tuple[str, ...]] = field(default_factory=dict)  # attribute → exact metric columns
     models: tuple[str, ...] = ()  # models whose default benchmark source this group is
+    version: str = "1"  # bumped when the references change: a folder written by another version is not reused
 
 
 def register(group: Group) -> Group:

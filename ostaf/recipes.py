@@ -33,7 +33,12 @@ WORLD = Recipe(
     generate=dict(num_steps=25, guidance=5.0, seeds=[0, 1, 2], lam=[0.0, 0.25, 0.5, 0.75, 1.0]),
 )
 
-RECIPES: dict[str, Recipe] = {r.name: r for r in (WORLD,)}
+PAPER = Recipe(
+    "paper",
+    "the authors' settings: every option at its default (OSTAF paper hypernetworks with their random init, "
+    "3000 steps at lr 1e-6, SAM, CLIP token init, 50 denoising steps)",
+)
+RECIPES: dict[str, Recipe] = {r.name: r for r in (PAPER, WORLD)}
 
 
 def get_recipe(name: str) -> Recipe:

@@ -27,6 +27,7 @@ from ostaf.errors import OstafError
 from ostaf.image_encoder import ImageEncoder, load_image_encoder, saved_image_embedding
 from ostaf.images import to_tensor
 from ostaf.io import check_output_dir
+from ostaf.lora import LoraAdapter, LoraSpec
 from ostaf.mechanisms import binding, dual_path, schedule
 from ostaf.mechanisms.contrastive import NearestWordContrast
 from ostaf.mechanisms.masked_loss import latent_masks, masked_mse
@@ -68,6 +69,7 @@ class TrainingSetup:
     device: torch.device
     amp_dtype: torch.dtype | None
     trainable: list[torch.nn.Parameter] = field(default_factory=list)
+    lora: LoraAdapter | None = None  # --trainable lora: its weights are U-Net parameters (saved as unet.*)
     token_hook: RemovableHandle | None = None
     cached_context: torch.Tensor | None = None  # text states when the token is frozen
     step: int = 0  # the 0-based step being trained (`schedule.enter_step`)
@@ -202,9 +204,14 @@ def prepare(
         pipe.unet.to(amp_dtype)  # the VAE stays fp32: it encodes the reference once, where fp16 can overflow
         pipe.text_encoder.to(amp_dtype)
 
-    with seeded(config.seed):  # the offsets' initial weights depend on the seed only
+    lora = None
+    with seeded(config.seed):  # the offsets' (or LoRA's) initial weights depend on the seed only
         adapter = OffsetsAdapter.install(pipe.unet, config.offsets_config(), attribute.token)
+        if config.trainable == "lora":
+            spec = LoraSpec(tuple(adapter.processors), rank=config.lora_rank)
+            lora = LoraAdapter.install(pipe.unet, spec, attribute.token)
     trainable = list(adapter.parameters()) if config.uses_offsets else []
+    trainable += list(lora.parameters()) if lora else []
     if config.trainable in ("paper", "blocks"):
         trainable += unfreeze_blocks(pipe, adapter.blocks())
     elif config.trainable == "unet":
@@ -243,6 +250,7 @@ def prepare(
         device=device,
         amp_dtype=amp_dtype,
         trainable=trainable,
+        lora=lora,
         token_hook=hook,
         **mechanisms,
     )

@@ -128,7 +128,8 @@ def test_item_groups_are_found_through_the_registry():
     world = groups.of_item({"group": "attribute-world"})
     assert world is not None and groups.of_source("world") is world and groups.of_model("attribute-world") is world
     assert groups.of_item({"group": None}) is None and groups.of_source("dvc:/x") is None
-    assert columns("shape") == ("clip_t", "iou", "shape_iou", "shape_match", "text_control")
+    assert columns("shape") == ("clip_t", "iou", "shape_iou", "shape_match", "text_control", "leakage")
+    assert columns("style") == ("clip_t", "dino", "gram", "style_dist", "style_match", "text_control", "leakage")
 
 
 def test_the_manifest_schema_does_not_import_the_world():
@@ -204,3 +205,19 @@ def test_the_experiment_is_a_model_training_one_with_a_description(tmp_path, mon
     tags = MlflowClient(uri).get_experiment_by_name("ostaf").tags
     assert tags["mlflow.experimentKind"] == "custom_model_development"  # not MLflow 3's GenAI view
     assert tags["mlflow.note.content"].startswith("OSTAF")
+
+
+def test_a_recipe_sets_the_cli_defaults_and_explicit_flags_still_win():
+    from ostaf.cli import build_parser, recipe_of
+    from ostaf.recipes import RECIPES
+
+    assert {"paper", "world"} <= set(RECIPES)
+    argv = ["train", "--image", "x.png", "--class-name", "vase", "--recipe", "world"]
+    args = build_parser(recipe_of(argv)).parse_args(argv)
+    assert (args.steps, args.lr, args.token_init, args.segment) == (200, 1e-3, "word", False)
+    args = build_parser(recipe_of([*argv, "--steps", "7"])).parse_args([*argv, "--steps", "7"])
+    assert args.steps == 7
+    paper = ["train", "--image", "x.png", "--class-name", "vase", "--recipe", "paper"]
+    assert build_parser(recipe_of(paper)).parse_args(paper).steps == 3000  # the authors' defaults
+    gen = ["generate", "--ckpt", "c", "--prompt", "a *m", "--recipe", "world"]
+    assert build_parser(recipe_of(gen)).parse_args(gen).num_steps == 25

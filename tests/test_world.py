@@ -7,11 +7,15 @@ from ostaf.world.evaluate import (
     appearance_distance,
     classify_colour,
     classify_shape,
+    classify_style,
     classify_texture,
     recover_mask,
     shape_iou,
+    style_distance,
+    style_features,
 )
 from ostaf.world.generator import COLOURS, SHAPES, STYLES, TEXTURES, Factors, is_held_out, render, sample
+from ostaf.world.pretrain import caption_variant
 
 
 def test_generator_is_deterministic_and_seeds_differ():
@@ -21,22 +25,37 @@ def test_generator_is_deterministic_and_seeds_differ():
 
 
 def test_factor_counts_and_captions():
-    assert len(SHAPES) >= 8 and len(COLOURS) >= 6 and len(TEXTURES) >= 4 and len(STYLES) >= 2
+    assert len(SHAPES) >= 8 and len(COLOURS) >= 6 and len(TEXTURES) >= 4 and len(STYLES) >= 4
     assert Factors("star", "red", "striped").caption() == "a red striped star"
-    assert Factors("ring", "blue", "solid", "noisy").caption() == "a blue plain ring, noisy style"
+    assert Factors("ring", "blue", "solid", "outlined").caption() == "a blue plain ring, outlined style"
+
+
+def test_pretraining_captions_name_every_style_but_flat_and_the_style_phrasing_names_flat_too():
+    styled, flat = Factors("ring", "blue", "solid", "shadowed"), Factors("ring", "blue", "solid")
+    for template in range(4):
+        assert "shadowed" in caption_variant(styled, template)
+    assert [caption_variant(flat, t) for t in range(3)] == [
+        "a blue plain ring",
+        "a blue plain object in the shape of a ring",
+        "a ring in the appearance of a blue plain object",
+    ]
+    assert caption_variant(flat, 3) == "a blue plain ring in the style of flat" and caption_variant(flat, 4) == ""
 
 
 def test_held_out_combinations_are_excluded_or_drawn_on_request():
-    held = sum(is_held_out(s, c, t) for s in SHAPES for c in COLOURS for t in TEXTURES)
-    assert 0 < held < len(SHAPES) * len(COLOURS) * len(TEXTURES) // 4
+    combos = [(s, c, t, y) for s in SHAPES for c in COLOURS for t in TEXTURES for y in STYLES]
+    held = sum(is_held_out(*combo) for combo in combos)
+    assert 0 < held < len(combos) // 4
+    assert all(any(is_held_out(s, c, t, style) for s, c, t, _ in combos) for style in STYLES)
     for seed in range(40):
-        f = sample(seed).factors
-        assert not is_held_out(f.shape, f.colour, f.texture)
-        g = sample(seed, held_out=True).factors
-        assert is_held_out(g.shape, g.colour, g.texture)
+        f = sample(seed, style=None).factors
+        assert not is_held_out(f.shape, f.colour, f.texture, f.style)
+        g = sample(seed, held_out=True, style=None).factors
+        assert is_held_out(g.shape, g.colour, g.texture, g.style)
+    assert {sample(seed, style=None).factors.style for seed in range(40)} == set(STYLES)
 
 
-@pytest.mark.parametrize("style", ["flat", "noisy"])
+@pytest.mark.parametrize("style", STYLES)
 def test_masks_are_exact(style):
     for seed in range(20):
         world = sample(seed, style=style)
@@ -44,12 +63,34 @@ def test_masks_are_exact(style):
 
 
 def test_evaluators_are_exact_on_generator_images():
-    for seed in range(120):
-        world = sample(seed, held_out=None, style=("flat", "noisy")[seed % 2])
+    for seed in range(200):
+        world = sample(seed, held_out=None, style=None)
         mask = recover_mask(world.image)
         assert classify_shape(mask)[0] == world.factors.shape
         assert classify_colour(world.image, mask) == world.factors.colour
         assert classify_texture(world.image, mask) == world.factors.texture
+        assert classify_style(world.image, mask) == world.factors.style
+
+
+@pytest.mark.parametrize("colour", ["black", "yellow", "purple"])
+def test_each_style_shows_in_its_own_feature_only_and_styles_are_apart(colour):
+    """On rendered images a style's feature is ≥ 2 (twice where it starts to show) and the others are 0,
+    whatever the shape, colour and texture; the same style is at distance 0, another one far."""
+    for shape in SHAPES:
+        images = {s: render(Factors(shape, colour, "dotted", s, 0.45, 0.55, 0.3)).image for s in STYLES}
+        for index, style in enumerate(STYLES):
+            features = style_features(images[style])
+            expected = np.zeros(3, bool)
+            if index:
+                expected[index - 1] = True
+            assert (features[expected] >= 2).all() and (features[~expected] == 0).all(), (shape, style, features)
+            assert style_distance(images[style], images[style]) == 0.0
+            assert all(style_distance(images[style], images[o]) >= 0.9 for o in STYLES if o != style)
+
+
+def test_unknown_style_is_refused():
+    with pytest.raises(ValueError, match="unknown style"):
+        render(Factors("star", "red", "solid", "noisy"))
 
 
 def test_exact_answers_for_identity_and_difference():

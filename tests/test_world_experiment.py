@@ -4,30 +4,52 @@ import json
 
 import mlflow
 import numpy as np
+import pytest
 import yaml
 
 from ostaf.benchmark import load_manifest
+from ostaf.errors import OstafError
 from ostaf.steps import select_benchmark
 from ostaf.world.evaluate import appearance_distance, classify_shape
-from ostaf.world.generator import COLOURS, Factors, is_held_out, render
+from ostaf.world.generator import COLOURS, STYLES, Factors, is_held_out, render
 from ostaf.world.references import SOURCE, references, score, seed_of, words_in, write_benchmark
 
 
 def test_references_are_held_out_distinct_and_prompt_the_other_attribute():
     refs = references(8)
-    shapes = [r for r in refs if r.attribute == "shape"]
-    looks = [r for r in refs if r.attribute == "appearance"]
-    assert len(shapes) == len(looks) == 8
+    by = {a: [r for r in refs if r.attribute == a] for a in ("shape", "appearance", "style")}
+    assert [len(v) for v in by.values()] == [8, 8, 8]
     for ref in refs:
         f = ref.world().factors
-        assert is_held_out(f.shape, f.colour, f.texture)
-        assert ("*m" if ref.attribute == "shape" else "*a") in ref.prompt
-    assert len({r.world().factors.shape for r in shapes}) == 8
-    assert len({r.world().factors.colour for r in looks}) == 8
-    star = next(r for r in shapes if r.world().factors.shape != "circle")
+        assert is_held_out(f.shape, f.colour, f.texture, f.style)
+        assert {"shape": "*m", "appearance": "*a", "style": "*s"}[ref.attribute] in ref.prompt
+        assert f.style == "flat" or ref.attribute == "style"
+    assert len({r.world().factors.shape for r in by["shape"]}) == 8
+    assert len({r.world().factors.colour for r in by["appearance"]}) == 8
+    assert [r.world().factors.style for r in by["style"]].count("flat") == 2  # every style once, then again
+    assert len({r.world().factors.style for r in by["style"][:4]}) == 4
+    star = next(r for r in by["shape"] if r.world().factors.shape != "circle")
     assert words_in(star.prompt).keys() == {"colour", "texture"}  # the shape itself is only in *m
     assert words_in(star.words)["shape"] == star.world().factors.shape
     assert words_in("a heart in the appearance of *a") == {"shape": "heart"}
+    for ref in by["style"]:  # another shape, colour and texture in words; the style only in *s
+        f, asked = ref.world().factors, words_in(ref.prompt)
+        assert asked.keys() == {"shape", "colour", "texture"}
+        assert (asked["shape"], asked["colour"], asked["texture"]) != (f.shape, f.colour, f.texture)
+        assert asked["shape"] != f.shape and words_in(ref.words)["style"] == f.style
+
+
+def test_splits_never_share_a_seed_and_an_offset_draws_the_same_later_references():
+    test, validation = references(40, "test"), references(40, "validation")
+    assert not {r.seed for r in test} & {r.seed for r in validation}
+    assert references(3, "test", offset=5) == references(3, "test", offset=5)  # deterministic
+    for attribute in ("shape", "appearance", "style"):
+        stream = [r for r in references(8, "test") if r.attribute == attribute]
+        later = [r for r in references(3, "test", offset=5) if r.attribute == attribute]
+        assert later == stream[5:8]
+    assert [r.attribute for r in references(2, attributes=("style",))] == ["style", "style"]
+    with pytest.raises(OstafError, match="split"):
+        references(1, "train")
 
 
 def test_scores_are_exact_on_rendered_answers():
@@ -40,7 +62,10 @@ def test_scores_are_exact_on_rendered_answers():
         "shape_iou": 1.0,
         "shape_match": 1.0,
         "text_control": 1.0,
+        "leakage": 0.0,
     }
+    leaked = render(Factors(f.shape, f.colour, target["texture"], "flat", f.cx, f.cy, f.scale))  # the ref's colour
+    assert score(leaked.image, "shape", ref.prompt, world)["leakage"] == 1.0
     wrong = render(Factors("cross" if world.factors.shape != "cross" else "ring", "black", "solid"))
     scores = score(wrong.image, "shape", ref.prompt, world)
     assert scores["shape_iou"] < 0.8 and scores["text_control"] == 0.0
@@ -60,6 +85,35 @@ def test_scores_are_exact_on_rendered_answers():
     assert other["appearance_match"] == 0.0 and other["appearance_dist"] > right["appearance_dist"] + 0.1
 
 
+def test_style_scores_are_exact_on_rendered_answers():
+    ref = references(1, attributes=("style",))[0]
+    world, asked = ref.world(), words_in(ref.prompt)
+    answer = (asked["shape"], asked["colour"], asked["texture"])
+    right = score(render(Factors(*answer, world.factors.style)).image, "style", ref.prompt, world)
+    assert right == {"style_dist": 0.0, "style_match": 1.0, "text_control": 1.0, "leakage": 0.0}
+    for other in (s for s in STYLES if s != world.factors.style):
+        wrong = score(render(Factors(*answer, other)).image, "style", ref.prompt, world)
+        assert wrong["style_match"] == 0.0 and wrong["style_dist"] >= 0.9 and wrong["text_control"] == 1.0
+    copied = score(world.image, "style", ref.prompt, world)  # the reference itself: its shape and look leak
+    assert copied["style_match"] == 1.0 and copied["text_control"] == 0.0 and copied["leakage"] == 1.0
+
+
+def test_controllability_columns_follow_lambda():
+    from ostaf.world.experiment import summarise
+
+    rows = [
+        {"method": "ostaf-lite", "reference": f"r{r}", "attribute": "shape", "lam": lam, "seed": 0}
+        | {"shape_iou": 0.5 + 0.1 * lam + 0.01 * r, "shape_match": float(lam > 0.4), "text_control": 1.0 - lam}
+        for r in range(4)
+        for lam in (0.0, 0.5, 1.0)
+    ]
+    entry = summarise(rows, lam=1.0)[0]
+    assert entry["lam_rho"] == 1.0 and entry["text_drop"] == 1.0 and entry["shape_match"] == 1.0
+    assert entry["shape_iou_ci"][0] <= entry["shape_iou"] <= entry["shape_iou_ci"][1]
+    flipped = [r | {"shape_iou": 1.0 - r["shape_iou"]} for r in rows]
+    assert summarise(flipped, lam=1.0)[0]["lam_rho"] == -1.0
+
+
 def test_frame_filling_or_empty_masks_are_no_shape():
     assert classify_shape(np.ones((64, 64), bool))[0] == "none"
     assert classify_shape(np.zeros((64, 64), bool))[0] == "none"
@@ -68,7 +122,7 @@ def test_frame_filling_or_empty_masks_are_no_shape():
 def test_world_benchmark_folder_validates_and_is_a_pipeline_source(tmp_path):
     folder = write_benchmark(tmp_path / "bench", 2)
     manifest = load_manifest(folder)
-    assert len(manifest.items) == 4 and all(len(i.prompts) == 3 for i in manifest.items)
+    assert len(manifest.items) == 6 and all(len(i.prompts) == 3 for i in manifest.items)
     item = manifest.items[0].model_dump()
     assert seed_of(item) == references(2)[0].seed
     ids = select_benchmark(SOURCE, str(tmp_path / "chosen"), ["appearance"], [], 1)
@@ -76,6 +130,22 @@ def test_world_benchmark_folder_validates_and_is_a_pipeline_source(tmp_path):
     assert ids == [chosen[0]["id"]] and chosen[0]["attribute"] == "appearance"
     assert (tmp_path / "chosen" / chosen[0]["image"]).is_file()
     assert not (tmp_path / "chosen" / ".world").exists()
+
+
+def test_the_world_source_is_rewritten_when_the_world_changes(tmp_path, monkeypatch):
+    import dataclasses
+    import tempfile
+
+    from ostaf import data, groups
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    first = data.pull(SOURCE)
+    assert {i.attribute for i in load_manifest(first).items} == {"shape", "appearance", "style"}
+    group = groups.of_source(SOURCE)
+    newer = dataclasses.replace(group, version="99", write_benchmark=lambda dest: write_benchmark(dest, 1))
+    monkeypatch.setitem(groups._GROUPS, group.name, newer)
+    second = data.pull(SOURCE)  # a folder the old world wrote is not reused
+    assert second != first and len(load_manifest(second).items) == 3
 
 
 def test_reduced_experiment_runs_end_to_end_and_lands_in_mlflow(tmp_path, monkeypatch):
@@ -98,13 +168,22 @@ def test_reduced_experiment_runs_end_to_end_and_lands_in_mlflow(tmp_path, monkey
         *(
             (m, a)
             for m in ("chance", "words", "token", "ostaf-encoder-lite", "ostaf-decoder-lite")
-            for a in ("shape", "appearance")
+            for a in ("shape", "appearance", "style")
         ),
-        ("compose", "shape+appearance"),
+        ("compose/token", "shape+appearance"),
     }
     rows = json.loads((tmp_path / "out" / "rows.json").read_text())
     assert {r["lam"] for r in rows if r["method"] == "ostaf-decoder-lite"} == {0.0, 1.0}
-    assert "| ostaf-encoder-lite | shape | 1 |" in (tmp_path / "out" / "table.md").read_text()
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "### style" in table and "| ostaf-encoder-lite | 1 |" in table and "lam_rho" in table
+    style = next(row for row in report["table"] if row["method"] == "token" and row["attribute"] == "style")
+    assert {"style_match", "style_dist", "text_control", "leakage", "lam_rho", "text_drop"} <= set(style)
+
+    # a rerun (after a kill, or with more methods) reads finished jobs back instead of training again
+    from ostaf.world import experiment
+
+    monkeypatch.setattr(experiment, "_run_job", lambda *a: (_ for _ in ()).throw(AssertionError("trained again")))
+    assert run(config, log_to_mlflow=False, progress=False)["table"] == report["table"]
     assert (tmp_path / "out" / "curves.png").stat().st_size > 0
     client = mlflow.MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("ostaf").experiment_id])
@@ -113,8 +192,7 @@ def test_reduced_experiment_runs_end_to_end_and_lands_in_mlflow(tmp_path, monkey
     assert len(children) == len(report["table"])
     chance = {row["attribute"]: row for row in report["table"] if row["method"] == "chance"}
     assert chance["shape"]["shape_match"] == 0.1 and 0.0 < chance["shape"]["shape_iou"] < 1.0
-    chance = {row["attribute"]: row for row in report["table"] if row["method"] == "chance"}
-    assert chance["shape"]["shape_match"] == 0.1 and 0.0 < chance["shape"]["shape_iou"] < 1.0
+    assert chance["style"]["style_match"] == 0.25
     child = next(r for r in children if r.info.run_name == "ostaf-decoder-lite/appearance")
     history = client.get_metric_history(child.info.run_id, "appearance_dist_vs_lambda")
     assert [m.step for m in history] == [0, 100]
@@ -188,3 +266,12 @@ def test_stand_in_metrics_are_not_computed_unless_asked_for(tmp_path):
     tiny, tiny_table = scores["tiny"]
     assert {"clip_t", "iou", "shape_iou"} <= set(tiny) and "n/a" not in tiny_table
     assert (tmp_path / "scores-auto" / "metrics_vs_lambda.png").is_file()  # the curves of what was computed
+
+
+def test_a_table_lambda_outside_the_sweep_is_one_error_before_any_work(tmp_path):
+    from ostaf.world.experiment import ExperimentConfig, run
+
+    config = ExperimentConfig(references=1, methods=["token"], lams=[0.0, 1.0], table_lam=2.0, out=str(tmp_path))
+    with pytest.raises(OstafError, match="add them to --lams"):
+        run(config, log_to_mlflow=False, progress=False)
+    assert not any(tmp_path.iterdir())

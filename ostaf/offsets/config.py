@@ -28,6 +28,7 @@ class OffsetsConfig:
     """
 
     parts: tuple[str, ...] = field(default=("decoder",), metadata={"help": "U-Net parts: encoder, decoder, mid"})
+    # none: the processors are the stock ones (`--trainable lora` puts its LoRA on the q/k/v instead)
     projections: tuple[str, ...] = field(default=PROJECTIONS, metadata={"help": "projections to modulate"})
     attentions: tuple[str, ...] = field(default=ATTENTIONS, metadata={"help": "attn1 (self) and/or attn2 (cross)"})
     mode: str = field(default="multiplicative", metadata={"help": "multiplicative | additive"})
@@ -38,7 +39,7 @@ class OffsetsConfig:
         object.__setattr__(self, "projections", tuple(self.projections))
         object.__setattr__(self, "attentions", tuple(self.attentions))
         _check_subset("parts", self.parts, tuple(PART_PREFIXES))
-        _check_subset("projections", self.projections, PROJECTIONS)
+        _check_subset("projections", self.projections, PROJECTIONS, may_be_empty=True)
         _check_subset("attentions", self.attentions, ATTENTIONS)
         if self.mode not in MODES:
             raise OstafError(f"offsets mode {self.mode!r} is unknown: use one of {', '.join(MODES)}")
@@ -51,8 +52,8 @@ class OffsetsConfig:
         return cls(**data)
 
 
-def _check_subset(name: str, values: tuple[str, ...], allowed: tuple[str, ...]) -> None:
-    if not values:
+def _check_subset(name: str, values: tuple[str, ...], allowed: tuple[str, ...], may_be_empty: bool = False) -> None:
+    if not values and not may_be_empty:
         raise OstafError(f"offsets {name} is empty: choose at least one of {', '.join(allowed)}")
     unknown = [v for v in values if v not in allowed]
     if unknown:

@@ -28,6 +28,8 @@ def matched_layers(unet: UNet2DConditionModel, config: OffsetsConfig) -> list[st
 class OffsetsAdapter:
     """The offsets of one placeholder token (`*a`, `*m` or `*s`) living inside a U-Net."""
 
+    per_sample = True  # a batch may carry one λ per sample
+
     def __init__(self, unet: UNet2DConditionModel, config: OffsetsConfig, name: str) -> None:
         self.unet = unet
         self.config = config

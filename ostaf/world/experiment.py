@@ -1,20 +1,29 @@
-"""The Attribute World experiment: does OSTAF transfer shape through the encoder and appearance through the decoder?
+"""The Attribute World experiment: which method transfers one reference's attribute, and only it?
 
-For held-out references (combinations the world model never saw), every method learns the
-reference's attribute from the one image, then generates the same prompts with the same seeds
-over a λ sweep; the exact world evaluators score each image:
+For held-out references (combinations the world model never saw) of a split (`validation` for
+every tuning choice, `test` for the table), every method learns the reference's attribute from
+the one image, then generates the same prompts with the same seeds over a λ sweep; the exact
+world evaluators score each image (`ostaf.world.references.score`):
 
     shape references       "a green dotted object in the shape of *m"
-        shape_iou          centred IoU of the image's object with the reference's silhouette (↑)
-        text_control       the prompt's colour and texture both appear (↑)
+        shape_iou / shape_match           the reference's silhouette / shape class (↑)
+        text_control                      the prompt's colour and texture both appear (↑)
     appearance references  "a heart in the appearance of *a"
-        appearance_dist    colour + texture-signature distance to the reference (↓)
-        appearance_match   the reference's colour and texture both appear (↑)
-        text_control       the prompt's shape appears (↑)
+        appearance_dist / appearance_match   colour + texture distance (↓) / both right (↑)
+        text_control                      the prompt's shape appears (↑)
+    style references       "a blue striped ring in the style of *s"
+        style_dist / style_match          style-feature distance (↓) / the reference's style (↑)
+        text_control                      the prompt's shape, colour and texture appear (↑)
+    every reference        leakage: the reference's own value of an attribute the prompt names (↓)
+
+Per method and attribute the table gives each metric's mean over references (seeds averaged first)
+with a 95 % bootstrap interval over references, and two controllability columns: `lam_rho`, the
+Spearman correlation of λ with the attribute metric over the sweep (per reference, then averaged),
+and `text_drop`, text control at the smallest λ minus at the largest.
 
 Methods are `TrainConfig` settings (`METHODS`), so each is exactly what `ostaf train` runs. Two rows
 need no training: `words` (the base model told the attribute in words — the ceiling of what the
-model can draw) and `compose` (an OSTAF shape and an OSTAF appearance checkpoint in one prompt).
+model can draw) and `compose/<method>` (a method's shape and appearance checkpoints in one prompt).
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,13 +41,23 @@ import numpy as np
 from PIL import Image
 
 from ostaf.config import opt
+from ostaf.errors import OstafError
 from ostaf.images import load_image, save_image
 from ostaf.io import atomic_write, write_json
 from ostaf.recipes import WORLD
 from ostaf.report import lambda_curves, plot_lambda_curves, to_markdown
+from ostaf.stats import bootstrap_interval, spearman
 from ostaf.sweep import PromptResult, SweepIndex, write_sweep
 from ostaf.world.generator import WorldImage
-from ostaf.world.references import Reference, chance, references, score, score_composition
+from ostaf.world.references import (
+    ATTRIBUTES,
+    SPLITS,
+    Reference,
+    chance,
+    references,
+    score,
+    score_composition,
+)
 
 # method → TrainConfig overrides; `part` decides encoder (down blocks) vs decoder (up blocks)
 METHODS: dict[str, dict[str, Any]] = {
@@ -53,8 +72,17 @@ METHODS: dict[str, dict[str, Any]] = {
     # the same with ΔW = 0 at step 0 (`--zero-init`) instead of the authors' random init (|ΔW| ≈ 0.2 here)
     "ostaf-encoder-lite-zero": dict(trainable="lite", part="encoder", zero_init=True),
     "ostaf-decoder-lite-zero": dict(trainable="lite", part="decoder", zero_init=True),
-    # OSTAF lite on the paper's part (encoder for shape, decoder for appearance), alone and with each mechanism
+    # on the paper's part of each attribute (encoder for shape, decoder for appearance and style):
+    "finetune": dict(trainable="blocks"),
+    "lora": dict(trainable="lora"),  # peft LoRA on the q/k/v the offsets would modulate, rank 4
+    "lora-r16": dict(trainable="lora", lora_rank=16),
+    "ostaf-paper": dict(trainable="paper"),
+    # the training-free DreamTuner path alone: the token, and the reference's features at generation
+    "reference-attention": dict(trainable="token"),
+    # OSTAF lite alone and with each mechanism
     "ostaf-lite": dict(trainable="lite"),
+    "ostaf-lite-zero": dict(trainable="lite", zero_init=True),  # ΔW = 0 at step 0: λ = 0 and 1 start equal
+    "lite-zero+uniform-lambda": dict(trainable="lite", zero_init=True, train_lam="uniform"),
     "lite+binding": dict(trainable="lite", attn_binding=1.0),
     "lite+contrastive": dict(trainable="lite", nn_contrastive=0.1),
     "lite+dual-path": dict(trainable="lite", dual_path=0.5),
@@ -65,15 +93,46 @@ METHODS: dict[str, dict[str, Any]] = {
 }
 # generation options of a method (GenerateConfig overrides), where it has any
 GENERATE_METHODS: dict[str, dict[str, Any]] = {
+    "reference-attention": dict(reference_attention=2.0),
     "lite+dual-path": dict(dual_path=0.5),
     "lite+reference-attention": dict(reference_attention=2.0),
 }
-PAPER_METHODS = tuple(m for m in METHODS if m.startswith(("token", "finetune", "ostaf-")) and m != "ostaf-lite")
+# the v1 table's methods: each tuning on a fixed part, to test which part carries which attribute
+PAPER_METHODS = (
+    "token",
+    "finetune-encoder",
+    "finetune-decoder",
+    "finetune-unet",
+    "ostaf-encoder-lite",
+    "ostaf-decoder-lite",
+    "ostaf-encoder-paper",
+    "ostaf-decoder-paper",
+    "ostaf-encoder-lite-zero",
+    "ostaf-decoder-lite-zero",
+)
+# the v2 table's methods, each on the paper's part of each attribute
+TABLE_METHODS = ("token", "finetune", "lora", "ostaf-lite", "ostaf-paper", "reference-attention")
 MECHANISM_METHODS = ("ostaf-lite", *(m for m in METHODS if m.startswith("lite+")))
-COMPOSE = ("ostaf-encoder-lite", "ostaf-decoder-lite")  # shape checkpoint, appearance checkpoint
 COMPOSE_PROMPT = "an object in the shape of *m in the appearance of *a"
-METRICS = ("shape_iou", "shape_match", "appearance_dist", "appearance_match", "text_control")
-TABLE_KEYS = ["method", "attribute", "n", *METRICS, "train_s"]
+METRICS = (
+    "shape_iou",
+    "shape_match",
+    "appearance_dist",
+    "appearance_match",
+    "style_dist",
+    "style_match",
+    "text_control",
+    "leakage",
+)
+# the continuous metric λ should raise (sign +1) or lower (-1), per attribute: `lam_rho` follows it
+LAMBDA_METRIC = {"shape": ("shape_iou", 1.0), "appearance": ("appearance_dist", -1.0), "style": ("style_dist", -1.0)}
+COLUMNS = {  # the table's columns per attribute, the attribute's match first
+    "shape": ("shape_match", "shape_iou", "text_control", "leakage"),
+    "appearance": ("appearance_match", "appearance_dist", "text_control", "leakage"),
+    "style": ("style_match", "style_dist", "text_control", "leakage"),
+    "shape+appearance": ("shape_match", "appearance_match", "shape_iou", "appearance_dist"),
+}
+CONTROL = ("lam_rho", "text_drop")
 
 
 @dataclass
@@ -81,20 +140,48 @@ class ExperimentConfig:
     """What the experiment runs; the CLI flags and MLflow params come from these fields."""
 
     model: str = opt("attribute-world", "base model (a preset name or a diffusers folder)")
-    references: int = opt(8, "held-out references per attribute (shape and appearance)")
+    split: str = opt("test", "validation (for every tuning choice) or test references (the table)", choices=SPLITS)
+    references: int = opt(16, "held-out references per attribute")
+    reference_offset: int = opt(0, "skip the first N references of each stream (a fresh draw nobody tuned on)")
+    attributes: list[str] = opt(list(ATTRIBUTES), "attributes to test", choices=ATTRIBUTES)
     methods: list[str] = opt(
-        list(PAPER_METHODS),
-        "methods to compare (mechanisms: " + " ".join(MECHANISM_METHODS) + ")",
+        list(TABLE_METHODS),
+        "methods to compare (v1 table: "
+        + " ".join(PAPER_METHODS)
+        + "; mechanisms: "
+        + " ".join(MECHANISM_METHODS)
+        + ")",
         choices=tuple(METHODS),
     )
     steps: int = opt(WORLD.train["steps"], "optimizer steps per method and reference (the same budget for all)")
     lr: float = opt(WORLD.train["lr"], "learning rate (the same for all methods; chosen on validation references)")
-    lams: list[float] = opt(WORLD.generate["lam"], "λ sweep")
+    lams: list[float] = opt([*WORLD.generate["lam"], 1.5], "λ sweep (it holds every λ a tuned method reads)")
     seeds: list[int] = opt(WORLD.generate["seeds"], "generation seeds")
     num_steps: int = opt(WORLD.generate["num_steps"], "DDIM steps")
     guidance: float = opt(WORLD.generate["guidance"], "classifier-free guidance scale")
     workers: int = opt(1, "parallel jobs (processes with one thread each)")
+    table_lam: float = opt(1.0, "the λ of the table's columns (trained methods; --tuned chooses per method)")
+    tuned: str = opt("", "chosen.json of benchmarks/tune_world.py: steps, lr and λ per method and attribute")
+    words: bool = opt(True, "also run the words ceiling (the attribute named in the prompt)")
+    compose: list[str] = opt(
+        ["token", "lora", "ostaf-lite"],
+        "methods (among --methods) whose shape and appearance checkpoints are composed in one prompt (they must "
+        "put the two attributes on different U-Net parts, as the paper's parts do)",
+        choices=tuple(METHODS),
+    )
     out: str = opt("runs/attribute-world", "output folder: table.md, results.json, curves.png, grids")
+
+    def draw(self) -> list[Reference]:
+        """The references this configuration runs on."""
+        return references(self.references, self.split, self.reference_offset, tuple(self.attributes))
+
+    def settings(self, method: str, attribute: str) -> dict[str, Any]:
+        """Steps, lr and table λ of `method` on `attribute`: the tuned ones (--tuned), else the shared ones."""
+        shared = {"steps": self.steps, "lr": self.lr, "lam": self.table_lam}
+        if not self.tuned:
+            return shared
+        chosen = json.loads(Path(self.tuned).read_text())["chosen"]
+        return shared | {k: v for k, v in chosen.get(method, {}).get(attribute, {}).items() if k in shared}
 
 
 # -- one job: train one method on one reference, sweep λ, score ------------------------------------
@@ -134,8 +221,40 @@ def _rows(images: dict, ref: Reference, method: str, world: WorldImage, seconds:
     return rows
 
 
+# the fields that change what one job computes (the rest only choose which jobs run, and where)
+JOB_FIELDS = ("model", "lams", "seeds", "num_steps", "guidance")
+ROWS = "rows.json"  # a finished job's scored rows, beside its images: a rerun skips the job
+
+
+def job_key(config: ExperimentConfig, method: str, attribute: str) -> dict:
+    key = {k: getattr(config, k) for k in JOB_FIELDS}
+    if method != "words" and not is_compose(method):
+        key |= {k: v for k, v in config.settings(method, attribute).items() if k != "lam"}
+    return json.loads(json.dumps(key))  # as it reads back from JSON (tuples → lists)
+
+
+def finished_rows(config: ExperimentConfig, job: Path, method: str, attribute: str) -> list[dict] | None:
+    """The rows of a job this configuration already finished (None when not, or with other settings)."""
+    path = job / ROWS
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    return saved["rows"] if saved.get("key") == job_key(config, method, attribute) else None
+
+
+def save_rows(config: ExperimentConfig, job: Path, method: str, attribute: str, rows: list[dict]) -> list[dict]:
+    write_json(job / ROWS, {"key": job_key(config, method, attribute), "rows": rows})
+    return rows
+
+
 def run_job(config: ExperimentConfig, method: str, ref: Reference) -> list[dict]:
-    """Train `method` on `ref` (resumes if already done), generate the λ sweep, and score it."""
+    """Train `method` on `ref`, generate the λ sweep and score it; a job already done is read back."""
+    job = Path(config.out) / "runs" / method / ref.id
+    done = finished_rows(config, job, method, ref.attribute)
+    return done if done is not None else save_rows(config, job, method, ref.attribute, _run_job(config, method, ref))
+
+
+def _run_job(config: ExperimentConfig, method: str, ref: Reference) -> list[dict]:
     import torch
 
     from ostaf.checkpoint import load_base_pipeline, load_checkpoint
@@ -155,7 +274,8 @@ def run_job(config: ExperimentConfig, method: str, ref: Reference) -> list[dict]
         attribute=ref.attribute,
         model=config.model,
         out=str(out / "ckpt"),
-        **(WORLD.train | {"steps": config.steps, "lr": config.lr, "checkpoint_every": 0, "device": "cpu"})
+        **(WORLD.train | {"checkpoint_every": 0, "device": "cpu"})
+        | {k: v for k, v in config.settings(method, ref.attribute).items() if k != "lam"}
         | METHODS[method],
     )
     with torch.random.fork_rng(devices=[]):
@@ -185,23 +305,30 @@ def _generate_words(config: ExperimentConfig, ref: Reference, out: Path) -> dict
     return images
 
 
-def run_compose(config: ExperimentConfig, shape_ref: Reference, look_ref: Reference) -> list[dict]:
-    """One shape and one appearance checkpoint in one prompt: score the shape and the look."""
+def is_compose(method: str) -> bool:
+    return method.startswith("compose/")
+
+
+def run_compose(config: ExperimentConfig, method: str, shape_ref: Reference, look_ref: Reference) -> list[dict]:
+    """`method`'s shape and appearance checkpoints in one prompt: score the shape and the look."""
     from ostaf.models import load_pipeline
 
-    ckpts = [
-        str(Path(config.out) / "runs" / m / r.id / "ckpt") for m, r in zip(COMPOSE, (shape_ref, look_ref), strict=True)
-    ]
+    ckpts = [str(Path(config.out) / "runs" / method / r.id / "ckpt") for r in (shape_ref, look_ref)]
     pair = f"{shape_ref.id}+{look_ref.id}"
-    job = Path(config.out) / "runs" / "compose" / pair
+    name = f"compose/{method}"
+    job = Path(config.out) / "runs" / name / pair
+    done = finished_rows(config, job, name, "shape+appearance")
+    if done is not None:
+        return done
     result = _generate(config, load_pipeline(config.model), ckpts, COMPOSE_PROMPT, config.lams, job)
     save_image(result.grid, job / "grid.png")
     shape_world, look_world = shape_ref.world(), look_ref.world()
-    return [
-        {"method": "compose", "reference": pair, "attribute": "shape+appearance", "lam": lam, "seed": seed}
+    rows = [
+        {"method": name, "reference": pair, "attribute": "shape+appearance", "lam": lam, "seed": seed}
         | score_composition(np.asarray(image.convert("RGB")), shape_world, look_world)
         for (lam, seed), image in result.images.items()
     ]
+    return save_rows(config, job, name, "shape+appearance", rows)
 
 
 def _job(args: tuple) -> list[dict]:
@@ -213,7 +340,7 @@ def _job(args: tuple) -> list[dict]:
 
 
 def jobs(config: ExperimentConfig, refs: list[Reference]) -> Iterator[tuple]:
-    for method in ("words", *config.methods):
+    for method in ("words", *config.methods) if config.words else config.methods:
         for ref in refs:
             yield ("train", config, method, ref)
 
@@ -221,25 +348,102 @@ def jobs(config: ExperimentConfig, refs: list[Reference]) -> Iterator[tuple]:
 # -- the whole experiment -----------------------------------------------------------------------
 
 
-def summarise(rows: list[dict], lam: float = 1.0) -> list[dict]:
-    """One row per (method, attribute) at `lam`: each metric's mean over references and seeds."""
-    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+LamOf = Callable[[str, str], float]  # (method, attribute) → the λ its table row reads
+
+
+def per_reference(rows: list[dict], lam_of: LamOf) -> dict[tuple[str, str], dict[str, dict[str, float]]]:
+    """(method, attribute) → reference → each metric's mean over seeds at the method's λ (any λ for untrained
+    rows)."""
+    groups: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for row in rows:
-        if row["lam"] == lam or row["method"] in ("words", "chance"):
-            groups[(row["method"], row["attribute"])].append(row)
+        if row["method"] in ("words", "chance") or row["lam"] == lam_of(row["method"], row["attribute"]):
+            for metric in (*METRICS, "train_seconds"):
+                if row.get(metric) is not None:
+                    groups[(row["method"], row["attribute"])][row["reference"]][metric].append(row[metric])
+    return {
+        key: {ref: {m: float(np.mean(v)) for m, v in per.items()} for ref, per in by_ref.items()}
+        for key, by_ref in groups.items()
+    }
+
+
+def controllability(rows: list[dict]) -> dict[tuple[str, str], dict[str, dict[str, float]]]:
+    """(method, attribute) → reference → `lam_rho` (Spearman of λ with the attribute metric, signed so
+    that + means λ strengthens the attribute) and `text_drop` (text control at min λ minus at max λ)."""
+    sweeps: dict = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        if row["method"] not in ("words", "chance") and not is_compose(row["method"]):
+            sweeps[(row["method"], row["attribute"])][row["reference"]].append(row)
+    out: dict = defaultdict(dict)
+    for key, by_ref in sweeps.items():
+        metric, sign = LAMBDA_METRIC[key[1]]
+        for ref, members in by_ref.items():
+            lams = sorted({m["lam"] for m in members})
+            if len(lams) < 2:
+                continue
+            text = {lam: np.mean([m["text_control"] for m in members if m["lam"] == lam]) for lam in lams}
+            out[key][ref] = {
+                "lam_rho": spearman([m["lam"] for m in members], [sign * m[metric] for m in members]),
+                "text_drop": float(text[lams[0]] - text[lams[-1]]),
+            }
+    return out
+
+
+def summarise(rows: list[dict], lam: float | LamOf = 1.0) -> list[dict]:
+    """One row per (method, attribute) at its λ (`lam`, or `lam(method, attribute)`): each metric's mean over
+    references (seeds averaged first) with its 95 % bootstrap interval over references (`<metric>_ci`), and the
+    λ-control columns."""
+    lam_of = lam if callable(lam) else (lambda method, attribute: lam)
+    control = controllability(rows)
     table = []
-    for (method, attribute), members in groups.items():
-        entry = {"method": method, "attribute": attribute, "n": len({m["reference"] for m in members})}
-        for metric in METRICS:
-            values = [m[metric] for m in members if metric in m]
+    for (method, attribute), by_ref in per_reference(rows, lam_of).items():
+        entry: dict[str, Any] = {"method": method, "attribute": attribute, "n": len(by_ref)}
+        if method not in ("words", "chance"):
+            entry["lam"] = lam_of(method, attribute)
+        per_ref = list(by_ref.values()) + [control.get((method, attribute), {}).get(r, {}) for r in by_ref]
+        for metric in (*METRICS, *CONTROL):
+            values = [v[metric] for v in per_ref if metric in v]
             if values:
-                entry[metric] = round(float(np.mean(values)), 3)
-        seconds = [m["train_seconds"] for m in members if m.get("train_seconds")]
+                interval = bootstrap_interval(values)
+                entry[metric] = round(interval.mean, 3)
+                entry[f"{metric}_ci"] = [round(interval.low, 3), round(interval.high, 3)]
+        seconds = [v["train_seconds"] for v in by_ref.values() if v.get("train_seconds")]
         if seconds:
             entry["train_s"] = round(float(np.mean(seconds)), 1)
         table.append(entry)
-    order = ["chance", "words", *METHODS, "compose"]
-    return sorted(table, key=lambda e: (order.index(e["method"]), e["attribute"]))
+    order = ["chance", "words", *METHODS]
+    return sorted(
+        table,
+        key=lambda e: (order.index(e["method"]) if e["method"] in order else len(order), e["method"], e["attribute"]),
+    )
+
+
+def table_markdown(table: list[dict]) -> str:
+    """One Markdown table per attribute; a cell is `mean [95 % interval]`."""
+
+    def cell(entry: dict, key: str) -> str:
+        if key not in entry:
+            return "–"
+        low_high = entry.get(f"{key}_ci")
+        if low_high is None or low_high[0] == low_high[1]:
+            return f"{entry[key]:.3g}"
+        return f"{entry[key]:.3g} [{low_high[0]:.2g}, {low_high[1]:.2g}]"
+
+    parts = []
+    for attribute, columns in COLUMNS.items():
+        entries = [e for e in table if e["attribute"] == attribute]
+        if not entries:
+            continue
+        keys = ["method", "n", "lam", *columns, *CONTROL, "train_s"]
+        plain = ("method", "n", "lam", "train_s")
+        rows = [{k: (e[k] if k in plain and k in e else cell(e, k)) for k in keys} for e in entries]
+        parts.append(f"### {attribute}\n\n{to_markdown(rows, keys)}")
+    return "\n".join(parts) + (
+        "\n`lam`: the λ of a trained method's row; `words`: the base model told the attribute in words; "
+        "`chance`: an answer with a wrong attribute, averaged over all of them (exact, by rendering). `[a, b]`: "
+        "95 % bootstrap interval over references. `lam_rho`: Spearman correlation of λ with the attribute metric "
+        "over the sweep (+1: λ strengthens the attribute); `text_drop`: text control at the smallest λ minus at "
+        "the largest.\n"
+    )
 
 
 def curves_of(rows: list[dict]) -> dict[str, dict[str, dict[float, float]]]:
@@ -252,6 +456,20 @@ def plot_curves(curves: dict, path: Path) -> Path:
     return plot_lambda_curves(shown, METRICS, path, panel_width=4.5)
 
 
+def check_lambdas(config: ExperimentConfig) -> None:
+    """Every table λ must be in the sweep (else its row would be empty): one error before any work."""
+    missing = {
+        f"{m}/{a}: {config.settings(m, a)['lam']:g}"
+        for m in config.methods
+        for a in config.attributes
+        if config.settings(m, a)["lam"] not in config.lams
+    }
+    if missing:
+        raise OstafError(
+            f"the table reads λ values the sweep does not have ({', '.join(sorted(missing))}): add them to --lams"
+        )
+
+
 def run(
     config: ExperimentConfig, log_to_mlflow: bool = True, progress: bool = True, tags: dict | None = None
 ) -> dict[str, Any]:
@@ -259,23 +477,26 @@ def run(
     from ostaf.runtime import progress_bar
 
     started = time.perf_counter()
-    refs = references(config.references)
+    check_lambdas(config)
+    refs = config.draw()
     tasks = list(jobs(config, refs))
     rows: list[dict] = []
     with ProcessPoolExecutor(config.workers) if config.workers > 1 else _Inline() as pool:
         for result in progress_bar(pool.map(_job, tasks), total=len(tasks), disable=not progress, desc="world jobs"):
             rows.extend(result)
-        if all(m in config.methods for m in COMPOSE):
-            shapes = [r for r in refs if r.attribute == "shape"]
-            looks = [r for r in refs if r.attribute == "appearance"]
-            for result in pool.map(_job, [("compose", config, s, a) for s, a in zip(shapes, looks, strict=True)]):
+        shapes = [r for r in refs if r.attribute == "shape"]
+        looks = [r for r in refs if r.attribute == "appearance"]
+        pairs = list(zip(shapes, looks, strict=False)) if shapes and looks else []
+        composed = [("compose", config, m, s, a) for m in config.compose if m in config.methods for s, a in pairs]
+        if composed:
+            for result in pool.map(_job, composed):
                 rows.extend(result)
     return finish(config, refs, rows, time.perf_counter() - started, log_to_mlflow, tags)
 
 
 def prompt_of(row: dict, refs: dict[str, Reference]) -> str:
     """The prompt a result row's images were generated from."""
-    if row["method"] == "compose":
+    if is_compose(row["method"]):
         return COMPOSE_PROMPT
     ref = refs[row["reference"]]
     return ref.words if row["method"] == "words" else ref.prompt
@@ -285,12 +506,12 @@ def rescore(config: ExperimentConfig, log_to_mlflow: bool = True, tags: dict | N
     """Score the images a finished run saved again (after a change to the evaluators), keeping its timings."""
     out = Path(config.out)
     previous = json.loads((out / "results.json").read_text())
-    refs = {r.id: r for r in references(config.references)}
+    refs = {r.id: r for r in config.draw()}
     rows = []
     for row in json.loads((out / "rows.json").read_text()):
         sweep = SweepIndex.read(out / "runs" / row["method"] / row["reference"] / IMAGES)
         pixels = np.asarray(load_image(sweep.path(prompt_of(row, refs), row["lam"], row["seed"])))
-        if row["method"] == "compose":
+        if is_compose(row["method"]):
             shape_id, look_id = row["reference"].split("+")
             metrics = score_composition(pixels, refs[shape_id].world(), refs[look_id].world())
         else:
@@ -312,16 +533,13 @@ def finish(
     """Table (with the chance floor), curves, files, MLflow."""
     out = Path(config.out)
     floor = [{"method": "chance", "reference": r.id, "attribute": r.attribute, "lam": 1.0} | chance(r) for r in refs]
-    table = summarise(rows + floor)
+    table = summarise(rows + floor, lambda method, attribute: config.settings(method, attribute)["lam"])
     curves = curves_of(rows)
     seconds = round(seconds, 1)
     report = {"config": asdict(config), "seconds": seconds, "references": [asdict(r) for r in refs], "table": table}
     write_json(out / "rows.json", rows)
     write_json(out / "results.json", report | {"curves": curves})
-    markdown = (
-        f"{to_markdown(table, TABLE_KEYS)}\nλ = 1 for trained methods; `words`: the base model told the attribute in "
-        "words; `chance`: an answer with a wrong attribute, averaged over all of them (exact, by rendering).\n"
-    )
+    markdown = table_markdown(table)
     atomic_write(out / "table.md", lambda tmp: tmp.write_text(markdown))
     plot_curves(curves, out / "curves.png")
     if log_to_mlflow:
@@ -354,7 +572,9 @@ def _log(config: ExperimentConfig, table: list[dict], curves: dict, out: Path, s
             params = {"method": method, "attribute": row["attribute"], **METHODS.get(method, {})}
             params |= {f"generate.{k}": v for k, v in GENERATE_METHODS.get(method, {}).items()}
             with tracking.active(tracking.start_run(name, parent_run_id=parent.run_id, params=params)) as child:
-                child.log_metrics({k: v for k, v in row.items() if isinstance(v, float)}, step=0)
+                intervals = {f"{k}_low": ci[0] for k, ci in row.items() if k.endswith("_ci")}
+                intervals |= {f"{k}_high": ci[1] for k, ci in row.items() if k.endswith("_ci")}
+                child.log_metrics({k: v for k, v in row.items() if isinstance(v, float)} | intervals, step=0)
                 for metric, by_lam in curves.get(name, {}).items():
                     for lam, value in by_lam.items():  # the λ curve as a metric history (step = 100·λ)
                         child.log_metrics({f"{metric}_vs_lambda": value}, step=int(round(lam * 100)))

@@ -4,12 +4,14 @@ Independent factors, each with exact ground truth:
 
     shape       circle, square, triangle, star, heart, cross, ring, crescent, diamond, hexagon
     appearance  colour (8) × texture (solid, striped, dotted, checkered)
-    style       flat, noisy, outlined
+    style       flat, outlined (a magenta rim), shadowed (a drop shadow), framed (a slate picture frame)
     jitter      position and scale
 
-`render(factors)` is a pure function of the factors; `sample(seed)` draws factors from a seed.
-Some (shape, colour, texture) combinations are held out of pretraining (`is_held_out`), so
-personalisation can be tested on combinations the model never saw together.
+Styles change how the object is drawn, never what it is: the silhouette of an outlined or shadowed
+object is the flat one (the rim is inside it, the shadow outside), and the frame runs along the
+image's edge, where no object reaches. `render(factors)` is a pure function of the factors;
+`sample(seed)` draws factors from a seed. Some (shape, colour, texture, style) combinations are held
+out of pretraining (`is_held_out`), so personalisation is tested on combinations the model never saw.
 """
 
 from __future__ import annotations
@@ -33,9 +35,15 @@ COLOURS = {
 }
 TEXTURES = ("solid", "striped", "dotted", "checkered")
 TEXTURE_WORDS = {"solid": "plain", "striped": "striped", "dotted": "dotted", "checkered": "checkered"}
-STYLES = ("flat", "noisy", "outlined")
+STYLES = ("flat", "outlined", "shadowed", "framed")
 PERIOD = 8  # texture period in px
 SECOND = (250, 250, 250)  # the second colour of every texture: white stripes, dots and squares
+OUTLINE = (240, 0, 160)  # the rim of the outlined style: magenta, far from the palette, white and background
+OUTLINE_WIDTH = 2  # px (at 64 px)
+SHADOW = (90, 80, 60)  # the drop shadow: a dark version of the background
+SHADOW_OFFSET = 4  # px down and to the right
+FRAME = (60, 60, 140)  # the framed style: a slate-blue band along the image edge
+FRAME_WIDTH = 3  # px; objects stay inside it (centre 0.4–0.6, radius ≤ 0.34 of the image)
 
 
 @dataclass(frozen=True)
@@ -48,8 +56,12 @@ class Factors:
     cy: float = 0.5
     scale: float = 0.32  # radius, as a fraction of the image
 
+    def look(self) -> str:
+        """The appearance in words: "red striped"."""
+        return f"{self.colour} {TEXTURE_WORDS[self.texture]}"
+
     def caption(self) -> str:
-        words = f"a {self.colour} {TEXTURE_WORDS[self.texture]} {self.shape}"
+        words = f"a {self.look()} {self.shape}"
         return words if self.style == "flat" else f"{words}, {self.style} style"
 
     def to_dict(self) -> dict:
@@ -67,10 +79,10 @@ class WorldImage:
         return self.factors.caption()
 
 
-def is_held_out(shape: str, colour: str, texture: str) -> bool:
-    """A fixed 1-in-7 set of (shape, colour, texture) combinations that pretraining never sees."""
-    index = SHAPES.index(shape) * 32 + list(COLOURS).index(colour) * 4 + TEXTURES.index(texture)
-    return (index * 37) % 7 == 3
+def is_held_out(shape: str, colour: str, texture: str, style: str = "flat") -> bool:
+    """A fixed 1-in-7 set of (shape, colour, texture, style) combinations that pretraining never sees."""
+    index = ((SHAPES.index(shape) * 8 + list(COLOURS).index(colour)) * 4 + TEXTURES.index(texture)) * 4
+    return ((index + STYLES.index(style)) * 37) % 7 == 3
 
 
 def silhouette(shape: str, size: int = SIZE, cx: float = 0.5, cy: float = 0.5, scale: float = 0.32) -> np.ndarray:
@@ -102,6 +114,19 @@ def silhouette(shape: str, size: int = SIZE, cx: float = 0.5, cy: float = 0.5, s
     raise ValueError(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
 
 
+def erode(mask: np.ndarray, steps: int) -> np.ndarray:
+    """`mask` shrunk by `steps` pixels (4-neighbourhood); outside the image counts as background."""
+    inner = mask.copy()
+    for _ in range(steps):
+        padded = np.pad(inner, 1)
+        inner = inner & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return inner
+
+
+def dilate(mask: np.ndarray, steps: int) -> np.ndarray:
+    return ~erode(~mask, steps)
+
+
 def texture_pattern(texture: str, size: int = SIZE) -> np.ndarray:
     """Boolean (H, W): True where the texture's second colour goes."""
     yy, xx = np.mgrid[:size, :size]
@@ -116,45 +141,59 @@ def texture_pattern(texture: str, size: int = SIZE) -> np.ndarray:
     raise ValueError(f"unknown texture {texture!r}; known: {', '.join(TEXTURES)}")
 
 
-def render(factors: Factors, size: int = SIZE, noise_seed: int = 0) -> WorldImage:
-    """The image of `factors` (a pure function; `noise_seed` only feeds the noisy style)."""
-    mask = silhouette(factors.shape, size, factors.cx, factors.cy, factors.scale)
-    painted = mask
-    if factors.style == "outlined":
-        inner = silhouette(factors.shape, size, factors.cx, factors.cy, factors.scale * 0.8)
-        painted = mask & ~inner
+def frame_interior(size: int = SIZE) -> np.ndarray:
+    """Everything but the outer `FRAME_WIDTH` px of the image (where the framed style paints)."""
+    inside = np.zeros((size, size), bool)
+    w = round(FRAME_WIDTH * size / SIZE)
+    inside[w:-w, w:-w] = True
+    return inside
+
+
+def render(factors: Factors, size: int = SIZE) -> WorldImage:
+    """The image of `factors` (a pure function)."""
+    f = factors
+    if f.style not in STYLES:
+        raise ValueError(f"unknown style {f.style!r}; known: {', '.join(STYLES)}")
+    mask = silhouette(f.shape, size, f.cx, f.cy, f.scale)
     image = np.empty((size, size, 3), np.uint8)
     image[:] = BACKGROUND
-    second = texture_pattern(factors.texture, size)
-    image[painted & ~second] = COLOURS[factors.colour]
-    image[painted & second] = SECOND
-    if factors.style == "noisy":
-        rng = np.random.default_rng(noise_seed)
-        noise = rng.integers(-18, 19, image.shape)
-        image = np.clip(image.astype(int) + noise * painted[..., None], 0, 255).astype(np.uint8)
+    if f.style == "shadowed":
+        offset = SHADOW_OFFSET / SIZE
+        image[silhouette(f.shape, size, f.cx + offset, f.cy + offset, f.scale) & ~mask] = SHADOW
+    second = texture_pattern(f.texture, size)
+    body = np.empty_like(image)
+    body[:] = COLOURS[f.colour]
+    body[second] = SECOND
+    if f.style == "outlined":
+        body[mask & ~erode(mask, round(OUTLINE_WIDTH * size / SIZE))] = OUTLINE
+    image[mask] = body[mask]
+    if f.style == "framed":
+        image[~frame_interior(size)] = FRAME
     return WorldImage(image, mask, factors)
 
 
 def sample_factors(rng: np.random.Generator, held_out: bool | None = False, style: str | None = "flat") -> Factors:
-    """Random factors; `held_out=False` avoids held-out combinations, True draws only them, None ignores."""
+    """Random factors; `held_out=False` avoids held-out combinations, True draws only them, None ignores.
+
+    `style=None` draws the style too; a style name fixes it."""
     while True:
         shape = SHAPES[rng.integers(len(SHAPES))]
         colour = list(COLOURS)[rng.integers(len(COLOURS))]
         texture = TEXTURES[rng.integers(len(TEXTURES))]
-        if held_out is None or is_held_out(shape, colour, texture) == held_out:
+        drawn = style or STYLES[rng.integers(len(STYLES))]
+        if held_out is None or is_held_out(shape, colour, texture, drawn) == held_out:
             break
     return Factors(
         shape,
         colour,
         texture,
-        style or STYLES[rng.integers(len(STYLES))],
+        drawn,
         cx=float(rng.uniform(0.4, 0.6)),
         cy=float(rng.uniform(0.4, 0.6)),
-        scale=float(rng.uniform(0.26, 0.36)),
+        scale=float(rng.uniform(0.26, 0.34)),
     )
 
 
 def sample(seed: int, held_out: bool | None = False, style: str | None = "flat") -> WorldImage:
-    """One world image, fully determined by `seed`."""
-    rng = np.random.default_rng(seed)
-    return render(sample_factors(rng, held_out, style), noise_seed=seed)
+    """One world image, fully determined by `seed` (and whether its style is drawn or fixed)."""
+    return render(sample_factors(np.random.default_rng(seed), held_out, style))

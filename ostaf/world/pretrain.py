@@ -1,18 +1,20 @@
 """Pretrain a small text-to-image latent diffusion model on Attribute World, deterministically.
 
 The recipe (`WorldRecipe`) is data: model configs, dataset size, steps, batch sizes, learning
-rates, seeds. Everything is drawn from held-in (shape, colour, texture) combinations only.
+rates, seeds. Everything is drawn from held-in (shape, colour, texture, style) combinations only.
 
-1. A fixed dataset of `dataset_size` flat-style images (`ostaf.world.sample(i)`, i < dataset_size).
+1. A fixed dataset of `dataset_size` images of every style (`ostaf.world.sample(i, style=None)`).
 2. The VAE (`AutoencoderKL`, 64 px → 16×16×4 latents): MSE reconstruction + a small KL term.
    It is then rounded to fp16 — the weights that ship — and every dataset latent is encoded
    once with that rounded VAE, so the U-Net learns exactly the latents users' VAE produces
    and the latent scale (`scaling_factor` = 1/std) is measured, not assumed.
 3. The U-Net and the CLIP text encoder (random init, the offline CLIP tokenizer) on the latents
    and captions, the VAE frozen: the SD noise-prediction loss, warm-up + cosine learning rate.
-   Captions take one of four templates per draw (`caption_variant`): the plain caption, the
-   shape and appearance phrasings OSTAF's prompts use ("… object in the shape of a star",
-   "a star in the appearance of a red striped object"), or empty (classifier-free guidance).
+   Captions take one of five templates per draw (`caption_variant`): the plain caption, the
+   shape, appearance and style phrasings OSTAF's prompts use ("… object in the shape of a star",
+   "a star in the appearance of a red striped object", "a red striped star in the style of
+   outlined"), or empty (classifier-free guidance). Every template but the style phrasing names a
+   style other than flat as ", outlined style", so a prompt that names none asks for flat.
 
 Same recipe, same losses: every random draw comes from a generator seeded by the recipe.
 The recipe's hash is stored beside the weights (fp16 safetensors: the test-asset cap).
@@ -39,7 +41,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from ostaf.models import CLIP_TOKEN_IDS, SD_SCHEDULER
 from ostaf.runtime import progress_bar, seeded
 from ostaf.tokenizer import clip_tokenizer
-from ostaf.world.generator import TEXTURE_WORDS, Factors, sample, sample_factors
+from ostaf.world.generator import Factors, sample, sample_factors
 
 LOSS_HEAD = 5  # how many first losses of each stage the asset records (and the test replays)
 
@@ -84,7 +86,7 @@ class WorldRecipe:
         )
     )
     seed: int = 0
-    dataset_size: int = 20000
+    dataset_size: int = 24000
     vae_steps: int = 1000
     vae_batch: int = 16
     vae_lr: float = 1e-3
@@ -93,27 +95,30 @@ class WorldRecipe:
     diffusion_batch: int = 32
     diffusion_lr: float = 1e-3
     warmup_steps: int = 200
-    # template probabilities: plain caption, shape phrasing, appearance phrasing, empty
-    caption_mix: tuple[float, float, float, float] = (0.6, 0.15, 0.15, 0.1)
+    # template probabilities: plain caption, shape, appearance and style phrasings, empty
+    caption_mix: tuple[float, ...] = (0.45, 0.15, 0.15, 0.15, 0.1)
 
     def hash(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def caption_variant(factors: Factors, template: int) -> str:
-    """The caption of `factors` in template 0 (plain), 1 (shape phrasing), 2 (appearance phrasing) or 3 (empty)."""
-    look = f"{factors.colour} {TEXTURE_WORDS[factors.texture]}"
+    """The caption of `factors` in template 0 (plain), 1 (shape phrasing), 2 (appearance phrasing),
+    3 (style phrasing) or 4 (empty)."""
+    f = factors
+    drawn = "" if f.style == "flat" else f", {f.style} style"
     return (
-        factors.caption(),
-        f"a {look} object in the shape of a {factors.shape}",
-        f"a {factors.shape} in the appearance of a {look} object",
+        f.caption(),
+        f"a {f.look()} object in the shape of a {f.shape}{drawn}",
+        f"a {f.shape} in the appearance of a {f.look()} object{drawn}",
+        f"a {f.look()} {f.shape} in the style of {f.style}",
         "",
     )[template]
 
 
 def world_images(indices: np.ndarray | range) -> tuple[torch.Tensor, list[Factors]]:
     """(B, 3, 64, 64) in [-1, 1] and factors of the held-in dataset images with these indices."""
-    worlds = [sample(int(i), held_out=False) for i in indices]
+    worlds = [sample(int(i), held_out=False, style=None) for i in indices]
     pixels = torch.from_numpy(np.stack([w.image for w in worlds])).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     return pixels, [w.factors for w in worlds]
 
@@ -172,7 +177,7 @@ def diffusion_draws(recipe: WorldRecipe) -> Iterator[tuple[np.ndarray, np.ndarra
     rng = np.random.default_rng(recipe.seed + 1)
     for _ in range(recipe.diffusion_steps):
         indices = rng.integers(0, recipe.dataset_size, recipe.diffusion_batch)
-        yield indices, rng.choice(4, size=recipe.diffusion_batch, p=recipe.caption_mix)
+        yield indices, rng.choice(len(recipe.caption_mix), size=recipe.diffusion_batch, p=recipe.caption_mix)
 
 
 def lr_factor(step: int, recipe: WorldRecipe) -> float:
@@ -225,22 +230,23 @@ def train_diffusion(
 
 def dataset_factors(recipe: WorldRecipe) -> list[Factors]:
     """The factors of every dataset image, drawn exactly as `sample` draws them, without rendering."""
-    return [sample_factors(np.random.default_rng(i), held_out=False) for i in range(recipe.dataset_size)]
+    return [sample_factors(np.random.default_rng(i), held_out=False, style=None) for i in range(recipe.dataset_size)]
 
 
 @torch.no_grad()
-def caption_following(pipe, samples: int = 48, num_steps: int = 25, guidance: float = 5.0) -> dict[str, dict]:
+def caption_following(pipe, samples: int = 64, num_steps: int = 25, guidance: float = 5.0) -> dict[str, dict]:
     """Accuracy of the model's own samples on plain captions: held-in vs held-out combinations.
 
-    Each caption names a shape, a colour and a texture; the exact evaluators classify each image.
+    Each caption names a shape, a colour, a texture and a style (none for flat); the exact evaluators
+    classify each image.
     """
     from ostaf.generate import set_scheduler
-    from ostaf.world.evaluate import classify_colour, classify_shape, classify_texture, recover_mask
+    from ostaf.world.evaluate import classify_colour, classify_shape, classify_style, classify_texture, recover_mask
 
     set_scheduler(pipe, "ddim")
     report = {}
     for name, held_out in (("held_in", False), ("held_out", True)):
-        factors = [sample(900_000 + i, held_out=held_out).factors for i in range(samples)]
+        factors = [sample(900_000 + i, held_out=held_out, style=None).factors for i in range(samples)]
         images = pipe(
             [f.caption() for f in factors],
             num_inference_steps=num_steps,
@@ -248,7 +254,7 @@ def caption_following(pipe, samples: int = 48, num_steps: int = 25, guidance: fl
             generator=[torch.Generator().manual_seed(i) for i in range(samples)],
             output_type="np",
         ).images
-        hits = {"shape": [], "colour": [], "texture": [], "all": []}
+        hits = {"shape": [], "colour": [], "texture": [], "style": [], "all": []}
         for f, image in zip(factors, images, strict=True):
             pixels = (image * 255).round().astype(np.uint8)
             mask = recover_mask(pixels)
@@ -256,12 +262,19 @@ def caption_following(pipe, samples: int = 48, num_steps: int = 25, guidance: fl
                 "shape": classify_shape(mask)[0] == f.shape,
                 "colour": classify_colour(pixels, mask) == f.colour,
                 "texture": classify_texture(pixels, mask) == f.texture,
+                "style": classify_style(pixels, mask) == f.style,
             }
             for key, value in got.items():
                 hits[key].append(value)
             hits["all"].append(all(got.values()))
         report[name] = {k: round(float(np.mean(v)), 3) for k, v in hits.items()} | {"n": samples}
-    report["chance"] = {"shape": 0.1, "colour": 0.125, "texture": 0.25, "all": round(0.1 * 0.125 * 0.25, 4)}
+    report["chance"] = {
+        "shape": 0.1,
+        "colour": 0.125,
+        "texture": 0.25,
+        "style": 0.25,
+        "all": round(0.1 * 0.125 * 0.25 * 0.25, 5),
+    }
     return report
 
 
@@ -309,6 +322,7 @@ def pretrain(recipe: WorldRecipe, out: str | Path, progress: bool = True) -> dic
         "diffusion_loss_final": float(np.mean(diffusion_losses[-200:])),
     }
     info["caption_following"] = caption_following(pipe)
+    pipe.scheduler = PNDMScheduler.from_config(SD_SCHEDULER)  # ship SD's default, not the one the check set
 
     def fill(folder: Path) -> None:
         pipe.to(torch.float16).save_pretrained(folder, safe_serialization=True)

@@ -1,13 +1,22 @@
 """Held-out Attribute World references for personalisation: prompts, exact scores, a benchmark folder.
 
-A reference is a world image whose (shape, colour, texture) combination pretraining never saw.
-Its test prompts ask for the learned attribute through the placeholder and for the *other*
-attribute in words, so one image tells both whether the attribute transferred and whether the
-prompt still controls the rest:
+A reference is a world image whose (shape, colour, texture, style) combination pretraining never
+saw. Its test prompts ask for the learned attribute through the placeholder and for the *other*
+attributes in words, so one image tells whether the attribute transferred, whether the prompt still
+controls the rest, and whether the reference's other attributes leaked in:
 
-    shape       "a green dotted object in the shape of *m"   → shape_iou ↑, text_control (colour+texture) ↑
+    shape       "a green dotted object in the shape of *m"   → shape_iou ↑, shape_match ↑,
+                                                               text_control (colour + texture) ↑
     appearance  "a heart in the appearance of *a"            → appearance_dist ↓, appearance_match ↑,
                                                                text_control (shape) ↑
+    style       "a blue striped ring in the style of *s"     → style_dist ↓, style_match ↑,
+                                                               text_control (shape + colour + texture) ↑
+    every one   leakage ↓: the reference's own value of an attribute the prompt names otherwise
+                (its colour or texture for a shape reference, its shape for an appearance one)
+
+References come in two splits drawn from disjoint seed streams: `validation` (every choice of
+learning rate, steps, λ, loss weights is made there) and `test` (the table). `offset` skips the
+first references of a stream, so a table can be re-run on references nobody tuned on.
 """
 
 from __future__ import annotations
@@ -21,21 +30,47 @@ from PIL import Image
 
 from ostaf import groups
 from ostaf.benchmark import load_manifest, write_manifest
+from ostaf.errors import OstafError
 from ostaf.images import load_image, save_image
 from ostaf.sweep import SweepIndex
 from ostaf.world.evaluate import (
     appearance_distance,
     classify_colour,
     classify_shape,
+    classify_style,
     classify_texture,
     recover_mask,
     shape_iou,
+    style_distance,
 )
-from ostaf.world.generator import COLOURS, SHAPES, TEXTURE_WORDS, TEXTURES, Factors, WorldImage, render, sample
+from ostaf.world.generator import (
+    COLOURS,
+    SHAPES,
+    STYLES,
+    TEXTURE_WORDS,
+    TEXTURES,
+    Factors,
+    WorldImage,
+    render,
+    sample,
+)
 
 GROUP = "attribute-world"  # the benchmark group of world items (how the pipeline knows to score them exactly)
 SOURCE = "world"  # --source world: held-out world references instead of the DVC benchmark
 BENCHMARK_ITEMS = 8  # references per attribute in the `world` source
+WORLD_VERSION = "2"  # 2: styles, splits; the `world` source's folder is rewritten when this changes
+ATTRIBUTES = ("shape", "appearance", "style")
+SPLITS = ("validation", "test")
+LOOK_BLOCK = 16  # appearance references: no look (colour and texture) twice among 16 in a row
+STREAM = 10_000  # seeds per (split, attribute) stream: streams never overlap
+STREAM_START = {
+    ("test", "shape"): 10_000,
+    ("test", "appearance"): 20_000,
+    ("test", "style"): 30_000,
+    ("validation", "shape"): 110_000,
+    ("validation", "appearance"): 120_000,
+    ("validation", "style"): 130_000,
+}
 
 
 @dataclass(frozen=True)
@@ -50,28 +85,41 @@ class Reference:
     words: str  # the prompt with the placeholder replaced by the reference's attribute in words
 
     def world(self) -> WorldImage:
-        return sample(self.seed, held_out=True)
+        return reference_world(self.attribute, self.seed)
+
+
+def reference_world(attribute: str, seed: int) -> WorldImage:
+    """The held-out world image of a reference: flat for shape and appearance, any style for style."""
+    return sample(seed, held_out=True, style=None if attribute == "style" else "flat")
 
 
 def _look(colour: str, texture: str) -> str:
     return f"{colour} {TEXTURE_WORDS[texture]}"
 
 
+def _other(values: tuple[str, ...], start: int, avoid: str) -> str:
+    return next(v for v in values[start % len(values) :] + values if v != avoid)
+
+
 def prompt_for(attribute: str, factors: Factors, variant: int) -> tuple[str, str]:
-    """(prompt, the same in words) asking for another look (shape) or another shape (appearance)."""
-    colours = list(COLOURS)
+    """(prompt, the same in words) asking for the learned attribute and, in words, for other values of
+    the rest: another look (shape), another shape (appearance), another shape and look (style)."""
+    f = factors
+    colour = _other(tuple(COLOURS), variant, f.colour)
+    texture = _other(TEXTURES, variant, f.texture)
+    shape = _other(SHAPES, variant, f.shape)
     if attribute == "shape":
-        colour = next(c for c in colours[variant % 8 :] + colours if c != factors.colour)
-        texture = next(t for t in TEXTURES[variant % 4 :] + TEXTURES if t != factors.texture)
         head = f"a {_look(colour, texture)} object in the shape of"
-        return f"{head} *m", f"{head} a {factors.shape}"
-    shape = next(s for s in SHAPES[variant % len(SHAPES) :] + SHAPES if s != factors.shape)
-    head = f"a {shape} in the appearance of"
-    return f"{head} *a", f"{head} a {_look(factors.colour, factors.texture)} object"
+        return f"{head} *m", f"{head} a {f.shape}"
+    if attribute == "appearance":
+        head = f"a {shape} in the appearance of"
+        return f"{head} *a", f"{head} a {_look(f.colour, f.texture)} object"
+    head = f"a {_look(colour, texture)} {shape} in the style of"
+    return f"{head} *s", f"{head} {f.style}"
 
 
 def words_in(prompt: str) -> dict[str, str]:
-    """The world's colour, texture and shape words a prompt names (outside the placeholders)."""
+    """The world's colour, texture, shape and style words a prompt names (outside the placeholders)."""
     words = prompt.replace(",", " ").split()
     texture_of = {word: texture for texture, word in TEXTURE_WORDS.items()}
     found = {}
@@ -82,58 +130,102 @@ def words_in(prompt: str) -> dict[str, str]:
             found["texture"] = texture_of[word]
         elif word in SHAPES:
             found["shape"] = word
+        elif word in STYLES:
+            found["style"] = word
     return found
 
 
 def class_name_of(attribute: str, factors: Factors) -> str:
     """The training prompt's class: the reference in words minus the attribute being learned."""
-    return f"{_look(factors.colour, factors.texture)} object" if attribute == "shape" else factors.shape
+    f = factors
+    if attribute == "shape":
+        return f"{_look(f.colour, f.texture)} object"
+    return f.shape if attribute == "appearance" else f"{_look(f.colour, f.texture)} {f.shape}"
 
 
-def references(per_attribute: int) -> list[Reference]:
-    """`per_attribute` held-out shape references (distinct shapes first) and appearance references
-    (distinct colours first), each with its first test prompt."""
+def _distinct_key(attribute: str, f: Factors) -> str:
+    """What references of an attribute differ in first: their shapes, colours or styles."""
+    return {"shape": f.shape, "appearance": f.colour, "style": f.style}[attribute]
+
+
+def _pool(attribute: str) -> tuple[str, ...]:
+    return {"shape": SHAPES, "appearance": tuple(COLOURS), "style": STYLES}[attribute]
+
+
+def reference_stream(attribute: str, split: str = "test"):
+    """The references of one (split, attribute) stream, in order: every value of the attribute once
+    before any repeats (distinct shapes, colours or styles), no appearance look twice in a block."""
+    if (split, attribute) not in STREAM_START:
+        raise OstafError(f"unknown split/attribute {split}/{attribute}: splits {SPLITS}, attributes {ATTRIBUTES}")
+    start = STREAM_START[(split, attribute)]
+    pool = _pool(attribute)
+    seen: list[str] = []
+    looks: list[tuple[str, str]] = []
+    for seed in range(start, start + STREAM):
+        f = reference_world(attribute, seed).factors
+        value = _distinct_key(attribute, f)
+        round_ = len(seen) // len(pool)  # values already used in this round of the pool
+        fresh = value not in seen[round_ * len(pool) :]
+        block = len(seen) // LOOK_BLOCK * LOOK_BLOCK  # looks differ within each block of references
+        if fresh and (attribute != "appearance" or (f.colour, f.texture) not in looks[block:]):
+            seen.append(value)
+            looks.append((f.colour, f.texture))
+            prompt, words = prompt_for(attribute, f, len(seen))
+            name = {"shape": f.shape, "appearance": f"{f.colour}-{f.texture}", "style": f.style}[attribute]
+            yield Reference(f"{attribute}-{name}-{seed}", attribute, seed, class_name_of(attribute, f), prompt, words)
+    raise OstafError(f"the {split}/{attribute} reference stream ran out of seeds ({STREAM}); use a smaller offset")
+
+
+def references(
+    per_attribute: int,
+    split: str = "test",
+    offset: int = 0,
+    attributes: tuple[str, ...] | list[str] = ATTRIBUTES,
+) -> list[Reference]:
+    """`per_attribute` references of each attribute from `split`, skipping the first `offset` of each stream."""
     refs: list[Reference] = []
-    for attribute, start, key in (("shape", 10_000, "shape"), ("appearance", 20_000, "colour")):
-        seen: set[str] = set()
-        looks: set[tuple[str, str]] = set()
-        seed = start
-        while sum(r.attribute == attribute for r in refs) < per_attribute:
-            f = sample(seed, held_out=True).factors
-            value = getattr(f, key)
-            pool = SHAPES if key == "shape" else tuple(COLOURS)
-            fresh = value not in seen or len(seen) == len(pool)
-            if fresh and (attribute == "shape" or (f.colour, f.texture) not in looks):
-                seen.add(value)
-                looks.add((f.colour, f.texture))
-                prompt, words = prompt_for(attribute, f, len(seen))
-                name = f.shape if attribute == "shape" else f"{f.colour}-{f.texture}"
-                refs.append(
-                    Reference(f"{attribute}-{name}-{seed}", attribute, seed, class_name_of(attribute, f), prompt, words)
-                )
-            seed += 1
+    for attribute in attributes:
+        stream = reference_stream(attribute, split)
+        for _ in range(offset):
+            next(stream)
+        refs.extend(next(stream) for _ in range(per_attribute))
     return refs
+
+
+def _appearance_is(image: np.ndarray, mask: np.ndarray, colour: str, texture: str) -> tuple[bool, bool]:
+    return classify_colour(image, mask) == colour, classify_texture(image, mask) == texture
 
 
 def score(image: np.ndarray, attribute: str, prompt: str, world: WorldImage) -> dict[str, float]:
     """The exact metrics of one generated image of `prompt` against the reference `world`."""
     mask = recover_mask(image)
     target = words_in(prompt)
+    f = world.factors
+    found = mask.any()
+    shape = classify_shape(mask)[0]
+    colour_is_ref, texture_is_ref = _appearance_is(image, mask, f.colour, f.texture)
     if attribute == "shape":
-        text = classify_colour(image, mask) == target.get("colour") and classify_texture(image, mask) == target.get(
-            "texture"
-        )
+        text = all(_appearance_is(image, mask, target.get("colour"), target.get("texture")))
         return {
             "shape_iou": shape_iou(image, world.mask),
-            "shape_match": float(classify_shape(mask)[0] == world.factors.shape),
-            "text_control": float(text and mask.any()),
+            "shape_match": float(shape == f.shape),
+            "text_control": float(text and found),
+            "leakage": float((colour_is_ref or texture_is_ref) and found),
         }
-    f = world.factors
-    match = classify_colour(image, mask) == f.colour and classify_texture(image, mask) == f.texture
+    if attribute == "appearance":
+        return {
+            "appearance_dist": appearance_distance(image, world.image),
+            "appearance_match": float(colour_is_ref and texture_is_ref and found),
+            "text_control": float(shape == target.get("shape")),
+            "leakage": float(shape == f.shape),
+        }
+    look = _appearance_is(image, mask, target.get("colour"), target.get("texture"))
+    text = shape == target.get("shape") and all(look)
     return {
-        "appearance_dist": appearance_distance(image, world.image),
-        "appearance_match": float(match and mask.any()),
-        "text_control": float(classify_shape(mask)[0] == target.get("shape")),
+        "style_dist": style_distance(image, world.image),
+        "style_match": float(classify_style(image, mask) == f.style and found),
+        "text_control": float(text),
+        "leakage": float(shape == f.shape or ((colour_is_ref or texture_is_ref) and found)),
     }
 
 
@@ -162,10 +254,14 @@ def chance(ref: Reference) -> dict[str, float]:
             for s in others
         ]
         return {"shape_iou": float(np.mean(ious)), "shape_match": 1 / len(SHAPES)}
-    looks = [(c, t) for c in COLOURS for t in TEXTURES if (c, t) != (f.colour, f.texture)]
-    shape = words_in(ref.prompt)["shape"]
-    dists = [appearance_distance(render(Factors(shape, c, t)).image, world.image) for c, t in looks]
-    return {"appearance_dist": float(np.mean(dists)), "appearance_match": 1 / (len(COLOURS) * len(TEXTURES))}
+    target = words_in(ref.prompt)
+    if ref.attribute == "appearance":
+        looks = [(c, t) for c in COLOURS for t in TEXTURES if (c, t) != (f.colour, f.texture)]
+        dists = [appearance_distance(render(Factors(target["shape"], c, t)).image, world.image) for c, t in looks]
+        return {"appearance_dist": float(np.mean(dists)), "appearance_match": 1 / (len(COLOURS) * len(TEXTURES))}
+    answer = (target["shape"], target["colour"], target["texture"])
+    dists = [style_distance(render(Factors(*answer, s)).image, world.image) for s in STYLES if s != f.style]
+    return {"style_dist": float(np.mean(dists)), "style_match": 1 / len(STYLES)}
 
 
 def benchmark_item(ref: Reference, prompts: int = 3) -> dict:
@@ -179,7 +275,7 @@ def benchmark_item(ref: Reference, prompts: int = 3) -> dict:
         "prompts": list(dict.fromkeys([ref.prompt, *(prompt_for(ref.attribute, f, v)[0] for v in range(12))]))[
             :prompts
         ],
-        "source": f"ostaf.world.sample({ref.seed}, held_out=True)",
+        "source": f"ostaf.world.references.reference_world({ref.attribute!r}, {ref.seed})",
         "license": "CC0-1.0 (procedurally generated)",
         "group": GROUP,
         "note": f.caption(),
@@ -210,7 +306,7 @@ def write_benchmark(dest: str | Path, per_attribute: int = BENCHMARK_ITEMS) -> P
 
 def score_sweep(sweep: SweepIndex, item: dict) -> dict[tuple[str, float], dict[str, float]]:
     """(prompt, λ) → the exact world metrics averaged over seeds, for a sweep written by `ostaf generate`."""
-    world = sample(seed_of(item), held_out=True)
+    world = reference_world(item["attribute"], seed_of(item))
     scores: dict[tuple[str, float], list[dict[str, float]]] = defaultdict(list)
     for key, paths in sweep.by_prompt_and_lambda().items():
         for path in paths:
@@ -225,9 +321,11 @@ groups.register(
         write_benchmark=write_benchmark,
         score_sweep=score_sweep,
         columns={
-            "shape": ("shape_iou", "shape_match", "text_control"),
-            "appearance": ("appearance_dist", "appearance_match", "text_control"),
+            "shape": ("shape_iou", "shape_match", "text_control", "leakage"),
+            "appearance": ("appearance_dist", "appearance_match", "text_control", "leakage"),
+            "style": ("style_dist", "style_match", "text_control", "leakage"),
         },
         models=("attribute-world",),
+        version=WORLD_VERSION,
     )
 )
