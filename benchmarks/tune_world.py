@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-mlflow", action="store_true", help="only write the files")
     args = parser.parse_args(argv)
     config = config_from_args(TuneConfig, args)
-    report = search(config, log_to_mlflow=not args.no_mlflow, tags=provenance_tags(REPO))
+    report = search(config, log_to_mlflow=not args.no_mlflow, tags=provenance_tags(REPO), progress=True)
     print(open(f"{config.out}/trials.md").read())
     print(f"wall time: {report['seconds']:.0f} s")
 

@@ -474,24 +474,38 @@ def run(
     config: ExperimentConfig, log_to_mlflow: bool = True, progress: bool = True, tags: dict | None = None
 ) -> dict[str, Any]:
     """Every method on every reference, the compositions, the table, the curves; logged to MLflow."""
+    return run_many([config], log_to_mlflow, progress, tags)[0]
+
+
+def run_many(
+    configs: list[ExperimentConfig], log_to_mlflow: bool = True, progress: bool = True, tags: dict | None = None
+) -> list[dict[str, Any]]:
+    """Several experiments (a search's trials) through one pool of workers: no start-up per experiment, and
+    no worker idles while another experiment still has jobs. Each gets its own files and report."""
     from ostaf.runtime import progress_bar
 
     started = time.perf_counter()
-    check_lambdas(config)
-    refs = config.draw()
-    tasks = list(jobs(config, refs))
-    rows: list[dict] = []
-    with ProcessPoolExecutor(config.workers) if config.workers > 1 else _Inline() as pool:
-        for result in progress_bar(pool.map(_job, tasks), total=len(tasks), disable=not progress, desc="world jobs"):
-            rows.extend(result)
-        shapes = [r for r in refs if r.attribute == "shape"]
-        looks = [r for r in refs if r.attribute == "appearance"]
+    for config in configs:
+        check_lambdas(config)
+    refs = [config.draw() for config in configs]
+    tasks = [(i, task) for i, config in enumerate(configs) for task in jobs(config, refs[i])]
+    for i, config in enumerate(configs):
+        shapes = [r for r in refs[i] if r.attribute == "shape"]
+        looks = [r for r in refs[i] if r.attribute == "appearance"]
         pairs = list(zip(shapes, looks, strict=False)) if shapes and looks else []
-        composed = [("compose", config, m, s, a) for m in config.compose if m in config.methods for s, a in pairs]
-        if composed:
-            for result in pool.map(_job, composed):
-                rows.extend(result)
-    return finish(config, refs, rows, time.perf_counter() - started, log_to_mlflow, tags)
+        composed = [(i, ("compose", config, m, s, a)) for m in config.compose if m in config.methods for s, a in pairs]
+        tasks += composed  # after every training job: a composition reads two finished checkpoints
+    rows: list[list[dict]] = [[] for _ in configs]
+    workers = max(config.workers for config in configs)
+    trained = [t for t in tasks if t[1][0] != "compose"]
+    with ProcessPoolExecutor(workers) if workers > 1 else _Inline() as pool:
+        for stage in (trained, [t for t in tasks if t[1][0] == "compose"]):
+            results = pool.map(_job, [task for _, task in stage])
+            bar = progress_bar(results, total=len(stage), disable=not progress or not stage, desc="world jobs")
+            for (i, _), result in zip(stage, bar, strict=True):
+                rows[i].extend(result)
+    seconds = time.perf_counter() - started
+    return [finish(c, refs[i], rows[i], seconds, log_to_mlflow, tags) for i, c in enumerate(configs)]
 
 
 def prompt_of(row: dict, refs: dict[str, Reference]) -> str:

@@ -27,7 +27,7 @@ from ostaf.config import opt
 from ostaf.io import atomic_write, write_json
 from ostaf.recipes import WORLD
 from ostaf.report import to_markdown
-from ostaf.world.experiment import LAMBDA_METRIC, METHODS, TABLE_METHODS, ExperimentConfig, run
+from ostaf.world.experiment import LAMBDA_METRIC, METHODS, TABLE_METHODS, ExperimentConfig, run_many
 from ostaf.world.references import ATTRIBUTES
 
 MATCH = {"shape": "shape_match", "appearance": "appearance_match", "style": "style_match"}
@@ -92,21 +92,29 @@ def pick(candidates: list[dict[str, Any]], floor: float) -> dict[str, Any]:
     return max(candidates, key=lambda c: (c["text"], c["match"])) | {"meets_floor": False}
 
 
-def search(config: TuneConfig, log_to_mlflow: bool = True, tags: dict | None = None) -> dict[str, Any]:
+def trial_folder(out: Path, method: str, trial: dict[str, Any]) -> Path:
+    return out / "trials" / method / f"lr{trial['lr']:g}-steps{trial['steps']}"
+
+
+def search(
+    config: TuneConfig, log_to_mlflow: bool = True, tags: dict | None = None, progress: bool = False
+) -> dict[str, Any]:
     """Run every trial of every method on validation references and pick by the rule; writes chosen.json."""
     started = time.perf_counter()
     out = Path(config.out)
-    words_rows = _rows(run(config.experiment(methods=[], out=str(out / "words")), log_to_mlflow=False, progress=False))
-    ceiling = {a: curves([r for r in words_rows if r["method"] == "words"], a)[1.0]["text"] for a in config.attributes}
+    plan = [(method, trial) for method in config.methods for trial in config.trials()]
+    experiments = [config.experiment(methods=[], out=str(out / "words"))] + [
+        config.experiment(methods=[m], words=False, compose=[], out=str(trial_folder(out, m, t)), **t) for m, t in plan
+    ]
+    words_report, *reports = run_many(experiments, log_to_mlflow=False, progress=progress)
+    words_rows = [r for r in _rows(words_report) if r["method"] == "words"]
+    ceiling = {a: curves(words_rows, a)[1.0]["text"] for a in config.attributes}
     trials: list[dict[str, Any]] = []
-    for method in config.methods:
-        for trial in config.trials():
-            folder = out / "trials" / method / f"lr{trial['lr']:g}-steps{trial['steps']}"
-            experiment = config.experiment(methods=[method], words=False, out=str(folder), **trial)
-            rows = [r for r in _rows(run(experiment, log_to_mlflow=False, progress=False)) if r["method"] == method]
-            for attribute in config.attributes:
-                for lam, point in curves(rows, attribute).items():
-                    trials.append({"method": method, "attribute": attribute, **trial, "lam": lam, **point})
+    for (method, trial), report in zip(plan, reports, strict=True):
+        rows = [r for r in _rows(report) if r["method"] == method]
+        for attribute in config.attributes:
+            for lam, point in curves(rows, attribute).items():
+                trials.append({"method": method, "attribute": attribute, **trial, "lam": lam, **point})
     chosen: dict[str, dict[str, dict]] = {}
     for method, attribute in itertools.product(config.methods, config.attributes):
         candidates = [t for t in trials if t["method"] == method and t["attribute"] == attribute]
