@@ -12,7 +12,7 @@ forward per λ (`per_sample = False`).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ostaf.errors import OstafError
+from ostaf.offsets.inject import HoldsStrength
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ def adapter_name(token: str) -> str:
     return "ostaf_" + "".join(c for c in token if c.isalnum())
 
 
-class LoraAdapter:
+class LoraAdapter(HoldsStrength):
     """The LoRA of one placeholder token inside a U-Net, driven like an `OffsetsAdapter`."""
 
     per_sample = False  # one λ per forward
@@ -100,14 +101,6 @@ class LoraAdapter:
         if self.merged:
             self.set_scale(1.0)
         self.merged = False
-
-    @contextmanager
-    def merged_at(self, scale: float) -> Iterator[None]:
-        self.merge(scale)
-        try:
-            yield
-        finally:
-            self.unmerge()
 
     def caching(self):
         return nullcontext()

@@ -112,6 +112,11 @@ def test_controllability_columns_follow_lambda():
     assert entry["shape_iou_ci"][0] <= entry["shape_iou"] <= entry["shape_iou_ci"][1]
     flipped = [r | {"shape_iou": 1.0 - r["shape_iou"]} for r in rows]
     assert summarise(flipped, lam=1.0)[0]["lam_rho"] == -1.0
+    # appearance: a distance, so λ strengthens the attribute when the distance falls
+    looks = [
+        r | {"attribute": "appearance", "appearance_dist": 1.0 - r["shape_iou"], "appearance_match": 1.0} for r in rows
+    ]
+    assert summarise(looks, lam=1.0)[0]["lam_rho"] == 1.0
 
 
 def test_frame_filling_or_empty_masks_are_no_shape():

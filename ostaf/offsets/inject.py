@@ -25,7 +25,19 @@ def matched_layers(unet: UNet2DConditionModel, config: OffsetsConfig) -> list[st
     return [name.removesuffix(".processor") for name in unet.attn_processors if is_target_attention(config, name)]
 
 
-class OffsetsAdapter:
+class HoldsStrength:
+    """`merged_at(λ)` for any adapter with `merge(λ)` / `unmerge()` (offsets and LoRA alike)."""
+
+    @contextmanager
+    def merged_at(self, scale: float) -> Iterator[None]:
+        self.merge(scale)
+        try:
+            yield
+        finally:
+            self.unmerge()
+
+
+class OffsetsAdapter(HoldsStrength):
     """The offsets of one placeholder token (`*a`, `*m` or `*s`) living inside a U-Net."""
 
     per_sample = True  # a batch may carry one λ per sample
@@ -117,14 +129,6 @@ class OffsetsAdapter:
     @property
     def merged(self) -> bool:
         return any(p.merged_scale is not None for p in self.processors.values())
-
-    @contextmanager
-    def merged_at(self, scale: float) -> Iterator[None]:
-        self.merge(scale)
-        try:
-            yield
-        finally:
-            self.unmerge()
 
     @contextmanager
     def caching(self) -> Iterator[None]:

@@ -34,6 +34,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -180,8 +181,14 @@ class ExperimentConfig:
         shared = {"steps": self.steps, "lr": self.lr, "lam": self.table_lam}
         if not self.tuned:
             return shared
-        chosen = json.loads(Path(self.tuned).read_text())["chosen"]
-        return shared | {k: v for k, v in chosen.get(method, {}).get(attribute, {}).items() if k in shared}
+        chosen = _chosen(self.tuned).get(method, {}).get(attribute, {})
+        return shared | {k: v for k, v in chosen.items() if k in shared}
+
+
+@lru_cache(maxsize=4)
+def _chosen(path: str) -> dict:
+    """A search's picks, read once (settings are asked per job and per table row)."""
+    return json.loads(Path(path).read_text())["chosen"]
 
 
 # -- one job: train one method on one reference, sweep λ, score ------------------------------------
