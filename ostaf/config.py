@@ -28,7 +28,7 @@ OPTIMIZERS = ("adamw", "adamw8bit")
 SCHEDULERS = ("ddim", "pndm", "dpm", "euler")
 METRIC_MODELS = ("auto", "real", "tiny")
 TRAIN_LAMS = ("fixed", "uniform")
-REFERENCE_BLOCKS = ("decoder", "encoder", "all")
+REFERENCE_BLOCKS = ("decoder", "encoder", "all", "auto")
 LAM_LIMIT = 10.0  # |λ| beyond this saturates every modulated weight (W ⊙ (1 + λΔW)): refused, not rendered black
 DEFAULT_MODEL = "tiny"  # random weights, seconds on a CPU, no weights to find (attribute-world: small but trained)
 
@@ -269,16 +269,22 @@ class TrainConfig(_Config):
         "fixed", "λ during training: fixed (1, today) or uniform (drawn in [0, 1] per sample)", choices=TRAIN_LAMS
     )
     token_steps: int = opt(0, "train the token alone (λ = 0) for N steps, then freeze it and train the offsets")
+    token_search: int = opt(
+        0,
+        "word search: before training, e*'s word becomes the vocabulary word whose prompt best denoises the "
+        "reference (first-order ranking of every row, the best N scored exactly, per round); 0 = off",
+    )
+    token_search_rounds: int = opt(3, "rounds of the word search (--token-search); each re-ranks from the best word")
+    token_search_samples: int = opt(64, "fixed (noise, timestep) draws of the reference each candidate is scored on")
     masked_loss: bool = opt(False, "count the denoising loss only inside the (dilated) reference mask")
     mask_dilation: int = opt(1, "latent pixels the loss mask grows by (--masked-loss)")
 
     @staticmethod
     def check_options(values: Mapping[str, Any]) -> None:
-        _positive(**{k: values[k] for k in ("steps", "grad_accum", "batch_size", "augment_bank", "nn_k", "lora_rank")})
-        _non_negative(
-            **{k: values[k] for k in ("checkpoint_every", "resolution", "attn_binding_res", "nn_vocab", "token_steps")},
-            mask_dilation=values["mask_dilation"],
-        )
+        positive = ("steps", "grad_accum", "batch_size", "augment_bank", "nn_k", "lora_rank")
+        _positive(**{k: values[k] for k in (*positive, "token_search_rounds", "token_search_samples")})
+        counts = ("checkpoint_every", "resolution", "attn_binding_res", "nn_vocab", "token_steps", "token_search")
+        _non_negative(**{k: values[k] for k in counts}, mask_dilation=values["mask_dilation"])
         _multiple_of_8(resolution=values["resolution"])
         _finite(**{k: values[k] for k in ("lr", "token_alpha", "token_reg", "attn_binding", "nn_contrastive")})
         _non_negative(attn_binding=values["attn_binding"], nn_contrastive=values["nn_contrastive"])
@@ -356,8 +362,16 @@ class GenerateConfig(_Config):
     reference_image: str = opt(
         "", "the reference for --reference-attention (default: the checkpoint's own)", per_item=True
     )
+    reference_lambda: bool = opt(
+        False,
+        "ω follows λ: the reference's weight is ω·λ per image (λ = 0: no reference), so λ dials everything "
+        "taken from the reference, not only the offsets",
+    )
     reference_blocks: str = opt(
-        "decoder", "U-Net blocks whose self-attention looks at the reference", choices=REFERENCE_BLOCKS
+        "decoder",
+        "U-Net blocks whose self-attention looks at the reference; auto: the checkpoints' own parts (encoder "
+        "for shape, decoder otherwise)",
+        choices=REFERENCE_BLOCKS,
     )
 
     @staticmethod
@@ -365,6 +379,8 @@ class GenerateConfig(_Config):
         _unit(dual_path=values["dual_path"])
         _finite(reference_attention=values["reference_attention"])
         _non_negative(reference_attention=values["reference_attention"])
+        if values["reference_lambda"] and not values["reference_attention"]:
+            raise OstafError("--reference-lambda scales the reference's weight ω: set --reference-attention ω > 0")
         _finite(guidance=values["guidance"], **{f"lam[{i}]": v for i, v in enumerate(values["lam"])})
         _positive(
             num_steps=values["num_steps"],

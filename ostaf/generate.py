@@ -31,7 +31,7 @@ from ostaf.errors import OstafError
 from ostaf.images import load_image, make_grid
 from ostaf.io import check_output_dir
 from ostaf.mechanisms.dual_path import VanillaPrompts
-from ostaf.mechanisms.reference_attention import ReferenceAttention
+from ostaf.mechanisms.reference_attention import ReferenceAttention, resolve_blocks
 from ostaf.models import load_pipeline, native_resolution
 from ostaf.offsets import OffsetsAdapter
 from ostaf.preprocess import load_preprocessed
@@ -62,6 +62,7 @@ class Mechanisms:
     vanilla: VanillaPrompts | None = None
     strengths: list[float] | None = None  # one λ multiplier per adapter (--lam-per-ckpt); None: 1 each
     reference: ReferenceAttention | None = None  # self-subject-attention, installed on the pipeline
+    reference_lambda: bool = False  # the reference's weight is ω·λ (--reference-lambda)
 
     @property
     def unmerged(self) -> bool:
@@ -72,7 +73,7 @@ class Mechanisms:
     def from_config(
         cls, config: GenerateConfig, pipe: StableDiffusionPipeline, tokens: list[str], adapters: list, reference: str
     ) -> Mechanisms:
-        mechanisms = cls(strengths=list(config.lam_per_ckpt) or None)
+        mechanisms = cls(strengths=list(config.lam_per_ckpt) or None, reference_lambda=config.reference_lambda)
         if config.dual_path < 1.0:
             if not tokens:
                 raise OstafError("--dual-path blends a checkpoint's offsets with the base model: pass --ckpt DIR")
@@ -87,7 +88,7 @@ class Mechanisms:
                 image,
                 mask,
                 config.reference_attention,
-                config.reference_blocks,
+                resolve_blocks(config.reference_blocks, tokens),
                 config.resolution or None,
             )
         return mechanisms
@@ -178,6 +179,9 @@ def run_batch(
                 adapter.unmerge()
     scale = torch.tensor([s.lam for s in batch], dtype=torch.float32) if len(lams) > 1 else float(next(iter(lams)))
     with ExitStack() as stack:
+        if mechanisms.reference is not None and mechanisms.reference_lambda:
+            mechanisms.reference.state.lam = scale
+            stack.callback(setattr, mechanisms.reference.state, "lam", None)
         for adapter, strength in zip(adapters, strengths, strict=True):
             adapter.set_scale(scale * strength)
             stack.callback(adapter.set_scale, 1.0)

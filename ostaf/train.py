@@ -28,7 +28,7 @@ from ostaf.image_encoder import ImageEncoder, load_image_encoder, saved_image_em
 from ostaf.images import to_tensor
 from ostaf.io import check_output_dir
 from ostaf.lora import LoraAdapter, LoraSpec
-from ostaf.mechanisms import binding, dual_path, schedule
+from ostaf.mechanisms import binding, dual_path, schedule, word_search
 from ostaf.mechanisms.contrastive import NearestWordContrast
 from ostaf.mechanisms.masked_loss import latent_masks, masked_mse
 from ostaf.models import load_pipeline, native_resolution
@@ -254,6 +254,20 @@ def prepare(
         token_hook=hook,
         **mechanisms,
     )
+    if config.token_search:
+        found = word_search.search_word(
+            setup, config.token_search, config.token_search_rounds, config.token_search_samples
+        )
+        word = pipe.tokenizer.convert_ids_to_tokens(found.word_id) if found.word_id >= 0 else attribute.word
+        log.info(
+            "word search: %s starts at %r (loss %.4f, %s's own word %.4f; %d words scored)",
+            attribute.token,
+            word,
+            found.loss,
+            attribute.name,
+            found.start_loss,
+            found.tried,
+        )
     if not any(p.requires_grad for p in token.parameters()):
         with torch.no_grad(), autocast(setup):
             setup.cached_context = text_context(setup)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from ostaf.checkpoint import load_checkpoint
+from ostaf.errors import OstafError
 from ostaf.mechanisms import binding
 from ostaf.mechanisms.contrastive import NearestWordContrast
 from ostaf.mechanisms.masked_loss import masked_mse
@@ -356,3 +357,37 @@ def test_reference_attention_off_installs_nothing(tiny_pipe):
     config = GenerateConfig(ckpt=["c"], prompt=["a *a"])
     mechanisms = Mechanisms.from_config(config, tiny_pipe, [], [], "")
     assert mechanisms.reference is None and not mechanisms.unmerged and not tiny_pipe.unet._forward_pre_hooks
+
+
+def test_auto_reference_blocks_are_the_checkpoints_own_parts():
+    from ostaf.mechanisms.reference_attention import resolve_blocks
+
+    assert resolve_blocks("auto", ["*m"]) == "encoder"
+    assert resolve_blocks("auto", ["*a"]) == resolve_blocks("auto", ["*s"]) == "decoder"
+    assert resolve_blocks("auto", ["*m", "*a"]) == "all"
+    assert resolve_blocks("auto", []) == "decoder"
+    assert resolve_blocks("encoder", ["*a"]) == "encoder"  # an explicit choice wins
+
+
+def test_with_reference_lambda_omega_follows_lambda_per_image(masked_reference, tmp_path):
+    """λ = 0 is generation without the reference, λ = 1 is ω itself, and a mixed-λ batch equals one λ at a time."""
+    from ostaf.config import GenerateConfig
+    from ostaf.generate import generate
+
+    ckpt = train(tiny_config(masked_reference, tmp_path / "ckpt", steps=2), progress=False).out
+    common = dict(ckpt=[str(ckpt)], prompt=["a vase in the appearance of *a"], seeds=[0], num_steps=2, device="cpu")
+
+    def images(name, lams, **options):
+        config = GenerateConfig(**common, lam=lams, out=str(tmp_path / name), **options)
+        return {k: np.asarray(v) for k, v in generate(config, progress=False)[0].images.items()}
+
+    plain = images("plain", [0.0, 1.0])
+    fixed = images("fixed", [0.0, 1.0], reference_attention=2.0)
+    follows = images("follows", [0.0, 0.5, 1.0], reference_attention=2.0, reference_lambda=True)
+    assert np.abs(follows[(0.0, 0)].astype(int) - plain[(0.0, 0)]).max() <= 1  # λ = 0: the reference is off
+    assert not np.array_equal(follows[(0.0, 0)], fixed[(0.0, 0)])  # without it, ω acts at λ = 0 too
+    assert np.abs(follows[(1.0, 0)].astype(int) - fixed[(1.0, 0)]).max() <= 1  # λ = 1: ω itself
+    alone = images("alone", [0.5], reference_attention=2.0, reference_lambda=True)
+    assert np.abs(follows[(0.5, 0)].astype(int) - alone[(0.5, 0)]).max() <= 1
+    with pytest.raises(OstafError, match="reference-attention"):
+        GenerateConfig(**common, lam=[1.0], reference_lambda=True)

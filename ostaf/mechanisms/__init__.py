@@ -6,6 +6,9 @@ One module per mechanism (config fields live in `ostaf.config`, grouped and name
     schedule      --train-lam, --token-steps    λ drawn per sample while training; token-first phases
     contrastive   --nn-contrastive              InfoNCE keeping e* among its nearest vocabulary words
     binding       --attn-binding                DisenDiff: the placeholder's cross-attention map onto the mask
+    word_search   --token-search                e* starts at the vocabulary word that best denoises the reference
+    dual_path     --dual-path                   Domain-Agnostic Tuning-Encoder: personalised + vanilla attention
+    reference_attention  --reference-attention  DreamTuner self-subject-attention at generation (ω, or ω·λ)
 
 Off is bit-identical to training without the mechanism: an off mechanism builds nothing and draws
 no random numbers.

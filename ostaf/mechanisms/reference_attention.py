@@ -12,7 +12,6 @@ classifier-free-guidance halves. ω = 0 installs nothing: exactly today's genera
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,11 +20,20 @@ from diffusers.models.attention_processor import Attention
 from PIL import Image
 from torch.nn import functional as F
 
+from ostaf.attributes import ATTRIBUTES
 from ostaf.errors import OstafError
 from ostaf.images import to_tensor
 from ostaf.preprocess import cut_out
 
 BLOCK_PREFIXES = {"decoder": ("up_blocks.",), "encoder": ("down_blocks.",), "all": ("down_blocks.", "up_blocks.")}
+
+
+def resolve_blocks(blocks: str, tokens: list[str]) -> str:
+    """`auto`: the part the checkpoints' attributes train (all when they differ, decoder with none)."""
+    if blocks != "auto":
+        return blocks
+    parts = {a.part for a in ATTRIBUTES.values() if a.token in tokens}
+    return "all" if len(parts) > 1 else parts.pop() if parts else "decoder"
 
 
 @dataclass
@@ -34,9 +42,21 @@ class ReferenceState:
 
     omega: float
     masks: dict[int, torch.Tensor]  # feature tokens N → (N,) bool foreground of the reference at that resolution
+    # --reference-lambda: ω·λ per sample (a number, or (B,) for a mixed-λ batch); None: ω for every sample
+    lam: float | torch.Tensor | None = None
     mode: str = "use"  # "record": the reference pass; "use": a generation pass
     keys: dict[str, torch.Tensor] = field(default_factory=dict)  # layer → (1, N, C)
     values: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def reference_weight(state: ReferenceState, batch: int) -> torch.Tensor:
+    """The reference logits' weight per sample: ω, or ω·λ_b when ω follows λ (CFG halves share λ)."""
+    if state.lam is None:
+        return torch.tensor([state.omega])
+    lam = torch.as_tensor(state.lam, dtype=torch.float32).reshape(-1)
+    if lam.numel() > 1:
+        lam = lam.repeat(batch // lam.numel())
+    return state.omega * lam.clamp(min=0.0)
 
 
 class SubjectAttentionProcessor:
@@ -79,9 +99,11 @@ class SubjectAttentionProcessor:
         key = key.view(batch, -1, heads, head_dim).transpose(1, 2)  # (B, h, N + M, d)
         value = value.view(batch, -1, heads, head_dim).transpose(1, 2)
         foreground = state.masks[ref_key.shape[1]].to(query.device)  # (M,)
-        reference_bias = torch.where(foreground, math.log(state.omega), float("-inf"))
-        bias = torch.cat([torch.zeros(tokens, device=query.device), reference_bias]).to(query.dtype)  # (N + M,)
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias.view(1, 1, 1, -1))  # (B, h, N, d)
+        weight = reference_weight(state, batch).to(query.device)  # (B | 1,): ω, or ω·λ per sample
+        reference_bias = torch.where(foreground, weight.log()[:, None], float("-inf"))  # (B | 1, M); ω·λ = 0: off
+        own = torch.zeros(reference_bias.shape[0], tokens, device=query.device)
+        bias = torch.cat([own, reference_bias], 1).to(query.dtype)  # (B | 1, N + M)
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias[:, None, None, :])  # (B, h, N, d)
         out = out.transpose(1, 2).reshape(batch, -1, heads * head_dim).to(query.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
         if attn.residual_connection:

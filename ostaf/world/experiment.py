@@ -91,12 +91,19 @@ METHODS: dict[str, dict[str, Any]] = {
     "lite+token-steps": dict(trainable="lite", token_steps=100),
     "lite+masked-loss": dict(trainable="lite", masked_loss=True),
     "lite+reference-attention": dict(trainable="lite"),
+    # the word search (`--token-search`): e* starts at the vocabulary word that best denoises the reference
+    "token+search": dict(trainable="token", token_search=32),
+    "lite+search": dict(trainable="lite", token_search=32),
+    "lite-zero+search": dict(trainable="lite", zero_init=True, token_search=32),
+    # the same on the checkpoint's own part (encoder for shape), its weight ω·λ: λ dials the reference
+    "reference-attention-lambda": dict(trainable="token"),
 }
 # generation options of a method (GenerateConfig overrides), where it has any
 GENERATE_METHODS: dict[str, dict[str, Any]] = {
     "reference-attention": dict(reference_attention=2.0),
     "lite+dual-path": dict(dual_path=0.5),
     "lite+reference-attention": dict(reference_attention=2.0),
+    "reference-attention-lambda": dict(reference_attention=2.0, reference_blocks="auto", reference_lambda=True),
 }
 # the v1 table's methods: each tuning on a fixed part, to test which part carries which attribute
 PAPER_METHODS = (

@@ -1,0 +1,111 @@
+"""Word search (`--token-search K`): start e* at the vocabulary word that best explains the reference.
+
+Textual inversion from the attribute's own word ("shape") gets stuck: the denoising loss of the
+reference is lowest at the right word ("a … object in the shape of a star") but the way there from
+"shape" crosses words the model draws very differently, and gradient steps stay in the first basin
+(in the Attribute World the token ends on crescents and rings whatever the reference's shape).
+So before training e*'s word is chosen by a discrete search on the frozen base model, as in
+AutoPrompt / GCG hard-prompt search: per round, every vocabulary row is ranked by the first-order
+change of the loss, ``-(e_w - e*) · ∇L(e*)``, the top K are scored exactly on fixed (noise, timestep)
+samples of the reference, and the best one becomes e*'s word if it lowers the loss. Training then
+refines e* from there. The class prompt names the reference's other attributes, so the word found
+fills the attribute's slot only.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple
+
+import torch
+from torch.nn import functional as F
+
+if TYPE_CHECKING:
+    from ostaf.train import TrainingSetup
+
+
+class SearchResult(NamedTuple):
+    word_id: int  # the vocabulary row e*'s word now is; -1: no row beat the attribute's own word
+    loss: float  # the reference's loss there
+    start_loss: float  # the loss at the attribute word
+    tried: int  # candidates scored exactly
+
+
+class Samples(NamedTuple):
+    noisy: torch.Tensor  # (S, 4, h, w)
+    timesteps: torch.Tensor
+    target: torch.Tensor
+
+
+def fixed_samples(setup: TrainingSetup, count: int, seed: int) -> Samples:
+    """`count` (augmentation, noise, timestep) draws, stratified in t, from their own generator."""
+    generator = torch.Generator().manual_seed(seed)
+    scheduler = setup.noise_scheduler
+    steps = scheduler.config.num_train_timesteps
+    pick = torch.randint(0, setup.latent_mean.shape[0], (count,), generator=generator)
+    eps = torch.randn((count, *setup.latent_mean.shape[1:]), generator=generator).to(setup.device)
+    noise = torch.randn(eps.shape, generator=generator).to(setup.device)
+    offsets = torch.rand(count, generator=generator)
+    timesteps = ((torch.arange(count) + offsets) * steps / count).long().clamp(max=steps - 1).to(setup.device)
+    latents = (setup.latent_mean[pick] + setup.latent_std[pick] * eps) * setup.pipe.vae.config.scaling_factor
+    target = (
+        noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
+    )
+    return Samples(scheduler.add_noise(latents, noise, timesteps), timesteps, target)
+
+
+def reference_loss(setup: TrainingSetup, samples: Samples) -> torch.Tensor:
+    """The training prompt's mean noise-prediction MSE on `samples`, with the live e*."""
+    from ostaf.train import autocast  # the training module imports this one
+
+    with autocast(setup):
+        context = setup.pipe.text_encoder(setup.input_ids)[0].expand(samples.noisy.shape[0], -1, -1)
+        pred = setup.unet(samples.noisy.to(setup.unet.dtype), samples.timesteps, context).sample
+    return F.mse_loss(pred.float(), samples.target.float())
+
+
+def candidate_rows(setup: TrainingSetup) -> torch.Tensor:
+    """Vocabulary ids a word may be: every row before the placeholders, minus the special tokens."""
+    ids = torch.arange(setup.token_id)
+    special = torch.tensor(setup.pipe.tokenizer.all_special_ids)
+    return ids[~torch.isin(ids, special)]
+
+
+def search_word(setup: TrainingSetup, candidates: int, rounds: int, samples: int = 16) -> SearchResult:
+    """Move `setup.token`'s word to the best vocabulary row found (on the base model: λ = 0)."""
+    token = setup.token
+    table = setup.pipe.text_encoder.get_input_embeddings().weight
+    rows = candidate_rows(setup).to(table.device)
+    vocab = table[rows].detach().float()
+    draws = fixed_samples(setup, samples, setup.config.seed)
+    setup.adapter.set_scale(0.0)
+    if setup.lora is not None:
+        setup.lora.set_scale(0.0)
+    try:
+        with torch.no_grad():
+            best = reference_loss(setup, draws).item()
+        start, best_id, tried = best, -1, 0
+        for _ in range(rounds):
+            word = token.word_embedding.clone()
+            probe = torch.zeros_like(word, requires_grad=True)
+            token.word_embedding = word + probe  # a non-leaf buffer for one backward: ∂L/∂e*
+            try:
+                (grad,) = torch.autograd.grad(reference_loss(setup, draws), probe)
+            finally:
+                token.word_embedding = word
+            ranked = (-(vocab - word.float()) @ grad.float()).argsort(descending=True)[:candidates]
+            improved = False
+            with torch.no_grad():
+                for index in ranked.tolist():
+                    token.word_embedding = vocab[index].clone()
+                    loss = reference_loss(setup, draws).item()
+                    tried += 1
+                    if loss < best:
+                        best, best_id, improved = loss, int(rows[index]), True
+                token.word_embedding = vocab[(rows == best_id).nonzero()[0, 0]].clone() if best_id >= 0 else word
+            if not improved:
+                break
+    finally:
+        setup.adapter.set_scale(1.0)
+        if setup.lora is not None:
+            setup.lora.set_scale(1.0)
+    return SearchResult(best_id, best, start, tried)

@@ -1,0 +1,71 @@
+"""The word search (`--token-search`): e* starts at the word that best denoises the reference.
+
+On the shipped Attribute World model the reference's shape word has the lowest loss among the shape
+words; for a star the search finds it. (For rounder shapes an untrained vocabulary row often scores
+lower: see benchmarks/results/world-v2/validation-6/.)
+"""
+
+from __future__ import annotations
+
+import torch
+from PIL import Image
+
+from ostaf.config import TrainConfig
+from ostaf.mechanisms.word_search import candidate_rows, fixed_samples, reference_loss
+from ostaf.recipes import WORLD
+from ostaf.train import prepare, train
+from ostaf.world.references import references
+from tests.conftest import tiny_config
+
+
+def world_config(tmp_path, ref, **overrides) -> TrainConfig:
+    image = tmp_path / f"{ref.id}.png"
+    Image.fromarray(ref.world().image).save(image)
+    options = WORLD.train | dict(checkpoint_every=0, device="cpu", trainable="token") | overrides
+    return TrainConfig(
+        image=str(image),
+        class_name=ref.class_name,
+        attribute=ref.attribute,
+        model="attribute-world",
+        out=str(tmp_path / ref.id),
+        **options,
+    )
+
+
+def test_the_search_finds_the_references_shape_word(tmp_path):
+    ref = references(2, "validation", attributes=("shape",))[1]  # a star
+    shape = ref.world().factors.shape
+    setup = prepare(world_config(tmp_path, ref, token_search=32))
+    table = setup.pipe.text_encoder.get_input_embeddings().weight
+    found = int(((table - setup.token.word_embedding).abs().sum(-1) == 0).nonzero()[0, 0])
+    assert setup.pipe.tokenizer.convert_ids_to_tokens(found) == f"{shape}</w>"
+    assert torch.equal(setup.token(), table[found].float())  # the residual is still zero: training starts there
+
+
+def test_the_search_lowers_the_loss_and_off_leaves_the_attribute_word(tmp_path):
+    ref = references(1, "validation", attributes=("shape",))[0]
+    off = prepare(world_config(tmp_path, ref))
+    on = prepare(world_config(tmp_path, ref, token_search=8, token_search_rounds=1))
+    draws_off, draws_on = fixed_samples(off, 16, 0), fixed_samples(on, 16, 0)
+    with torch.no_grad():
+        assert reference_loss(on, draws_on) < reference_loss(off, draws_off)
+    word = off.pipe.tokenizer("shape", add_special_tokens=False).input_ids[0]
+    assert torch.equal(off.token.word_embedding, off.pipe.text_encoder.get_input_embeddings().weight[word].float())
+
+
+def test_candidates_exclude_special_tokens_and_placeholders(reference, tmp_path):
+    setup = prepare(tiny_config(reference, tmp_path / "c"))
+    rows = set(candidate_rows(setup).tolist())
+    assert setup.token_id not in rows and not rows & set(setup.pipe.tokenizer.all_special_ids)
+    assert len(rows) == setup.token_id - len(set(setup.pipe.tokenizer.all_special_ids))
+
+
+def test_a_searched_run_resumes_bit_exact(reference, tmp_path):
+    options = dict(token_search=4, token_search_rounds=2, steps=4, checkpoint_every=2)
+    straight = train(tiny_config(reference, tmp_path / "a", **options), progress=False)
+    train(tiny_config(reference, tmp_path / "b", **(options | {"steps": 2})), progress=False)
+    resumed = train(tiny_config(reference, tmp_path / "b", **options), progress=False)
+    from ostaf.checkpoint import load_checkpoint
+
+    a, b = load_checkpoint(straight.out).tensors, load_checkpoint(resumed.out).tensors
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
