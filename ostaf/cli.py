@@ -7,18 +7,24 @@ import logging
 import sys
 from collections.abc import Callable
 
-from ostaf.config import DEFAULT_MODEL, GenerateConfig, TrainConfig
+from ostaf.config import DEFAULT_MODEL, ExportConfig, GenerateConfig, TrainConfig
 from ostaf.errors import OstafError
 from ostaf.flags import add_config_arguments, config_from_args, set_recipe_defaults
-from ostaf.recipes import RECIPES, Recipe
+from ostaf.recipes import RECIPES, Recipe, layered
 from ostaf.runtime import tune_cpu_allocator
 
 # `ostaf preprocess` takes these TrainConfig fields: the same flags, defaults and help as `ostaf train`
 PREPROCESS_FIELDS = ("image", "attribute", "model", "out", "resolution", "augment_bank", "seed", "sam", "segment")
 
 
-RECIPE_HELP = "take a named recipe's option values as defaults (explicit flags still win): " + "; ".join(
+RECIPE_HELP = "named recipes' option values as defaults, later ones winning (explicit flags still win): " + "; ".join(
     f"{r.name}: {r.description}" for r in RECIPES.values()
+)
+
+
+EXPORT_HELP = (
+    "The checkpoint's U-Net change at λ as LoRA factors (truncated SVD per targeted projection) and its token "
+    "as a textual-inversion embedding: diffusers' load_lora_weights + load_textual_inversion read them."
 )
 
 
@@ -33,8 +39,12 @@ def build_parser(recipe: Recipe | None = None) -> argparse.ArgumentParser:
     )
     add_config_arguments(generate, GenerateConfig)
     for command, values in ((train, recipe.train if recipe else {}), (generate, recipe.generate if recipe else {})):
-        command.add_argument("--recipe", choices=list(RECIPES), help=RECIPE_HELP)
+        command.add_argument("--recipe", nargs="+", choices=list(RECIPES), help=RECIPE_HELP)
         set_recipe_defaults(command, values)
+    export = sub.add_parser(
+        "export", help="a checkpoint at one λ as a LoRA file + a textual-inversion embedding", description=EXPORT_HELP
+    )
+    add_config_arguments(export, ExportConfig)
     pre = sub.add_parser("preprocess", help="segment and plan augmentations of one reference (as training does)")
     add_config_arguments(pre, TrainConfig, only=PREPROCESS_FIELDS, required=("out",))
     doctor = sub.add_parser("doctor", help="list the models the pipeline needs and where they were looked for")
@@ -59,6 +69,22 @@ def run_generate(args: argparse.Namespace) -> None:
     config = config_from_args(GenerateConfig, args)
     results = generate(config)
     print(f"wrote {sum(len(r.images) for r in results)} images and {len(results)} grid(s) to {config.out}")
+
+
+def run_export(args: argparse.Namespace) -> None:
+    from ostaf.export import export
+
+    report = export(config_from_args(ExportConfig, args))
+    print(f"{'rank':>6} {'error':>8}")
+    for rank, error in report.error_vs_rank.items():
+        print(f"{rank:>6} {error:>8.2e}{'  ← written' if rank == report.rank else ''}")
+    worst = max(report.layers.items(), key=lambda kv: kv[1])
+    print(
+        f"LoRA (rank {report.rank}, {report.format}, λ = {report.lam:g}, {len(report.layers)} layers, relative error "
+        f"{report.error:.2e}, worst {worst[1]:.2e} in {worst[0]}): {report.lora}\n"
+        f"embedding of {report.token}: {report.embedding}\n"
+        f"diffusers: pipe.load_lora_weights({report.lora!r}); pipe.load_textual_inversion({report.embedding!r})"
+    )
 
 
 def run_preprocess(args: argparse.Namespace) -> None:
@@ -90,6 +116,7 @@ def run_sync(args: argparse.Namespace) -> None:
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "train": run_train,
     "generate": run_generate,
+    "export": run_export,
     "preprocess": run_preprocess,
     "doctor": run_doctor,
     "sync-tracking": run_sync,
@@ -97,11 +124,12 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
 
 
 def recipe_of(argv: list[str] | None) -> Recipe | None:
-    """The recipe `--recipe NAME` names, read before the real parse (an unknown name is the parser's error)."""
+    """The recipes `--recipe NAME …` names, layered, read before the real parse (an unknown name is the
+    parser's error)."""
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--recipe")
+    pre.add_argument("--recipe", nargs="+", default=[])
     known, _ = pre.parse_known_args(argv)
-    return RECIPES.get(known.recipe or "")
+    return layered([n for n in known.recipe if n in RECIPES])
 
 
 def main(argv: list[str] | None = None) -> int:

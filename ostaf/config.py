@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from ostaf.attributes import get_attribute
 from ostaf.errors import OstafError
 from ostaf.offsets import OffsetsConfig
-from ostaf.offsets.config import PROJECTIONS
+from ostaf.offsets.config import PROJECTIONS, parse_block_scales
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 TRAINABLES = ("lite", "paper", "token", "blocks", "unet", "lora")
@@ -340,6 +340,11 @@ class GenerateConfig(_Config):
         repeatable=True,
     )
     lam: list[float] = opt([0.0, 0.5, 1.0], "λ values (offset strength); 0 = no offsets (the learned token stays)")
+    lam_blocks: str = opt(
+        "",
+        "per-block λ multipliers, e.g. 'down.0=0.5,up.1=1.2' (blocks down.N, mid, up.N; unlisted blocks keep 1), "
+        "for every checkpoint's blocks",
+    )
     lam_per_ckpt: list[float] = opt(
         [], "one strength per --ckpt, multiplying each checkpoint's λ (e.g. 0.8 1.0 for a shape + an appearance one)"
     )
@@ -379,6 +384,7 @@ class GenerateConfig(_Config):
         _unit(dual_path=values["dual_path"])
         _finite(reference_attention=values["reference_attention"])
         _non_negative(reference_attention=values["reference_attention"])
+        parse_block_scales(values["lam_blocks"])
         if values["reference_lambda"] and not values["reference_attention"]:
             raise OstafError("--reference-lambda scales the reference's weight ω: set --reference-attention ω > 0")
         _finite(guidance=values["guidance"], **{f"lam[{i}]": v for i, v in enumerate(values["lam"])})
@@ -422,6 +428,38 @@ class EvaluateConfig(_Config):
         "the code path only, numbers without meaning), auto (real for real models; for presets n/a: not computed)",
         choices=METRIC_MODELS,
     )
+
+
+EXPORT_FORMATS = ("diffusers", "kohya")
+
+
+@dataclass
+class ExportConfig(_Config):
+    """A checkpoint at one λ as LoRA factors and a textual-inversion embedding, for tools without ostaf."""
+
+    ckpt: str = opt(help="checkpoint folder (the --out of `ostaf train`)")
+    out: str = opt(help="the LoRA file to write (.safetensors); the embedding and the report go beside it")
+    lam: float = opt(1.0, "the strength whose weight change is exported")
+    rank: int = opt(0, "LoRA rank of every layer (0: full rank, exact; see --max-error)")
+    max_error: float = opt(
+        0.0, "pick the smallest rank whose relative error is at most this in every layer (0: use --rank)"
+    )
+    format: str = opt("diffusers", "key layout: diffusers (peft names) or kohya (lora_unet_…)", choices=EXPORT_FORMATS)
+
+    @staticmethod
+    def check_options(values: Mapping[str, Any]) -> None:
+        _non_negative(rank=values["rank"])
+        _finite(lam=values["lam"], max_error=values["max_error"])
+        if not 0.0 <= values["max_error"] < 1.0:
+            raise OstafError(f"max_error is a relative error in [0, 1), got {values['max_error']}")
+        if values["max_error"] and values["rank"]:
+            raise OstafError("give --rank or --max-error, not both")
+        if abs(values["lam"]) > LAM_LIMIT:
+            raise OstafError(f"λ = {values['lam']:g} is outside |λ| ≤ {LAM_LIMIT:g}")
+
+    def check_item(self) -> None:
+        if not self.out.endswith(".safetensors"):
+            raise OstafError(f"--out {self.out!r} must end in .safetensors (the LoRA file other tools load)")
 
 
 def _multiple_of_8(**values: int) -> None:

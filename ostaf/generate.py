@@ -34,6 +34,7 @@ from ostaf.mechanisms.dual_path import VanillaPrompts
 from ostaf.mechanisms.reference_attention import ReferenceAttention, resolve_blocks
 from ostaf.models import load_pipeline, native_resolution
 from ostaf.offsets import OffsetsAdapter
+from ostaf.offsets.config import parse_block_scales
 from ostaf.preprocess import load_preprocessed
 from ostaf.runtime import autocast_dtype, progress_bar, resolve_device
 from ostaf.sweep import PromptResult, write_sweep
@@ -243,6 +244,16 @@ def generate(
     pipe.to(device)
     set_scheduler(pipe, config.scheduler)
     adapters = [apply(pipe, c) for c in checkpoints]
+    if config.lam_blocks:
+        blocks = parse_block_scales(config.lam_blocks)
+        modulated = {b for a in adapters for b in a.blocks()}
+        if set(blocks) - modulated:
+            raise OstafError(
+                f"--lam-blocks names {sorted(set(blocks) - modulated)}, but the checkpoints modulate only "
+                f"{sorted(modulated)}: pick among those"
+            )
+        for adapter in adapters:
+            adapter.set_block_scales({b: v for b, v in blocks.items() if b in adapter.blocks()})
     for prompt in config.prompt:
         check_length(pipe.tokenizer, prompt, tokens)
     reference = config.reference_image or (checkpoints[0].card["train"]["image"] if checkpoints else "")

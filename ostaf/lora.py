@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ostaf.errors import OstafError
+from ostaf.offsets.config import block_of
 from ostaf.offsets.inject import HoldsStrength
 
 
@@ -75,6 +76,10 @@ class LoraAdapter(HoldsStrength):
             module.set_adapter(sorted(module.lora_A))  # every attribute's LoRA stays active (composition)
         return adapter
 
+    def blocks(self) -> list[str]:
+        """The U-Net blocks whose projections carry this LoRA, e.g. ``up_blocks.1``."""
+        return sorted({block_of(target) for target in self.spec.targets()})
+
     def layers(self) -> Iterator[nn.Module]:
         for target in self.spec.targets():
             yield self.unet.get_submodule(target)
@@ -87,8 +92,8 @@ class LoraAdapter(HoldsStrength):
             scale = float(values)
         if not isinstance(scale, (int, float)) or not torch.isfinite(torch.tensor(float(scale))):
             raise OstafError(f"λ must be a finite number, got {scale!r}")
-        for module in self.layers():
-            module.set_scale(self.name, float(scale))
+        for target, module in zip(self.spec.targets(), self.layers(), strict=True):
+            module.set_scale(self.name, float(scale) * self.block_scale(target))
 
     def merge(self, scale: float) -> None:
         """Hold λ for the following forwards (LoRA's extra cost is small: nothing is folded)."""

@@ -1,7 +1,8 @@
 """Named recipes: option values for `TrainConfig` and `GenerateConfig` that belong together.
 
 A recipe is the one place a setting is written (the Makefile, the demo, the world experiment
-and `--recipe` all read it); explicit options still win over it.
+and `--recipe` all read it); explicit options still win over it. Recipes layer: `--recipe A B` takes
+A's values, then B's over them, so a model's settings (`world`) and a method's combine.
 """
 
 from __future__ import annotations
@@ -46,3 +47,17 @@ def get_recipe(name: str) -> Recipe:
         return RECIPES[name]
     except KeyError:
         raise OstafError(f"unknown recipe {name!r}: use one of {', '.join(RECIPES)}") from None
+
+
+def layered(names: list[str] | tuple[str, ...]) -> Recipe | None:
+    """Several recipes as one, later ones winning (`--recipe world disentangled`: the world's settings,
+    then a method's); None for none."""
+    if not names:
+        return None
+    recipes = [get_recipe(n) for n in names]
+    train: dict[str, Any] = {}
+    generate: dict[str, Any] = {}
+    for r in recipes:
+        train |= r.train
+        generate |= r.generate
+    return Recipe("+".join(names), "; ".join(r.description for r in recipes), train, generate)

@@ -6,7 +6,7 @@
 
 Option flags are generated from `TrainConfig` (`--steps`, `--lr`, …), `GenerateConfig`
 (`--gen-lam`, `--gen-seeds`, …) and `EvaluateConfig` (`--metric-models`); per-item fields come
-from the manifest instead. `--recipe NAME` takes a named recipe's values as the defaults.
+from the manifest instead. `--recipe NAME …` takes named recipes' values as the defaults (later ones win).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from ostaf.config import EvaluateConfig, GenerateConfig, TrainConfig, validate_o
 from ostaf.data import default_source
 from ostaf.errors import OstafError
 from ostaf.flags import add_config_arguments, options_from_args, set_recipe_defaults
-from ostaf.recipes import RECIPES, Recipe, get_recipe
+from ostaf.recipes import RECIPES, Recipe, layered
 from ostaf.runtime import CPU_ALLOCATOR_ENV
 from ostaf.tracking import provenance_tags, tracking_uri
 from pipelines.cluster import CLUSTER
@@ -130,7 +130,9 @@ def build_parser(recipe: Recipe | None = None) -> argparse.ArgumentParser:
         p.add_argument("--attribute", default="appearance", help="personalization pipeline: the attribute")
         p.add_argument("--class-name", default="object", help="personalization pipeline: what the image shows")
         p.add_argument("--prompts", nargs="*", default=[], help="personalization pipeline: prompts")
-        p.add_argument("--recipe", choices=list(RECIPES), help="take a named recipe's option values as defaults")
+        p.add_argument(
+            "--recipe", nargs="+", choices=list(RECIPES), help="take named recipes' option values as defaults (layered)"
+        )
         add_config_arguments(p, TrainConfig, only=("model",))
         add_config_arguments(p, EvaluateConfig)
         add_config_arguments(p, TrainConfig, shared=True)
@@ -153,9 +155,9 @@ def build_parser(recipe: Recipe | None = None) -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """`--recipe NAME` is read first: its values become the defaults, and explicit flags still win."""
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--recipe", choices=list(RECIPES))
+    pre.add_argument("--recipe", nargs="+", choices=list(RECIPES), default=[])
     known, _ = pre.parse_known_args(argv)
-    return build_parser(get_recipe(known.recipe) if known.recipe else None).parse_args(argv)
+    return build_parser(layered(known.recipe)).parse_args(argv)
 
 
 def pipeline_params(args: argparse.Namespace) -> dict[str, Any]:

@@ -221,3 +221,26 @@ def test_a_recipe_sets_the_cli_defaults_and_explicit_flags_still_win():
     assert build_parser(recipe_of(paper)).parse_args(paper).steps == 3000  # the authors' defaults
     gen = ["generate", "--ckpt", "c", "--prompt", "a *m", "--recipe", "world"]
     assert build_parser(recipe_of(gen)).parse_args(gen).num_steps == 25
+
+
+def test_recipes_layer_left_to_right_on_the_cli_and_the_pipeline_runner():
+    from ostaf.cli import build_parser, recipe_of
+    from ostaf.recipes import RECIPES, Recipe, layered
+
+    assert layered([]) is None
+    both = layered(["world", "paper"])
+    assert both.train == RECIPES["world"].train and both.name == "world+paper"
+    # a later recipe's values win over an earlier one's, per option
+    first, second = Recipe("a", "a", train={"steps": 5, "lr": 0.1}), Recipe("b", "b", train={"steps": 9})
+    RECIPES.update(a=first, b=second)
+    try:
+        assert layered(["a", "b"]).train == {"steps": 9, "lr": 0.1}
+        assert layered(["b", "a"]).train == {"steps": 5, "lr": 0.1}
+    finally:
+        del RECIPES["a"], RECIPES["b"]
+    argv = ["train", "--image", "x.png", "--class-name", "vase", "--recipe", "paper", "world"]
+    assert build_parser(recipe_of(argv)).parse_args(argv).steps == 200  # world after paper
+    from pipelines.run import parse_args
+
+    run = parse_args(["run-local", "--recipe", "paper", "world"])
+    assert (run.steps, getattr(run, "gen-num_steps")) == (200, 25)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -75,3 +76,27 @@ def block_of(module_name: str) -> str:
     """The U-Net block a module belongs to: ``up_blocks.1``, ``down_blocks.0`` or ``mid_block``."""
     head = module_name.split(".")
     return head[0] if head[0] == "mid_block" else ".".join(head[:2])
+
+
+BLOCK_ALIASES = {"down": "down_blocks", "up": "up_blocks", "mid": "mid_block"}
+
+
+def parse_block_scales(text: str) -> dict[str, float]:
+    """``"down.0=0.5,up.1=1"`` → ``{"down_blocks.0": 0.5, "up_blocks.1": 1.0}`` (``mid`` is the mid block)."""
+    scales: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        head, _, index = name.strip().partition(".")
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if not sep or head not in BLOCK_ALIASES or (head == "mid") == bool(index) or not math.isfinite(number):
+            raise OstafError(
+                f"per-block λ {item!r} is not BLOCK=NUMBER: write e.g. 'down.0=0.5,mid=1,up.1=1.2' "
+                "(blocks down.N, mid, up.N; unlisted blocks keep 1)"
+            )
+        if index and not index.isdigit():
+            raise OstafError(f"per-block λ {item!r}: the block index must be a number, e.g. up.1")
+        scales[BLOCK_ALIASES[head] + (f".{index}" if index else "")] = number
+    return scales

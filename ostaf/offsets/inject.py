@@ -26,7 +26,23 @@ def matched_layers(unet: UNet2DConditionModel, config: OffsetsConfig) -> list[st
 
 
 class HoldsStrength:
-    """`merged_at(λ)` for any adapter with `merge(λ)` / `unmerge()` (offsets and LoRA alike)."""
+    """`merged_at(λ)` and per-block λ multipliers for any adapter with `merge(λ)` / `unmerge()` and a
+    `modules()` of (module name, layer) pairs (offsets and LoRA alike)."""
+
+    block_scales: dict[str, float] | None = None  # block (``up_blocks.1``) → λ multiplier; None: 1 everywhere
+
+    def set_block_scales(self, scales: dict[str, float] | None) -> None:
+        """Multiply λ per U-Net block from now on (the way diffusers' `set_adapters` takes per-block scales)."""
+        scales = dict(scales or {})
+        unknown = sorted(set(scales) - set(self.blocks()))
+        if unknown:
+            raise OstafError(
+                f"per-block λ names {unknown}, but {self.name} only modulates {self.blocks()}: pick among those"
+            )
+        self.block_scales = scales or None
+
+    def block_scale(self, module_name: str) -> float:
+        return 1.0 if not self.block_scales else self.block_scales.get(block_of(module_name), 1.0)
 
     @contextmanager
     def merged_at(self, scale: float) -> Iterator[None]:
@@ -87,8 +103,8 @@ class OffsetsAdapter(HoldsStrength):
                 raise OstafError(f"λ must be finite numbers, got {scale.tolist()}")
         elif not isinstance(scale, (int, float)) or not torch.isfinite(torch.tensor(float(scale))):
             raise OstafError(f"λ must be a finite number, got {scale!r}")
-        for proc in self.processors.values():
-            proc.scale = scale
+        for layer, proc in self.processors.items():
+            proc.scale = scale * self.block_scale(layer) if self.block_scales else scale
 
     def set_dual_path(self, beta: float, vanilla_context: torch.Tensor | None) -> None:
         """β for the following forwards (1 = off) and the vanilla prompt's text context, (B | 1, T, D)."""
@@ -106,14 +122,15 @@ class OffsetsAdapter(HoldsStrength):
         self.set_scale(float(scale))
         for layer, proc in self.processors.items():
             attn = self.unet.get_submodule(layer)
+            lam = float(scale) * self.block_scale(layer)
             for proj in proc.offsets:
                 linear = getattr(attn, proj)
-                merged = proc.modulated_weight(linear.weight.data, proc.offsets[proj](), float(scale))
+                merged = proc.modulated_weight(linear.weight.data, proc.offsets[proj](), lam)
                 if not torch.isfinite(merged).all():
                     raise OstafError(f"merging {self.name} at λ={scale} gives non-finite weights in {layer}.{proj}")
                 proc.keep_base(proj, linear.weight.data)
                 linear.weight.data = merged
-            proc.merged_scale = float(scale)
+            proc.merged_scale = lam
 
     @torch.no_grad()
     def unmerge(self) -> None:

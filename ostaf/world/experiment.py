@@ -95,6 +95,12 @@ METHODS: dict[str, dict[str, Any]] = {
     "token+search": dict(trainable="token", token_search=32),
     "lite+search": dict(trainable="lite", token_search=32),
     "lite-zero+search": dict(trainable="lite", zero_init=True, token_search=32),
+    # longer textual inversion, and OSTAF lite trained after it (the token first, then zero-init offsets at every λ)
+    "token-long": dict(trainable="token", steps=400, lr=3e-3),
+    "token-800": dict(trainable="token", steps=800, lr=1e-3),
+    "lite-zero+token-first": dict(
+        trainable="lite", zero_init=True, train_lam="uniform", token_steps=400, steps=500, lr=3e-3
+    ),
     # the same on the checkpoint's own part (encoder for shape), its weight ω·λ: λ dials the reference
     "reference-attention-lambda": dict(trainable="token"),
 }
