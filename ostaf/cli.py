@@ -75,6 +75,9 @@ def run_export(args: argparse.Namespace) -> None:
     from ostaf.export import export
 
     report = export(config_from_args(ExportConfig, args))
+    if not report.lora:
+        print(f"a token-only checkpoint (no U-Net change): embedding of {report.token}: {report.embedding}")
+        return
     print(f"{'rank':>6} {'error':>8}")
     for rank, error in report.error_vs_rank.items():
         print(f"{rank:>6} {error:>8.2e}{'  ← written' if rank == report.rank else ''}")

@@ -41,36 +41,34 @@ class ExportReport:
 
 
 def export(config: ExportConfig) -> ExportReport:
-    """Write the LoRA file, the embedding and a JSON report; nothing is written if a check fails."""
+    """Write the LoRA file, the embedding and a JSON report (a token-only checkpoint: the embedding and the
+    report); nothing is written if a check fails."""
     out = Path(config.out)
     check_output_dir(out.parent)
     ckpt = load_checkpoint(config.ckpt)
     refuse_base_weights(ckpt, config.ckpt)
     pipe = load_base_pipeline(ckpt)
     adapter = apply(pipe, ckpt, config.lam)
-    deltas = weight_deltas(pipe, adapter, config.lam)
-    if not deltas:
-        raise OstafError(f"{config.ckpt} changes no U-Net weight (a token-only checkpoint): export the embedding only")
-    factors = {name: svd(delta) for name, delta in deltas.items()}
-    full = max(min(d.shape) for d in deltas.values())
-    rank = pick_rank(factors, config.rank or full, config.max_error)
-    layers = {name: relative_error(f, rank) for name, f in factors.items()}
-    lora = lora_state(factors, rank, config.format)
+    factors = {name: svd(delta) for name, delta in weight_deltas(pipe, adapter, config.lam).items()}
+    full = max((len(f[1]) for f in factors.values()), default=0)  # 0: a token-only checkpoint, no LoRA
+    rank = pick_rank(factors, config.rank or full, config.max_error) if factors else 0
     embedding = out.with_name(out.name.removesuffix(".safetensors") + ".embedding.safetensors")
     report = ExportReport(
-        str(out),
+        str(out) if factors else "",
         str(embedding),
         ckpt.token,
         config.lam,
         rank,
         config.format,
         overall_error(factors, rank),
-        layers,
-        {r: overall_error(factors, r) for r in sorted({1, 2, 4, 8, 16, 32, 64, rank, full}) if r <= full},
+        {name: relative_error(f, rank) for name, f in factors.items()},
+        {r: overall_error(factors, r) for r in sorted({1, 2, 4, 8, 16, 32, 64, rank, full}) if 0 < r <= full},
     )
     vector = ckpt.tensors["token.embedding"].float().reshape(1, -1).contiguous()
-    meta = {"ostaf.token": ckpt.token, "ostaf.lam": str(config.lam), "ostaf.rank": str(rank)}
-    atomic_write(out, lambda tmp: save_file(lora, str(tmp), metadata=meta))
+    if factors:
+        lora = lora_state(factors, rank, config.format)
+        meta = {"ostaf.token": ckpt.token, "ostaf.lam": str(config.lam), "ostaf.rank": str(rank)}
+        atomic_write(out, lambda tmp: save_file(lora, str(tmp), metadata=meta))
     atomic_write(embedding, lambda tmp: save_file({ckpt.token: vector}, str(tmp)))
     write_json(out.with_name(out.name.removesuffix(".safetensors") + ".report.json"), asdict(report))
     return report

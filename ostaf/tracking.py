@@ -377,7 +377,8 @@ def finish_run(run_id: str, pipeline_state: str) -> str:
 
 
 def _log_model(run_id: str, checkpoint: str | Path, attribute: str) -> str:
-    """Log the checkpoint as a pyfunc model and register it as ``ostaf-<attribute>``; return its URI."""
+    """Log the checkpoint as a pyfunc model, register it as ``ostaf-<attribute>`` with the alias ``latest``;
+    return its URI."""
     import mlflow
 
     from ostaf import mlflow_model
@@ -391,4 +392,6 @@ def _log_model(run_id: str, checkpoint: str | Path, attribute: str) -> str:
             registered_model_name=f"ostaf-{attribute}",
             pip_requirements=["ostaf"],
         )
+    if info.registered_model_version is not None:  # `models:/ostaf-<attribute>@latest`, not a version number
+        mlflow.MlflowClient().set_registered_model_alias(f"ostaf-{attribute}", "latest", info.registered_model_version)
     return info.model_uri

@@ -106,6 +106,16 @@ def test_a_lora_checkpoint_is_exact_at_its_own_rank(tmp_path, reference):
     assert np.abs(stock(ckpt, report) - ours(ckpt, 1.0)).max() <= 2
 
 
+def test_a_token_only_checkpoint_exports_its_embedding_alone(tmp_path, reference):
+    ckpt = train(tiny_config(reference, tmp_path / "t", steps=1, trainable="token"), progress=False).out
+    report = export(ExportConfig(ckpt=str(ckpt), out=str(tmp_path / "t.safetensors")))
+    assert report.lora == "" and not (tmp_path / "t.safetensors").exists() and report.rank == 0
+    pipe = load_base_pipeline(load_checkpoint(ckpt))
+    pipe.load_textual_inversion(report.embedding, token="*a")
+    row = pipe.text_encoder.get_input_embeddings().weight[pipe.tokenizer.convert_tokens_to_ids("*a")]
+    torch.testing.assert_close(row, load_checkpoint(ckpt).tensors["token.embedding"])
+
+
 def test_what_a_lora_cannot_carry_and_bad_options_are_one_clear_error(tmp_path, reference):
     paper = train(tiny_config(reference, tmp_path / "paper", steps=1, trainable="paper"), progress=False).out
     with pytest.raises(OstafError, match="cannot carry"):

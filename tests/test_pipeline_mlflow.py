@@ -74,8 +74,9 @@ def test_single_image_pipeline_logs_everything_to_a_real_server(mlflow_server, t
         leaks = [p for p in tmp_path.rglob("*") if p.is_file() and value.encode() in p.read_bytes()]
         assert leaks == []
 
-    version = client.get_latest_versions("ostaf-appearance")[0]
-    model = mlflow.pyfunc.load_model(f"models:/ostaf-appearance/{version.version}")
+    newest = max(int(v.version) for v in client.search_model_versions("name='ostaf-appearance'"))
+    assert int(client.get_model_version_by_alias("ostaf-appearance", "latest").version) == newest
+    model = mlflow.pyfunc.load_model("models:/ostaf-appearance@latest")  # by alias, not by version number
     query = pd.DataFrame([{"prompt": "a cup in the appearance of *a", "lam": 0.7, "seed": 5, "num_steps": 2}])
     from_mlflow = model.predict(query)[0]
 
