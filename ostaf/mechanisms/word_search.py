@@ -83,7 +83,7 @@ def search_word(setup: TrainingSetup, candidates: int, rounds: int, samples: int
     try:
         with torch.no_grad():
             best = reference_loss(setup, draws).item()
-        start, best_id, tried = best, -1, 0
+        start, best_index, tried = best, -1, 0  # best_index: a row of `vocab`; -1 = the attribute's own word
         for _ in range(rounds):
             word = token.word_embedding.clone()
             probe = torch.zeros_like(word, requires_grad=True)
@@ -100,12 +100,12 @@ def search_word(setup: TrainingSetup, candidates: int, rounds: int, samples: int
                     loss = reference_loss(setup, draws).item()
                     tried += 1
                     if loss < best:
-                        best, best_id, improved = loss, int(rows[index]), True
-                token.word_embedding = vocab[(rows == best_id).nonzero()[0, 0]].clone() if best_id >= 0 else word
+                        best, best_index, improved = loss, index, True
+                token.word_embedding = vocab[best_index].clone() if best_index >= 0 else word
             if not improved:
                 break
     finally:
         setup.adapter.set_scale(1.0)
         if setup.lora is not None:
             setup.lora.set_scale(1.0)
-    return SearchResult(best_id, best, start, tried)
+    return SearchResult(int(rows[best_index]) if best_index >= 0 else -1, best, start, tried)
