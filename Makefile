@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install data run test lint clean services-up services-down image
+.PHONY: install data run test browser pipelines lint clean services-up services-down image
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,21 @@ data: install
 run: data
 	$(PY) -m pipelines run-local --per-attribute 1 --model attribute-world --recipe world
 
-test: data
+test: data browser
 	$(PY) -m pytest -q
+
+# the HTML report's test renders the report in a headless Chromium (Debian's package), installed when missing
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+	  echo "installing chromium for the HTML report's test (apt-get)"; \
+	  $(SUDO) apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q chromium >/dev/null; } || \
+	  echo "could not install chromium: tests/test_html_report.py will fail until it is (apt-get install -y chromium)"; }
+
+# the compiled pipelines for the KFP UI ("upload this file"): build/pipelines/attribute_{benchmark,personalization}.yaml
+pipelines: install
+	$(PY) -m pipelines compile --out build/pipelines
 
 # development services on 127.0.0.1: MLflow (artifacts in S3) + an S3 stand-in (infra/local)
 services-up: data

@@ -1,38 +1,63 @@
 """One lightweight component per pipeline step. Bodies import `ostaf` and call one step function;
 resources, accelerators, caching and retries are set on tasks in `pipelines/`, never here."""
 
+import linecache
+from collections.abc import Callable
+
 from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output, PipelineTaskFinalStatus
+from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output, PipelineTaskFinalStatus
 
 from components.image import IMAGE
+from components.options import typed_parameters
 
 component = dsl.component(base_image=IMAGE, install_kfp_package=False)
 
 
-@component
+def generated_function(name: str, source: str) -> Callable:
+    """A function defined by `source`, with its source findable by `inspect.getsource` (KFP embeds a lightweight
+    component's source text in its container command), as dataclasses and attrs do for the code they generate."""
+    filename = f"<ostaf generated {name}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
+    namespace: dict = {"Artifact": Artifact, "Output": Output}
+    exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - our own template, no outside input
+    return namespace[name]
+
+
+def start_tracking_source() -> str:
+    """`start_tracking`'s source: one typed input per typed pipeline parameter (`components.options`)."""
+    params = typed_parameters()
+    inputs = "".join(f"    {p.name}: {p.annotation.__name__},\n" for p in params)
+    values = ", ".join(f"{p.name!r}: {p.name}" for p in params)
+    return f'''
 def start_tracking(
     pipeline: str,
     model: str,
-    train_options: dict,
-    generate_options: dict,
+    recipe: list,
+    extra_options: dict,
+    compiled_defaults: dict,
     kfp_run_id: str,
     provenance: dict,
-    tracking: Output[Artifact],
+{inputs}    tracking: Output[Artifact],
+    options: Output[Artifact],
 ):
-    """Open the parent MLflow run; its id travels as an artifact to every later step.
+    """Resolve the run's options (recipe, typed parameters, extra_options) and open the parent MLflow run.
 
-    An artifact, not a string output, on purpose: kfp 2.17's local runner replaces every
-    task-output *parameter* that enters a ParallelFor with the loop item.
+    Both travel as artifacts to the later steps, not as string outputs, on purpose: kfp 2.17's local runner
+    replaces every task-output *parameter* that enters a ParallelFor with the loop item.
     """
-    from components.options import typed
-    from ostaf.config import GenerateConfig, TrainConfig
-    from ostaf.steps import start_pipeline_run
+    from components.options import start_run
 
-    train, gen = typed(TrainConfig, train_options), typed(GenerateConfig, generate_options)
-    run_id = start_pipeline_run(pipeline, model, train, gen, kfp_run_id, provenance)
+    typed_values = {{{values}}}
+    run_id = start_run(
+        pipeline, model, recipe, extra_options, compiled_defaults, kfp_run_id, provenance, typed_values, options.path
+    )
     with open(tracking.path, "w") as f:
         f.write(run_id)
     tracking.metadata["mlflow_run_id"] = run_id
+'''
+
+
+start_tracking = component(generated_function("start_tracking", start_tracking_source()))
 
 
 @component
@@ -63,50 +88,52 @@ def import_reference(image: str, attribute: str, class_name: str, prompts: list,
 
 
 @component
-def preprocess(benchmark: Input[Dataset], item_id: str, model: str, train_options: dict, reference: Output[Dataset]):
+def preprocess(
+    benchmark: Input[Dataset], item_id: str, model: str, options: Input[Artifact], reference: Output[Dataset]
+):
     """SAM foreground, mask and augmentation plan of one item."""
-    from components.options import typed
-    from ostaf.config import TrainConfig
+    from components.options import read_options
     from ostaf.steps import preprocess_item
 
-    preprocess_item(benchmark.path, item_id, model, typed(TrainConfig, train_options), reference.path)
+    preprocess_item(benchmark.path, item_id, model, read_options(options.path)["train"], reference.path)
 
 
 @component
-def init_token(reference: Input[Dataset], model: str, train_options: dict, token: Output[Dataset]):
+def init_token(reference: Input[Dataset], model: str, options: Input[Artifact], token: Output[Dataset]):
     """The reference's CLIP image features for the placeholder's initial embedding."""
-    from components.options import typed
-    from ostaf.config import TrainConfig
+    from components.options import read_options
     from ostaf.steps import init_token as run
 
-    run(reference.path, model, typed(TrainConfig, train_options), token.path)
+    run(reference.path, model, read_options(options.path)["train"], token.path)
 
 
 @component
 def train(
-    reference: Input[Dataset], model: str, train_options: dict, tracking: Input[Artifact], checkpoint: Output[Model]
+    reference: Input[Dataset],
+    model: str,
+    options: Input[Artifact],
+    tracking: Input[Artifact],
+    checkpoint: Output[Model],
 ) -> str:
     """Fine-tune the offsets (and token) in a run nested under the pipeline's; returns its MLflow run id."""
-    from components.options import typed
-    from ostaf.config import TrainConfig
+    from components.options import read_options
     from ostaf.steps import train_item
 
     with open(tracking.path) as f:
-        run_id = train_item(reference.path, model, typed(TrainConfig, train_options), f.read(), checkpoint.path)
+        run_id = train_item(reference.path, model, read_options(options.path)["train"], f.read(), checkpoint.path)
     checkpoint.metadata["mlflow_run_id"] = run_id
     return run_id
 
 
 @component
 def generate(
-    checkpoint: Input[Model], reference: Input[Dataset], generate_options: dict, run_id: str, images: Output[Dataset]
+    checkpoint: Input[Model], reference: Input[Dataset], options: Input[Artifact], run_id: str, images: Output[Dataset]
 ):
     """The λ sweep: prompts × seeds × λ, with one grid per prompt."""
-    from components.options import typed
-    from ostaf.config import GenerateConfig
+    from components.options import read_options
     from ostaf.steps import generate_item
 
-    generate_item(checkpoint.path, reference.path, typed(GenerateConfig, generate_options), run_id, images.path)
+    generate_item(checkpoint.path, reference.path, read_options(options.path)["generate"], run_id, images.path)
 
 
 @component
@@ -129,12 +156,21 @@ def evaluate(
 
 @component
 def aggregate(
-    scores: Input[list[Dataset]], tracking: Input[Artifact], report: Output[Dataset], table: Output[Markdown]
+    scores: Input[list[Dataset]],
+    tracking: Input[Artifact],
+    report: Output[Dataset],
+    table: Output[Markdown],
+    page: Output[HTML],
 ):
-    """The paper-style table over all items, logged to the parent MLflow run."""
+    """The paper-style table over all items and the HTML report (table, grids, plots), logged to the parent MLflow
+    run; `page` is the report for the KFP UI's visualisation pane."""
+    import shutil
+
+    from ostaf.steps import REPORT_HTML
     from ostaf.steps import aggregate as run
 
     with open(tracking.path) as f:
         markdown = run([s.path for s in scores], f.read(), report.path)
     with open(table.path, "w") as f:
         f.write(markdown)
+    shutil.copyfile(f"{report.path}/{REPORT_HTML}", page.path)

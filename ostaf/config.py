@@ -42,17 +42,21 @@ def opt(
     per_item: bool = False,
     item_key: str | None = None,
     repeatable: bool = False,
+    pipeline: bool = False,
     **kw: Any,
 ) -> Any:
     """A dataclass field with its CLI help attached.
 
     `per_item`: set by each benchmark item or step, not by shared options (`item_key` names the
-    manifest key that supplies it, if any); `repeatable`: the flag may be given more than once.
+    manifest key that supplies it, if any); `repeatable`: the flag may be given more than once;
+    `pipeline`: one of the options people change, a typed top-level parameter of the pipelines (the rest
+    go through their `extra_options`).
     """
     meta = {
         "help": help,
         "per_item": per_item or item_key is not None,
         "repeatable": repeatable,
+        "pipeline": pipeline,
         **({"choices": choices} if choices else {}),
         **({"item_key": item_key} if item_key else {}),
     }
@@ -65,6 +69,11 @@ def opt(
 def default_of(f) -> Any:
     """A field's default value (a fresh copy for list fields), or MISSING."""
     return f.default_factory() if f.default_factory is not MISSING else f.default
+
+
+def pipeline_fields(cls: type) -> tuple[str, ...]:
+    """The fields that are typed top-level pipeline parameters (`opt(pipeline=True)`)."""
+    return tuple(f.name for f in fields(cls) if f.metadata.get("pipeline"))
 
 
 def per_item_fields(cls: type) -> tuple[str, ...]:
@@ -210,6 +219,7 @@ class TrainConfig(_Config):
         "the paper's fine-tuned SD), unet (token + the whole U-Net, DreamBooth-like), lora (token + peft LoRA on "
         "the q/k/v the offsets would modulate; λ is its scale)",
         choices=TRAINABLES,
+        pipeline=True,
     )
     lora_rank: int = opt(4, "LoRA rank (--trainable lora)")
     offset_mode: str = opt(
@@ -231,9 +241,9 @@ class TrainConfig(_Config):
     )
     token_alpha: float = opt(0.1, "α in e* = emb(word) + α·f(image)")
     token_reg: float = opt(0.01, "weight of the ‖e*‖² regulariser")
-    steps: int = opt(3000, "optimizer steps")
+    steps: int = opt(3000, "optimizer steps", pipeline=True)
     checkpoint_every: int = opt(100, "save a checkpoint every N steps (0: only the final one)")
-    lr: float = opt(1e-6, "learning rate (the paper's value)")
+    lr: float = opt(1e-6, "learning rate (default: the paper's 1e-6)", pipeline=True)
     scale_lr: bool = opt(False, "multiply lr by grad_accum × batch_size, as the authors' scripts do")
     grad_accum: int = opt(2, "gradient accumulation steps")
     batch_size: int = opt(1, "images per micro-step")
@@ -278,6 +288,12 @@ class TrainConfig(_Config):
     token_search_samples: int = opt(64, "fixed (noise, timestep) draws of the reference each candidate is scored on")
     masked_loss: bool = opt(False, "count the denoising loss only inside the (dilated) reference mask")
     mask_dilation: int = opt(1, "latent pixels the loss mask grows by (--masked-loss)")
+    timestep_range: list[float] = opt(
+        [0.0, 1.0],
+        "the band of the noise schedule training draws t from, as fractions [a, b] of it (e.g. 0.25 1: skip the "
+        "nearly clean quarter, where the loss barely depends on the prompt)",
+    )
+    snr_gamma: float = opt(0.0, "min-SNR-γ loss weighting (diffusers' --snr_gamma; e.g. 5); 0 = every t weighs 1")
 
     @staticmethod
     def check_options(values: Mapping[str, Any]) -> None:
@@ -289,6 +305,9 @@ class TrainConfig(_Config):
         _finite(**{k: values[k] for k in ("lr", "token_alpha", "token_reg", "attn_binding", "nn_contrastive")})
         _non_negative(attn_binding=values["attn_binding"], nn_contrastive=values["nn_contrastive"])
         _unit(dual_path=values["dual_path"])
+        _band(timestep_range=values["timestep_range"])
+        _finite(snr_gamma=values["snr_gamma"])
+        _non_negative(snr_gamma=values["snr_gamma"])
         if values["nn_temperature"] <= 0 or not math.isfinite(values["nn_temperature"]):
             raise OstafError(f"nn_temperature must be a finite number > 0, got {values['nn_temperature']}")
         if values["token_steps"] and not values["train_token"]:
@@ -339,7 +358,9 @@ class GenerateConfig(_Config):
         item_key="prompts",
         repeatable=True,
     )
-    lam: list[float] = opt([0.0, 0.5, 1.0], "λ values (offset strength); 0 = no offsets (the learned token stays)")
+    lam: list[float] = opt(
+        [0.0, 0.5, 1.0], "λ values (offset strength); 0 = no offsets (the learned token stays)", pipeline=True
+    )
     lam_blocks: str = opt(
         "",
         "per-block λ multipliers, e.g. 'down.0=0.5,up.1=1.2' (blocks down.N, mid, up.N; unlisted blocks keep 1), "
@@ -348,10 +369,10 @@ class GenerateConfig(_Config):
     lam_per_ckpt: list[float] = opt(
         [], "one strength per --ckpt, multiplying each checkpoint's λ (e.g. 0.8 1.0 for a shape + an appearance one)"
     )
-    seeds: list[int] = opt([0, 1, 2], "one image per seed (and λ)")
+    seeds: list[int] = opt([0, 1, 2], "one image per seed (and λ)", pipeline=True)
     out: str = opt("runs/generate", "output directory", per_item=True)
     model: str = opt("", "base weights (default: the model the checkpoint was trained on)", per_item=True)
-    num_steps: int = opt(50, "denoising steps")
+    num_steps: int = opt(50, "denoising steps", pipeline=True)
     guidance: float = opt(7.5, "classifier-free guidance scale")
     scheduler: str = opt("ddim", "sampler", choices=SCHEDULERS)
     resolution: int = opt(0, "image size in px (0: the model's native size)")
@@ -474,6 +495,12 @@ def _unit(**values: float) -> None:
     for name, value in values.items():
         if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
             raise OstafError(f"{name} must be in [0, 1], got {value!r}")
+
+
+def _band(**values: list[float]) -> None:
+    for name, value in values.items():
+        if len(value) != 2 or not all(isinstance(v, (int, float)) for v in value) or not 0 <= value[0] < value[1] <= 1:
+            raise OstafError(f"{name} must be two fractions a < b in [0, 1] (e.g. 0.25 1), got {value!r}")
 
 
 def _positive(**values: int) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,13 +70,3 @@ def evaluate_sweep(generated: str | Path, reference: Preprocessed, models: Metri
             row["iou"] = float(np.mean([mask_iou(foreground_mask(im, models.sam), reference.mask) for im in images]))
         rows.append(row)
     return rows
-
-
-def by_lambda(rows: list[dict]) -> dict[float, dict[str, float]]:
-    """Metric means over prompts, per λ."""
-    out: dict[float, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for row in rows:
-        for key, value in row.items():
-            if key not in ("lam", "n") and isinstance(value, (int, float)) and not isinstance(value, bool):
-                out[row["lam"]][key].append(value)
-    return {lam: {k: float(np.mean(v)) for k, v in metrics.items()} for lam, metrics in sorted(out.items())}

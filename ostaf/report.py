@@ -59,12 +59,12 @@ def paper_table(rows: list[dict], lam: float | None = None) -> list[dict]:
     ]
 
 
-def _keys(table: list[dict]) -> list[str]:
+def table_keys(table: list[dict]) -> list[str]:
     return ["attribute", "n", *(m for m in table_metrics() if any(m in row for row in table))]
 
 
 def to_csv(table: list[dict]) -> str:
-    keys = _keys(table)
+    keys = table_keys(table)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=keys, restval="")
     writer.writeheader()
@@ -74,7 +74,7 @@ def to_csv(table: list[dict]) -> str:
 
 def to_markdown(table: list[dict], keys: list[str] | None = None) -> str:
     """A Markdown table of `keys` (default: the paper table's), '–' where a row has no value."""
-    keys = keys or _keys(table)
+    keys = keys or table_keys(table)
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(str(row.get(k, "–")) for k in keys) + " |" for row in table]
     return "\n".join(lines) + "\n"
@@ -126,6 +126,63 @@ def plot_lambda_curves(curves: Curves, metrics: Iterable[str], path: str | Path,
     out = atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
     return out
+
+
+# per attribute: the metric λ should raise (sign +1) or lower (−1), and the prompt-following metric that must hold,
+# the exact world metrics first, then the paper's (the first pair a row holds is the one used)
+STRENGTH = {
+    "shape": (("shape_match", 1.0), ("iou", 1.0)),
+    "appearance": (("appearance_match", 1.0), ("dino", 1.0), ("gram", -1.0)),
+    "style": (("style_match", 1.0), ("dino", 1.0), ("gram", -1.0)),
+}
+TEXT = ("text_control", "clip_t")
+KEEP_TEXT = 0.9  # the best λ keeps ≥ 90 % of the prompt-following it has at the smallest λ
+
+
+def best_lambda(means: dict[float, dict[str, float]], attribute: str) -> tuple[float, str] | None:
+    """(λ, metric): the λ with the strongest attribute among those whose text following stays ≥ KEEP_TEXT × its
+    value at the smallest λ (the whole sweep when no text metric was computed); None when no metric is there."""
+    lams = sorted(means)
+    held = {k for m in means.values() for k in m}
+    found = next(((name, sign) for name, sign in STRENGTH[attribute] if name in held), None)
+    if found is None:
+        return None
+    name, sign = found
+    text = next((t for t in TEXT if t in held), None)
+    floor = KEEP_TEXT * means[lams[0]].get(text, 0.0) if text else None
+    allowed = [lam for lam in lams if floor is None or means[lam].get(text, 0.0) >= floor] or lams[:1]
+
+    def strength(lam: float) -> tuple[float, float]:  # ties go to the smaller λ (the least change to the model)
+        return (sign * means[lam][name] if name in means[lam] else float("-inf"), -lam)
+
+    return max(allowed, key=strength), name
+
+
+def by_lambda(rows: list[dict]) -> dict[float, dict[str, float]]:
+    """Metric means over prompts, per λ."""
+    out: dict[float, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        for key, value in row.items():
+            if key not in ("lam", "n") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                out[row["lam"]][key].append(value)
+    return {lam: {k: float(np.mean(v)) for k, v in metrics.items()} for lam, metrics in sorted(out.items())}
+
+
+BEST_LAM_NOTE = "best λ per item (the strongest attribute that keeps ≥ 90 % of the prompt-following of the smallest λ):"
+
+
+def best_lambdas(rows: list[dict]) -> dict[str, tuple[float, str]]:
+    """item → (its best λ, the metric that chose it), by `report.best_lambda`."""
+    by_item: dict[str, list[dict]] = {}
+    for row in rows:
+        by_item.setdefault(row["item"], []).append(row)
+    found = {item: best_lambda(by_lambda(r), r[0]["attribute"]) for item, r in by_item.items()}
+    return {item: b for item, b in found.items() if b is not None}
+
+
+def curve_step(lam: float) -> int:
+    """A λ as a metric-history step (100·λ), so MLflow's charts draw metric-vs-λ curves."""
+    return round(100 * lam)
 
 
 NOT_COMPUTED = (

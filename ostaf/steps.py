@@ -24,10 +24,16 @@ from ostaf import data, groups, tracking
 from ostaf.benchmark import BenchmarkItem, copy_items, load_manifest, write_manifest
 from ostaf.config import EvaluateConfig, GenerateConfig, TrainConfig, validate_options
 from ostaf.errors import OstafError
+from ostaf.html_report import SCORES_FILE, collect_visuals, grid_name, write_html
 from ostaf.images import load_image, save_image
 from ostaf.io import write_json
 from ostaf.report import (
+    BEST_LAM_NOTE,
     NOT_COMPUTED,
+    best_lambda,
+    best_lambdas,
+    by_lambda,
+    curve_step,
     missing_paper_metrics,
     paper_table,
     plot_curves,
@@ -38,7 +44,7 @@ from ostaf.report import (
 from ostaf.sweep import SweepIndex, slug
 
 ITEM_FILE = "item.json"
-SCORES_FILE = "scores.json"
+REPORT_HTML = "report.html"  # the aggregate's self-contained page (KFP's Output[HTML], MLflow's report/)
 
 
 def start_pipeline_run(
@@ -78,10 +84,10 @@ def select_benchmark(source: str, dest: str, attributes: list[str], ids: list[st
     return [i.id for i in items]
 
 
-def import_reference(image: str, attribute: str, class_name: str, prompts: list[str], dest: str) -> list[str]:
-    """A one-item benchmark made from a user's own image (the single-image pipeline's input)."""
+def reference_item(image: str, attribute: str, class_name: str, prompts: list[str]) -> BenchmarkItem:
+    """The single-image pipeline's item, checked (attribute, prompts with its placeholder): one clear error."""
     try:
-        item = BenchmarkItem(
+        return BenchmarkItem(
             id="reference",
             attribute=attribute,
             image="reference.png",
@@ -92,6 +98,11 @@ def import_reference(image: str, attribute: str, class_name: str, prompts: list[
         )
     except ValidationError as err:
         raise OstafError(f"reference {image}: {err.errors()[0]['msg']}") from None
+
+
+def import_reference(image: str, attribute: str, class_name: str, prompts: list[str], dest: str) -> list[str]:
+    """A one-item benchmark made from a user's own image (the single-image pipeline's input)."""
+    item = reference_item(image, attribute, class_name, prompts)
     save_image(load_image(image), Path(dest) / item.image)
     write_manifest(dest, {"name": "reference", "version": 1, "items": [item.model_dump(mode="json")]})
     return [item.id]
@@ -132,6 +143,9 @@ def train_item(reference: str, model: str, train_options: dict, parent_run_id: s
         parent_run_id, item["id"], params=config.to_dict(), tags={"item": item["id"], "attribute": item["attribute"]}
     )
     with tracking.active(logger, reopen=True):
+        for name in ("reference.png", "mask.png"):  # what the run learned from, as training saw it
+            if (Path(reference) / name).exists():
+                logger.log_artifact(Path(reference) / name, "reference")
         result = train(config, tracker=logger)
         logger.log_params({"seconds_per_step": round(result.seconds_per_step, 4)})
         if result.nearest_words:  # --nn-contrastive: where e* ended up among the words
@@ -151,7 +165,8 @@ def generate_item(checkpoint: str, reference: str, generate_options: dict, run_i
         generate(config)
         return
     with tracking.active(tracking.RunLogger(run_id), reopen=True) as logger:
-        for result in generate(config):
+        for index, result in enumerate(generate(config)):  # by index too: the same names in every item's run
+            logger.log_image(result.grid, f"grids/{grid_name(index)}")
             logger.log_image(result.grid, f"grids/{slug(result.prompt)}.png")
 
 
@@ -160,7 +175,7 @@ def evaluate_item(
 ) -> dict[str, float]:
     """Metrics per (prompt, λ) into scores.json; per-λ means and a curve plot to MLflow. Returns the largest
     λ's means (the KFP metrics)."""
-    from ostaf.evaluate import by_lambda, evaluate_sweep, load_metric_models, metric_spec
+    from ostaf.evaluate import evaluate_sweep, load_metric_models, metric_spec
     from ostaf.preprocess import load_preprocessed
 
     item = read_item(reference)
@@ -173,12 +188,18 @@ def evaluate_item(
         rows = [row | exact[(row["prompt"], row["lam"])] for row in rows]
     rows = [{"item": item["id"], "attribute": item["attribute"], **row} for row in rows]
     write_json(Path(dest) / SCORES_FILE, rows)
+    collect_visuals(images, reference, dest)  # the HTML report's reference, mask and grids (aggregate sees dest only)
     means = by_lambda(rows)
     plot = plot_curves(rows, Path(dest) / "metrics_vs_lambda.png")  # the metrics that were computed
+    best = best_lambda(means, item["attribute"])
     if run_id:
         with tracking.active(tracking.RunLogger(run_id), reopen=True) as logger:
             for index, (lam, metrics) in enumerate(means.items()):
                 logger.log_metrics({f"{k}/lam_{lam:g}": v for k, v in metrics.items()}, step=index)
+                # the same as λ curves: one history per metric, step = 100·λ (MLflow's charts draw them)
+                logger.log_metrics({f"{k}_vs_lambda": v for k, v in metrics.items()}, step=curve_step(lam))
+            if best is not None:  # the table's rule: strongest attribute that keeps the prompt (report.best_lambda)
+                logger.log_metrics({"best_lam": best[0], f"{best[1]}/best_lam": means[best[0]][best[1]]}, step=0)
             if plot:
                 logger.log_artifact(plot, "plots")
     top = means[max(means)]
@@ -194,14 +215,25 @@ def aggregate(score_dirs: list[str], parent_run_id: str, dest: str, lam: float |
     write_table(table, dest)
     write_json(Path(dest) / SCORES_FILE, rows)
     plot_curves(rows, Path(dest) / "metrics_vs_lambda.png")
+    write_html(score_dirs, table, lam, Path(dest) / REPORT_HTML, "ostaf: Attribute Benchmark")
     markdown = f"Attribute Benchmark at λ = {lam:g}\n\n{to_markdown(table)}"
     if missing_paper_metrics(rows):
         markdown += f"\n{NOT_COMPUTED}\n"
+    best = best_lambdas(rows)
+    if best:
+        markdown += f"\n{BEST_LAM_NOTE}\n" + "".join(
+            f"- {item}: λ = {b:g} ({metric})\n" for item, (b, metric) in best.items()
+        )
     if parent_run_id:
         logger = tracking.RunLogger(parent_run_id)
         logger.log_artifact(dest, "report")
+        logger.log_params({"table_lam": lam})  # the λ every `<attribute>/<metric>` metric is at
         for row in table:
             logger.log_metrics({f"{row['attribute']}/{k}": v for k, v in row.items() if k not in ("attribute",)}, 0)
+        for sweep_lam in sorted({r["lam"] for r in rows}):  # the table at every λ, as λ curves (step = 100·λ)
+            for row in paper_table(rows, lam=sweep_lam):
+                curves = {f"{row['attribute']}/{k}_vs_lambda": v for k, v in row.items() if k not in ("attribute", "n")}
+                logger.log_metrics(curves, curve_step(sweep_lam))
     return markdown
 
 

@@ -28,7 +28,7 @@ from ostaf.image_encoder import ImageEncoder, load_image_encoder, saved_image_em
 from ostaf.images import to_tensor
 from ostaf.io import check_output_dir
 from ostaf.lora import LoraAdapter, LoraSpec
-from ostaf.mechanisms import binding, dual_path, schedule, word_search
+from ostaf.mechanisms import binding, dual_path, schedule, timesteps, word_search
 from ostaf.mechanisms.contrastive import NearestWordContrast
 from ostaf.mechanisms.masked_loss import latent_masks, masked_mse
 from ostaf.models import load_pipeline, native_resolution
@@ -412,27 +412,25 @@ def sample_batch(setup: TrainingSetup, generator: torch.Generator) -> Batch:
     pick = torch.randint(0, setup.latent_mean.shape[0], (batch,), generator=generator)  # which augmentation
     eps = torch.randn(shape, generator=generator)
     noise = torch.randn(shape, generator=generator)
-    timesteps = torch.randint(0, setup.noise_scheduler.config.num_train_timesteps, (batch,), generator=generator)
+    steps = timesteps.sample_timesteps(setup, batch, generator)
     latents = setup.latent_mean[pick] + setup.latent_std[pick] * eps.to(setup.device)
     lam = schedule.sample_lambda(setup, batch, generator)
-    return Batch(latents, noise.to(setup.device), timesteps.to(setup.device), pick, lam)
+    return Batch(latents, noise.to(setup.device), steps.to(setup.device), pick, lam)
 
 
 def denoising_loss(
     setup: TrainingSetup,
     latents: torch.Tensor,
     noise: torch.Tensor,
-    timesteps: torch.Tensor,
+    t: torch.Tensor,
     pick: torch.Tensor | None = None,
     lam: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(noise-prediction MSE, token regulariser) for given latents, noise and timesteps (and per-sample λ)."""
     scheduler = setup.noise_scheduler
     latents = latents * setup.pipe.vae.config.scaling_factor
-    noisy = scheduler.add_noise(latents, noise, timesteps)
-    target = (
-        noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
-    )
+    noisy = scheduler.add_noise(latents, noise, t)
+    target = noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, t)
     if lam is not None:
         setup.adapter.set_scale(lam.to(setup.device))
     if setup.vocabulary is not None:
@@ -443,7 +441,7 @@ def denoising_loss(
     try:
         with autocast(setup):
             context = text_context(setup).expand(latents.shape[0], -1, -1)
-            pred = setup.unet(noisy.to(setup.unet.dtype), timesteps, context).sample
+            pred = setup.unet(noisy.to(setup.unet.dtype), t, context).sample
     finally:
         if lam is not None:
             setup.adapter.set_scale(1.0)
@@ -451,8 +449,11 @@ def denoising_loss(
             setup.adapter.set_dual_path(1.0, None)
         if setup.attention is not None:
             setup.attention.active = False
+    weights = timesteps.snr_weights(scheduler, t, setup.config.snr_gamma)
     if setup.loss_masks is not None and pick is not None:
-        mse = masked_mse(pred.float(), target.float(), setup.loss_masks[pick])
+        mse = masked_mse(pred.float(), target.float(), setup.loss_masks[pick], weights)
+    elif weights is not None:
+        mse = (F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3)) * weights).mean()
     else:
         mse = F.mse_loss(pred.float(), target.float())
     reg = setup.token().pow(2).sum() if setup.config.train_token else mse.new_zeros(())  # ‖e*‖²

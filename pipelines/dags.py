@@ -6,38 +6,46 @@ attribute_benchmark:       the same branch fanned out over the manifest → aggr
 
 Both open a parent MLflow run first and close it in an exit handler with the pipeline's
 final state, so a failed branch never leaves it RUNNING. (KFP allows no pipeline output from
-inside an exit handler: the table is the `aggregate` task's Markdown output.) Parameter defaults come from the
-config classes (`shared_defaults`, field defaults): there is no second list here.
+inside an exit handler: the table is the `aggregate` task's Markdown output, the report its HTML one.)
+
+Parameters: the options people change are typed top-level parameters — every config field marked
+`opt(pipeline=True)` (`components.options.typed_parameters`), with its help as the description and its
+default (or the compile-time recipe's value) — beside `recipe` and an `extra_options` dict for the rest.
+The first task resolves them into one options artifact that every later step reads. There is no second list
+of options or defaults here.
 """
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
 
 from kfp import dsl
 
 from components import steps as c
-from ostaf.config import EvaluateConfig, GenerateConfig, TrainConfig, shared_defaults
+from components.options import EXTRA_HELP, typed_parameters
+from ostaf.config import EvaluateConfig, TrainConfig
+from ostaf.recipes import RECIPES, layered
 from pipelines.cluster import on_cluster
 
-TRAIN_OPTIONS = shared_defaults(TrainConfig)
-GENERATE_OPTIONS = shared_defaults(GenerateConfig)
 MODEL = TrainConfig.__dataclass_fields__["model"].default
 METRIC_MODELS = EvaluateConfig.__dataclass_fields__["metric_models"].default
 RETRIES = 2  # steps that write only their own output folder are retried on a cluster (pod loss, preemption)
 BACKOFF = "30s"
+EMPTY = inspect.Parameter.empty
 
 
 def retried(task: dsl.PipelineTask, retries: int) -> dsl.PipelineTask:
     return task.set_retry(num_retries=retries, backoff_duration=BACKOFF) if retries else task
 
 
-def item_branch(benchmark, item_id, model, metric_models, train_options, generate_options, tracking, retries: int):
+def item_branch(benchmark, item_id, model, metric_models, options, tracking, retries: int):
     """preprocess → init-token → train → generate → evaluate for one item; returns the evaluate task."""
-    pre = on_cluster(
-        c.preprocess(benchmark=benchmark, item_id=item_id, model=model, train_options=train_options), weights=True
-    )
-    token = on_cluster(
-        c.init_token(reference=pre.outputs["reference"], model=model, train_options=train_options), weights=True
-    )
+    pre = on_cluster(c.preprocess(benchmark=benchmark, item_id=item_id, model=model, options=options), weights=True)
+    token = on_cluster(c.init_token(reference=pre.outputs["reference"], model=model, options=options), weights=True)
     trained = on_cluster(
-        c.train(reference=token.outputs["token"], model=model, train_options=train_options, tracking=tracking),
+        c.train(reference=token.outputs["token"], model=model, options=options, tracking=tracking),
         weights=True,
         gpu=True,
     )
@@ -45,7 +53,7 @@ def item_branch(benchmark, item_id, model, metric_models, train_options, generat
         c.generate(
             checkpoint=trained.outputs["checkpoint"],
             reference=token.outputs["token"],
-            generate_options=generate_options,
+            options=options,
             run_id=trained.outputs["Output"],
         ),
         weights=True,
@@ -66,16 +74,19 @@ def item_branch(benchmark, item_id, model, metric_models, train_options, generat
     return scores
 
 
-def start_tracking(pipeline: str, model, train_options, generate_options, provenance) -> dsl.PipelineTask:
-    """The task that opens the pipeline's parent MLflow run, tagged with the KFP run id."""
+def start_tracking(pipeline: str, args: dict[str, Any], compiled_defaults: dict[str, Any]) -> dsl.PipelineTask:
+    """The task that resolves the run's options and opens its parent MLflow run, tagged with the KFP run id."""
+    typed = {p.name: args[p.name] for p in typed_parameters()}
     return on_cluster(
         c.start_tracking(
             pipeline=pipeline,
-            model=model,
-            train_options=train_options,
-            generate_options=generate_options,
+            model=args["model"],
+            recipe=args["recipe"],
+            extra_options=args["extra_options"],
+            compiled_defaults=compiled_defaults,
             kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-            provenance=provenance,
+            provenance=args["provenance"],
+            **typed,
         )
     )
 
@@ -85,92 +96,126 @@ def finish_tracking() -> dsl.PipelineTask:
     return on_cluster(c.finish_tracking(kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER))
 
 
-def fan_out(
-    chosen: dsl.PipelineTask,
-    model,
-    metric_models,
-    train_options,
-    generate_options,
-    tracking,
-    parallelism: int,
-    retries: int,
-) -> dsl.PipelineTask:
+def fan_out(chosen: dsl.PipelineTask, args: dict, start: dsl.PipelineTask, parallelism: int, retries: int):
     """One branch per item id that `chosen` returned, then the aggregate table over all of them."""
+    tracking = start.outputs["tracking"]
     with dsl.ParallelFor(chosen.outputs["Output"], parallelism=parallelism) as item_id:
         scores = item_branch(
             chosen.outputs["benchmark"],
             item_id,
-            model,
-            metric_models,
-            train_options,
-            generate_options,
+            args["model"],
+            args["metric_models"],
+            start.outputs["options"],
             tracking,
             retries,
         )
     return on_cluster(c.aggregate(scores=dsl.Collected(scores.outputs["scores"]), tracking=tracking))
 
 
-def build_personalization(retries: int = RETRIES):
-    @dsl.pipeline(name="attribute-personalization", description="One reference image, one attribute, λ sweep.")
-    def attribute_personalization(
-        image: str,
-        attribute: str,
-        class_name: str,
-        prompts: list,
-        model: str = MODEL,
-        metric_models: str = METRIC_MODELS,
-        train_options: dict = TRAIN_OPTIONS,
-        generate_options: dict = GENERATE_OPTIONS,
-        provenance: dict = {},  # noqa: B006 - KFP reads defaults from the signature
-    ):
+# -- typed signatures ---------------------------------------------------------------------------------------
+
+
+Param = tuple[str, type, Any, str]  # (name, annotation, default or EMPTY, description)
+
+
+def common_parameters(recipe: list[str], model: str) -> list[Param]:
+    """What both pipelines take after their own inputs: the model, metric models, recipe, the typed options,
+    `extra_options` and provenance."""
+    chosen = layered(recipe)
+    typed = [(p.name, p.annotation, p.default, p.help) for p in typed_parameters(chosen)]
+    return [
+        ("model", str, model, TrainConfig.__dataclass_fields__["model"].metadata["help"]),
+        ("metric_models", str, METRIC_MODELS, EvaluateConfig.__dataclass_fields__["metric_models"].metadata["help"]),
+        (
+            "recipe",
+            list,
+            list(recipe),
+            f"named recipes whose option values come first (later ones win): {', '.join(RECIPES)}; a typed "
+            "parameter left at its default takes the recipe's value",
+        ),
+        *typed,
+        ("extra_options", dict, {}, EXTRA_HELP),
+        ("provenance", dict, {}, "tags for the parent MLflow run (git commit, DVC hash: the CLI fills them in)"),
+    ]
+
+
+def typed_pipeline(name: str, description: str, params: list[Param], body: Callable[[dict[str, Any]], None]):
+    """A KFP pipeline whose signature is `params` (typed, with defaults and descriptions), built from lists
+    rather than written out, since the typed options come from the configs' field metadata."""
+    names = [p[0] for p in params]
+
+    def pipeline_func(*args):  # KFP calls a pipeline function with its parameter channels in signature order
+        body(dict(zip(names, args, strict=True)))
+
+    pipeline_func.__signature__ = inspect.Signature(
+        [
+            inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=d, annotation=a)
+            for n, a, d, _ in params
+        ]
+    )
+    pipeline_func.__annotations__ = {n: a for n, a, _, _ in params}
+    pipeline_func.__name__ = name.replace("-", "_")
+    pipeline_func.__doc__ = f"{description}\n\nArgs:\n" + "".join(f"    {n}: {h}\n" for n, _, _, h in params)
+    return dsl.pipeline(name=name, description=description)(pipeline_func)
+
+
+def compiled_defaults(params: list[Param]) -> dict[str, Any]:
+    """The typed options' defaults as compiled: a value that differs from it was set by the user."""
+    typed = {p.name for p in typed_parameters()}
+    return {n: d for n, _, d, _ in params if n in typed}
+
+
+def build_personalization(retries: int = RETRIES, recipe: list[str] | None = None, model: str = MODEL):
+    params: list[Param] = [
+        ("image", str, EMPTY, "the reference image (a path the cluster's pods can read)"),
+        ("attribute", str, EMPTY, "shape, appearance or style"),
+        ("class_name", str, EMPTY, "what the reference shows, e.g. dog (goes into the training prompt)"),
+        ("prompts", list, EMPTY, "prompts with the attribute's placeholder (*m, *a or *s)"),
+        *common_parameters(recipe or [], model),
+    ]
+    defaults = compiled_defaults(params)
+
+    def body(args: dict[str, Any]) -> None:
         with dsl.ExitHandler(finish_tracking(), name="tracked"):
-            start = start_tracking("attribute-personalization", model, train_options, generate_options, provenance)
+            start = start_tracking("attribute-personalization", args, defaults)
             ref = on_cluster(
-                c.import_reference(image=image, attribute=attribute, class_name=class_name, prompts=prompts),
+                c.import_reference(**{k: args[k] for k in ("image", "attribute", "class_name", "prompts")}),
                 weights=True,  # on a cluster the image is a path on the mounted volume
             )
-            fan_out(
-                ref,
-                model,
-                metric_models,
-                train_options,
-                generate_options,
-                start.outputs["tracking"],
-                parallelism=1,
-                retries=retries,
-            )
+            fan_out(ref, args, start, parallelism=1, retries=retries)
 
-    return attribute_personalization
+    return typed_pipeline("attribute-personalization", "One reference image, one attribute, λ sweep.", params, body)
 
 
-def build_benchmark(parallelism: int = 4, retries: int = RETRIES):
-    @dsl.pipeline(name="attribute-benchmark", description="OSTAF over the Attribute Benchmark → paper table.")
-    def attribute_benchmark(
-        source: str = "dvc:/app",
-        attributes: list = [],  # noqa: B006 - KFP reads defaults from the signature
-        item_ids: list = [],  # noqa: B006
-        per_attribute: int = 0,
-        model: str = MODEL,
-        metric_models: str = METRIC_MODELS,
-        train_options: dict = TRAIN_OPTIONS,
-        generate_options: dict = GENERATE_OPTIONS,
-        provenance: dict = {},  # noqa: B006
-    ):
+def build_benchmark(
+    parallelism: int = 4,
+    retries: int = RETRIES,
+    recipe: list[str] | None = None,
+    model: str = MODEL,
+    source: str = "dvc:/app",
+    per_attribute: int = 0,
+):
+    params: list[Param] = [
+        ("source", str, source, "benchmark folder, dvc:<repo>[@remote], or world (held-out world references)"),
+        ("attributes", list, [], "attributes to run (empty: all)"),
+        ("item_ids", list, [], "benchmark item ids to run (empty: by attribute)"),
+        ("per_attribute", int, per_attribute, "items per attribute (0: all)"),
+        *common_parameters(recipe or [], model),
+    ]
+    defaults = compiled_defaults(params)
+
+    def body(args: dict[str, Any]) -> None:
         with dsl.ExitHandler(finish_tracking(), name="tracked"):
-            start = start_tracking("attribute-benchmark", model, train_options, generate_options, provenance)
+            start = start_tracking("attribute-benchmark", args, defaults)
             chosen = on_cluster(
-                c.select_items(source=source, attributes=attributes, item_ids=item_ids, per_attribute=per_attribute),
+                c.select_items(
+                    source=args["source"],
+                    attributes=args["attributes"],
+                    item_ids=args["item_ids"],
+                    per_attribute=args["per_attribute"],
+                ),
                 object_store=True,
             )
-            fan_out(
-                chosen,
-                model,
-                metric_models,
-                train_options,
-                generate_options,
-                start.outputs["tracking"],
-                parallelism,
-                retries,
-            )
+            fan_out(chosen, args, start, parallelism, retries)
 
-    return attribute_benchmark
+    return typed_pipeline("attribute-benchmark", "OSTAF over the Attribute Benchmark → paper table.", params, body)

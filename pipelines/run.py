@@ -21,12 +21,15 @@ from typing import Any
 
 from kfp import compiler
 
+from components.options import arguments_for, package_defaults
 from ostaf.config import EvaluateConfig, GenerateConfig, TrainConfig, validate_options
 from ostaf.data import default_source
 from ostaf.errors import OstafError
+from ostaf.images import load_image
 from ostaf.flags import add_config_arguments, options_from_args, set_recipe_defaults
 from ostaf.recipes import RECIPES, Recipe, layered
 from ostaf.runtime import CPU_ALLOCATOR_ENV
+from ostaf.steps import reference_item
 from ostaf.tracking import provenance_tags, tracking_uri
 from pipelines.cluster import CLUSTER
 from pipelines.console import ANSI, quiet_run
@@ -36,15 +39,27 @@ REPO = Path(__file__).resolve().parents[1]
 PIPELINES = {"benchmark": build_benchmark, "personalization": build_personalization}
 
 
+# what a compiled pipeline does when a user just presses "Run" in the KFP UI: the world model (it ships in the
+# package) on one held-out world reference per attribute with its recipe — minutes, not `tiny` for 3000 steps
+COMPILED = {"recipe": ["world"], "model": "attribute-world", "source": "world", "per_attribute": 1}
+
+
+def build(name: str, parallelism: int = 4, retries: int | None = None, **settings: Any):
+    """A pipeline with compile-time `settings` (recipe, model; for the benchmark also source, per_attribute)."""
+    kw = {} if retries is None else {"retries": retries}
+    if name == "benchmark":
+        return build_benchmark(parallelism, **kw, **settings)
+    return build_personalization(**kw, **{k: v for k, v in settings.items() if k in ("recipe", "model")})
+
+
 def compile_all(out: str | Path, parallelism: int = 4) -> list[Path]:
-    """Write both pipeline specs; the same code gives byte-identical YAML."""
+    """Write both pipeline specs with the `COMPILED` defaults; the same code gives byte-identical YAML."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, build in PIPELINES.items():
-        pipeline = build(parallelism) if name == "benchmark" else build()
+    for name in PIPELINES:
         path = out / f"attribute_{name}.yaml"
-        compiler.Compiler().compile(pipeline, str(path))
+        compiler.Compiler().compile(build(name, parallelism, **COMPILED), str(path))
         written.append(path)
     return written
 
@@ -52,7 +67,8 @@ def compile_all(out: str | Path, parallelism: int = 4) -> list[Path]:
 def run_local(name: str, params: dict[str, Any], pipeline_root: str | Path = "runs/kfp", parallelism: int = 1) -> Path:
     """Run a pipeline on this machine with the KFP subprocess runner; MLflow goes to ./mlflow.db by default.
 
-    No retries here (a local failure is not a lost pod). Returns the aggregate task's table (Markdown file).
+    No retries here (a local failure is not a lost pod). The pipeline is built with `params`' recipe as its
+    compile-time one, so its typed defaults and the recipe agree. Returns the aggregate task's table (Markdown).
     """
     from kfp import local
 
@@ -63,7 +79,7 @@ def run_local(name: str, params: dict[str, Any], pipeline_root: str | Path = "ru
         os.environ.setdefault(key, value)
     root = Path(pipeline_root).resolve()
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
-    pipeline = PIPELINES[name](parallelism, retries=0) if name == "benchmark" else PIPELINES[name](retries=0)
+    pipeline = build(name, parallelism, retries=0, recipe=list(params.get("recipe", [])))
     started = time.time()
     pipeline(**params)
     return newest_output(root, "aggregate", "table", since=started)
@@ -160,20 +176,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return build_parser(layered(known.recipe)).parse_args(argv)
 
 
-def pipeline_params(args: argparse.Namespace) -> dict[str, Any]:
-    """Pipeline arguments from the flags; the option dicts are validated before anything runs."""
+def pipeline_params(args: argparse.Namespace, compiled_defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Pipeline arguments from the flags (for a package with these typed defaults; default: one compiled with the
+    flags' recipe); the options are validated before anything runs."""
     train_options = validate_options(TrainConfig, options_from_args(TrainConfig, args))
     generate_options = validate_options(GenerateConfig, options_from_args(GenerateConfig, args, prefix="gen-"))
     common = {
         "model": args.model,
         "metric_models": args.metric_models,
-        "train_options": train_options,
-        "generate_options": generate_options,
+        **arguments_for(train_options, generate_options, args.recipe, compiled_defaults),
         "provenance": provenance_tags(REPO),
     }
     if args.pipeline == "personalization":
         if not args.image or not args.prompts:
             raise OstafError("the personalization pipeline needs --image and --prompts")
+        # before the pipeline starts, as `ostaf train` does (not two minutes later inside its first task)
+        reference_item(args.image, args.attribute, args.class_name, args.prompts)
+        if args.command == "run-local":  # submit: the image is a path the cluster's pods read
+            load_image(args.image)
         return {
             **common,
             "image": str(Path(args.image).resolve()),
@@ -197,15 +217,17 @@ def main(argv: list[str] | None = None) -> int:
             for path in compile_all(args.out, args.parallelism):
                 print(path)
             return 0
-        params = pipeline_params(args)
         if args.command == "submit":
             if not args.host:
                 raise OstafError("no KFP endpoint: pass --host or set KFP_HOST")
             package = Path(args.package) / f"attribute_{args.pipeline}.yaml"
+            params = pipeline_params(args)  # checked before anything is compiled or sent
             if not package.is_file():
                 compile_all(args.package)
+            params = pipeline_params(args, package_defaults(package))
             print(submit(package, params, args.host, args.namespace, args.experiment, None, args.service_account))
             return 0
+        params = pipeline_params(args)
         started = time.perf_counter()
         log = Path(args.pipeline_root) / "logs" / f"{args.pipeline}-{time.strftime('%Y%m%d-%H%M%S')}.log"
         print(f"running the {args.pipeline} pipeline on the KFP local runner (every task's full log: {log})")
@@ -218,8 +240,13 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"local {args.pipeline} run finished in {time.perf_counter() - started:.0f} s\n")
         print(table.read_text())
+        page = table.with_name("page")  # the aggregate task's Output[HTML], beside its table
+        if page.exists():
+            shown = page.relative_to(Path.cwd()) if page.is_relative_to(Path.cwd()) else page
+            print(f"report (open in a browser): {shown}")
         print(
-            f"MLflow: .venv/bin/mlflow ui --backend-store-uri {tracking_uri()}  (the report: the parent run's report/)"
+            f"MLflow: .venv/bin/mlflow ui --backend-store-uri {tracking_uri()}  (the same report: the parent run's "
+            "report/report.html)"
         )
         return 0
     except OstafError as err:

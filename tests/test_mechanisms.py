@@ -15,7 +15,16 @@ from ostaf.mechanisms.masked_loss import masked_mse
 from ostaf.train import denoising_loss, mechanism_loss, prepare, sample_batch, train
 from tests.conftest import synthetic_image, tiny_config
 
-ALL_ON = dict(attn_binding=0.5, nn_contrastive=0.1, nn_vocab=256, train_lam="uniform", token_steps=1, masked_loss=True)
+ALL_ON = dict(
+    attn_binding=0.5,
+    nn_contrastive=0.1,
+    nn_vocab=256,
+    train_lam="uniform",
+    token_steps=1,
+    masked_loss=True,
+    timestep_range=[0.25, 1.0],
+    snr_gamma=2.0,
+)
 ON = {  # one mechanism at a time
     "binding": dict(attn_binding=1.0),
     "contrastive": dict(nn_contrastive=1.0, nn_vocab=256),
@@ -23,6 +32,8 @@ ON = {  # one mechanism at a time
     "token-steps": dict(token_steps=2),
     "masked-loss": dict(masked_loss=True),
     "dual-path": dict(dual_path=0.5),
+    "timestep-band": dict(timestep_range=[0.5, 1.0]),
+    "snr-gamma": dict(snr_gamma=1.0),
 }
 
 
@@ -179,6 +190,51 @@ def test_uniform_lambda_is_per_sample_and_reaches_the_offsets(reference, tmp_pat
     mse.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in setup.adapter.parameters())
     assert all(proc.scale == 1.0 for proc in setup.adapter.processors.values())  # restored after the forward
+
+
+def test_the_timestep_band_is_where_training_draws_t(reference, tmp_path):
+    setup = prepare(tiny_config(reference, tmp_path / "t", timestep_range=[0.6, 0.8], batch_size=50))
+    generator = torch.Generator().manual_seed(0)
+    drawn = torch.cat([sample_batch(setup, generator).timesteps for _ in range(4)])
+    assert int(drawn.min()) >= 600 and int(drawn.max()) < 800
+    assert int(drawn.min()) < 620 and int(drawn.max()) >= 780  # the whole band, not a corner of it
+
+
+def test_snr_gamma_weighs_each_sample_by_min_snr_over_snr(reference, tmp_path):
+    """min(SNR, γ)/SNR per sample (ε-prediction), SNR = ᾱ/(1 − ᾱ): nearly clean samples count less, noisy ones 1."""
+    import dataclasses
+
+    setup = prepare(tiny_config(reference, tmp_path / "s", snr_gamma=2.0, batch_size=2))
+    batch = sample_batch(setup, torch.Generator().manual_seed(3))
+    t = torch.tensor([20, 900])
+    with torch.no_grad():
+        weighted, _ = denoising_loss(setup, batch.latents, batch.noise, t)
+        setup.config = dataclasses.replace(setup.config, snr_gamma=0.0)
+        plain = [
+            denoising_loss(setup, batch.latents[i : i + 1], batch.noise[i : i + 1], t[i : i + 1])[0] for i in (0, 1)
+        ]
+    alpha = setup.noise_scheduler.alphas_cumprod[t].double()
+    snr = alpha / (1 - alpha)
+    weights = torch.minimum(snr, torch.tensor(2.0, dtype=torch.float64)) / snr
+    assert float(weights[0]) < 0.1 and float(weights[1]) == 1.0
+    expected = (weights[0] * plain[0] + weights[1] * plain[1]) / 2
+    assert float(weighted) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_a_timestep_band_must_be_two_ordered_fractions(reference, tmp_path):
+    for band in ([0.8, 0.2], [0.5], [-0.1, 1.0], [0.0, 1.5]):
+        with pytest.raises(OstafError, match="timestep_range"):
+            tiny_config(reference, tmp_path / "x", timestep_range=band)
+    with pytest.raises(OstafError, match="snr_gamma"):
+        tiny_config(reference, tmp_path / "x", snr_gamma=-1.0)
+
+
+def test_masked_loss_weighs_each_sample():
+    mask = torch.ones(2, 1, 4, 4)
+    pred, target = torch.ones(2, 4, 4, 4), torch.zeros(2, 4, 4, 4)
+    assert float(masked_mse(pred, target, mask, torch.tensor([1.0, 1.0]))) == pytest.approx(1.0)
+    pred[1] = 9.0  # the second sample weighs 0: its error does not count
+    assert float(masked_mse(pred, target, mask, torch.tensor([2.0, 0.0]))) == pytest.approx(1.0)
 
 
 def test_masked_loss_ignores_the_background():

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
+from components.options import arguments_for
 from ostaf.config import GenerateConfig, TrainConfig, shared_defaults
 from ostaf.tracking import provenance_tags
 from pipelines.run import run_local
@@ -45,8 +46,7 @@ def test_single_image_pipeline_logs_everything_to_a_real_server(mlflow_server, t
             "prompts": ["a vase in the appearance of *a"],
             "model": "tiny",
             "metric_models": "tiny",
-            "train_options": train,
-            "generate_options": generate,
+            **arguments_for(train, generate),  # typed parameters + extra_options, as the CLI sends them
             "provenance": provenance_tags(Path(__file__).resolve().parents[1]),
         },
         pipeline_root=tmp_path / "kfp",
@@ -63,11 +63,22 @@ def test_single_image_pipeline_logs_everything_to_a_real_server(mlflow_server, t
     assert parent.data.params["train.steps"] == "3" and child.data.params["steps"] == "3"
     assert [m.step for m in client.get_metric_history(child.info.run_id, "loss")] == [1, 2, 3]
     assert {"clip_t/lam_0", "clip_t/lam_1", "dino/lam_1", "gram/lam_1"} <= set(child.data.metrics)
-    assert "appearance/clip_t" in parent.data.metrics
-    child_files = {a.path for d in ("grids", "plots") for a in client.list_artifacts(child.info.run_id, d)}
-    assert child_files == {"grids/a-vase-in-the-appearance-of-a.png", "plots/metrics_vs_lambda.png"}
+    assert "appearance/clip_t" in parent.data.metrics and parent.data.params["table_lam"] == "1.0"
+    for run, name in ((child, "clip_t_vs_lambda"), (parent, "appearance/clip_t_vs_lambda")):  # λ curves: step 100·λ
+        assert [m.step for m in client.get_metric_history(run.info.run_id, name)] == [0, 100]
+    assert child.data.metrics["best_lam"] in (0.0, 1.0)
+    child_files = {a.path for d in ("grids", "plots", "reference") for a in client.list_artifacts(child.info.run_id, d)}
+    assert child_files == {
+        "grids/grid_0.png",  # by prompt index: the same name in every item's run, for MLflow's compare view
+        "grids/a-vase-in-the-appearance-of-a.png",
+        "plots/metrics_vs_lambda.png",
+        "reference/reference.png",  # what the run learned from
+        "reference/mask.png",
+    }
     report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
-    assert {"report/table.md", "report/table.csv", "report/metrics_vs_lambda.png"} <= report
+    assert {"report/table.md", "report/table.csv", "report/metrics_vs_lambda.png", "report/report.html"} <= report
+    (page,) = (tmp_path / "kfp").rglob("aggregate/page")  # the KFP UI's Output[HTML]: the same page
+    assert 'data-item="reference"' in page.read_text()
     logged = [*parent.data.params.values(), *child.data.params.values(), *parent.data.tags.values()]
     for value in secrets.values():  # not in params or tags, nor in any file of the run, store or artifacts
         assert not any(value in str(v) for v in logged)

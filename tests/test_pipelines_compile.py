@@ -6,7 +6,9 @@ from dataclasses import fields
 import pytest
 import yaml
 
-from ostaf.config import EvaluateConfig, GenerateConfig, TrainConfig, per_item_fields
+from components.options import package_defaults, resolve_options
+from ostaf.config import EvaluateConfig, GenerateConfig, TrainConfig
+from ostaf.errors import OstafError
 from pipelines.run import build_parser, compile_all, pipeline_params, submit
 
 BRANCH = ["preprocess", "init-token", "train", "generate", "evaluate"]
@@ -67,29 +69,67 @@ def test_steps_that_are_safe_to_retry_are_retried_on_a_cluster_only(specs, tmp_p
 
 
 def test_parameters_come_from_the_configs(specs):
+    """The options people change are typed top-level parameters, one per `opt(pipeline=True)` field, with the field's
+    help as description; the rest go in `extra_options`; the compiled defaults are a sensible world job."""
+    from components.options import typed_parameters
+    from ostaf.config import pipeline_fields
+    from ostaf.recipes import WORLD
+
     params = specs["attribute_benchmark"]["root"]["inputDefinitions"]["parameters"]
-    assert set(params) == {
-        "source",
-        "attributes",
-        "item_ids",
-        "per_attribute",
-        "model",
-        "metric_models",
-        "train_options",
-        "generate_options",
-        "provenance",
-    }
-    train = params["train_options"]["defaultValue"]
-    assert set(train) == {f.name for f in fields(TrainConfig)} - set(per_item_fields(TrainConfig))
-    assert train["lr"] == 1e-6 and train["steps"] == 3000 and train["grad_accum"] == 2
-    assert set(params["generate_options"]["defaultValue"]) == {f.name for f in fields(GenerateConfig)} - set(
-        per_item_fields(GenerateConfig)
+    typed = set(pipeline_fields(TrainConfig)) | set(pipeline_fields(GenerateConfig))
+    assert {"steps", "lr", "trainable", "lam", "seeds", "num_steps"} <= typed
+    assert (
+        set(params)
+        == {
+            "source",
+            "attributes",
+            "item_ids",
+            "per_attribute",
+            "model",
+            "metric_models",
+            "recipe",
+            "extra_options",
+            "provenance",
+        }
+        | typed
     )
-    # one default per option: the pipeline's are the config fields' own
-    assert params["model"]["defaultValue"] == TrainConfig.__dataclass_fields__["model"].default
+    kinds = {"steps": "NUMBER_INTEGER", "lr": "NUMBER_DOUBLE", "trainable": "STRING", "lam": "LIST"}
+    assert {name: params[name]["parameterType"] for name in kinds} == kinds
+    for p in typed_parameters():  # described by the field's own help, defaulting to the compiled recipe's value
+        assert (
+            params[p.name]["description"]
+            == dict((f.name, f) for f in fields(TrainConfig) + fields(GenerateConfig))[p.name].metadata["help"]
+        )
+    assert params["steps"]["defaultValue"] == WORLD.train["steps"] and params["lr"]["defaultValue"] == WORLD.train["lr"]
+    assert params["lam"]["defaultValue"] == WORLD.generate["lam"]
+    assert params["trainable"]["defaultValue"] == TrainConfig.__dataclass_fields__["trainable"].default
+    # pressing "Run" in the KFP UI: the world model on one held-out world reference per attribute, its recipe
+    assert params["model"]["defaultValue"] == "attribute-world" and params["source"]["defaultValue"] == "world"
+    assert params["per_attribute"]["defaultValue"] == 1 and params["recipe"]["defaultValue"] == ["world"]
     assert params["metric_models"]["defaultValue"] == EvaluateConfig.__dataclass_fields__["metric_models"].default
     single = specs["attribute_personalization"]["root"]["inputDefinitions"]["parameters"]
-    assert {"image", "attribute", "class_name", "prompts"} <= set(single)
+    assert {"image", "attribute", "class_name", "prompts", "recipe", "extra_options"} | typed <= set(single)
+
+
+def test_options_resolve_config_then_recipe_then_typed_then_extra():
+    from components.options import resolve_options, typed_parameters
+    from ostaf.recipes import WORLD
+
+    defaults = {p.name: p.default for p in typed_parameters(WORLD)}  # compiled with the world recipe
+    at_default = resolve_options(["world"], {}, dict(defaults), defaults)
+    assert at_default["train"]["steps"] == WORLD.train["steps"] and at_default["train"]["segment"] is False
+    # a typed parameter left at its compiled default is not set (the run's recipe or the config default holds)
+    paper = resolve_options(["paper"], {}, dict(defaults), defaults)
+    assert paper["train"]["steps"] == TrainConfig.__dataclass_fields__["steps"].default
+    changed = resolve_options(["world"], {}, defaults | {"steps": 7, "lam": [0.0, 2.0]}, defaults)
+    assert changed["train"]["steps"] == 7 and changed["generate"]["lam"] == [0.0, 2.0]
+    extra = {"train": {"steps": 9, "trainable": "paper"}, "generate": {"guidance": 3.0}}
+    last = resolve_options(["world"], extra, defaults | {"steps": 7}, defaults)
+    assert last["train"]["steps"] == 9 and last["train"]["trainable"] == "paper" and last["generate"]["guidance"] == 3.0
+    with pytest.raises(OstafError, match="extra_options must look like"):
+        resolve_options([], {"steps": 3}, dict(defaults), defaults)
+    with pytest.raises(OstafError):  # an unknown option name is refused by the config, not ignored
+        resolve_options([], {"train": {"stepz": 3}}, dict(defaults), defaults)
 
 
 def test_train_and_generate_request_a_gpu(specs):
@@ -153,14 +193,28 @@ def test_submit_sends_the_compiled_spec_and_arguments(tmp_path):
         ]
     )
     params = pipeline_params(args)
+    assert params["recipe"] == [] and params["extra_options"] == {}  # nothing else changed from the configs
+    # the package was compiled with the world recipe: its typed defaults read as "not set", so the CLI's values for
+    # them (the config defaults here) travel in extra_options, and the run gets exactly the CLI's options
+    params = pipeline_params(args, package_defaults(package))
+    as_compiled = build_parser().parse_args(["submit", "--steps", "200", "--host", "h"])  # the world recipe's 200
+    assert pipeline_params(as_compiled, package_defaults(package))["extra_options"] == {"train": {"steps": 200}}
     assert submit(package, params, "http://kfp.local", "team-a", "ostaf", client_factory=RecordingClient) == "run-123"
+    resolved = resolve_options(params["recipe"], params["extra_options"], params, package_defaults(package))
+    from ostaf.config import validate_options
+    from ostaf.flags import options_from_args
+
+    asked = {  # what the run resolves to is exactly what the CLI asked for, whatever the package's defaults
+        "train": validate_options(TrainConfig, options_from_args(TrainConfig, args)),
+        "generate": validate_options(GenerateConfig, options_from_args(GenerateConfig, args, prefix="gen-")),
+    }
+    assert resolved == asked and resolved["train"]["steps"] == 800
     call = RecordingClient.calls[-1]
     assert call["host"] == "http://kfp.local" and call["namespace"] == "team-a" and call["experiment"] == "ostaf"
     assert call["service_account"] == "ostaf-pipeline"  # made by infra/k8s/base/rbac.yaml
     assert call["pipeline"]["name"] == "attribute-benchmark"
     assert call["arguments"]["per_attribute"] == 2 and call["arguments"]["metric_models"] == "auto"
-    assert call["arguments"]["train_options"]["steps"] == 800
-    assert call["arguments"]["generate_options"]["lam"] == [0.0, 1.0]
+    assert call["arguments"]["steps"] == 800 and call["arguments"]["lam"] == [0.0, 1.0]  # typed parameters
 
 
 def test_a_failed_local_task_is_one_clear_error_naming_it(tmp_path, monkeypatch, capsys):

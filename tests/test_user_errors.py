@@ -80,3 +80,25 @@ def test_lam_per_ckpt_scales_each_checkpoint(reference, tmp_path):
     assert np.array_equal(np.asarray(result.images[(1.0, 4)]), np.asarray(direct))
     with pytest.raises(OstafError, match="one per --ckpt"):
         GenerateConfig(**common, out=str(tmp_path / "h"), lam_per_ckpt=[1.0])
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"--attribute": "colour"}, "unknown attribute"),
+        ({"--prompts": "a vase in the appearance of"}, "every prompt must contain *a"),
+        ({"--image": "missing.png"}, "missing.png"),
+    ],
+)
+def test_run_local_checks_the_reference_before_the_pipeline_starts(tmp_path, monkeypatch, capsys, change, message):
+    import pipelines.run as run
+    from tests.conftest import synthetic_image
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(run, "run_local", lambda *a, **k: pytest.fail("the pipeline started"))
+    synthetic_image().save(tmp_path / "ref.png")
+    flags = {"--image": "ref.png", "--attribute": "appearance", "--prompts": "a vase in the appearance of *a"} | change
+    argv = ["run-local", "--pipeline", "personalization", "--model", "tiny", "--class-name", "toy"]
+    assert run.main([*argv, *(x for pair in flags.items() for x in pair)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pipelines run-local: error:") and message in err and len(err.splitlines()) == 1

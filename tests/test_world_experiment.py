@@ -204,6 +204,7 @@ def test_reduced_experiment_runs_end_to_end_and_lands_in_mlflow(tmp_path, monkey
 
 
 def test_benchmark_pipeline_runs_on_world_references_with_the_world_model_and_every_mechanism(tmp_path, monkeypatch):
+    from components.options import arguments_for
     from ostaf.config import GenerateConfig, TrainConfig, shared_defaults
     from pipelines.run import run_local
 
@@ -230,11 +231,12 @@ def test_benchmark_pipeline_runs_on_world_references_with_the_world_model_and_ev
             "per_attribute": 1,
             "model": "attribute-world",
             "metric_models": "tiny",
-            "train_options": train,
-            "generate_options": generate,
+            **arguments_for(train, generate),  # typed parameters + extra_options, as the CLI sends them
         },
         pipeline_root=tmp_path / "kfp",
     )
+    page = table.with_name("page").read_text()  # the aggregate's Output[HTML]: the report, one section per item
+    assert page.count('<section class="item"') == 1 and 'class="grid"' in page
     table = table.read_text()
     assert "| shape | 1 |" in table
     assert all(metric in table for metric in ("shape_iou", "shape_match", "text_control"))

@@ -4,6 +4,7 @@ One module per mechanism (config fields live in `ostaf.config`, grouped and name
 
     masked_loss   --masked-loss                 the denoising loss counts only inside the reference mask
     schedule      --train-lam, --token-steps    λ drawn per sample while training; token-first phases
+    timesteps     --timestep-range, --snr-gamma where in the noise schedule the loss looks (band, min-SNR-γ)
     contrastive   --nn-contrastive              InfoNCE keeping e* among its nearest vocabulary words
     binding       --attn-binding                DisenDiff: the placeholder's cross-attention map onto the mask
     word_search   --token-search                e* starts at the vocabulary word that best denoises the reference

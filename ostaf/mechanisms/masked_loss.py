@@ -25,7 +25,13 @@ def latent_masks(reference: Preprocessed, latent_size: tuple[int, int], dilation
     return torch.cat(masks)
 
 
-def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over the masked latent cells only (every channel); mask (B, 1, h, w)."""
+def masked_mse(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, sample_weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean squared error over the masked latent cells only (every channel); mask (B, 1, h, w); each sample's
+    cells weighted by `sample_weights` (B,) when given (--snr-gamma)."""
     weight = mask.expand_as(pred)
-    return ((pred - target) ** 2 * weight).sum() / weight.sum().clamp(min=1.0)
+    cells = weight.sum().clamp(min=1.0)
+    if sample_weights is not None:
+        weight = weight * sample_weights.to(weight)[:, None, None, None]
+    return ((pred - target) ** 2 * weight).sum() / cells

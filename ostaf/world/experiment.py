@@ -103,6 +103,14 @@ METHODS: dict[str, dict[str, Any]] = {
     ),
     # the same on the checkpoint's own part (encoder for shape), its weight ω·λ: λ dials the reference
     "reference-attention-lambda": dict(trainable="token"),
+    # where in the noise schedule the loss looks (ostaf/mechanisms/timesteps.py)
+    "token+snr": dict(trainable="token", snr_gamma=1.0),
+    "token+band": dict(trainable="token", timestep_range=[0.25, 1.0]),
+    "token+band-half": dict(trainable="token", timestep_range=[0.5, 1.0]),
+    "token+band+snr": dict(trainable="token", timestep_range=[0.25, 1.0], snr_gamma=1.0),
+    "token+band-long": dict(trainable="token", timestep_range=[0.25, 1.0], steps=400),
+    "lite+snr": dict(trainable="lite", snr_gamma=1.0),
+    "lite+band": dict(trainable="lite", timestep_range=[0.25, 1.0]),
 }
 # generation options of a method (GenerateConfig overrides), where it has any
 GENERATE_METHODS: dict[str, dict[str, Any]] = {

@@ -1,0 +1,119 @@
+"""The HTML report: one self-contained page (table, and per item its reference, mask, every prompt's grid and the
+metric-vs-λ plot), checked in a real headless browser."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ostaf.images import make_grid
+from ostaf.preprocess import preprocess
+from ostaf.report import best_lambda
+from ostaf.steps import ITEM_FILE, REPORT_HTML, aggregate, evaluate_item
+from ostaf.sweep import PromptResult, write_sweep
+from ostaf.world.generator import render
+from ostaf.world.references import benchmark_item, references
+
+LAMS, SEEDS = (0.0, 1.0), (0, 1)
+INSTALL = "install it with `apt-get install -y chromium` (what `make test` does when it is missing)"
+
+
+def scored_item(tmp_path: Path, ref, prompts: int) -> Path:
+    """An evaluated item as the pipeline leaves it: a λ × seed sweep per prompt (world renders stand in for
+    generations) scored into its own folder."""
+    item = benchmark_item(ref, prompts)
+    world = ref.world()
+    Image.fromarray(world.image).save(tmp_path / f"{ref.id}.png")
+    reference = preprocess(tmp_path / f"{ref.id}.png", ref.attribute, 64, 1, 0, None).save(tmp_path / f"ref-{ref.id}")
+    (reference / ITEM_FILE).write_text(json.dumps(item))
+    results = []
+    for p, prompt in enumerate(item["prompts"]):
+        images = {
+            (lam, seed): Image.fromarray(render(replace(world.factors, scale=0.2 + 0.05 * (p + seed))).image)
+            for lam in LAMS
+            for seed in SEEDS
+        }
+        rows = [[images[(lam, s)] for lam in LAMS] for s in SEEDS]  # as `ostaf generate` lays a grid out
+        grid = make_grid(rows, [f"lam={lam:g}" for lam in LAMS], [f"seed {s}" for s in SEEDS])
+        results.append(PromptResult(prompt, images, grid))
+    write_sweep(tmp_path / f"images-{ref.id}", results, {})
+    dest = tmp_path / f"scores-{ref.id}"
+    evaluate_item(str(tmp_path / f"images-{ref.id}"), str(reference), "attribute-world", {}, "", str(dest))
+    return dest
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> tuple[Path, dict[str, int]]:
+    tmp_path = tmp_path_factory.mktemp("report")
+    shape, look = references(1, attributes=("shape",))[0], references(1, attributes=("appearance",))[0]
+    prompts = {shape.id: 2, look.id: 3}
+    dirs = [scored_item(tmp_path, ref, prompts[ref.id]) for ref in (shape, look)]
+    aggregate([str(d) for d in dirs], "", str(tmp_path / "report"))
+    return tmp_path / "report" / REPORT_HTML, prompts
+
+
+def test_the_report_is_one_self_contained_page_with_every_item(report):
+    page, prompts = report
+    text = page.read_text()
+    sources = re.findall(r'src="([^"]*)"', text)
+    assert sources and all(s.startswith("data:image/png;base64,") for s in sources)  # nothing fetched from anywhere
+    assert "<link" not in text and "http" not in text.replace("http-equiv", "")
+    for item, count in prompts.items():
+        section = text.split(f'data-item="{item}"')[1].split("</section>")[0]
+        assert section.count('class="grid"') == count  # every prompt's λ × seed grid
+        assert f'alt="{item} reference"' in section and f'alt="{item} mask"' in section
+        assert 'class="plot"' in section
+    assert "shape_match" in text and "appearance_match" in text  # the results table, exact metrics in it
+    assert "n/a (no weights" in text  # the stand-in metrics are said to be missing, not shown
+    assert text.count("best λ = ") == len(prompts)  # per item, by the table's rule
+
+
+def test_the_best_lambda_is_the_strongest_attribute_that_keeps_the_prompt():
+    means = {
+        0.0: {"shape_match": 0.2, "text_control": 1.0},
+        0.5: {"shape_match": 0.8, "text_control": 0.95},
+        1.0: {"shape_match": 1.0, "text_control": 0.5},  # strongest, but the prompt is lost
+    }
+    assert best_lambda(means, "shape") == (0.5, "shape_match")
+    no_text = {lam: {"shape_match": m["shape_match"]} for lam, m in means.items()}
+    assert best_lambda(no_text, "shape") == (1.0, "shape_match")
+    grams = {0.0: {"gram": 3.0, "clip_t": 0.3}, 1.0: {"gram": 1.0, "clip_t": 0.29}}  # a Gram distance: lower wins
+    assert best_lambda(grams, "style") == (1.0, "gram")
+    assert best_lambda({0.0: {"clip_t": 0.3}}, "shape") is None
+
+
+def chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if not found:
+        pytest.fail(f"the HTML report test needs a headless Chromium and none is on PATH: {INSTALL}")
+    return found
+
+
+def browser(*args: str) -> subprocess.CompletedProcess:
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--virtual-time-budget=5000"]
+    return subprocess.run([chromium(), *flags, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_the_report_renders_in_headless_chromium_with_every_image_decoded(report, tmp_path):
+    page, prompts = report
+    dom = browser("--dump-dom", page.as_uri())
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    expected = sum(count + 3 for count in prompts.values())  # grids + reference, mask and plot per item
+    assert f'data-images-total="{expected}"' in dom.stdout
+    assert f'data-images-decoded="{expected}"' in dom.stdout  # every embedded PNG decoded: none broken
+    assert all(f'data-item="{item}"' in dom.stdout for item in prompts)
+
+    shot = tmp_path / "report.png"
+    result = browser(f"--screenshot={shot}", "--window-size=1000,1400", page.as_uri())
+    assert result.returncode == 0 and shot.is_file(), result.stderr[-2000:]
+    pixels = np.asarray(Image.open(shot).convert("L"))
+    assert pixels.shape == (1400, 1000)
+    assert pixels.std() > 10  # the page drew something (a blank page is one flat colour)
