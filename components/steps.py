@@ -72,11 +72,19 @@ def finish_tracking(kfp_run_id: str, status: PipelineTaskFinalStatus) -> str:
 
 
 @component
-def select_items(source: str, attributes: list, item_ids: list, per_attribute: int, benchmark: Output[Dataset]) -> list:
-    """Pull the benchmark (`dvc:<repo>` or a folder) and keep the chosen items."""
+def select_items(
+    source: str,
+    attributes: list,
+    item_ids: list,
+    per_attribute: int,
+    tracking: Input[Artifact],
+    benchmark: Output[Dataset],
+) -> list:
+    """Pull the benchmark (`dvc:<repo>` or a folder), keep the chosen items, record it as the parent run's input."""
     from ostaf.steps import select_benchmark
 
-    return select_benchmark(source, benchmark.path, attributes, item_ids, per_attribute)
+    with open(tracking.path) as f:
+        return select_benchmark(source, benchmark.path, attributes, item_ids, per_attribute, f.read())
 
 
 @component

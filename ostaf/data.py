@@ -6,6 +6,7 @@ the manifest schema in `ostaf.benchmark` never talks to DVC.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 import sys
@@ -75,3 +76,16 @@ def describe_remote(repo: str, remote: str = "") -> str:
         default = _dvc(repo, "remote", "default")
         remote = default.stdout.strip() or "(no default remote)"
     return f"remote {remote} ({remotes.get(remote, 'not configured')})"
+
+
+def digest(source: str, folder: str | Path) -> str:
+    """The benchmark's version: the DVC hash of the data (`data.dvc`) for a dvc: source, else the manifest's own
+    hash (32 hex digits)."""
+    if source.startswith("dvc:"):
+        from ostaf.tracking import provenance_tags
+
+        repo = source.removeprefix("dvc:").partition("@")[0]
+        found = provenance_tags(repo).get("dvc_data_md5")
+        if found:
+            return found
+    return hashlib.sha256((Path(folder) / MANIFEST).read_bytes()).hexdigest()[:32]

@@ -32,7 +32,7 @@ from ostaf.images import load_image, make_grid
 from ostaf.io import check_output_dir
 from ostaf.mechanisms.dual_path import VanillaPrompts
 from ostaf.mechanisms.reference_attention import ReferenceAttention, resolve_blocks
-from ostaf.models import load_pipeline, native_resolution
+from ostaf.models import base_of, is_preset, load_pipeline, native_resolution
 from ostaf.offsets import OffsetsAdapter
 from ostaf.offsets.config import parse_block_scales
 from ostaf.preprocess import load_preprocessed
@@ -217,6 +217,12 @@ def set_scheduler(pipe: StableDiffusionPipeline, name: str) -> None:
     pipe.scheduler = SCHEDULERS[name].from_config(pipe.scheduler.config)
 
 
+RANDOM_WEIGHTS_NOTICE = (
+    "%s has random weights (a preset for testing the code path): its images are noise-like by design; use "
+    "--model attribute-world for a small trained model, or real SD-1.x weights"
+)
+
+
 def generate(
     config: GenerateConfig, pipe: StableDiffusionPipeline | None = None, progress: bool = True
 ) -> list[PromptResult]:
@@ -241,6 +247,9 @@ def generate(
             if checkpoints
             else load_pipeline(config.model or DEFAULT_MODEL, dtype=dtype)
         )
+    base = base_of(pipe)
+    if base is not None and is_preset(base.model):  # say so once: a user should not read meaning into noise
+        log.warning(RANDOM_WEIGHTS_NOTICE, base.model)
     pipe.to(device)
     set_scheduler(pipe, config.scheduler)
     adapters = [apply(pipe, c) for c in checkpoints]

@@ -30,6 +30,7 @@ from ostaf.io import write_json
 from ostaf.report import (
     BEST_LAM_NOTE,
     NOT_COMPUTED,
+    STRENGTH,
     best_lambda,
     best_lambdas,
     by_lambda,
@@ -44,6 +45,7 @@ from ostaf.report import (
 from ostaf.sweep import SweepIndex, slug
 
 ITEM_FILE = "item.json"
+RUN_FILE = "run.json"
 REPORT_HTML = "report.html"  # the aggregate's self-contained page (KFP's Output[HTML], MLflow's report/)
 
 
@@ -76,11 +78,20 @@ def finish_pipeline_run(kfp_run_id: str, pipeline_state: str) -> str:
     return tracking.finish_run(run_id, pipeline_state)
 
 
-def select_benchmark(source: str, dest: str, attributes: list[str], ids: list[str], per_attribute: int) -> list[str]:
-    """Copy the chosen benchmark items into `dest`; return their ids (the fan-out list)."""
+def select_benchmark(
+    source: str, dest: str, attributes: list[str], ids: list[str], per_attribute: int, parent_run_id: str = ""
+) -> list[str]:
+    """Copy the chosen benchmark items into `dest`; return their ids (the fan-out list). The benchmark is the
+    parent run's input (`mlflow.log_input`; digest: the DVC hash of the data, or the manifest's own hash)."""
     folder = data.pull(source)
-    items = load_manifest(folder).select(attributes or None, ids or None, per_attribute)
+    manifest = load_manifest(folder)
+    items = manifest.select(attributes or None, ids or None, per_attribute)
     copy_items(folder, dest, items)
+    if parent_run_id:
+        counts = {a: sum(i.attribute == a for i in items) for a in sorted({i.attribute for i in items})}
+        tracking.RunLogger(parent_run_id).log_input(
+            manifest.name, data.digest(source, folder), source, "benchmark", {"items": len(items), **counts}
+        )
     return [i.id for i in items]
 
 
@@ -188,6 +199,7 @@ def evaluate_item(
         rows = [row | exact[(row["prompt"], row["lam"])] for row in rows]
     rows = [{"item": item["id"], "attribute": item["attribute"], **row} for row in rows]
     write_json(Path(dest) / SCORES_FILE, rows)
+    write_json(Path(dest) / RUN_FILE, {"run_id": run_id})  # which nested run (and registered model) the rows are of
     collect_visuals(images, reference, dest)  # the HTML report's reference, mask and grids (aggregate sees dest only)
     means = by_lambda(rows)
     plot = plot_curves(rows, Path(dest) / "metrics_vs_lambda.png")  # the metrics that were computed
@@ -230,11 +242,38 @@ def aggregate(score_dirs: list[str], parent_run_id: str, dest: str, lam: float |
         logger.log_params({"table_lam": lam})  # the λ every `<attribute>/<metric>` metric is at
         for row in table:
             logger.log_metrics({f"{row['attribute']}/{k}": v for k, v in row.items() if k not in ("attribute",)}, 0)
+        for folder in score_dirs:  # each item's key metrics at the table's λ, on the parent too
+            item_rows = [r for r in json.loads((Path(folder) / SCORES_FILE).read_text()) if r["lam"] == lam]
+            for row in paper_table(item_rows):
+                item = item_rows[0]["item"]
+                logger.log_metrics({f"{item}/{k}": v for k, v in row.items() if k not in ("attribute", "n")}, 0)
+        for attribute, run_id in best_runs(score_dirs).items():  # `models:/ostaf-<attribute>@best-<attribute>`
+            tracking.set_best_alias(attribute, run_id)
         for sweep_lam in sorted({r["lam"] for r in rows}):  # the table at every λ, as λ curves (step = 100·λ)
             for row in paper_table(rows, lam=sweep_lam):
                 curves = {f"{row['attribute']}/{k}_vs_lambda": v for k, v in row.items() if k not in ("attribute", "n")}
                 logger.log_metrics(curves, curve_step(sweep_lam))
     return markdown
+
+
+def best_runs(score_dirs: list[str]) -> dict[str, str]:
+    """attribute → the nested run of its best item: the strongest attribute metric at that item's best λ (the
+    table's rule, `report.best_lambda`)."""
+    best: dict[str, tuple[float, str]] = {}
+    for folder in score_dirs:
+        rows = json.loads((Path(folder) / SCORES_FILE).read_text())
+        run = Path(folder) / RUN_FILE
+        run_id = json.loads(run.read_text())["run_id"] if run.exists() else ""
+        means = by_lambda(rows)
+        found = best_lambda(means, rows[0]["attribute"]) if rows and run_id else None
+        if found is None:
+            continue
+        lam, metric = found
+        sign = next(sign for name, sign in STRENGTH[rows[0]["attribute"]] if name == metric)
+        score = sign * means[lam][metric]
+        if rows[0]["attribute"] not in best or score > best[rows[0]["attribute"]][0]:
+            best[rows[0]["attribute"]] = (score, run_id)
+    return {attribute: run_id for attribute, (_, run_id) in best.items()}
 
 
 def read_item(folder: str | Path) -> dict[str, Any]:

@@ -162,6 +162,11 @@ class RunLogger:
             image.save(path)
             self.log_artifact(path, str(Path(artifact_file).parent) if "/" in artifact_file else None)
 
+    def log_input(self, name: str, digest: str, source: str, context: str, profile: dict | None = None) -> None:
+        """The run's dataset (`mlflow.log_input`'s record): MLflow's UI lists it under the run's inputs."""
+        record = {"kind": "input", "name": name, "digest": digest, "source": source, "context": context}
+        self._deliver(record | {"profile": json.dumps(profile or {}, sort_keys=True)})
+
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self._deliver({"kind": "artifact", "path": str(Path(path).resolve()), "artifact_path": artifact_path})
 
@@ -237,6 +242,12 @@ def apply_record(mlflow_client, run_id: str, record: dict[str, Any]) -> None:
             mlflow_client.log_artifact(run_id, str(path), record["artifact_path"])
     elif kind == "text":
         mlflow_client.log_text(run_id, record["text"], record["artifact_file"])
+    elif kind == "input":
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        dataset = Dataset(record["name"], record["digest"], "dvc", record["source"], profile=record["profile"])
+        tags = [InputTag("mlflow.data.context", record["context"])]
+        mlflow_client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags)])
     elif kind == "model":
         _log_model(run_id, record["path"], record["attribute"])
     elif kind == "status":
@@ -374,6 +385,22 @@ def finish_run(run_id: str, pipeline_state: str) -> str:
     status = FINAL_STATUS.get(pipeline_state.upper(), "FAILED")
     RunLogger(run_id).end(status)
     return status
+
+
+def set_best_alias(attribute: str, run_id: str) -> str | None:
+    """Point the alias ``best-<attribute>`` at the model version the run `run_id` registered; its version, or None
+    when that run registered none (the alias is a registry operation: not spooled, a failure is only logged)."""
+    try:
+        c = client()
+        versions = c.search_model_versions(f"name='ostaf-{attribute}' and run_id='{run_id}'")
+        if not versions:
+            return None
+        version = max(versions, key=lambda v: int(v.version)).version
+        c.set_registered_model_alias(f"ostaf-{attribute}", f"best-{attribute}", version)
+        return str(version)
+    except Exception as err:  # noqa: BLE001 - the table is written either way
+        log.warning("could not set the alias best-%s (%s)", attribute, err.__class__.__name__)
+        return None
 
 
 def _log_model(run_id: str, checkpoint: str | Path, attribute: str) -> str:

@@ -213,6 +213,7 @@ def build_benchmark(
                     attributes=args["attributes"],
                     item_ids=args["item_ids"],
                     per_attribute=args["per_attribute"],
+                    tracking=start.outputs["tracking"],
                 ),
                 object_store=True,
             )

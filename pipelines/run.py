@@ -25,8 +25,8 @@ from components.options import arguments_for, package_defaults
 from ostaf.config import EvaluateConfig, GenerateConfig, TrainConfig, validate_options
 from ostaf.data import default_source
 from ostaf.errors import OstafError
-from ostaf.images import load_image
 from ostaf.flags import add_config_arguments, options_from_args, set_recipe_defaults
+from ostaf.images import load_image
 from ostaf.recipes import RECIPES, Recipe, layered
 from ostaf.runtime import CPU_ALLOCATOR_ENV
 from ostaf.steps import reference_item

@@ -128,6 +128,14 @@ def test_generate_writes_images_grids_and_index(checkpoints, tmp_path):
     assert not list((tmp_path / "gen").rglob("*.tmp"))
 
 
+def test_generating_on_random_weights_says_so_once(checkpoints, tmp_path, caplog):
+    config = dict(ckpt=[str(checkpoints["appearance"])], lam=[0.0, 1.0], seeds=[0], num_steps=1, device="cpu")
+    with caplog.at_level("WARNING", logger="ostaf.generate"):
+        generate(GenerateConfig(prompt=["a cup in the appearance of *a"], out=str(tmp_path / "a"), **config))
+    notices = [r.getMessage() for r in caplog.records if "random weights" in r.getMessage()]
+    assert len(notices) == 1 and notices[0].startswith("tiny has random weights")
+
+
 def test_overlong_prompt_warns_and_a_cut_placeholder_is_an_error(checkpoints, tmp_path):
     config = dict(ckpt=[str(checkpoints["appearance"])], lam=[1.0], seeds=[0], num_steps=1, device="cpu")
     long = "a cup in the appearance of *a " + "with a very long tail of words " * 12

@@ -241,6 +241,20 @@ def test_benchmark_pipeline_runs_on_world_references_with_the_world_model_and_ev
     assert "| shape | 1 |" in table
     assert all(metric in table for metric in ("shape_iou", "shape_match", "text_control"))
 
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("ostaf").experiment_id])
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    (child,) = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    (benchmark,) = parent.inputs.dataset_inputs  # the benchmark, recorded with mlflow's dataset input
+    assert benchmark.dataset.source == SOURCE and len(benchmark.dataset.digest) == 32
+    assert json.loads(benchmark.dataset.profile) == {"items": 1, "shape": 1}
+    item = child.data.tags["item"]
+    assert f"{item}/shape_match" in parent.data.metrics  # the child's key metrics, on the parent
+    best = client.get_model_version_by_alias("ostaf-shape", "best-shape")  # the table's best item, by alias
+    assert best.run_id == child.info.run_id
+
 
 def test_stand_in_metrics_are_not_computed_unless_asked_for(tmp_path):
     """A preset with `--metric-models auto`: the paper's metrics are n/a (left out, with a note), the world's exact
