@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from ostaf.errors import OstafError
 from ostaf.html_report import SCORES_FILE, collect_visuals, grid_name, write_html
 from ostaf.images import load_image, save_image
 from ostaf.io import write_json
+from ostaf.objects import download, is_object_uri, split_uri
 from ostaf.report import (
     BEST_LAM_NOTE,
     NOT_COMPUTED,
@@ -114,7 +116,12 @@ def reference_item(image: str, attribute: str, class_name: str, prompts: list[st
 def import_reference(image: str, attribute: str, class_name: str, prompts: list[str], dest: str) -> list[str]:
     """A one-item benchmark made from a user's own image (the single-image pipeline's input)."""
     item = reference_item(image, attribute, class_name, prompts)
-    save_image(load_image(image), Path(dest) / item.image)
+    if is_object_uri(image):  # s3:// or minio://: what `submit` uploaded, or the user's own
+        with tempfile.TemporaryDirectory() as tmp:
+            loaded = load_image(download(image, Path(tmp) / Path(split_uri(image)[1]).name))
+    else:
+        loaded = load_image(image)
+    save_image(loaded, Path(dest) / item.image)
     write_manifest(dest, {"name": "reference", "version": 1, "items": [item.model_dump(mode="json")]})
     return [item.id]
 

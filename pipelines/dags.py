@@ -180,7 +180,8 @@ def build_personalization(retries: int = RETRIES, recipe: list[str] | None = Non
             start = start_tracking("attribute-personalization", args, defaults)
             ref = on_cluster(
                 c.import_reference(**{k: args[k] for k in ("image", "attribute", "class_name", "prompts")}),
-                weights=True,  # on a cluster the image is a path on the mounted volume
+                weights=True,  # on a cluster the image is a path on the mounted volume,
+                object_store=True,  # or an s3:// URI (what `submit` uploads a local file to)
             )
             fan_out(ref, args, start, parallelism=1, retries=retries)
 

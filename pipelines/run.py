@@ -27,6 +27,7 @@ from ostaf.data import default_source
 from ostaf.errors import OstafError
 from ostaf.flags import add_config_arguments, options_from_args, set_recipe_defaults
 from ostaf.images import load_image
+from ostaf.objects import is_object_uri, upload
 from ostaf.recipes import RECIPES, Recipe, layered
 from ostaf.runtime import CPU_ALLOCATOR_ENV
 from ostaf.steps import reference_item
@@ -36,6 +37,7 @@ from pipelines.console import ANSI, quiet_run
 from pipelines.dags import build_benchmark, build_personalization
 
 REPO = Path(__file__).resolve().parents[1]
+UPLOAD_URI = "s3://ostaf-benchmark/references"  # a bucket infra/local and infra/k8s create
 PIPELINES = {"benchmark": build_benchmark, "personalization": build_personalization}
 
 
@@ -159,6 +161,12 @@ def build_parser(recipe: Recipe | None = None) -> argparse.ArgumentParser:
             p.add_argument("--experiment", default="ostaf")
             p.add_argument("--service-account", default=CLUSTER.service_account, help="the run's pods run as")
             p.add_argument("--package", default="build/pipelines", help="folder of compiled specs")
+            p.add_argument(
+                "--upload-to",
+                default=os.environ.get("OSTAF_UPLOAD_URI", UPLOAD_URI),
+                help="personalization: where a local --image is uploaded for the cluster (an s3:// prefix; "
+                "or $OSTAF_UPLOAD_URI); an s3:// or minio:// --image is passed as it is",
+            )
         else:
             p.add_argument("--pipeline-root", default="runs/kfp")
             p.add_argument("--verbose", action="store_true", help="stream every task's full output (KFP's own)")
@@ -192,11 +200,17 @@ def pipeline_params(args: argparse.Namespace, compiled_defaults: dict[str, Any] 
             raise OstafError("the personalization pipeline needs --image and --prompts")
         # before the pipeline starts, as `ostaf train` does (not two minutes later inside its first task)
         reference_item(args.image, args.attribute, args.class_name, args.prompts)
-        if args.command == "run-local":  # submit: the image is a path the cluster's pods read
-            load_image(args.image)
+        image = args.image
+        if not is_object_uri(image):
+            load_image(image)  # a local file: readable, an image
+            if args.command == "submit":  # the cluster's pods cannot read this machine's disk: upload it
+                image = upload(image, args.upload_to)
+                print(f"uploaded {args.image} to {image}")
+            else:
+                image = str(Path(image).resolve())
         return {
             **common,
-            "image": str(Path(args.image).resolve()),
+            "image": image,
             "attribute": args.attribute,
             "class_name": args.class_name,
             "prompts": args.prompts,
@@ -221,10 +235,9 @@ def main(argv: list[str] | None = None) -> int:
             if not args.host:
                 raise OstafError("no KFP endpoint: pass --host or set KFP_HOST")
             package = Path(args.package) / f"attribute_{args.pipeline}.yaml"
-            params = pipeline_params(args)  # checked before anything is compiled or sent
             if not package.is_file():
                 compile_all(args.package)
-            params = pipeline_params(args, package_defaults(package))
+            params = pipeline_params(args, package_defaults(package))  # checked (and uploaded) before it is sent
             print(submit(package, params, args.host, args.namespace, args.experiment, None, args.service_account))
             return 0
         params = pipeline_params(args)

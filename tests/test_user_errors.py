@@ -102,3 +102,43 @@ def test_run_local_checks_the_reference_before_the_pipeline_starts(tmp_path, mon
     assert run.main([*argv, *(x for pair in flags.items() for x in pair)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("pipelines run-local: error:") and message in err and len(err.splitlines()) == 1
+
+
+def test_a_reference_in_an_object_store_is_read_and_a_local_one_is_uploaded_on_submit(tmp_path, monkeypatch):
+    """On a cluster the image must be somewhere the pods can read: `submit` uploads a local file (named by its
+    content) and passes its s3:// URI; the import step reads s3:// (and minio://) URIs; a missing object is one
+    error naming it."""
+    import boto3
+    from moto import mock_aws
+    from PIL import Image
+
+    import pipelines.run as run
+    from ostaf.steps import import_reference
+    from tests.conftest import synthetic_image
+
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "k",
+        "AWS_SECRET_ACCESS_KEY": "s",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    synthetic_image().save(tmp_path / "ref.png")
+    sent = {}
+    monkeypatch.setattr(run, "submit", lambda package, params, *a, **k: sent.update(params) or "run-1")
+    with mock_aws():
+        boto3.client("s3").create_bucket(Bucket="ostaf-benchmark")
+        argv = ["submit", "--pipeline", "personalization", "--image", str(tmp_path / "ref.png"), "--host", "h"]
+        argv += ["--attribute", "appearance", "--prompts", "a vase in the appearance of *a", "--package", str(tmp_path)]
+        assert run.main(argv) == 0
+        uri = sent["image"]
+        assert uri.startswith("s3://ostaf-benchmark/references/") and uri.endswith(".png")
+        for scheme in ("s3://", "minio://"):
+            dest = tmp_path / f"imported-{scheme[:-3]}"
+            import_reference(
+                uri.replace("s3://", scheme), "appearance", "toy", ["a vase in the appearance of *a"], dest
+            )
+            same = np.asarray(Image.open(dest / "reference.png"))
+            assert np.array_equal(same, np.asarray(Image.open(tmp_path / "ref.png").convert("RGB")))
+        with pytest.raises(OstafError, match="cannot read s3://ostaf-benchmark/nothing.png"):
+            import_reference("s3://ostaf-benchmark/nothing.png", "appearance", "toy", ["a *a"], tmp_path / "none")
