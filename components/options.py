@@ -115,6 +115,11 @@ def start_run(
     from ostaf.io import write_json
     from ostaf.steps import start_pipeline_run
 
+    expected = {p.name for p in typed_parameters()}
+    if set(typed_values) != expected:  # the component's spelled-out signature and the configs disagree
+        raise OstafError(
+            f"start-tracking got typed parameters {sorted(typed_values)}, the configs mark {sorted(expected)}"
+        )
     options = resolve_options(recipe, extra_options, typed_values, compiled_defaults)
     write_json(options_path, options)
     return start_pipeline_run(pipeline, model, options["train"], options["generate"], kfp_run_id, provenance)

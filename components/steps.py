@@ -1,34 +1,15 @@
 """One lightweight component per pipeline step. Bodies import `ostaf` and call one step function;
 resources, accelerators, caching and retries are set on tasks in `pipelines/`, never here."""
 
-import linecache
-from collections.abc import Callable
-
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output, PipelineTaskFinalStatus
 
 from components.image import IMAGE
-from components.options import typed_parameters
 
 component = dsl.component(base_image=IMAGE, install_kfp_package=False)
 
 
-def generated_function(name: str, source: str) -> Callable:
-    """A function defined by `source`, with its source findable by `inspect.getsource` (KFP embeds a lightweight
-    component's source text in its container command), as dataclasses and attrs do for the code they generate."""
-    filename = f"<ostaf generated {name}>"
-    linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
-    namespace: dict = {"Artifact": Artifact, "Output": Output}
-    exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - our own template, no outside input
-    return namespace[name]
-
-
-def start_tracking_source() -> str:
-    """`start_tracking`'s source: one typed input per typed pipeline parameter (`components.options`)."""
-    params = typed_parameters()
-    inputs = "".join(f"    {p.name}: {p.annotation.__name__},\n" for p in params)
-    values = ", ".join(f"{p.name!r}: {p.name}" for p in params)
-    return f'''
+@component
 def start_tracking(
     pipeline: str,
     model: str,
@@ -37,7 +18,16 @@ def start_tracking(
     compiled_defaults: dict,
     kfp_run_id: str,
     provenance: dict,
-{inputs}    tracking: Output[Artifact],
+    # the typed pipeline parameters (`components.options.typed_parameters`, from `opt(pipeline=True)`): KFP reads a
+    # component's signature from its source, so they are spelled out here; tests/test_pipelines_compile.py checks
+    # that they are exactly those fields, with their types
+    trainable: str,
+    steps: int,
+    lr: float,
+    lam: list,
+    seeds: list,
+    num_steps: int,
+    tracking: Output[Artifact],
     options: Output[Artifact],
 ):
     """Resolve the run's options (recipe, typed parameters, extra_options) and open the parent MLflow run.
@@ -47,17 +37,14 @@ def start_tracking(
     """
     from components.options import start_run
 
-    typed_values = {{{values}}}
+    typed_values = {"trainable": trainable, "steps": steps, "lr": lr, "lam": lam, "seeds": seeds}
+    typed_values |= {"num_steps": num_steps}
     run_id = start_run(
         pipeline, model, recipe, extra_options, compiled_defaults, kfp_run_id, provenance, typed_values, options.path
     )
     with open(tracking.path, "w") as f:
         f.write(run_id)
     tracking.metadata["mlflow_run_id"] = run_id
-'''
-
-
-start_tracking = component(generated_function("start_tracking", start_tracking_source()))
 
 
 @component

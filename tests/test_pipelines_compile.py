@@ -109,6 +109,11 @@ def test_parameters_come_from_the_configs(specs):
     assert params["metric_models"]["defaultValue"] == EvaluateConfig.__dataclass_fields__["metric_models"].default
     single = specs["attribute_personalization"]["root"]["inputDefinitions"]["parameters"]
     assert {"image", "attribute", "class_name", "prompts", "recipe", "extra_options"} | typed <= set(single)
+    # start-tracking spells the typed parameters out (KFP reads a component's source): exactly these, these types
+    start = specs["attribute_benchmark"]["components"]["comp-start-tracking"]["inputDefinitions"]["parameters"]
+    fixed = {"pipeline", "model", "recipe", "extra_options", "compiled_defaults", "kfp_run_id", "provenance"}
+    assert set(start) - fixed == typed
+    assert all(start[name]["parameterType"] == params[name]["parameterType"] for name in typed)
 
 
 def test_options_resolve_config_then_recipe_then_typed_then_extra():
