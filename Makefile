@@ -18,10 +18,11 @@ data: install
 
 # The main job: the benchmark pipeline on the KFP local runner with the Attribute World model
 # (shipped in the package, ostaf/world/model/) on held-out world references, one per attribute,
-# with the `world` recipe (ostaf/recipes.py), tracked in ./mlflow.db (see `mlflow ui`).
+# with the `world` recipe and then `disentangled`, the method that won on validation references (ostaf/recipes.py),
+# tracked in ./mlflow.db (see `mlflow ui`).
 # Flags: python -m pipelines run-local --help
 run: data
-	$(PY) -m pipelines run-local --per-attribute 1 --model attribute-world --recipe world
+	$(PY) -m pipelines run-local --per-attribute 1 --model attribute-world --recipe world disentangled
 
 test: data browser
 	$(PY) -m pytest -q

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import json
 import shutil
 from pathlib import Path
+
+from PIL import Image
 
 from ostaf.io import atomic_write, write_json
 from ostaf.report import BEST_LAM_NOTE, NOT_COMPUTED, best_lambdas, missing_paper_metrics, table_keys
@@ -25,7 +28,7 @@ SCORES_FILE = "scores.json"  # an item's scored rows (written by `ostaf.steps.ev
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5rem; color: #222; }
-table { border-collapse: collapse; margin: 0.5rem 0 1.5rem; }
+table { border-collapse: collapse; margin: 0.5rem 0 1.5rem; font-size: 0.85rem; }
 th, td { border: 1px solid #bbb; padding: 0.25rem 0.6rem; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 section.item { border-top: 2px solid #ddd; padding-top: 0.75rem; margin-top: 1.25rem; }
@@ -64,9 +67,12 @@ def collect_visuals(images: str | Path, reference: str | Path, dest: str | Path)
     return folder
 
 
-def _img(path: Path, alt: str, css: str = "") -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<img class="{css}" alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+def _img(path: Path, alt: str, css: str = "", zoom: int = 1) -> str:
+    """An embedded PNG; `zoom` shows small images (64 px world renders) that many times larger, pixels crisp."""
+    raw = path.read_bytes()
+    data = base64.b64encode(raw).decode("ascii")
+    width = f' width="{min(Image.open(io.BytesIO(raw)).width * zoom, 1200)}"' if zoom > 1 else ""
+    return f'<img class="{css}" alt="{html.escape(alt)}"{width} src="data:image/png;base64,{data}">'
 
 
 def _table(table: list[dict], keys: list[str]) -> str:
@@ -91,7 +97,7 @@ def _item(folder: Path, rows: list[dict]) -> str:
     parts.append(f'<div class="pair">{"".join(pair)}</div>')
     prompts = json.loads((visuals / PROMPTS).read_text()) if (visuals / PROMPTS).exists() else []
     for i, prompt in enumerate(prompts):
-        grid = _img(visuals / grid_name(i), f"{item} grid {i}", "grid")
+        grid = _img(visuals / grid_name(i), f"{item} grid {i}", "grid", zoom=2)
         parts.append(
             f"<figure>{grid}<figcaption>{i}: {html.escape(prompt)} (columns: λ, rows: seeds)</figcaption></figure>"
         )

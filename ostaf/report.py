@@ -172,12 +172,17 @@ BEST_LAM_NOTE = "best λ per item (the strongest attribute that keeps ≥ 90 % o
 
 
 def best_lambdas(rows: list[dict]) -> dict[str, tuple[float, str]]:
-    """item → (its best λ, the metric that chose it), by `report.best_lambda`."""
+    """item → (its best λ, the metric that chose it), by `report.best_lambda` (items swept over one λ have none)."""
     by_item: dict[str, list[dict]] = {}
     for row in rows:
         by_item.setdefault(row["item"], []).append(row)
-    found = {item: best_lambda(by_lambda(r), r[0]["attribute"]) for item, r in by_item.items()}
+    found = {item: best_lambda(by_lambda(r), r[0]["attribute"]) for item, r in by_item.items() if _swept(r)}
     return {item: b for item, b in found.items() if b is not None}
+
+
+def _swept(rows: list[dict]) -> bool:
+    """More than one λ: a best λ means something."""
+    return len({row["lam"] for row in rows}) > 1
 
 
 def curve_step(lam: float) -> int:

@@ -30,7 +30,7 @@ from ostaf.images import load_image
 from ostaf.objects import is_object_uri, upload
 from ostaf.recipes import RECIPES, Recipe, layered
 from ostaf.runtime import CPU_ALLOCATOR_ENV
-from ostaf.steps import reference_item
+from ostaf.steps import REPORT_HTML, reference_item
 from ostaf.tracking import provenance_tags, tracking_uri
 from pipelines.cluster import CLUSTER
 from pipelines.console import ANSI, quiet_run
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"local {args.pipeline} run finished in {time.perf_counter() - started:.0f} s\n")
         print(table.read_text())
-        page = table.with_name("page")  # the aggregate task's Output[HTML], beside its table
+        page = table.with_name("report") / REPORT_HTML  # the aggregate's report folder (its Output[HTML] is a copy)
         if page.exists():
             shown = page.relative_to(Path.cwd()) if page.is_relative_to(Path.cwd()) else page
             print(f"report (open in a browser): {shown}")
