@@ -302,12 +302,21 @@ EXPERIMENT_TAGS = {
 }
 
 
+def local_artifact_root(uri: str | None = None) -> str | None:
+    """For a local SQLite store, `mlruns/` beside its file (MLflow's default is ./mlruns of whatever folder the
+    process runs in, so a store in a test's or another checkout's folder filled this one's); None otherwise."""
+    uri = uri or tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlruns").as_uri()
+
+
 def experiment_id(name: str = EXPERIMENT) -> str:
     """The experiment's id, created (with its kind and description) when it does not exist yet."""
     c = client()
     found = c.get_experiment_by_name(name)
     if found is None:
-        return c.create_experiment(name, tags=EXPERIMENT_TAGS)
+        return c.create_experiment(name, artifact_location=local_artifact_root(), tags=EXPERIMENT_TAGS)
     for key, value in EXPERIMENT_TAGS.items():  # an experiment made by an older ostaf
         if key not in found.tags:
             c.set_experiment_tag(found.experiment_id, key, value)

@@ -155,3 +155,19 @@ def test_a_registered_model_is_spooled_with_a_copy_of_its_checkpoint(tmp_path, m
     (record,) = [json.loads(line) for line in (tmp_path / "spool" / "run-c.jsonl").read_text().splitlines()]
     assert record["kind"] == "model" and record["attribute"] == "appearance"
     assert (Path(record["path"]) / "ostaf.json").is_file() and Path(record["path"]) != checkpoint
+
+
+def test_a_local_store_keeps_its_artifacts_beside_it_not_in_the_working_folder(tmp_path, monkeypatch):
+    from ostaf import tracking
+
+    store, elsewhere = tmp_path / "store", tmp_path / "cwd"
+    store.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'mlflow.db'}")
+    (tmp_path / "a.txt").write_text("kept")
+    logger = tracking.start_run("t")
+    logger.log_artifact(tmp_path / "a.txt", "files")
+    logger.end()
+    assert [p.parent.name for p in (store / "mlruns").rglob("a.txt")] == ["files"]
+    assert not (elsewhere / "mlruns").exists()
