@@ -7,13 +7,11 @@ from __future__ import annotations
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ostaf.config import default_of
 from ostaf.errors import OstafError
-
-if TYPE_CHECKING:
-    from ostaf.recipes import Recipe
+from ostaf.recipes import Recipe, layered
 
 
 def typed(cls: type, options: dict[str, Any]) -> dict[str, Any]:
@@ -86,7 +84,7 @@ def resolve_options(
     if unknown or not all(isinstance(v, dict) for v in extra_options.values()):
         shape = '{"train": {...}, "generate": {...}}'
         raise OstafError(f"extra_options must look like {shape}, got {extra_options}")
-    chosen = layered_recipe(list(recipe))
+    chosen = layered(list(recipe))
     resolved = {}
     for section, cls in sections().items():
         values = dict(getattr(chosen, section)) if chosen else {}
@@ -147,7 +145,7 @@ def arguments_for(
     goes in `extra_options` too."""
     from ostaf.config import shared_defaults
 
-    chosen = layered_recipe(recipe or [])
+    chosen = layered(recipe or [])
     if compiled_defaults is None:
         compiled_defaults = {p.name: p.default for p in typed_parameters(chosen)}
     given = {"train": train, "generate": generate}
@@ -170,9 +168,3 @@ def package_defaults(package: str | Path) -> dict[str, Any]:
     spec = next(yaml.safe_load_all(Path(package).read_text()))
     params = spec["root"]["inputDefinitions"]["parameters"]
     return {p.name: params[p.name].get("defaultValue") for p in typed_parameters() if p.name in params}
-
-
-def layered_recipe(names: list[str]) -> Recipe | None:
-    from ostaf.recipes import layered
-
-    return layered(names)

@@ -228,7 +228,8 @@ def evaluate_item(
 
 def aggregate(score_dirs: list[str], parent_run_id: str, dest: str, lam: float | None = None) -> str:
     """The paper-style table over every item (at the largest λ unless given), logged to the parent run."""
-    rows = [row for d in score_dirs for row in json.loads((Path(d) / SCORES_FILE).read_text())]
+    by_dir = {d: json.loads((Path(d) / SCORES_FILE).read_text()) for d in score_dirs}  # each file read once
+    rows = [row for item_rows in by_dir.values() for row in item_rows]
     lam = max(r["lam"] for r in rows) if lam is None else lam
     table = paper_table(rows, lam=lam)
     write_table(table, dest)
@@ -249,12 +250,12 @@ def aggregate(score_dirs: list[str], parent_run_id: str, dest: str, lam: float |
         logger.log_params({"table_lam": lam})  # the λ every `<attribute>/<metric>` metric is at
         for row in table:
             logger.log_metrics({f"{row['attribute']}/{k}": v for k, v in row.items() if k not in ("attribute",)}, 0)
-        for folder in score_dirs:  # each item's key metrics at the table's λ, on the parent too
-            item_rows = [r for r in json.loads((Path(folder) / SCORES_FILE).read_text()) if r["lam"] == lam]
+        for all_rows in by_dir.values():  # each item's key metrics at the table's λ, on the parent too
+            item_rows = [r for r in all_rows if r["lam"] == lam]
             for row in paper_table(item_rows):
                 item = item_rows[0]["item"]
                 logger.log_metrics({f"{item}/{k}": v for k, v in row.items() if k not in ("attribute", "n")}, 0)
-        for attribute, run_id in best_runs(score_dirs).items():  # `models:/ostaf-<attribute>@best-<attribute>`
+        for attribute, run_id in best_runs(by_dir).items():  # `models:/ostaf-<attribute>@best-<attribute>`
             tracking.set_best_alias(attribute, run_id)
         for sweep_lam in sorted({r["lam"] for r in rows}):  # the table at every λ, as λ curves (step = 100·λ)
             for row in paper_table(rows, lam=sweep_lam):
@@ -263,12 +264,11 @@ def aggregate(score_dirs: list[str], parent_run_id: str, dest: str, lam: float |
     return markdown
 
 
-def best_runs(score_dirs: list[str]) -> dict[str, str]:
-    """attribute → the nested run of its best item: the strongest attribute metric at that item's best λ (the
-    table's rule, `report.best_lambda`)."""
+def best_runs(by_dir: dict[str, list[dict]]) -> dict[str, str]:
+    """attribute → the nested run of its best item (score folder → its rows): the strongest attribute metric at
+    that item's best λ (the table's rule, `report.best_lambda`)."""
     best: dict[str, tuple[float, str]] = {}
-    for folder in score_dirs:
-        rows = json.loads((Path(folder) / SCORES_FILE).read_text())
+    for folder, rows in by_dir.items():
         run = Path(folder) / RUN_FILE
         run_id = json.loads(run.read_text())["run_id"] if run.exists() else ""
         means = by_lambda(rows)
