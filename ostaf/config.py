@@ -201,8 +201,8 @@ class TrainConfig(_Config):
     )
     model: str = opt(
         DEFAULT_MODEL,
-        "SD-1.x weights: a local diffusers folder, a cached hub id, or a preset (attribute-world: small and "
-        "trained; tiny, sd14-random: random weights)",
+        "SD-1.x weights: a local diffusers folder, a single file (.safetensors), a cached hub id, or a preset "
+        "(attribute-world: small and trained; tiny, sd14-random: random weights)",
         per_item=True,
     )
     out: str = opt("runs/ostaf", "output directory for checkpoints", per_item=True)

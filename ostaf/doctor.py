@@ -23,6 +23,8 @@ def locate_sd(model: str) -> Location:
         found = str(path) if (path / "model_index.json").is_file() else None
         return Location(name, [f"preset {model}: {path}"], found, "python -m ostaf.world.pretrain --out " + str(path))
     path = Path(model).expanduser()
+    if path.is_file():
+        return Location(name, [str(path)], _single_file_found(path), "pass an SD-1.x .safetensors file or a folder")
     if path.exists():
         found = str(path) if (path / "model_index.json").is_file() else None
         return Location(name, [str(path)], found, fix)
@@ -31,6 +33,18 @@ def locate_sd(model: str) -> Location:
     except ValueError:  # not a valid hub id either
         cached = None
     return Location(name, [f"HF cache: {model}"], str(Path(cached).parent) if isinstance(cached, str) else None, fix)
+
+
+def _single_file_found(path: Path) -> str | None:
+    from ostaf.errors import OstafError
+    from ostaf.single_file import is_single_file, single_file_preset
+
+    if not is_single_file(str(path)):
+        return None
+    try:
+        return f"{path} (SD-1.x single file, {single_file_preset(path)} layout)"
+    except OstafError:
+        return None
 
 
 def locate_clip() -> Location:

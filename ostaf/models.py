@@ -10,7 +10,9 @@ seeded random weights instead of files:
 - ``attribute-world``: a small model *trained* on the procedural Attribute World
   (`ostaf.world.pretrain`), shipped inside the package (`ostaf/world/model/`): real, if small, images.
 
-Nothing is ever downloaded: hub ids resolve only from the local Hugging Face cache.
+An SD-1.x single file (`.safetensors`) loads through diffusers' `from_single_file` with the
+project's own copy of the configs (`ostaf.single_file`). Nothing is ever downloaded: hub ids
+resolve only from the local Hugging Face cache.
 """
 
 from __future__ import annotations
@@ -199,6 +201,10 @@ def model_resolution(model: str) -> int:
     if model in PRESETS:
         return PRESETS[model].resolution
     folder = Path(resolve_model(model)).expanduser()
+    if folder.is_file():
+        from ostaf.single_file import is_single_file, single_file_resolution
+
+        return single_file_resolution(folder) if is_single_file(model) else 512
     try:
         unet = json.loads((folder / "unet" / "config.json").read_text())
         vae = json.loads((folder / "vae" / "config.json").read_text())
@@ -212,7 +218,7 @@ def native_resolution(pipe: StableDiffusionPipeline) -> int:
 
 
 def load_pipeline(model: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> StableDiffusionPipeline:
-    """A `StableDiffusionPipeline` for a preset name, a local diffusers folder, or a cached hub id."""
+    """A `StableDiffusionPipeline` for a preset name, a local diffusers folder, a single file, or a cached hub id."""
     if is_preset(model):
         pipe = _random_pipeline(PRESETS[model], seed)
         pipe = pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
@@ -251,9 +257,18 @@ def _pretrained_pipeline(model: str, dtype: torch.dtype) -> StableDiffusionPipel
     if not path.exists() and (path.suffix in WEIGHT_FILES or model.startswith(("/", "./", "../", "~"))):
         raise OstafError(
             f"{model} does not exist. Nothing is downloaded: --model takes a diffusers SD-1.x folder (with "
-            "model_index.json), a preset (attribute-world, tiny, sd14-random) or a hub id already in the Hugging Face "
-            "cache"
+            "model_index.json), an SD-1.x single file (.safetensors), a preset (attribute-world, tiny, sd14-random) "
+            "or a hub id already in the Hugging Face cache"
         )
+    if path.is_file():
+        from ostaf.single_file import SINGLE_FILE_SUFFIXES, is_single_file, load_single_file
+
+        if not is_single_file(model):
+            raise OstafError(
+                f"{path} is a file but not a single-file checkpoint ({', '.join(SINGLE_FILE_SUFFIXES)}): pass an "
+                "SD-1.x .safetensors file or a diffusers folder (with model_index.json)"
+            )
+        return load_single_file(path, dtype)
     source = str(path) if path.exists() else model
     if path.exists() and not (path / "model_index.json").is_file():
         raise OstafError(
