@@ -101,9 +101,9 @@ def warm_compute(tmp: Path, ref: Path, args: argparse.Namespace) -> dict[str, fl
     """The same training loop and denoising, timed inside one process with everything loaded."""
     import torch
 
+    from ostaf.allocator import tune_cpu_allocator
     from ostaf.config import TrainConfig
     from ostaf.generate import sweep
-    from ostaf.runtime import tune_cpu_allocator
     from ostaf.train import make_optimizer, optimizer_step, prepare
 
     tune_cpu_allocator()  # as the `ostaf` command it is compared with

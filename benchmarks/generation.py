@@ -52,7 +52,7 @@ def targets(device: str) -> list[tuple[str, str, str, float]]:
 def main() -> int:
     import torch
 
-    from ostaf.runtime import tune_cpu_allocator
+    from ostaf.allocator import tune_cpu_allocator
 
     tune_cpu_allocator()  # as the `ostaf` command runs
 

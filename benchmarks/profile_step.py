@@ -23,7 +23,7 @@ from ratios import print_table, train_config  # noqa: E402
 def main() -> int:
     import torch
 
-    from ostaf.runtime import tune_cpu_allocator
+    from ostaf.allocator import tune_cpu_allocator
     from ostaf.train import denoising_loss, make_optimizer, prepare, sample_batch
 
     tune_cpu_allocator()  # as the `ostaf` command runs

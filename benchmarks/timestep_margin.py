@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from ostaf.allocator import tune_cpu_allocator
 from ostaf.config import TrainConfig
 from ostaf.images import save_image
 from ostaf.placeholder import word_embedding
 from ostaf.recipes import WORLD
-from ostaf.runtime import tune_cpu_allocator
 from ostaf.train import autocast, prepare
 from ostaf.world.generator import COLOURS, SHAPES, STYLES, TEXTURE_WORDS, TEXTURES
 from ostaf.world.references import references

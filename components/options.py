@@ -12,6 +12,7 @@ from typing import Any
 from ostaf.config import default_of
 from ostaf.errors import OstafError
 from ostaf.recipes import Recipe, layered
+from ostaf.steps import timed_step
 
 
 def typed(cls: type, options: dict[str, Any]) -> dict[str, Any]:
@@ -97,6 +98,7 @@ def resolve_options(
     return resolved
 
 
+@timed_step
 def start_run(
     pipeline: str,
     model: str,

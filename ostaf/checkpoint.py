@@ -37,14 +37,13 @@ from ostaf.lora import LoraAdapter, LoraSpec
 from ostaf.models import BaseModel, base_of, load_pipeline
 from ostaf.offsets import OffsetsAdapter, OffsetsConfig
 from ostaf.placeholder import add_placeholder
+from ostaf.preflight import CARD, CHECKPOINT_FORMAT, TENSORS, checkpoint_card
 
 if TYPE_CHECKING:  # type hints only: train imports this module
     from ostaf.train import TrainingSetup
 
 log = logging.getLogger(__name__)
-FORMAT = "ostaf-checkpoint/1"
-TENSORS = "ostaf.safetensors"
-CARD = "ostaf.json"
+FORMAT = CHECKPOINT_FORMAT
 TRAINER_STATE = "trainer.safetensors"
 CHECKPOINTS = "checkpoints"  # intermediate checkpoints: <out>/checkpoints/step-NNNNNN/
 PICKLE_MAGIC = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05", b"PK")  # pickle protocols 2-5, torch zip
@@ -86,12 +85,8 @@ def save_checkpoint(folder: str | Path, card: dict[str, Any], tensors: dict[str,
 
 def load_checkpoint(folder: str | Path) -> Checkpoint:
     folder = Path(folder)
-    card_path, tensor_path = folder / CARD, folder / TENSORS
-    if not card_path.is_file() or not tensor_path.is_file():
-        raise OstafError(
-            f"{folder} is not an OSTAF checkpoint (needs {CARD} and {TENSORS}): pass the --out folder of "
-            "`ostaf train` or one of its checkpoints/step-* folders"
-        )
+    card = checkpoint_card(folder)
+    tensor_path = folder / TENSORS
     with open(tensor_path, "rb") as f:
         head = f.read(2)
     if head in PICKLE_MAGIC:
@@ -100,12 +95,9 @@ def load_checkpoint(folder: str | Path) -> Checkpoint:
             "run code. Re-save the tensors with safetensors.torch.save_file"
         )
     try:
-        card = json.loads(card_path.read_text())
         tensors = load_file(str(tensor_path))
-    except (json.JSONDecodeError, SafetensorError, OSError) as err:
+    except (SafetensorError, OSError) as err:
         raise OstafError(f"checkpoint {folder} is damaged ({err}); use another step's checkpoint") from None
-    if card.get("format") != FORMAT:
-        raise OstafError(f"checkpoint {folder} has format {card.get('format')!r}, this ostaf reads {FORMAT}")
     return Checkpoint(card, tensors)
 
 

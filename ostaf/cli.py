@@ -7,11 +7,12 @@ import logging
 import sys
 from collections.abc import Callable
 
+from ostaf.allocator import tune_cpu_allocator
 from ostaf.config import DEFAULT_MODEL, ExportConfig, GenerateConfig, TrainConfig
 from ostaf.errors import OstafError
 from ostaf.flags import add_config_arguments, config_from_args, set_recipe_defaults
+from ostaf.preflight import check_generate_inputs, check_train_inputs
 from ostaf.recipes import RECIPES, Recipe, layered
-from ostaf.runtime import tune_cpu_allocator
 
 # `ostaf preprocess` takes these TrainConfig fields: the same flags, defaults and help as `ostaf train`
 PREPROCESS_FIELDS = ("image", "attribute", "model", "out", "resolution", "augment_bank", "seed", "sam", "segment")
@@ -55,18 +56,21 @@ def build_parser(recipe: Recipe | None = None) -> argparse.ArgumentParser:
 
 
 def run_train(args: argparse.Namespace) -> None:
+    config = config_from_args(TrainConfig, args)
+    check_train_inputs(config)  # a typo is answered before torch loads
     from ostaf.train import train
 
-    result = train(config_from_args(TrainConfig, args))
+    result = train(config)
     print(f"trained {result.step} steps ({result.seconds_per_step:.3f} s/step); checkpoint: {result.out}")
     if result.nearest_words:
         print(f"nearest vocabulary words of the token: {', '.join(result.nearest_words)}")
 
 
 def run_generate(args: argparse.Namespace) -> None:
+    config = config_from_args(GenerateConfig, args)
+    check_generate_inputs(config)
     from ostaf.generate import generate
 
-    config = config_from_args(GenerateConfig, args)
     results = generate(config)
     print(f"wrote {sum(len(r.images) for r in results)} images and {len(results)} grid(s) to {config.out}")
 
@@ -91,8 +95,8 @@ def run_export(args: argparse.Namespace) -> None:
 
 
 def run_preprocess(args: argparse.Namespace) -> None:
-    from ostaf.models import model_resolution
     from ostaf.preprocess import preprocess_reference
+    from ostaf.presets import model_resolution
 
     resolution = args.resolution or model_resolution(args.model)
     sam = args.sam if args.segment else None

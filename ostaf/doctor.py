@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ostaf.image_encoder import CLIP_HUB_ID, CLIP_WEIGHTS_ENV, cached_hub_weights
 from ostaf.metric_models import Location, locate_dino, locate_vgg
-from ostaf.models import TRAINED_PRESETS, is_preset
+from ostaf.presets import TRAINED_PRESETS, is_preset
 from ostaf.segment import SAM_WEIGHTS_ENV, sam_weights_path
 
 

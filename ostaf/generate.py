@@ -29,13 +29,14 @@ from ostaf.checkpoint import apply, load_base_pipeline, load_checkpoint
 from ostaf.config import DEFAULT_MODEL, GenerateConfig
 from ostaf.errors import OstafError
 from ostaf.images import load_image, make_grid
-from ostaf.io import check_output_dir
 from ostaf.mechanisms.dual_path import VanillaPrompts
 from ostaf.mechanisms.reference_attention import ReferenceAttention, resolve_blocks
-from ostaf.models import base_of, is_preset, load_pipeline, native_resolution
+from ostaf.models import base_of, load_pipeline, native_resolution
 from ostaf.offsets import OffsetsAdapter
 from ostaf.offsets.config import parse_block_scales
+from ostaf.preflight import check_generate_inputs
 from ostaf.preprocess import load_preprocessed
+from ostaf.presets import is_preset
 from ostaf.runtime import autocast_dtype, progress_bar, resolve_device
 from ostaf.sweep import PromptResult, write_sweep
 
@@ -231,7 +232,7 @@ def generate(
     Without a checkpoint (only with --reference-attention) the base model generates with the reference alone:
     DreamTuner's training-free path, a baseline.
     """
-    check_output_dir(config.out)
+    check_generate_inputs(config)
     checkpoints = [load_checkpoint(c) for c in config.ckpt]
     tokens = [c.token for c in checkpoints]
     if len(set(tokens)) != len(tokens):

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from ostaf.errors import OstafError
-from ostaf.models import PRESETS
+from ostaf.presets import PRESETS
 from ostaf.runtime import seeded
 
 CLIP_ARCH = "ViT-B-32"

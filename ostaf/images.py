@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
 from ostaf.errors import OstafError
 from ostaf.io import atomic_write
+
+if TYPE_CHECKING:
+    import torch
 
 MIN_SIDE = 64
 MAX_PIXELS = 8192 * 8192
@@ -62,6 +65,8 @@ def fit_square(image: Image.Image, resolution: int, pad: bool) -> Image.Image:
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
     """(1, 3, H, W) in [-1, 1], the VAE's input range."""
+    import torch
+
     array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
     return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0)
 

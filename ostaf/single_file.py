@@ -21,7 +21,7 @@ from diffusers.utils import logging as diffusers_logging
 from transformers import CLIPTextConfig
 
 from ostaf.errors import OstafError
-from ostaf.models import PRESETS, SD_SCHEDULER, Preset
+from ostaf.presets import PRESETS, SD_SCHEDULER, Preset
 from ostaf.tokenizer import clip_tokenizer
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")

@@ -26,7 +26,6 @@ from ostaf.config import TrainConfig
 from ostaf.errors import OstafError
 from ostaf.image_encoder import ImageEncoder, load_image_encoder, saved_image_embedding
 from ostaf.images import to_tensor
-from ostaf.io import check_output_dir
 from ostaf.lora import LoraAdapter, LoraSpec
 from ostaf.mechanisms import binding, dual_path, schedule, timesteps, word_search
 from ostaf.mechanisms.contrastive import NearestWordContrast
@@ -35,6 +34,7 @@ from ostaf.models import load_pipeline, native_resolution
 from ostaf.offsets import OffsetsAdapter
 from ostaf.offsets.processor import DetachedContextProcessor
 from ostaf.placeholder import PlaceholderEmbedding, add_placeholder, inject, word_embedding
+from ostaf.preflight import check_train_inputs
 from ostaf.preprocess import Preprocessed, augment, load_preprocessed, preprocess_reference
 from ostaf.runtime import autocast_dtype, progress_bar, resolve_device, seed_everything, seeded
 
@@ -118,7 +118,7 @@ def train(
 ) -> TrainResult:
     """Train and write checkpoints under `config.out`; resumes if a checkpoint is there."""
     tracker = tracker or NullTracker()
-    check_output_dir(config.out)  # before minutes of work, not at the first save
+    check_train_inputs(config)  # before minutes of work, not at the first save
     generator = seed_everything(config.seed)
     setup = prepare(config, pipe, image_encoder)
     optimizer = make_optimizer(setup)

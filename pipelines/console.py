@@ -20,6 +20,7 @@ from typing import TextIO
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 STARTED = re.compile(r"Executing task '([^']+)'")
 FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
+TASK_WALL_MARK = "ostaf-task-wall"  # `<mark> <task> <seconds> s` in the run's log, next to the steps' own times
 PIPELINE = re.compile(r"Pipeline '([^']+)' finished with status (\w+)")
 PROGRESS = re.compile(r"(ostaf \w+): +(\d+)%\|.*?\| *(\d+/\d+)")
 RATE = re.compile(r"([\d.]+ ?(?:s/step|step/s))")
@@ -66,6 +67,7 @@ class Summary(io.TextIOBase):
         elif found := FINISHED.search(line):
             task, status = found[1], found[2]
             seconds = time.monotonic() - self.started.pop(task, time.monotonic())
+            self.log.write(f"{TASK_WALL_MARK} {task} {seconds:.3f} s\n")  # benchmarks/startup.py reads it
             self.say(f"  {task:<18} {status.lower():<8} {seconds:6.1f} s")
             if status != "SUCCESS":
                 self.say("    its last log lines:")

@@ -22,6 +22,7 @@ from typing import Any
 from kfp import compiler
 
 from components.options import arguments_for, package_defaults
+from ostaf.allocator import CPU_ALLOCATOR_ENV
 from ostaf.config import EvaluateConfig, GenerateConfig, TrainConfig, validate_options
 from ostaf.data import default_source
 from ostaf.errors import OstafError
@@ -29,7 +30,6 @@ from ostaf.flags import add_config_arguments, options_from_args, set_recipe_defa
 from ostaf.images import load_image
 from ostaf.objects import is_object_uri, upload
 from ostaf.recipes import RECIPES, Recipe, layered
-from ostaf.runtime import CPU_ALLOCATOR_ENV
 from ostaf.steps import REPORT_HTML, reference_item
 from ostaf.tracking import provenance_tags, tracking_uri
 from pipelines.cluster import CLUSTER

@@ -185,8 +185,8 @@ def test_the_installed_package_loads_the_world_model_outside_the_repository(tmp_
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     code = (
-        "import ostaf, ostaf.models as m; p = m.load_pipeline('attribute-world'); "
-        "print(ostaf.__file__); print(m.world_model_path()); print(type(p.unet).__name__, p.unet.training)"
+        "import ostaf, ostaf.models as m, ostaf.presets as presets; p = m.load_pipeline('attribute-world'); "
+        "print(ostaf.__file__); print(presets.world_model_path()); print(type(p.unet).__name__, p.unet.training)"
     )
     env = {k: v for k, v in os.environ.items() if k != "OSTAF_WORLD_MODEL"} | {"PYTHONPATH": str(target)}
     run = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True)

@@ -12,7 +12,8 @@ from ostaf.config import GenerateConfig, TrainConfig
 from ostaf.errors import OstafError
 from ostaf.flags import add_config_arguments, config_from_args
 from ostaf.image_encoder import load_image_encoder
-from ostaf.models import PRESETS, load_pipeline
+from ostaf.models import load_pipeline
+from ostaf.presets import PRESETS
 
 
 @pytest.mark.parametrize("cls", [TrainConfig, GenerateConfig])

@@ -83,7 +83,7 @@ def test_shape_and_appearance_compose_in_one_prompt(checkpoints):
 def test_checkpoint_from_other_architecture_is_refused(checkpoints, tmp_path):
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
-    from ostaf.models import PRESETS
+    from ostaf.presets import PRESETS
 
     base = load_pipeline("tiny")
     cfg = dict(PRESETS["tiny"].unet, block_out_channels=(32, 32))

@@ -117,3 +117,20 @@ def test_the_report_renders_in_headless_chromium_with_every_image_decoded(report
     pixels = np.asarray(Image.open(shot).convert("L"))
     assert pixels.shape == (1400, 1000)
     assert pixels.std() > 10  # the page drew something (a blank page is one flat colour)
+
+
+def test_a_users_image_without_metric_weights_is_scored_as_nothing_not_a_crash(tmp_path):
+    """The personalization pipeline on tiny: no exact world metrics and no real CLIP/DINO/VGG/SAM."""
+    from ostaf.steps import reference_item
+
+    ref = references(1, attributes=("appearance",))[0]
+    Image.fromarray(ref.world().image).save(tmp_path / "me.png")
+    item = reference_item(str(tmp_path / "me.png"), "appearance", "ball", ["a cup in the appearance of *a"])
+    reference = preprocess(tmp_path / "me.png", "appearance", 64, 1, 0, None).save(tmp_path / "ref")
+    (reference / ITEM_FILE).write_text(json.dumps(item.model_dump(mode="json")))
+    image = Image.fromarray(ref.world().image)
+    write_sweep(tmp_path / "images", [PromptResult(item.prompts[0], {(1.0, 0): image}, image)], {})
+    scores = tmp_path / "scores"
+    assert evaluate_item(str(tmp_path / "images"), str(reference), "tiny", {}, "", str(scores)) == {}
+    aggregate([str(scores)], "", str(tmp_path / "report"))
+    assert "n/a (no weights" in (tmp_path / "report" / REPORT_HTML).read_text()

@@ -52,3 +52,34 @@ def test_zero_init_gives_zero_delta_that_still_learns():
     assert torch.count_nonzero(delta) == 0
     (delta * torch.randn_like(delta)).sum().backward()
     assert module.linear_row.weight.grad.abs().sum() > 0
+
+
+def test_low_rank_form_is_the_same_closed_form_on_factored_matrices():
+    torch.manual_seed(2)
+    module = WeightOffsets(in_features=48, out_features=40, rank=4)
+    torch.testing.assert_close(module(), literal_delta(module), rtol=1e-5, atol=1e-5)
+    assert torch.linalg.matrix_rank(module.linear_row.weight.detach()) == 4
+
+
+def test_low_rank_parameters_scale_with_the_rank_not_the_square():
+    full, low = WeightOffsets(320, 320), WeightOffsets(320, 320, rank=16)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(full) == 1 + 2 * (320 + 320) + 2 * (320 * 320 + 320)
+    assert count(low) == 1 + 2 * (320 + 320) + 2 * (2 * 320 * 16 + 320)
+    names = {n for n, _ in low.named_parameters()}
+    assert {"linear_row.up", "linear_row.down", "linear_row.bias", "linear_column.up"} <= names
+
+
+def test_low_rank_init_keeps_the_full_forms_scale():
+    torch.manual_seed(3)
+    full = torch.stack([WeightOffsets(256, 256).linear_row.weight.detach() for _ in range(4)]).std()
+    low = torch.stack([WeightOffsets(256, 256, rank=16).linear_row.weight.detach() for _ in range(4)]).std()
+    assert 0.8 < low / full < 1.25
+
+
+def test_low_rank_zero_init_gives_zero_delta_that_still_learns():
+    module = WeightOffsets(in_features=16, out_features=12, zero_init=True, rank=3)
+    delta = module()
+    assert torch.count_nonzero(delta) == 0
+    (delta * torch.randn_like(delta)).sum().backward()
+    assert module.linear_row.up.grad.abs().sum() > 0

@@ -18,7 +18,8 @@ from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from ostaf.errors import OstafError
-from ostaf.models import PRESETS, load_pipeline, model_resolution
+from ostaf.models import load_pipeline
+from ostaf.presets import PRESETS, model_resolution
 from ostaf.single_file import preset_for_shapes
 from ostaf.train import train
 from tests.conftest import tiny_config

@@ -1,5 +1,7 @@
 """Training on the tiny preset: the loss goes down, only what should train changes, resume works."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -165,3 +167,21 @@ def test_confined_token_gradient_keeps_the_loss_and_changes_only_the_gradient(re
     assert losses["full"] == pytest.approx(losses["confined"], abs=1e-6)
     assert grads["confined"].abs().sum() > 0
     assert not torch.allclose(grads["full"], grads["confined"])
+
+
+def test_a_low_rank_hypernetwork_trains_saves_and_loads_back(reference, tmp_path):
+    from ostaf import apply
+    from ostaf.checkpoint import load_checkpoint
+
+    full = prepare(tiny_config(reference, tmp_path / "full"))
+    count = lambda setup: sum(p.numel() for p in setup.adapter.parameters())  # noqa: E731
+    result = train(tiny_config(reference, tmp_path / "low", steps=3, hyper_rank=2), progress=False)
+    ckpt = load_checkpoint(result.out)
+    assert ckpt.card["offsets"]["hyper_rank"] == 2
+    saved = ckpt.section("offsets.")
+    assert any(k.endswith("linear_row.up") for k in saved) and not any(k.endswith("row.weight") for k in saved)
+    pipe = load_pipeline("tiny", seed=42)
+    adapter = apply(pipe, result.out)
+    assert count(SimpleNamespace(adapter=adapter)) < count(full) / 2
+    loaded = {k: v for k, v in adapter.state_dict().items()}
+    assert all(torch.equal(loaded[k], v) for k, v in saved.items())

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from ostaf.errors import OstafError
-from ostaf.models import load_pipeline, model_resolution, world_model_path
+from ostaf.models import load_pipeline
+from ostaf.presets import model_resolution, world_model_path
 from ostaf.world.pretrain import (
     LOSS_HEAD,
     WorldRecipe,

@@ -34,6 +34,8 @@ class OffsetsConfig:
     attentions: tuple[str, ...] = field(default=ATTENTIONS, metadata={"help": "attn1 (self) and/or attn2 (cross)"})
     mode: str = field(default="multiplicative", metadata={"help": "multiplicative | additive"})
     zero_init: bool = field(default=False, metadata={"help": "start with ΔW = 0 (identity at step 0)"})
+    # 0: the authors' full out×out and in×in matrices; R > 0: each as rank-R factors (far fewer parameters)
+    hyper_rank: int = field(default=0, metadata={"help": "rank of the hypernetwork's square matrices (0 = full)"})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "parts", tuple(self.parts))
@@ -42,6 +44,8 @@ class OffsetsConfig:
         _check_subset("parts", self.parts, tuple(PART_PREFIXES))
         _check_subset("projections", self.projections, PROJECTIONS, may_be_empty=True)
         _check_subset("attentions", self.attentions, ATTENTIONS)
+        if not isinstance(self.hyper_rank, int) or self.hyper_rank < 0:
+            raise OstafError(f"hyper_rank {self.hyper_rank!r} must be 0 (the full form) or a positive integer rank")
         if self.mode not in MODES:
             raise OstafError(f"offsets mode {self.mode!r} is unknown: use one of {', '.join(MODES)}")
 

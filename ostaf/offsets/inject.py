@@ -82,7 +82,8 @@ class OffsetsAdapter(HoldsStrength):
                     f"{layer} already carries the offsets of {attn.processor.adapter}: adapters "
                     f"{attn.processor.adapter} and {name} must target different U-Net parts"
                 )
-            proc = OffsetsAttnProcessor(attn, config.projections, config.mode, config.zero_init, name)
+            rank = config.hyper_rank or None
+            proc = OffsetsAttnProcessor(attn, config.projections, config.mode, config.zero_init, name, rank)
             proc.to(device=param.device, dtype=torch.float32)  # trainables stay fp32 whatever the U-Net dtype
             attn.set_processor(proc)
             adapter.processors[layer] = proc

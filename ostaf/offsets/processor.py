@@ -30,12 +30,23 @@ class OffsetsAttnProcessor(nn.Module):
     doubled gets the same λ in both halves.
     """
 
-    def __init__(self, attn: Attention, projections: tuple[str, ...], mode: str, zero_init: bool, adapter: str) -> None:
+    def __init__(
+        self,
+        attn: Attention,
+        projections: tuple[str, ...],
+        mode: str,
+        zero_init: bool,
+        adapter: str,
+        hyper_rank: int | None = None,
+    ) -> None:
         super().__init__()
         self.offsets = nn.ModuleDict(
             {
                 name: WeightOffsets(
-                    getattr(attn, name).weight.shape[1], getattr(attn, name).weight.shape[0], zero_init=zero_init
+                    getattr(attn, name).weight.shape[1],
+                    getattr(attn, name).weight.shape[0],
+                    zero_init=zero_init,
+                    rank=hyper_rank,
                 )
                 for name in projections
             }

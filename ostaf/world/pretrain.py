@@ -38,7 +38,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from torch.nn import functional as F
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from ostaf.models import CLIP_TOKEN_IDS, SD_SCHEDULER
+from ostaf.presets import CLIP_TOKEN_IDS, SD_SCHEDULER
 from ostaf.runtime import progress_bar, seeded
 from ostaf.tokenizer import clip_tokenizer
 from ostaf.world.generator import Factors, sample, sample_factors
@@ -338,7 +338,7 @@ def main(argv: list[str] | None = None) -> None:
     """`python -m ostaf.world.pretrain --out DIR`: rebuild the Attribute World model from the recipe."""
     import argparse
 
-    from ostaf.models import world_model_path
+    from ostaf.presets import world_model_path
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(world_model_path()), help="output folder (replaced atomically)")

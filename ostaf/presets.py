@@ -1,0 +1,179 @@
+"""The model presets and where a model name points, without torch: `--help`, checks and light steps read them.
+
+A preset supplies configs (and, for `attribute-world`, a folder of trained weights shipped with the
+package); `ostaf.models` builds the modules from them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ostaf.errors import OstafError
+
+SD_SCHEDULER = dict(
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    num_train_timesteps=1000,
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+    skip_prk_steps=True,
+)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Configs of a random-weight model; `resolution` is its native image size."""
+
+    unet: dict[str, Any]
+    vae: dict[str, Any]
+    text_encoder: dict[str, Any]
+    resolution: int
+    clip_vision: dict[str, Any] = field(default_factory=dict)  # open_clip CLIP kwargs; {} means ViT-B-32
+
+
+CLIP_TOKEN_IDS = dict(
+    vocab_size=49408, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407
+)
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(
+        unet=dict(
+            sample_size=32,
+            in_channels=4,
+            out_channels=4,
+            layers_per_block=1,
+            block_out_channels=(32, 64),
+            down_block_types=("CrossAttnDownBlock2D",) * 2,
+            up_block_types=("CrossAttnUpBlock2D",) * 2,
+            cross_attention_dim=32,
+            attention_head_dim=4,
+            norm_num_groups=32,
+        ),
+        vae=dict(
+            block_out_channels=(32, 64),
+            in_channels=3,
+            out_channels=3,
+            latent_channels=4,
+            sample_size=64,
+            down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2,
+            norm_num_groups=32,
+        ),
+        text_encoder=dict(
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            projection_dim=32,
+            **CLIP_TOKEN_IDS,
+        ),
+        resolution=64,
+        clip_vision=dict(
+            embed_dim=32,
+            vision_cfg=dict(image_size=32, layers=2, width=32, head_width=16, patch_size=8),
+            text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1),
+        ),
+    ),
+    "sd14-random": Preset(  # values of CompVis/stable-diffusion-v1-4's config files
+        unet=dict(
+            sample_size=64,
+            in_channels=4,
+            out_channels=4,
+            layers_per_block=2,
+            block_out_channels=(320, 640, 1280, 1280),
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            cross_attention_dim=768,
+            attention_head_dim=8,
+            norm_num_groups=32,
+            act_fn="silu",
+            downsample_padding=1,
+            flip_sin_to_cos=True,
+            freq_shift=0,
+            mid_block_scale_factor=1,
+        ),
+        vae=dict(
+            block_out_channels=(128, 256, 512, 512),
+            in_channels=3,
+            out_channels=3,
+            latent_channels=4,
+            sample_size=512,
+            layers_per_block=2,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            norm_num_groups=32,
+        ),
+        text_encoder=dict(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_attention_heads=12,
+            num_hidden_layers=12,
+            projection_dim=768,
+            hidden_act="quick_gelu",
+            **CLIP_TOKEN_IDS,
+        ),
+        resolution=512,
+    ),
+}
+
+
+# Presets with trained weights shipped as package data, loaded like any diffusers folder.
+WORLD_MODEL_ENV = "OSTAF_WORLD_MODEL"
+WORLD_MODEL_DIR = Path(__file__).resolve().parent / "world" / "model"
+
+
+def world_model_path() -> Path:
+    """The Attribute World model: `$OSTAF_WORLD_MODEL`, else the copy installed with the package."""
+    return Path(os.environ.get(WORLD_MODEL_ENV) or WORLD_MODEL_DIR)
+
+
+TRAINED_PRESETS: dict[str, Callable[[], Path]] = {"attribute-world": world_model_path}
+
+
+def is_preset(model: str) -> bool:
+    """A random-weight preset (`tiny`, `sd14-random`); trained presets load through `load_pipeline` too."""
+    return model in PRESETS
+
+
+def is_any_preset(model: str) -> bool:
+    """A preset of either kind: random weights, or trained weights shipped with the package."""
+    return model in PRESETS or model in TRAINED_PRESETS
+
+
+def resolve_model(model: str) -> str:
+    """The folder behind a trained preset's name, or `model` unchanged."""
+    if model not in TRAINED_PRESETS:
+        return model
+    path = TRAINED_PRESETS[model]()
+    if not (path / "model_index.json").is_file():
+        raise OstafError(
+            f"the {model} model is not at {path}: it ships inside the ostaf package (reinstall it), or rebuild it "
+            f"with `python -m ostaf.world.pretrain --out {path}` (about 30 min on 2 cores), or point "
+            f"${WORLD_MODEL_ENV} at a copy"
+        )
+    return str(path)
+
+
+def model_resolution(model: str) -> int:
+    """The native image size of `model` without loading weights (presets, local folders; else SD's 512)."""
+    import json
+
+    if model in PRESETS:
+        return PRESETS[model].resolution
+    folder = Path(resolve_model(model)).expanduser()
+    if folder.is_file():
+        from ostaf.single_file import is_single_file, single_file_resolution
+
+        return single_file_resolution(folder) if is_single_file(model) else 512
+    try:
+        unet = json.loads((folder / "unet" / "config.json").read_text())
+        vae = json.loads((folder / "vae" / "config.json").read_text())
+    except (OSError, ValueError):
+        return 512
+    return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
