@@ -35,7 +35,11 @@ CONFIGS = (
     "sweep-5-sequential",
     "dual-path",
     "reference-attention",
+    "base-batch-8",
+    "reference-attention-batch-8",
 )
+BATCH = 8
+IMAGES = {"sweep-5-one-batch": 5, "sweep-5-sequential": 5, "base-batch-8": BATCH, "reference-attention-batch-8": BATCH}
 
 
 def targets(device: str) -> list[tuple[str, str, str, float]]:
@@ -43,8 +47,10 @@ def targets(device: str) -> list[tuple[str, str, str, float]]:
     return [
         ("ostaf-merged", "base", "seconds", 1.02),
         ("sweep-5-one-batch", "sweep-5-sequential", "seconds", sweep),
-        # one extra U-Net pass per step (the reference) and a second attention per targeted layer
-        ("reference-attention", "base", "seconds", 2.1),
+        # one extra U-Net pass per step at batch 1 (the reference) against the CFG batch of 2, and a second
+        # attention per targeted layer; in a batch of 8 the one reference pass serves all 16 rows
+        ("reference-attention", "base", "seconds", 1.6),
+        ("reference-attention-batch-8", "base-batch-8", "seconds", 1.15),
         ("dual-path", "ostaf-unmerged", "seconds", 1.3),
     ]
 
@@ -97,6 +103,9 @@ def main() -> int:
     def base() -> None:
         generate([Sample(PROMPT, 1.0, 0)], [])
 
+    def base_batch() -> None:
+        generate([Sample(PROMPT, 1.0, seed) for seed in range(BATCH)], [])
+
     def unmerged() -> None:  # λ applied inside every attention call, as during training
         adapter.set_scale(1.0)
         pipe(
@@ -120,10 +129,10 @@ def main() -> int:
     def dual_path() -> None:  # β = 0.5: every decoder attention twice, the hard prompt encoded once
         generate([Sample(PROMPT + " *a", 1.0, 0)], [adapter], dual)
 
-    def reference_attention() -> None:  # ω = 1 on the decoder's self-attention: one reference pass per step
-        reference.install()
+    def reference_attention(images: int = 1) -> None:  # ω = 1 on the decoder's self-attention: one reference pass
+        reference.install()  # per step, whatever the batch
         try:
-            generate([Sample(PROMPT, 1.0, 0)], [adapter], Mechanisms(reference=reference))
+            generate([Sample(PROMPT, 1.0, seed) for seed in range(images)], [adapter], Mechanisms(reference=reference))
         finally:
             reference.remove()
 
@@ -135,12 +144,14 @@ def main() -> int:
         "sweep-5-sequential": sweep_sequential,
         "dual-path": dual_path,
         "reference-attention": reference_attention,
+        "base-batch-8": base_batch,
+        "reference-attention-batch-8": lambda: reference_attention(BATCH),
     }
     times: dict[str, list[float]] = {name: [] for name in configs}
     for round_ in range(args.rounds + 1):  # round 0 warms up (allocator, kernels) and is not counted
         order = configs[round_ % len(configs) :] + configs[: round_ % len(configs)]
         for name in order:
-            pipe.unet.set_attn_processor(dict(stock if name == "base" else with_offsets))
+            pipe.unet.set_attn_processor(dict(stock if name.startswith("base") else with_offsets))
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
@@ -151,7 +162,7 @@ def main() -> int:
                 times[name].append(time.perf_counter() - start)
         print(f"round {round_}/{args.rounds} done", file=sys.stderr)
     rows = {
-        name: {"config": name, "seconds": round(statistics.median(t), 3), "images": 5 if "sweep" in name else 1}
+        name: {"config": name, "seconds": round(statistics.median(t), 3), "images": IMAGES.get(name, 1)}
         for name, t in times.items()
     }
     title = (

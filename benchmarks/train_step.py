@@ -81,9 +81,15 @@ def no_grad_prefix(unet) -> None:
     """Run everything before the first up block without autograd (hooks on the down and mid blocks)."""
     import torch
 
+    def leave_autograd(*_) -> None:  # a pre-hook's return value would replace the block's inputs
+        torch.set_grad_enabled(False)
+
+    def enter_autograd(*_) -> None:
+        torch.set_grad_enabled(True)
+
     for block in [*unet.down_blocks, unet.mid_block]:
-        block.register_forward_pre_hook(lambda *_: torch.set_grad_enabled(False))
-        block.register_forward_hook(lambda *_: torch.set_grad_enabled(True))
+        block.register_forward_pre_hook(leave_autograd)
+        block.register_forward_hook(enter_autograd)
 
 
 def _timed(step, steps: int) -> list[float]:

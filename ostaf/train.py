@@ -71,6 +71,7 @@ class TrainingSetup:
     trainable: list[torch.nn.Parameter] = field(default_factory=list)
     lora: LoraAdapter | None = None  # --trainable lora: its weights are U-Net parameters (saved as unet.*)
     token_hook: RemovableHandle | None = None
+    prefix_hooks: list[RemovableHandle] = field(default_factory=list)  # the down/mid blocks run without autograd
     cached_context: torch.Tensor | None = None  # text states when the token is frozen
     step: int = 0  # the 0-based step being trained (`schedule.enter_step`)
     # the mechanisms' state (ostaf.mechanisms); None when a mechanism is off
@@ -176,6 +177,9 @@ def finalize(setup: TrainingSetup) -> None:
         setup.token_hook.remove()
         setup.token_hook = None
     binding.remove_probes(setup.unet)
+    for hook in setup.prefix_hooks:
+        hook.remove()
+    setup.prefix_hooks = []
     setup.attention = None
     release_token_gradient(setup.pipe)
     setup.adapter.set_scale(1.0)
@@ -271,7 +275,36 @@ def prepare(
     if not any(p.requires_grad for p in token.parameters()):
         with torch.no_grad(), autocast(setup):
             setup.cached_context = text_context(setup)
+    if prefix_needs_no_autograd(setup):
+        setup.prefix_hooks = run_without_autograd([*pipe.unet.down_blocks, pipe.unet.mid_block])
     return setup
+
+
+def prefix_needs_no_autograd(setup: TrainingSetup) -> bool:
+    """Nothing before the first up block can reach a gradient: every modulated layer and every trainable U-Net
+    weight is in the up blocks, and the token learns only through them (confined) or not at all."""
+    config = setup.config
+    token_stops = not config.train_token or config.token_grad == "confined"
+    trained = [n for n, p in setup.unet.named_parameters() if p.requires_grad]
+    return token_stops and all(name.startswith("up_blocks.") for name in [*setup.adapter.processors, *trained])
+
+
+def run_without_autograd(blocks: list[torch.nn.Module]) -> list[RemovableHandle]:
+    """Forward hooks (torch's public ones) that run `blocks` with autograd off and restore its state after each.
+
+    Used where no gradient can flow through them (`prefix_needs_no_autograd`): the gradients are bit-identical,
+    and the step saves what autograd keeps and the kernels' training-mode paths cost (benchmarks/no_grad_prefix.py).
+    """
+    states: list[bool] = []
+
+    def leave(*_) -> None:  # returns None: a pre-hook's return value would replace the block's inputs
+        states.append(torch.is_grad_enabled())
+        torch.set_grad_enabled(False)
+
+    def restore(*_) -> None:
+        torch.set_grad_enabled(states.pop())
+
+    return [h for b in blocks for h in (b.register_forward_pre_hook(leave), b.register_forward_hook(restore))]
 
 
 def prepare_mechanisms(

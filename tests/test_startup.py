@@ -83,3 +83,16 @@ def test_a_kfp_task_skips_the_teardown_but_keeps_its_exit_code_and_output(tmp_pa
     assert done.returncode == (1 if fails else 0)
     assert "outputs" in done.stdout and "ostaf-step-work" in done.stdout
     assert ("RuntimeError" in done.stderr) is fails
+
+
+def test_the_gpu_script_measures_a_row_on_tiny_without_a_gpu(tmp_path):
+    """benchmarks/gpu.py keeps working where no GPU is lent: one training row of it, on the CPU (issue 17, point 4)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import gpu
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    row = gpu.measure_train("decoder", "bf16", "adamw8bit", "tiny", 64, 1, "cpu")
+    assert row["config"] == "decoder-bf16-adamw8bit" and row["s_per_step"] > 0
+    assert row["1000_steps_s"] == round(1000 * row["s_per_step"], 1)
+    assert row["optimizer_used"] == "AdamW"  # 8-bit AdamW is CUDA only: the fallback is named, not hidden

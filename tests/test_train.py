@@ -185,3 +185,48 @@ def test_a_low_rank_hypernetwork_trains_saves_and_loads_back(reference, tmp_path
     assert count(SimpleNamespace(adapter=adapter)) < count(full) / 2
     loaded = {k: v for k, v in adapter.state_dict().items()}
     assert all(torch.equal(loaded[k], v) for k, v in saved.items())
+
+
+def _gradients(setup, batch) -> list[torch.Tensor]:
+    for p in setup.trainable:
+        p.grad = None
+    mse, reg = denoising_loss(setup, *batch)
+    (mse + setup.config.token_reg * reg).backward()
+    return [p.grad.clone() for p in setup.trainable if p.grad is not None]
+
+
+def test_the_down_and_mid_blocks_run_without_autograd_and_the_gradients_are_bit_identical(reference, tmp_path):
+    from ostaf.train import finalize, sample_batch
+
+    setup = prepare(tiny_config(reference, tmp_path / "run", token_grad="confined"))
+    assert setup.prefix_hooks  # decoder, confined token: nothing before the up blocks can get a gradient
+    seen: dict[str, bool] = {}
+    for name in ("down_blocks.0", "mid_block", "up_blocks.0"):
+        hook = lambda *_, name=name: seen.__setitem__(name, torch.is_grad_enabled())  # noqa: E731
+        setup.unet.get_submodule(name).register_forward_hook(hook)
+    batch = sample_batch(setup, torch.Generator().manual_seed(0))
+    with_prefix = _gradients(setup, batch)
+    assert seen == {"down_blocks.0": False, "mid_block": False, "up_blocks.0": True}
+    with torch.no_grad():  # outside training the hooks leave the caller's mode alone
+        setup.unet(batch.latents, batch.timesteps, torch.zeros(1, 77, 32))
+    assert seen["up_blocks.0"] is False
+    for hook in setup.prefix_hooks:
+        hook.remove()
+    without = _gradients(setup, batch)
+    assert seen["down_blocks.0"] is True and len(with_prefix) == len(without) > 0
+    assert all(torch.equal(a, b) for a, b in zip(with_prefix, without, strict=True))
+    finalize(setup)
+    assert setup.prefix_hooks == []
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(),
+        dict(attribute="shape"),
+        dict(token_grad="confined", trainable="unet"),
+        dict(token_grad="confined", include_mid=True),
+    ],
+)
+def test_no_prefix_hooks_where_a_gradient_can_flow_there(reference, tmp_path, overrides):
+    assert prepare(tiny_config(reference, tmp_path / "run", **overrides)).prefix_hooks == []

@@ -111,6 +111,9 @@ METHODS: dict[str, dict[str, Any]] = {
     "token+band-long": dict(trainable="token", timestep_range=[0.25, 1.0], steps=400),
     "lite+snr": dict(trainable="lite", snr_gamma=1.0),
     "lite+band": dict(trainable="lite", timestep_range=[0.25, 1.0]),
+    # --hyper-rank: the hypernetwork's square matrices as rank-R factors (issue 17: does quality change?)
+    "lite+hyper16": dict(trainable="lite", hyper_rank=16),
+    "lite+hyper4": dict(trainable="lite", hyper_rank=4),
 }
 # generation options of a method (GenerateConfig overrides), where it has any
 GENERATE_METHODS: dict[str, dict[str, Any]] = {
