@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import os
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers.utils import logging as diffusers_logging
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from ostaf.errors import OstafError
@@ -85,6 +88,25 @@ def _random_pipeline(preset: Preset, seed: int) -> StableDiffusionPipeline:
     return pipe
 
 
+@contextmanager
+def quiet_diffusers() -> Iterator[None]:
+    """No per-component progress bars or dtype notes from diffusers and transformers: a load is one step of ours."""
+    from transformers.utils import logging as transformers_logging
+
+    libraries = (diffusers_logging, transformers_logging)
+    saved = [(lib.get_verbosity(), lib.is_progress_bar_enabled()) for lib in libraries]
+    for lib in libraries:
+        lib.set_verbosity_error()
+        lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib, (verbosity, bar) in zip(libraries, saved, strict=True):
+            lib.set_verbosity(verbosity)
+            if bar:
+                lib.enable_progress_bar()
+
+
 def _pretrained_pipeline(model: str, dtype: torch.dtype) -> StableDiffusionPipeline:
     check_model_location(model)
     path = Path(model).expanduser()
@@ -95,14 +117,15 @@ def _pretrained_pipeline(model: str, dtype: torch.dtype) -> StableDiffusionPipel
     source = str(path) if path.exists() else model
     extra = {} if not path.exists() or (path / "tokenizer").is_dir() else {"tokenizer": clip_tokenizer()}
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(
-            source,
-            torch_dtype=dtype,
-            safety_checker=None,
-            requires_safety_checker=False,
-            local_files_only=True,
-            **extra,
-        )
+        with quiet_diffusers():
+            pipe = StableDiffusionPipeline.from_pretrained(
+                source,
+                dtype=dtype,
+                safety_checker=None,
+                requires_safety_checker=False,
+                local_files_only=True,
+                **extra,
+            )
     except (OSError, ValueError) as err:
         hf_home = os.environ.get("HF_HOME", "~/.cache/huggingface")
         raise OstafError(

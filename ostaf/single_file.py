@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from diffusers import StableDiffusionPipeline
-from diffusers.utils import logging as diffusers_logging
 from transformers import CLIPTextConfig
 
 from ostaf.errors import OstafError
+from ostaf.models import quiet_diffusers
 from ostaf.presets import PRESETS, SD_SCHEDULER, Preset
 from ostaf.tokenizer import clip_tokenizer
 
@@ -124,11 +122,11 @@ def load_single_file(path: Path, dtype: torch.dtype) -> StableDiffusionPipeline:
     with tempfile.TemporaryDirectory(prefix="ostaf-sd1-config-") as folder:
         config = write_diffusers_configs(preset, Path(folder))
         try:
-            with _quiet_diffusers():
+            with quiet_diffusers():
                 pipe = StableDiffusionPipeline.from_single_file(
                     str(path),
                     config=str(config),
-                    torch_dtype=dtype,
+                    dtype=dtype,
                     local_files_only=True,
                     tokenizer=clip_tokenizer(),
                     safety_checker=None,
@@ -156,20 +154,6 @@ def _own_memory(module: torch.nn.Module) -> None:
     with torch.no_grad():
         for tensor in [*module.parameters(), *module.buffers()]:
             tensor.data = tensor.data.clone()
-
-
-@contextmanager
-def _quiet_diffusers() -> Iterator[None]:
-    """No component progress bar or dtype notes on the console: a load is one step of ours."""
-    verbosity, bar = diffusers_logging.get_verbosity(), diffusers_logging.is_progress_bar_enabled()
-    diffusers_logging.set_verbosity_error()
-    diffusers_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        diffusers_logging.set_verbosity(verbosity)
-        if bar:
-            diffusers_logging.enable_progress_bar()
 
 
 def single_file_resolution(path: Path) -> int:
