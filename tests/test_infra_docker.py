@@ -84,7 +84,7 @@ def test_build_script_takes_the_tag_from_the_environment_and_refuses_unknown_opt
 
 
 def test_image_tunes_the_allocator_like_the_commands_do():
-    """The image's MALLOC_* settings are the ones `ostaf.runtime` applies in-process (one set of values)."""
+    """The image's MALLOC_* settings are the ones `ostaf.allocator` applies in-process (one set of values)."""
     from ostaf.allocator import CPU_ALLOCATOR_ENV, tune_cpu_allocator
 
     text = DOCKERFILE.read_text()
