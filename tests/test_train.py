@@ -203,7 +203,7 @@ def test_the_down_and_mid_blocks_run_without_autograd_and_the_gradients_are_bit_
     seen: dict[str, bool] = {}
     for name in ("down_blocks.0", "mid_block", "up_blocks.0"):
         hook = lambda *_, name=name: seen.__setitem__(name, torch.is_grad_enabled())  # noqa: E731
-        setup.unet.get_submodule(name).register_forward_hook(hook)
+        setup.unet.get_submodule(name).register_forward_pre_hook(hook)  # runs after the prefix's own pre-hook
     batch = sample_batch(setup, torch.Generator().manual_seed(0))
     with_prefix = _gradients(setup, batch)
     assert seen == {"down_blocks.0": False, "mid_block": False, "up_blocks.0": True}
