@@ -43,9 +43,6 @@ OSTAF = {
     "ostaf-decoder-lite-grad-ckpt": dict(part="decoder", trainable="lite", gradient_checkpointing=True),
     "ostaf-decoder-lite-channels-last": dict(part="decoder", trainable="lite", channels_last=True),
     "ostaf-decoder-lite-compile": dict(part="decoder", trainable="lite", compile=True),
-    # a probe, not an option: the down and mid blocks run without autograd (hooks below); kept out of ostaf
-    # unless it wins (issue 17, point 2)
-    "ostaf-decoder-lite-confined-nograd-prefix": dict(part="decoder", trainable="lite", token_grad="confined"),
     # the seeds' mechanisms, each alone on top of decoder lite (--token-steps is not a row: its two phases cost
     # what the frozen-offsets and frozen-token rows cost)
     "ostaf-decoder-lite+binding": dict(part="decoder", trainable="lite", attn_binding=1.0),
@@ -65,7 +62,6 @@ MAIN = (  # the default run: the guarded rows and their context (the flags and m
     "ostaf-decoder-lite-confined-hyper16",
     "lora-decoder",
     "lora-decoder-confined",
-    "ostaf-decoder-lite-confined-nograd-prefix",
 )
 BASELINES = ("forward", "full-finetune", "lora-r4-decoder")
 ADAM_STATE = 4  # fp32 parameter + gradient + AdamW's two moments, 4 bytes each
@@ -75,21 +71,6 @@ TARGETS = [
     ("ostaf-decoder-lite-confined", "lora-decoder-confined", "s_per_step", 1.10),
     ("ostaf-decoder-lite", "lora-decoder", "s_per_step", 1.35),
 ]
-
-
-def no_grad_prefix(unet) -> None:
-    """Run everything before the first up block without autograd (hooks on the down and mid blocks)."""
-    import torch
-
-    def leave_autograd(*_) -> None:  # a pre-hook's return value would replace the block's inputs
-        torch.set_grad_enabled(False)
-
-    def enter_autograd(*_) -> None:
-        torch.set_grad_enabled(True)
-
-    for block in [*unet.down_blocks, unet.mid_block]:
-        block.register_forward_pre_hook(leave_autograd)
-        block.register_forward_hook(enter_autograd)
 
 
 def _timed(step, steps: int) -> list[float]:
@@ -107,8 +88,6 @@ def measure_ostaf(name: str, model: str, resolution: int, steps: int) -> tuple[l
     from ostaf.train import make_optimizer, optimizer_step, prepare
 
     setup = prepare(train_config(Path(tempfile.mkdtemp()), model, resolution, **OSTAF[name]))
-    if name.endswith("nograd-prefix"):
-        no_grad_prefix(setup.pipe.unet)
     optimizer = make_optimizer(setup)
     scaler = torch.amp.GradScaler("cuda", enabled=False)
     generator = torch.Generator().manual_seed(0)

@@ -43,7 +43,6 @@ if TYPE_CHECKING:  # type hints only: train imports this module
     from ostaf.train import TrainingSetup
 
 log = logging.getLogger(__name__)
-FORMAT = CHECKPOINT_FORMAT
 TRAINER_STATE = "trainer.safetensors"
 CHECKPOINTS = "checkpoints"  # intermediate checkpoints: <out>/checkpoints/step-NNNNNN/
 PICKLE_MAGIC = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05", b"PK")  # pickle protocols 2-5, torch zip
@@ -78,8 +77,8 @@ def save_checkpoint(folder: str | Path, card: dict[str, Any], tensors: dict[str,
     """Write tensors first, card last: a folder with a card is always complete."""
     folder = Path(folder)
     flat = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}
-    atomic_write(folder / TENSORS, lambda tmp: save_file(flat, str(tmp), metadata={"format": FORMAT}))
-    write_json(folder / CARD, {"format": FORMAT, **card})
+    atomic_write(folder / TENSORS, lambda tmp: save_file(flat, str(tmp), metadata={"format": CHECKPOINT_FORMAT}))
+    write_json(folder / CARD, {"format": CHECKPOINT_FORMAT, **card})
     return folder
 
 

@@ -37,7 +37,8 @@ def locate_sd(model: str) -> Location:
 
 def _single_file_found(path: Path) -> str | None:
     from ostaf.errors import OstafError
-    from ostaf.single_file import is_single_file, single_file_preset
+    from ostaf.preflight import is_single_file
+    from ostaf.single_file import single_file_preset
 
     if not is_single_file(str(path)):
         return None

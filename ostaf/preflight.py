@@ -16,6 +16,7 @@ from ostaf.attributes import check_prompt
 from ostaf.errors import OstafError
 from ostaf.images import load_image
 from ostaf.io import check_output_dir
+from ostaf.presets import PRESETS, TRAINED_PRESETS
 
 if TYPE_CHECKING:
     from ostaf.config import GenerateConfig, TrainConfig
@@ -24,7 +25,12 @@ CARD = "ostaf.json"
 TENSORS = "ostaf.safetensors"
 CHECKPOINT_FORMAT = "ostaf-checkpoint/1"
 WEIGHT_FILES = (".safetensors", ".ckpt", ".bin", ".pt", ".pth")
-PRESET_NAMES = "attribute-world, tiny, sd14-random"
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")  # what `--model FILE` loads (`ostaf.single_file`)
+PRESET_NAMES = ", ".join([*TRAINED_PRESETS, *PRESETS])
+
+
+def is_single_file(model: str) -> bool:
+    return Path(model).suffix.lower() in SINGLE_FILE_SUFFIXES
 
 
 def check_model_location(model: str) -> None:
@@ -37,10 +43,10 @@ def check_model_location(model: str) -> None:
             f"model_index.json), an SD-1.x single file (.safetensors), a preset ({PRESET_NAMES}) or a hub id "
             "already in the Hugging Face cache"
         )
-    if path.is_file() and path.suffix.lower() not in (".safetensors", ".ckpt"):
+    if path.is_file() and not is_single_file(model):
         raise OstafError(
-            f"{path} is a file but not a single-file checkpoint (.safetensors, .ckpt): pass an SD-1.x .safetensors "
-            "file or a diffusers folder (with model_index.json)"
+            f"{path} is a file but not a single-file checkpoint ({', '.join(SINGLE_FILE_SUFFIXES)}): pass an SD-1.x "
+            ".safetensors file or a diffusers folder (with model_index.json)"
         )
     if path.is_dir() and not (path / "model_index.json").is_file():
         raise OstafError(

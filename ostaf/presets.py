@@ -168,7 +168,8 @@ def model_resolution(model: str) -> int:
         return PRESETS[model].resolution
     folder = Path(resolve_model(model)).expanduser()
     if folder.is_file():
-        from ostaf.single_file import is_single_file, single_file_resolution
+        from ostaf.preflight import is_single_file
+        from ostaf.single_file import single_file_resolution
 
         return single_file_resolution(folder) if is_single_file(model) else 512
     try:

@@ -22,7 +22,6 @@ from ostaf.models import quiet_diffusers
 from ostaf.presets import PRESETS, SD_SCHEDULER, Preset
 from ostaf.tokenizer import clip_tokenizer
 
-SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 SD1_PRESETS = ("sd14-random", "tiny")  # the SD-1.x architectures a single file can have, most common first
 
 UNET_CONV_IN = "model.diffusion_model.input_blocks.0.0.weight"
@@ -32,10 +31,6 @@ OTHER_FAMILIES = {  # a key only that family's files hold → its name
     "conditioner.embedders.1.model.ln_final.weight": "SDXL",
     "cond_stage_model.model.ln_final.weight": "SD 2.x",
 }
-
-
-def is_single_file(model: str) -> bool:
-    return Path(model).suffix.lower() in SINGLE_FILE_SUFFIXES
 
 
 def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
