@@ -4,12 +4,16 @@
     python benchmarks/train_step.py --resolution 512
     python benchmarks/train_step.py --only ostaf-decoder-lite ostaf-decoder-lite+dual-path   # any rows
     python benchmarks/train_step.py --model tiny --steps 6 --only lora-decoder ostaf-decoder-lite
+    python benchmarks/train_step.py --model sdxl-random --resolution 512 --steps 2 --only forward \
+        ostaf-decoder-lite-confined-hyper16 lora-decoder-confined ostaf-decoder-lite-hyper16 lora-decoder \
+        ostaf-encoder-lite-hyper16 ostaf-style-module-lite-confined-hyper16   # SDXL: decoder, encoder, LoRA
 
 One micro-step = forward + backward (+ optimizer step) on one 1-image batch; the median over
 `--steps` steps after one warm-up step. Each configuration runs in its own process, so its peak
 RSS is its own. The ratio table is checked against the targets; the exit code is 1 when a ratio
 misses its target by more than 10 %. Cost does not depend on weight values, so `sd14-random`
-stands in for SD-1.4. `trainable_state_gb` is what training keeps beside the frozen model: every trainable
+stands in for SD-1.4 and `sdxl-random` for SDXL-base (2.6 B-parameter U-Net, two text encoders).
+`trainable_state_gb` is what training keeps beside the frozen model: every trainable
 fp32 parameter with its gradient and AdamW's two moments.
 """
 
@@ -37,6 +41,13 @@ OSTAF = {
     # --hyper-rank: the hypernetwork's out×out and in×in matrices as rank-R factors
     "ostaf-decoder-lite-confined-hyper64": dict(part="decoder", trainable="lite", token_grad="confined", hyper_rank=64),
     "ostaf-decoder-lite-confined-hyper16": dict(part="decoder", trainable="lite", token_grad="confined", hyper_rank=16),
+    # SDXL (the full-rank hypernetwork of its decoder is 0.8 B parameters, so there the rows are rank 16)
+    "ostaf-decoder-lite-hyper16": dict(part="decoder", trainable="lite", hyper_rank=16),
+    "ostaf-encoder-lite-hyper16": dict(part="encoder", trainable="lite", hyper_rank=16),
+    # B-LoRA's style module alone (SDXL's up_blocks.0.attentions.1)
+    "ostaf-style-module-lite-confined-hyper16": dict(
+        targets="up_blocks.0.attentions.1", trainable="lite", token_grad="confined", hyper_rank=16
+    ),
     # the like-for-like limit: ostaf's own loop with LoRA (r = 4, peft) on the same q/k/v and the same token
     "lora-decoder": dict(part="decoder", trainable="lora"),
     "lora-decoder-confined": dict(part="decoder", trainable="lora", token_grad="confined"),
@@ -99,21 +110,26 @@ def measure_baseline(name: str, model: str, resolution: int, steps: int) -> tupl
     import torch
     from torch.nn import functional as F
 
+    from ostaf.conditioning import PromptEncoder, micro_conditioning
     from ostaf.models import load_pipeline, native_resolution
 
     pipe = load_pipeline(model)
     unet = pipe.unet.requires_grad_(False)
-    size = (resolution or native_resolution(pipe)) // pipe.vae_scale_factor
-    ids = pipe.tokenizer("a ball", padding="max_length", max_length=77, return_tensors="pt").input_ids
+    pixels = resolution or native_resolution(pipe)
+    size = pixels // pipe.vae_scale_factor
+    prompts = PromptEncoder(pipe)
     with torch.no_grad():
-        context = pipe.text_encoder(ids)[0]
+        cond = prompts.encode(prompts.ids("a ball"))  # SDXL: both encoders, pooled, and the time ids below
+    if prompts.xl:
+        cond.time_ids = micro_conditioning((pixels, pixels), (0, 0), (pixels, pixels))
+    context = cond.unet_kwargs()
     latents, target = torch.randn(1, 4, size, size), torch.randn(1, 4, size, size)
     t = torch.tensor([500])
     if name == "forward":
 
         def step():
             with torch.inference_mode():
-                unet(latents, t, context)
+                unet(latents, t, **context)
 
         return _timed(step, steps), 0
     if name == "lora-r4-decoder":
@@ -126,7 +142,7 @@ def measure_baseline(name: str, model: str, resolution: int, steps: int) -> tupl
     optimizer = torch.optim.AdamW(params, lr=1e-5, fused=True)  # as ostaf.train uses
 
     def step():
-        loss = F.mse_loss(unet(latents, t, context).sample, target)
+        loss = F.mse_loss(unet(latents, t, **context).sample, target)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

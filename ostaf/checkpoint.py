@@ -2,13 +2,14 @@
 
 A checkpoint folder holds
     ostaf.safetensors     offsets.<layer>.<param>   the hypernetworks
-                          token.embedding           the learned e* (what generation uses)
+                          token.embedding           the learned e* (what generation uses; SDXL: both
+                                                    encoders' rows, concatenated)
                           token.init.<param>        the token-init MLP f and its inputs (to resume)
                           unet.<param>              U-Net weights that trained (`paper`, `blocks`, `unet`;
                                                     `lora`: its peft LoRA layers, `…to_q.lora_A.ostaf_m.weight`)
     ostaf.json            the card: format, attribute, token, base model (name and the seed that built
-                          it), offsets config, trainable, `lora` (its layers and rank, for `lora`), step,
-                          training config, optimizer param groups
+                          it), architecture (sd1 | sdxl), offsets config, trainable, `lora` (its layers
+                          and rank, for `lora`), step, training config, optimizer param groups
     trainer.safetensors   only in the newest folder of a run: what resuming needs
                           optim.<index>.<name>      AdamW moments and step counts
                           rng.generator, rng.torch, rng.cuda.<i>   the run's random states
@@ -26,17 +27,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers import StableDiffusionPipeline
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ostaf.conditioning import PromptEncoder
 from ostaf.config import default_of
 from ostaf.errors import OstafError
 from ostaf.io import atomic_write, write_json
 from ostaf.lora import LoraAdapter, LoraSpec
-from ostaf.models import BaseModel, base_of, load_pipeline
+from ostaf.models import BaseModel, Pipeline, architecture, base_of, load_pipeline
 from ostaf.offsets import OffsetsAdapter, OffsetsConfig
-from ostaf.placeholder import add_placeholder
 from ostaf.preflight import CARD, CHECKPOINT_FORMAT, TENSORS, checkpoint_card
 
 if TYPE_CHECKING:  # type hints only: train imports this module
@@ -64,6 +64,11 @@ class Checkpoint:
         """How the base model was made (checkpoints before the `base` entry: the model name, seed 0)."""
         base = self.card.get("base") or {"model": self.card["model"], "seed": 0}
         return BaseModel(base["model"], int(base["seed"]))
+
+    @property
+    def architecture(self) -> str:
+        """sd1 or sdxl (cards before SDXL support: sd1)."""
+        return self.card.get("architecture", "sd1")
 
     def section(self, prefix: str) -> dict[str, torch.Tensor]:
         return {k[len(prefix) :]: v for k, v in self.tensors.items() if k.startswith(prefix)}
@@ -100,9 +105,7 @@ def load_checkpoint(folder: str | Path) -> Checkpoint:
     return Checkpoint(card, tensors)
 
 
-def load_base_pipeline(
-    ckpt: Checkpoint, model: str = "", dtype: torch.dtype = torch.float32
-) -> StableDiffusionPipeline:
+def load_base_pipeline(ckpt: Checkpoint, model: str = "", dtype: torch.dtype = torch.float32) -> Pipeline:
     """The base model `ckpt` was trained on, rebuilt exactly (a preset from the same seed), or `model` instead."""
     base = ckpt.base
     if model and model != base.model:
@@ -110,10 +113,8 @@ def load_base_pipeline(
     return load_pipeline(base.model, seed=base.seed, dtype=dtype)
 
 
-def apply(
-    pipe: StableDiffusionPipeline, ckpt: str | Path | Checkpoint, lam: float = 1.0
-) -> OffsetsAdapter | LoraAdapter:
-    """Turn a stock `StableDiffusionPipeline` into a personalised one, in place.
+def apply(pipe: Pipeline, ckpt: str | Path | Checkpoint, lam: float = 1.0) -> OffsetsAdapter | LoraAdapter:
+    """Turn a stock `StableDiffusionPipeline` (or `StableDiffusionXLPipeline`) into a personalised one, in place.
 
     Adds the checkpoint's placeholder token with its learned embedding, installs
     its offsets with strength `lam`, and loads the U-Net weights that trained (for
@@ -122,6 +123,7 @@ def apply(
     `set_scale`, `merge` and `unmerge` control λ afterwards (the LoRA's, for `--trainable lora`).
     """
     ckpt = ckpt if isinstance(ckpt, Checkpoint) else load_checkpoint(ckpt)
+    check_architecture(ckpt, pipe)
     config = OffsetsConfig.from_dict(ckpt.card["offsets"])
     adapter = OffsetsAdapter.install(pipe.unet, config, ckpt.token)
     try:
@@ -132,13 +134,24 @@ def apply(
         )
         adapter.load_state_dict(ckpt.section("offsets."))
         load_unet_weights(pipe.unet, ckpt.section("unet."))
-        add_placeholder(pipe.tokenizer, pipe.text_encoder, ckpt.token, ckpt.tensors["token.embedding"])
+        PromptEncoder(pipe).add_token(ckpt.token, ckpt.tensors["token.embedding"])
     except BaseException:
         adapter.uninstall()
         raise
     driven = lora or adapter
     driven.set_scale(lam)
     return driven
+
+
+def check_architecture(ckpt: Checkpoint, pipe: Pipeline) -> None:
+    """One clear error for an SD-1.x checkpoint on SDXL or the other way round (before anything is installed)."""
+    own = architecture(pipe)
+    if ckpt.architecture != own:
+        raise OstafError(
+            f"the {ckpt.token} checkpoint was trained on an {ckpt.architecture} model ({ckpt.base.model}) and this "
+            f"pipeline is {own}: generate with its base model (leave --model empty) or another "
+            f"{ckpt.architecture} model"
+        )
 
 
 def load_unet_weights(unet: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
@@ -177,6 +190,7 @@ def card(setup: TrainingSetup, step: int) -> dict:
         "class_name": setup.config.class_name,
         "model": setup.config.model,
         "base": {"model": base.model, "seed": base.seed},
+        "architecture": architecture(setup.pipe),
         "offsets": setup.adapter.config.to_dict(),
         "trainable": setup.config.trainable,
         **({"lora": setup.lora.spec.to_dict()} if setup.lora else {}),

@@ -90,7 +90,20 @@ def run_export(args: argparse.Namespace) -> None:
         f"LoRA (rank {report.rank}, {report.format}, λ = {report.lam:g}, {len(report.layers)} layers, relative error "
         f"{report.error:.2e}, worst {worst[1]:.2e} in {worst[0]}): {report.lora}\n"
         f"embedding of {report.token}: {report.embedding}\n"
-        f"diffusers: pipe.load_lora_weights({report.lora!r}); pipe.load_textual_inversion({report.embedding!r})"
+        f"diffusers: {how_to_load(report)}"
+    )
+
+
+def how_to_load(report) -> str:
+    """The diffusers calls that load the export (SDXL: the embedding's two rows, one per text encoder)."""
+    lora = f"pipe.load_lora_weights({report.lora!r}); " if report.lora else ""
+    if report.architecture != "sdxl":
+        return f"{lora}pipe.load_textual_inversion({report.embedding!r})"
+    return (
+        f"{lora}e = safetensors.torch.load_file({report.embedding!r}); "
+        f"pipe.load_textual_inversion(e['clip_l'], token={report.token!r}, text_encoder=pipe.text_encoder, "
+        f"tokenizer=pipe.tokenizer); pipe.load_textual_inversion(e['clip_g'], token={report.token!r}, "
+        "text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2)"
     )
 
 

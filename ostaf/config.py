@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from ostaf.attributes import get_attribute
 from ostaf.errors import OstafError
 from ostaf.offsets import OffsetsConfig
-from ostaf.offsets.config import PROJECTIONS, parse_block_scales
+from ostaf.offsets.config import PROJECTIONS, parse_block_scales, parse_targets
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 TRAINABLES = ("lite", "paper", "token", "blocks", "unet", "lora")
@@ -201,8 +201,8 @@ class TrainConfig(_Config):
     )
     model: str = opt(
         DEFAULT_MODEL,
-        "SD-1.x weights: a local diffusers folder, a single file (.safetensors), a cached hub id, or a preset "
-        "(attribute-world: small and trained; tiny, sd14-random: random weights)",
+        "SD-1.x or SDXL weights: a local diffusers folder, an SD-1.x single file (.safetensors), a cached hub id, "
+        "or a preset (attribute-world: small and trained; tiny, sd14-random, tiny-sdxl, sdxl-random: random weights)",
         per_item=True,
     )
     out: str = opt("runs/ostaf", "output directory for checkpoints", per_item=True)
@@ -212,6 +212,11 @@ class TrainConfig(_Config):
         choices=("auto", "encoder", "decoder"),
     )
     include_mid: bool = opt(False, "also modulate the mid block's attention")
+    targets: str = opt(
+        "",
+        "attention modules to modulate instead of --part: comma-separated module name patterns, each covering "
+        "the modules under it, * a wildcard (e.g. 'up_blocks.0.attentions.1', B-LoRA's style module on SDXL)",
+    )
     trainable: str = opt(
         "lite",
         "lite: offsets + token; paper: also every weight of the targeted blocks (authors' code); baselines "
@@ -337,7 +342,12 @@ class TrainConfig(_Config):
         zero = self.zero_init or not self.uses_offsets
         projections = () if self.trainable == "lora" else PROJECTIONS  # LoRA takes the q/k/v instead
         return OffsetsConfig(
-            parts=parts, projections=projections, mode=self.offset_mode, zero_init=zero, hyper_rank=self.hyper_rank
+            parts=parts,
+            projections=projections,
+            mode=self.offset_mode,
+            zero_init=zero,
+            hyper_rank=self.hyper_rank,
+            targets=parse_targets(self.targets),
         )
 
     @property

@@ -14,7 +14,7 @@ from ostaf.segment import SAM_WEIGHTS_ENV, sam_weights_path
 def locate_sd(model: str) -> Location:
     from huggingface_hub import try_to_load_from_cache
 
-    name = "Stable Diffusion 1.x (train, generate)"
+    name = "Stable Diffusion 1.x or XL (train, generate)"
     fix = "pass --model /path/to/folder (diffusers layout with model_index.json) or cache the hub snapshot"
     if is_preset(model):
         return Location(name, [f"preset {model}"], f"preset {model} (random weights)", fix)
@@ -78,5 +78,5 @@ def report(model: str) -> tuple[str, bool]:
         lines.append(f"{'ok     ' if loc.found else 'MISSING'} {loc.name}")
         lines.append(f"        looked in: {'; '.join(loc.looked)}")
         lines.append(f"        found: {loc.found}" if loc.found else f"        to fix: {loc.fix}")
-    lines.append("nothing is ever downloaded; presets (tiny, sd14-random) need no weights")
+    lines.append("nothing is ever downloaded; presets (tiny, sd14-random, tiny-sdxl, sdxl-random) need no weights")
     return "\n".join(lines), all(loc.found for loc in locations)

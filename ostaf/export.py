@@ -7,9 +7,10 @@ The offsets are not low rank (W ⊙ ΔW has the rank of W), so the rank is a cho
 rank (exact up to float rounding), or the smallest rank whose error is at most `--max-error` in every
 layer (one rank for all layers: loaders scale each layer by alpha / rank, and one rank keeps that 1).
 The LoRA file loads with diffusers' `load_lora_weights` (peft key names, or kohya's `lora_unet_…` with
-`alpha`), the embedding with `load_textual_inversion`. A checkpoint that also changed the blocks' own
-weights (`--trainable paper/blocks/unet`) cannot be carried by a LoRA of the attention projections and
-is refused.
+`alpha`), the embedding with `load_textual_inversion`; on SDXL the embedding is SDXL's two-encoder format
+(``clip_l`` and ``clip_g`` rows, one `load_textual_inversion` per encoder). A checkpoint that also
+changed the blocks' own weights (`--trainable paper/blocks/unet`) cannot be carried by a LoRA of the
+attention projections and is refused.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ import torch
 from safetensors.torch import save_file
 
 from ostaf.checkpoint import Checkpoint, apply, load_base_pipeline, load_checkpoint
+from ostaf.conditioning import PromptEncoder
 from ostaf.config import ExportConfig
 from ostaf.errors import OstafError
 from ostaf.io import atomic_write, check_output_dir, write_json
 from ostaf.lora import LoraAdapter
+from ostaf.models import architecture
 
 
 @dataclass
@@ -38,6 +41,7 @@ class ExportReport:
     error: float  # overall relative Frobenius error of the exported ΔW
     layers: dict[str, float] = field(default_factory=dict)  # module → relative error at `rank`
     error_vs_rank: dict[int, float] = field(default_factory=dict)  # overall error at a few ranks
+    architecture: str = "sd1"  # sdxl: the embedding holds clip_l and clip_g
 
 
 def export(config: ExportConfig) -> ExportReport:
@@ -64,14 +68,28 @@ def export(config: ExportConfig) -> ExportReport:
         {name: relative_error(f, rank) for name, f in factors.items()},
         {r: overall_error(factors, r) for r in sorted({1, 2, 4, 8, 16, 32, 64, rank, full}) if 0 < r <= full},
     )
-    vector = ckpt.tensors["token.embedding"].float().reshape(1, -1).contiguous()
+    vectors = embedding_state(pipe, ckpt)
+    report.architecture = architecture(pipe)
     if factors:
         lora = lora_state(factors, rank, config.format)
         meta = {"ostaf.token": ckpt.token, "ostaf.lam": str(config.lam), "ostaf.rank": str(rank)}
         atomic_write(out, lambda tmp: save_file(lora, str(tmp), metadata=meta))
-    atomic_write(embedding, lambda tmp: save_file({ckpt.token: vector}, str(tmp)))
+    atomic_write(embedding, lambda tmp: save_file(vectors, str(tmp)))
     write_json(out.with_name(out.name.removesuffix(".safetensors") + ".report.json"), asdict(report))
     return report
+
+
+SDXL_EMBEDDING_KEYS = ("clip_l", "clip_g")  # SDXL's textual-inversion files: the first and second encoder's rows
+
+
+def embedding_state(pipe, ckpt: Checkpoint) -> dict[str, torch.Tensor]:
+    """The token's embedding file: ``{token: (1, D)}`` (SD-1.x, what `load_textual_inversion` reads), or SDXL's
+    ``{"clip_l": (1, D1), "clip_g": (1, D2)}``."""
+    prompts = PromptEncoder(pipe)
+    rows = [r.float().reshape(1, -1).contiguous() for r in prompts.split(ckpt.tensors["token.embedding"])]
+    if not prompts.xl:
+        return {ckpt.token: rows[0]}
+    return dict(zip(SDXL_EMBEDDING_KEYS, rows, strict=True))
 
 
 def refuse_base_weights(ckpt: Checkpoint, where: str) -> None:

@@ -20,18 +20,18 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
     PNDMScheduler,
-    StableDiffusionPipeline,
 )
 from PIL import Image
 
 from ostaf.attributes import check_prompt
 from ostaf.checkpoint import apply, load_base_pipeline, load_checkpoint
+from ostaf.conditioning import PromptEncoder
 from ostaf.config import DEFAULT_MODEL, GenerateConfig
 from ostaf.errors import OstafError
 from ostaf.images import load_image, make_grid
 from ostaf.mechanisms.dual_path import VanillaPrompts
 from ostaf.mechanisms.reference_attention import ReferenceAttention, resolve_blocks
-from ostaf.models import base_of, load_pipeline, native_resolution
+from ostaf.models import Pipeline, base_of, load_pipeline, native_resolution
 from ostaf.offsets import OffsetsAdapter
 from ostaf.offsets.config import parse_block_scales
 from ostaf.preflight import check_generate_inputs
@@ -73,14 +73,14 @@ class Mechanisms:
 
     @classmethod
     def from_config(
-        cls, config: GenerateConfig, pipe: StableDiffusionPipeline, tokens: list[str], adapters: list, reference: str
+        cls, config: GenerateConfig, pipe: Pipeline, tokens: list[str], adapters: list, reference: str
     ) -> Mechanisms:
         mechanisms = cls(strengths=list(config.lam_per_ckpt) or None, reference_lambda=config.reference_lambda)
         if config.dual_path < 1.0:
             if not tokens:
                 raise OstafError("--dual-path blends a checkpoint's offsets with the base model: pass --ckpt DIR")
             mechanisms.dual_path = config.dual_path
-            mechanisms.vanilla = VanillaPrompts(pipe.tokenizer, pipe.text_encoder, tokens)
+            mechanisms.vanilla = VanillaPrompts(PromptEncoder(pipe), tokens)
             log.info("dual path: the vanilla path reads %s", mechanisms.vanilla.words)
         if config.reference_attention > 0:
             image, mask = load_reference_image(reference)
@@ -114,7 +114,7 @@ def load_reference_image(path: str) -> tuple[Image.Image, np.ndarray]:
 
 
 def sweep(
-    pipe: StableDiffusionPipeline,
+    pipe: Pipeline,
     adapters: list[OffsetsAdapter],
     prompt: str,
     lams: list[float],
@@ -140,7 +140,7 @@ def sweep(
 
 
 def run_batch(
-    pipe: StableDiffusionPipeline,
+    pipe: Pipeline,
     adapters: list[OffsetsAdapter],
     batch: list[Sample],
     num_steps: int,
@@ -212,7 +212,7 @@ def check_length(tokenizer, prompt: str, placeholders: list[str]) -> None:
     warnings.warn(f"prompt {prompt[:60]!r}… has {len(ids)} tokens; CLIP reads the first {limit}", stacklevel=2)
 
 
-def set_scheduler(pipe: StableDiffusionPipeline, name: str) -> None:
+def set_scheduler(pipe: Pipeline, name: str) -> None:
     if name not in SCHEDULERS:
         raise OstafError(f"unknown scheduler {name!r}: use one of {', '.join(SCHEDULERS)}")
     pipe.scheduler = SCHEDULERS[name].from_config(pipe.scheduler.config)
@@ -224,9 +224,7 @@ RANDOM_WEIGHTS_NOTICE = (
 )
 
 
-def generate(
-    config: GenerateConfig, pipe: StableDiffusionPipeline | None = None, progress: bool = True
-) -> list[PromptResult]:
+def generate(config: GenerateConfig, pipe: Pipeline | None = None, progress: bool = True) -> list[PromptResult]:
     """Load the checkpoint(s) onto the base model and write every image, grid and an index.
 
     Without a checkpoint (only with --reference-attention) the base model generates with the reference alone:

@@ -1,12 +1,12 @@
-"""Load Stable Diffusion 1.x: a real checkpoint (local folder or offline HF cache) or a random preset.
+"""Load Stable Diffusion 1.x or SDXL: a real checkpoint (local folder or offline HF cache) or a random preset.
 
 Every model goes through the same classes (`UNet2DConditionModel`, `AutoencoderKL`,
-`CLIPTextModel`, `StableDiffusionPipeline`); a preset only supplies configs and
-seeded random weights instead of files:
+`CLIPTextModel` (+ `CLIPTextModelWithProjection` for SDXL), `StableDiffusionPipeline` or
+`StableDiffusionXLPipeline`); a preset only supplies configs and seeded random weights instead of files:
 
-- ``tiny``: a few-MB model for tests and the demo (runs in seconds on a CPU);
-- ``sd14-random``: the full SD-1.4 architecture (859 M-parameter U-Net) for benchmarks,
-  where cost does not depend on weight values;
+- ``tiny`` / ``tiny-sdxl``: few-MB models for tests and the demo (seconds on a CPU), SD-1.x- and SDXL-shaped;
+- ``sd14-random`` / ``sdxl-random``: the full SD-1.4 (859 M-parameter U-Net) and SDXL-base (2.6 B) architectures
+  for benchmarks, where cost does not depend on weight values;
 - ``attribute-world``: a small model *trained* on the procedural Attribute World
   (`ostaf.world.pretrain`), shipped inside the package (`ostaf/world/model/`): real, if small, images.
 
@@ -17,6 +17,7 @@ resolve only from the local Hugging Face cache.
 
 from __future__ import annotations
 
+import json
 import os
 import weakref
 from collections.abc import Iterator
@@ -25,15 +26,28 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    EulerDiscreteScheduler,
+    PNDMScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
 from diffusers.utils import logging as diffusers_logging
-from transformers import CLIPTextConfig, CLIPTextModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from ostaf.errors import OstafError
 from ostaf.preflight import check_model_location
-from ostaf.presets import PRESETS, SD_SCHEDULER, Preset, is_preset, resolve_model
+from ostaf.presets import PRESETS, SD_SCHEDULER, SDXL_SCHEDULER, Preset, is_preset, resolve_model
 from ostaf.runtime import seeded
-from ostaf.tokenizer import clip_tokenizer
+from ostaf.tokenizer import SDXL_PAD_TOKEN, clip_tokenizer
+
+Pipeline = StableDiffusionPipeline | StableDiffusionXLPipeline
+PIPELINE_CLASSES = {
+    "StableDiffusionPipeline": StableDiffusionPipeline,
+    "StableDiffusionXLPipeline": StableDiffusionXLPipeline,
+}
 
 
 @dataclass(frozen=True)
@@ -47,17 +61,23 @@ class BaseModel:
 _BASES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # pipeline → BaseModel, for checkpoint cards
 
 
-def base_of(pipe: StableDiffusionPipeline) -> BaseModel | None:
+def base_of(pipe: Pipeline) -> BaseModel | None:
     """How `load_pipeline` made `pipe` (None for a pipeline built elsewhere)."""
     return _BASES.get(pipe)
 
 
-def native_resolution(pipe: StableDiffusionPipeline) -> int:
+def native_resolution(pipe: Pipeline) -> int:
     return pipe.unet.config.sample_size * pipe.vae_scale_factor
 
 
-def load_pipeline(model: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> StableDiffusionPipeline:
-    """A `StableDiffusionPipeline` for a preset name, a local diffusers folder, a single file, or a cached hub id."""
+def architecture(pipe: Pipeline) -> str:
+    """``sdxl`` (two text encoders, added time/text conditioning) or ``sd1``: what a checkpoint card records."""
+    return "sdxl" if isinstance(pipe, StableDiffusionXLPipeline) else "sd1"
+
+
+def load_pipeline(model: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> Pipeline:
+    """A Stable Diffusion (1.x or XL) pipeline for a preset name, a local diffusers folder, a single file, or a
+    cached hub id."""
     if is_preset(model):
         pipe = _random_pipeline(PRESETS[model], seed)
         pipe = pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
@@ -67,23 +87,39 @@ def load_pipeline(model: str, seed: int = 0, dtype: torch.dtype = torch.float32)
     return pipe
 
 
-def _random_pipeline(preset: Preset, seed: int) -> StableDiffusionPipeline:
+def _random_pipeline(preset: Preset, seed: int) -> Pipeline:
     with seeded(seed):
         unet = UNet2DConditionModel(**preset.unet)
         vae = AutoencoderKL(**preset.vae)
         text_encoder = CLIPTextModel(CLIPTextConfig(**preset.text_encoder))
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=clip_tokenizer(),
-        unet=unet,
-        scheduler=PNDMScheduler.from_config(SD_SCHEDULER),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    for module in (unet, vae, text_encoder):  # as from_pretrained gives them: inference mode
-        module.eval()
+        text_encoder_2 = (
+            CLIPTextModelWithProjection(CLIPTextConfig(**preset.text_encoder_2)) if preset.text_encoder_2 else None
+        )
+    if text_encoder_2 is None:
+        pipe = StableDiffusionPipeline(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=clip_tokenizer(),
+            unet=unet,
+            scheduler=PNDMScheduler.from_config(SD_SCHEDULER),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    else:
+        pipe = StableDiffusionXLPipeline(
+            vae=vae,
+            text_encoder=text_encoder,
+            text_encoder_2=text_encoder_2,
+            tokenizer=clip_tokenizer(),
+            tokenizer_2=clip_tokenizer(pad_token=SDXL_PAD_TOKEN),
+            unet=unet,
+            scheduler=EulerDiscreteScheduler.from_config(SDXL_SCHEDULER),
+            add_watermarker=False,
+        )
+    for module in (unet, vae, text_encoder, text_encoder_2):  # as from_pretrained gives them: inference mode
+        if module is not None:
+            module.eval()
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -107,7 +143,24 @@ def quiet_diffusers() -> Iterator[None]:
                 lib.enable_progress_bar()
 
 
-def _pretrained_pipeline(model: str, dtype: torch.dtype) -> StableDiffusionPipeline:
+def pipeline_class(source: str) -> type[Pipeline]:
+    """SD-1.x or SDXL, from the folder's (or the cached hub snapshot's) model_index.json; SD-1.x if unreadable."""
+    index = Path(source).expanduser() / "model_index.json"
+    if not index.is_file():
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(source, "model_index.json")
+        index = Path(cached) if isinstance(cached, str) else index
+    try:
+        name = json.loads(index.read_text()).get("_class_name", "")
+    except (OSError, ValueError):
+        return StableDiffusionPipeline
+    if name.startswith("StableDiffusionXL") and name != "StableDiffusionXLPipeline":
+        raise OstafError(f"{source} is a {name} (not a text-to-image base model): use the SDXL base model's folder")
+    return PIPELINE_CLASSES.get(name, StableDiffusionPipeline)
+
+
+def _pretrained_pipeline(model: str, dtype: torch.dtype) -> Pipeline:
     check_model_location(model)
     path = Path(model).expanduser()
     if path.is_file():
@@ -115,23 +168,31 @@ def _pretrained_pipeline(model: str, dtype: torch.dtype) -> StableDiffusionPipel
 
         return load_single_file(path, dtype)
     source = str(path) if path.exists() else model
-    extra = {} if not path.exists() or (path / "tokenizer").is_dir() else {"tokenizer": clip_tokenizer()}
+    cls = pipeline_class(source)
+    extra = _offline_tokenizers(path, cls)
+    if cls is StableDiffusionPipeline:
+        extra |= {"safety_checker": None, "requires_safety_checker": False}
+    else:
+        extra |= {"add_watermarker": False}
     try:
         with quiet_diffusers():
-            pipe = StableDiffusionPipeline.from_pretrained(
-                source,
-                dtype=dtype,
-                safety_checker=None,
-                requires_safety_checker=False,
-                local_files_only=True,
-                **extra,
-            )
+            pipe = cls.from_pretrained(source, dtype=dtype, local_files_only=True, **extra)
     except (OSError, ValueError) as err:
         hf_home = os.environ.get("HF_HOME", "~/.cache/huggingface")
         raise OstafError(
             f"cannot load Stable Diffusion weights {model!r}: {err.__class__.__name__}. Nothing is downloaded. "
-            f"Either pass --model /path/to/folder (a diffusers SD-1.x folder with model_index.json), or put the "
-            f"hub snapshot of {model!r} into the Hugging Face cache ({hf_home}/hub); or use --model tiny"
+            f"Either pass --model /path/to/folder (a diffusers SD-1.x or SDXL folder with model_index.json), or put "
+            f"the hub snapshot of {model!r} into the Hugging Face cache ({hf_home}/hub); or use --model tiny"
         ) from None
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _offline_tokenizers(path: Path, cls: type[Pipeline]) -> dict:
+    """The tokenizers a local folder lacks, built from open_clip's BPE (a hub snapshot always has its own)."""
+    if not path.exists():
+        return {}
+    wanted = {"tokenizer": clip_tokenizer}
+    if cls is StableDiffusionXLPipeline:
+        wanted["tokenizer_2"] = lambda: clip_tokenizer(pad_token=SDXL_PAD_TOKEN)
+    return {name: make() for name, make in wanted.items() if not (path / name).is_dir()}

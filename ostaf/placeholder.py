@@ -7,13 +7,14 @@ Linear, LayerNorm) and α = 0.1. During training e* is computed from f on every
 step and written into the text encoder's token-embedding *output* by a forward
 hook, so the embedding table itself is never touched; afterwards the final e*
 becomes the token's row, and a stock pipeline uses it from the prompt string.
+On SDXL e* is one row per text encoder, concatenated, with one f per encoder's width
+(`ostaf.conditioning.PromptEncoder` splits and routes it).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils.hooks import RemovableHandle
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from ostaf.errors import OstafError
@@ -32,6 +33,16 @@ class TokenInitializer(nn.Module):
         return self.net(image_embedding)
 
 
+class PerEncoderInitializer(nn.ModuleList):
+    """One f per text encoder (SDXL), each projecting the image feature to its own width; outputs concatenated."""
+
+    def __init__(self, image_dim: int, widths: list[int]) -> None:
+        super().__init__([TokenInitializer(image_dim, width) for width in widths])
+
+    def forward(self, image_embedding: torch.Tensor) -> torch.Tensor:
+        return torch.cat([f(image_embedding) for f in self], dim=-1)
+
+
 class PlaceholderEmbedding(nn.Module):
     """Computes e* for one token.
 
@@ -40,17 +51,29 @@ class PlaceholderEmbedding(nn.Module):
     learnable residual r, i.e. textual inversion started from the attribute word.
     """
 
-    def __init__(self, word_embedding: torch.Tensor, image_embedding: torch.Tensor | None, alpha: float) -> None:
+    def __init__(
+        self,
+        word_embedding: torch.Tensor,
+        image_embedding: torch.Tensor | None,
+        alpha: float,
+        widths: list[int] | None = None,
+    ) -> None:
         super().__init__()
         self.register_buffer("word_embedding", word_embedding.detach().float().clone())
         self.alpha = alpha
-        self.initializer: TokenInitializer | None = None
+        self.initializer: nn.Module | None = None
+        widths = widths or [word_embedding.shape[-1]]
+        if sum(widths) != word_embedding.shape[-1]:
+            raise OstafError(f"token widths {widths} do not add up to the word embedding's {word_embedding.shape[-1]}")
         if image_embedding is None:
             self.register_buffer("image_embedding", torch.zeros(0))
             self.residual = nn.Parameter(torch.zeros_like(self.word_embedding))
         else:
             self.register_buffer("image_embedding", image_embedding.detach().float().clone())
-            self.initializer = TokenInitializer(image_embedding.shape[-1], word_embedding.shape[-1])
+            dim = image_embedding.shape[-1]
+            self.initializer = (
+                TokenInitializer(dim, widths[0]) if len(widths) == 1 else PerEncoderInitializer(dim, widths)
+            )
 
     def forward(self) -> torch.Tensor:
         if self.initializer is None:
@@ -84,14 +107,3 @@ def add_placeholder(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, token
     with torch.no_grad():
         table[token_id] = row.to(table.dtype)
     return token_id
-
-
-def inject(text_encoder: CLIPTextModel, token_id: int, embedding: PlaceholderEmbedding) -> RemovableHandle:
-    """Route the live e* (with its gradient) into every position of `token_id`."""
-
-    def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-        input_ids = args[0]  # (B, T)
-        is_token = (input_ids == token_id).unsqueeze(-1)  # (B, T, 1)
-        return torch.where(is_token, embedding().to(output.dtype), output)
-
-    return text_encoder.get_input_embeddings().register_forward_hook(hook)

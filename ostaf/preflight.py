@@ -39,8 +39,8 @@ def check_model_location(model: str) -> None:
     looks_like_path = path.suffix in WEIGHT_FILES or model.startswith(("/", "./", "../", "~"))
     if not path.exists() and looks_like_path:
         raise OstafError(
-            f"{model} does not exist. Nothing is downloaded: --model takes a diffusers SD-1.x folder (with "
-            f"model_index.json), an SD-1.x single file (.safetensors), a preset ({PRESET_NAMES}) or a hub id "
+            f"{model} does not exist. Nothing is downloaded: --model takes a diffusers SD-1.x or SDXL folder "
+            f"(with model_index.json), an SD-1.x single file (.safetensors), a preset ({PRESET_NAMES}) or a hub id "
             "already in the Hugging Face cache"
         )
     if path.is_file() and not is_single_file(model):
@@ -51,7 +51,8 @@ def check_model_location(model: str) -> None:
     if path.is_dir() and not (path / "model_index.json").is_file():
         raise OstafError(
             f"{path} is not a diffusers Stable Diffusion folder (no model_index.json): point --model at the folder "
-            "that holds model_index.json, unet/, vae/, text_encoder/, scheduler/ (tokenizer/ optional)"
+            "that holds model_index.json, unet/, vae/, text_encoder/, scheduler/ (SDXL: also text_encoder_2/; the "
+            "tokenizers are optional)"
         )
 
 

@@ -1,7 +1,9 @@
 """The model presets and where a model name points, without torch: `--help`, checks and light steps read them.
 
 A preset supplies configs (and, for `attribute-world`, a folder of trained weights shipped with the
-package); `ostaf.models` builds the modules from them.
+package); `ostaf.models` builds the modules from them. A preset is of one architecture: ``sd1`` (one CLIP text
+encoder, `StableDiffusionPipeline`) or ``sdxl`` (two text encoders, the second with a projection whose pooled
+output and the size/crop micro-conditioning enter the U-Net's added embedding; `StableDiffusionXLPipeline`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,17 @@ SD_SCHEDULER = dict(
     steps_offset=1,
     skip_prk_steps=True,
 )
+SDXL_SCHEDULER = dict(  # stabilityai/stable-diffusion-xl-base-1.0's scheduler (EulerDiscreteScheduler)
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    num_train_timesteps=1000,
+    steps_offset=1,
+    timestep_spacing="leading",
+    interpolation_type="linear",
+    prediction_type="epsilon",
+)
+ARCHITECTURES = ("sd1", "sdxl")
 
 
 @dataclass(frozen=True)
@@ -35,6 +48,11 @@ class Preset:
     text_encoder: dict[str, Any]
     resolution: int
     clip_vision: dict[str, Any] = field(default_factory=dict)  # open_clip CLIP kwargs; {} means ViT-B-32
+    text_encoder_2: dict[str, Any] = field(default_factory=dict)  # SDXL's second encoder (with projection)
+
+    @property
+    def architecture(self) -> str:
+        return "sdxl" if self.text_encoder_2 else "sd1"
 
 
 CLIP_TOKEN_IDS = dict(
@@ -120,6 +138,118 @@ PRESETS: dict[str, Preset] = {
         ),
         resolution=512,
     ),
+    # SDXL's layout in miniature: attention in down_blocks.1-2, the mid block and up_blocks.0-1 (two attention
+    # modules each, so B-LoRA's up_blocks.0.attentions.0 / .1 split exists), two text encoders of different
+    # widths (32 + 48 = the U-Net's 80-wide context), the second's 32-wide projection pooled into the added
+    # embedding with 6 size/crop values × 8 (32 + 48 = 80 = projection_class_embeddings_input_dim)
+    "tiny-sdxl": Preset(
+        unet=dict(
+            sample_size=32,
+            in_channels=4,
+            out_channels=4,
+            layers_per_block=1,
+            block_out_channels=(32, 64, 64),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            transformer_layers_per_block=(1, 1, 2),
+            attention_head_dim=(2, 4, 4),
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=8,
+            projection_class_embeddings_input_dim=80,
+            cross_attention_dim=80,
+            norm_num_groups=32,
+        ),
+        vae=dict(
+            block_out_channels=(32, 64),
+            in_channels=3,
+            out_channels=3,
+            latent_channels=4,
+            sample_size=64,
+            down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2,
+            norm_num_groups=32,
+            force_upcast=True,
+        ),
+        text_encoder=dict(
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            projection_dim=32,
+            **CLIP_TOKEN_IDS,
+        ),
+        text_encoder_2=dict(
+            hidden_size=48,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            projection_dim=32,
+            **CLIP_TOKEN_IDS,
+        ),
+        resolution=64,
+        clip_vision=dict(
+            embed_dim=32,
+            vision_cfg=dict(image_size=32, layers=2, width=32, head_width=16, patch_size=8),
+            text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1),
+        ),
+    ),
+    "sdxl-random": Preset(  # values of stabilityai/stable-diffusion-xl-base-1.0's config files
+        unet=dict(
+            sample_size=128,
+            in_channels=4,
+            out_channels=4,
+            layers_per_block=2,
+            block_out_channels=(320, 640, 1280),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            transformer_layers_per_block=(1, 2, 10),
+            attention_head_dim=(5, 10, 20),
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=256,
+            projection_class_embeddings_input_dim=2816,
+            cross_attention_dim=2048,
+            norm_num_groups=32,
+            act_fn="silu",
+            downsample_padding=1,
+            flip_sin_to_cos=True,
+            freq_shift=0,
+            mid_block_scale_factor=1,
+        ),
+        vae=dict(
+            block_out_channels=(128, 256, 512, 512),
+            in_channels=3,
+            out_channels=3,
+            latent_channels=4,
+            sample_size=1024,
+            layers_per_block=2,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            norm_num_groups=32,
+            scaling_factor=0.13025,
+            force_upcast=True,
+        ),
+        text_encoder=dict(  # CLIP ViT-L/14's text tower
+            hidden_size=768,
+            intermediate_size=3072,
+            num_attention_heads=12,
+            num_hidden_layers=12,
+            projection_dim=768,
+            hidden_act="quick_gelu",
+            **CLIP_TOKEN_IDS,
+        ),
+        text_encoder_2=dict(  # OpenCLIP ViT-bigG/14's text tower, with its projection
+            hidden_size=1280,
+            intermediate_size=5120,
+            num_attention_heads=20,
+            num_hidden_layers=32,
+            projection_dim=1280,
+            hidden_act="gelu",
+            **CLIP_TOKEN_IDS,
+        ),
+        resolution=1024,
+    ),
 }
 
 
@@ -137,7 +267,8 @@ TRAINED_PRESETS: dict[str, Callable[[], Path]] = {"attribute-world": world_model
 
 
 def is_preset(model: str) -> bool:
-    """A random-weight preset (`tiny`, `sd14-random`); trained presets load through `load_pipeline` too."""
+    """A random-weight preset (`tiny`, `sd14-random`, `tiny-sdxl`, `sdxl-random`); trained presets load through
+    `load_pipeline` too."""
     return model in PRESETS
 
 

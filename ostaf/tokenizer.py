@@ -53,9 +53,13 @@ def _vocab_and_merges() -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
     return {t: i for i, t in enumerate(tokens)}, merges
 
 
-def clip_tokenizer() -> CLIPTokenizer:
-    """A fresh SD-1.x CLIP tokenizer (fresh, because placeholder tokens get added to it)."""
+SDXL_PAD_TOKEN = "!"  # SDXL's second tokenizer (OpenCLIP bigG's) pads with "!" (id 0), not <|endoftext|>
+
+
+def clip_tokenizer(pad_token: str = "<|endoftext|>") -> CLIPTokenizer:
+    """A fresh CLIP tokenizer (fresh, because placeholder tokens get added to it); SD-1.x and SDXL's first
+    encoder pad with <|endoftext|>, SDXL's second with `SDXL_PAD_TOKEN`."""
     vocab, merges = _vocab_and_merges()
-    tokenizer = CLIPTokenizer(vocab=dict(vocab), merges=list(merges))
+    tokenizer = CLIPTokenizer(vocab=dict(vocab), merges=list(merges), pad_token=pad_token)
     tokenizer.model_max_length = MODEL_MAX_LENGTH
     return tokenizer

@@ -11,17 +11,19 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
 import torch
-from diffusers import DDPMScheduler, StableDiffusionPipeline
+from diffusers import DDPMScheduler
 from torch.nn import functional as F
 from torch.utils.hooks import RemovableHandle
 
 from ostaf import checkpoint as ckpt_io
 from ostaf.attributes import Attribute, get_attribute
+from ostaf.conditioning import Conditioning, PromptEncoder, micro_conditioning
 from ostaf.config import TrainConfig
 from ostaf.errors import OstafError
 from ostaf.image_encoder import ImageEncoder, load_image_encoder, saved_image_embedding
@@ -30,10 +32,10 @@ from ostaf.lora import LoraAdapter, LoraSpec
 from ostaf.mechanisms import binding, dual_path, schedule, timesteps, word_search
 from ostaf.mechanisms.contrastive import NearestWordContrast
 from ostaf.mechanisms.masked_loss import latent_masks, masked_mse
-from ostaf.models import load_pipeline, native_resolution
+from ostaf.models import Pipeline, load_pipeline, native_resolution
 from ostaf.offsets import OffsetsAdapter
 from ostaf.offsets.processor import DetachedContextProcessor
-from ostaf.placeholder import PlaceholderEmbedding, add_placeholder, inject, word_embedding
+from ostaf.placeholder import PlaceholderEmbedding
 from ostaf.preflight import check_train_inputs
 from ostaf.preprocess import Preprocessed, augment, load_preprocessed, preprocess_reference
 from ostaf.runtime import autocast_dtype, progress_bar, resolve_device, seed_everything, seeded
@@ -58,11 +60,11 @@ class TrainingSetup:
 
     config: TrainConfig
     attribute: Attribute
-    pipe: StableDiffusionPipeline
+    pipe: Pipeline
     adapter: OffsetsAdapter
     token: PlaceholderEmbedding
     token_id: int
-    input_ids: torch.Tensor  # (1, 77)
+    input_ids: torch.Tensor  # (E, 1, 77): the training prompt, one row per text encoder (SDXL: 2)
     latent_mean: torch.Tensor  # (K, 4, h, w), VAE posteriors of the reference's K augmentations
     latent_std: torch.Tensor
     noise_scheduler: DDPMScheduler
@@ -70,9 +72,10 @@ class TrainingSetup:
     amp_dtype: torch.dtype | None
     trainable: list[torch.nn.Parameter] = field(default_factory=list)
     lora: LoraAdapter | None = None  # --trainable lora: its weights are U-Net parameters (saved as unet.*)
-    token_hook: RemovableHandle | None = None
+    token_hooks: list[RemovableHandle] = field(default_factory=list)  # e* into each text encoder
     prefix_hooks: list[RemovableHandle] = field(default_factory=list)  # the down/mid blocks run without autograd
-    cached_context: torch.Tensor | None = None  # text states when the token is frozen
+    cached_context: Conditioning | None = None  # the text conditioning when the token is frozen
+    time_ids: torch.Tensor | None = None  # (K, 6) SDXL micro-conditioning of each augmentation; None on SD-1.x
     step: int = 0  # the 0-based step being trained (`schedule.enter_step`)
     # the mechanisms' state (ostaf.mechanisms); None when a mechanism is off
     loss_masks: torch.Tensor | None = None  # (K, 1, h, w) per augmentation, dilated: --masked-loss
@@ -85,6 +88,10 @@ class TrainingSetup:
     @property
     def unet(self):
         return self.pipe.unet
+
+    @property
+    def prompts(self) -> PromptEncoder:
+        return PromptEncoder(self.pipe)
 
 
 class NonFiniteLoss(OstafError):
@@ -112,7 +119,7 @@ class Batch(NamedTuple):
 
 def train(
     config: TrainConfig,
-    pipe: StableDiffusionPipeline | None = None,
+    pipe: Pipeline | None = None,
     image_encoder: ImageEncoder | None = None,
     tracker: Tracker | None = None,
     progress: bool = True,
@@ -167,15 +174,15 @@ def nearest_words(setup: TrainingSetup, count: int = 5) -> list[str]:
     if setup.contrast is None:
         return []
     pairs = setup.contrast.nearest(setup.token().detach(), count)
-    return [f"{setup.pipe.tokenizer.convert_ids_to_tokens(i)} ({cos})" for i, cos in pairs]
+    return [f"{setup.prompts.tokenizer.convert_ids_to_tokens(i)} ({cos})" for i, cos in pairs]
 
 
 @torch.no_grad()
 def finalize(setup: TrainingSetup) -> None:
     """Leave `setup.pipe` personalised like `apply` would: e* in its token row, no hook, eval mode."""
-    if setup.token_hook is not None:
-        setup.token_hook.remove()
-        setup.token_hook = None
+    for hook in setup.token_hooks:
+        hook.remove()
+    setup.token_hooks = []
     binding.remove_probes(setup.unet)
     for hook in setup.prefix_hooks:
         hook.remove()
@@ -183,8 +190,7 @@ def finalize(setup: TrainingSetup) -> None:
     setup.attention = None
     release_token_gradient(setup.pipe)
     setup.adapter.set_scale(1.0)
-    table = setup.pipe.text_encoder.get_input_embeddings().weight
-    table[setup.token_id] = setup.token().detach().to(table.device, table.dtype)
+    setup.prompts.write_row(setup.token_id, setup.token().detach())
     for p in setup.trainable:
         p.requires_grad_(False)
 
@@ -193,7 +199,7 @@ def finalize(setup: TrainingSetup) -> None:
 
 
 def prepare(
-    config: TrainConfig, pipe: StableDiffusionPipeline | None = None, image_encoder: ImageEncoder | None = None
+    config: TrainConfig, pipe: Pipeline | None = None, image_encoder: ImageEncoder | None = None
 ) -> TrainingSetup:
     """Load and freeze the models, install offsets and the placeholder, cache the reference latent."""
     attribute = get_attribute(config.attribute)
@@ -202,11 +208,14 @@ def prepare(
     pipe = pipe or load_pipeline(config.model, seed=config.seed)
     reference = load_reference(config, config.resolution or native_resolution(pipe))
     pipe.to(device)
-    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+    prompts = PromptEncoder(pipe)
+    encoders = [encoder for _, encoder in prompts.pairs]
+    for module in (pipe.unet, pipe.vae, *encoders):
         module.requires_grad_(False).eval()
     if amp_dtype is not None:  # frozen weights in half precision; trainables below stay fp32
-        pipe.unet.to(amp_dtype)  # the VAE stays fp32: it encodes the reference once, where fp16 can overflow
-        pipe.text_encoder.to(amp_dtype)
+        pipe.unet.to(amp_dtype)  # the VAE stays fp32: it encodes the reference once, where fp16 overflows (SDXL's)
+        for encoder in encoders:
+            encoder.to(amp_dtype)
 
     lora = None
     with seeded(config.seed):  # the offsets' (or LoRA's) initial weights depend on the seed only
@@ -217,13 +226,13 @@ def prepare(
     trainable = list(adapter.parameters()) if config.uses_offsets else []
     trainable += list(lora.parameters()) if lora else []
     if config.trainable in ("paper", "blocks"):
-        trainable += unfreeze_blocks(pipe, adapter.blocks())
+        trainable += unfreeze_blocks(pipe, targeted_modules(pipe.unet, adapter))
     elif config.trainable == "unet":
         trainable += unfreeze_blocks(pipe, [""])
 
-    token = build_placeholder(config, attribute, pipe, reference.image, image_encoder).to(device)
-    token_id = add_placeholder(pipe.tokenizer, pipe.text_encoder, attribute.token, token().detach())
-    hook = inject(pipe.text_encoder, token_id, token)
+    token = build_placeholder(config, attribute, prompts, reference.image, image_encoder).to(device)
+    token_id = prompts.add_token(attribute.token, token().detach())
+    hooks = prompts.inject(token_id, token)
     if config.train_token:
         trainable += list(token.parameters())
         if config.token_grad == "confined":
@@ -233,10 +242,7 @@ def prepare(
     for p in trainable:
         p.requires_grad_(True)
 
-    prompt = attribute.training_prompt(config.class_name)
-    input_ids = pipe.tokenizer(
-        prompt, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    ).input_ids.to(device)
+    input_ids = prompts.ids(attribute.training_prompt(config.class_name))
     mean, std = encode_reference(pipe, reference)
     speed_up(pipe.unet, config)
     mechanisms = prepare_mechanisms(config, pipe, reference, tuple(mean.shape[-2:]), input_ids, token_id)
@@ -255,14 +261,15 @@ def prepare(
         amp_dtype=amp_dtype,
         trainable=trainable,
         lora=lora,
-        token_hook=hook,
+        token_hooks=hooks,
+        time_ids=reference_time_ids(reference).to(device) if prompts.xl else None,
         **mechanisms,
     )
     if config.token_search:
         found = word_search.search_word(
             setup, config.token_search, config.token_search_rounds, config.token_search_samples
         )
-        word = pipe.tokenizer.convert_ids_to_tokens(found.word_id) if found.word_id >= 0 else attribute.word
+        word = prompts.tokenizer.convert_ids_to_tokens(found.word_id) if found.word_id >= 0 else attribute.word
         log.info(
             "word search: %s starts at %r (loss %.4f, %s's own word %.4f; %d words scored)",
             attribute.token,
@@ -309,7 +316,7 @@ def run_without_autograd(blocks: list[torch.nn.Module]) -> list[RemovableHandle]
 
 def prepare_mechanisms(
     config: TrainConfig,
-    pipe: StableDiffusionPipeline,
+    pipe: Pipeline,
     reference: Preprocessed,
     latent_size: tuple[int, int],
     input_ids: torch.Tensor,
@@ -322,14 +329,14 @@ def prepare_mechanisms(
     if config.attn_binding:
         if not reference.mask.all():  # segmented: bind to the mask; else to the class word's map
             state["binding_masks"] = latent_masks(reference, latent_size, 0).to(input_ids.device)
-        ids = input_ids[0].tolist()
+        ids = input_ids[0, 0].tolist()
         class_ids = pipe.tokenizer(config.class_name, add_special_tokens=False).input_ids
         positions = [ids.index(token_id), 1 + len(class_ids)]  # the placeholder; the class name's last word
         resolution = config.attn_binding_res or binding.middle_resolution(pipe.unet, latent_size[-1])
         state["attention"] = binding.AttentionRecord(positions, resolution)
         binding.install_probes(pipe.unet, state["attention"])
     if config.dual_path < 1.0 or config.nn_contrastive:  # unit rows of the words before *a/*m/*s, once, shared
-        words = F.normalize(pipe.text_encoder.get_input_embeddings().weight[:token_id].detach().float(), dim=-1)
+        words = F.normalize(PromptEncoder(pipe).rows(token_id), dim=-1)
     if config.dual_path < 1.0:
         state["vocabulary"] = words
     if config.nn_contrastive:
@@ -349,7 +356,7 @@ def speed_up(unet, config: TrainConfig) -> None:
         unet.compile()  # in place: the module (and its attention processors) stay addressable
 
 
-def confine_token_gradient(pipe: StableDiffusionPipeline, adapter: OffsetsAdapter) -> None:
+def confine_token_gradient(pipe: Pipeline, adapter: OffsetsAdapter) -> None:
     """Detach the text context at every cross-attention outside the adapter's layers (undone by `finalize`)."""
     for name, processor in pipe.unet.attn_processors.items():
         layer = name.removesuffix(".processor")
@@ -357,13 +364,23 @@ def confine_token_gradient(pipe: StableDiffusionPipeline, adapter: OffsetsAdapte
             pipe.unet.get_submodule(layer).set_processor(DetachedContextProcessor(processor))
 
 
-def release_token_gradient(pipe: StableDiffusionPipeline) -> None:
+def release_token_gradient(pipe: Pipeline) -> None:
     for name, processor in pipe.unet.attn_processors.items():
         if isinstance(processor, DetachedContextProcessor):
             pipe.unet.get_submodule(name.removesuffix(".processor")).set_processor(processor.inner)
 
 
-def unfreeze_blocks(pipe: StableDiffusionPipeline, blocks: list[str]) -> list[torch.nn.Parameter]:
+def targeted_modules(unet, adapter: OffsetsAdapter) -> list[str]:
+    """What `paper` and `blocks` fine-tune: the targeted U-Net blocks, or with explicit targets the modules the
+    patterns name (``up_blocks.0.attentions.1``: that attention module's weights only)."""
+    patterns = adapter.config.targets
+    if not patterns:
+        return adapter.blocks()
+    named = [n for n, _ in unet.named_modules() if n and any(fnmatchcase(n, t) for t in patterns)]
+    return [n for n in named if not any(n.startswith(f"{other}.") for other in named)]  # outermost only
+
+
+def unfreeze_blocks(pipe: Pipeline, blocks: list[str]) -> list[torch.nn.Parameter]:
     """Every weight of `blocks` trains, kept in fp32 (`paper`, `blocks`; "" is the whole U-Net)."""
     params = []
     for block in blocks:
@@ -373,9 +390,10 @@ def unfreeze_blocks(pipe: StableDiffusionPipeline, blocks: list[str]) -> list[to
 
 
 def build_placeholder(
-    config: TrainConfig, attribute: Attribute, pipe: StableDiffusionPipeline, image, image_encoder: ImageEncoder | None
+    config: TrainConfig, attribute: Attribute, prompts: PromptEncoder, image, image_encoder: ImageEncoder | None
 ) -> PlaceholderEmbedding:
-    word = word_embedding(pipe.tokenizer, pipe.text_encoder, attribute.word)
+    """e* from the attribute word in every text encoder (+ α·f(image), f projecting to each encoder's width)."""
+    word = prompts.word_row(attribute.word)
     if config.token_init == "word":
         return PlaceholderEmbedding(word, None, config.token_alpha)
     embedding = saved_image_embedding(config.image) if Path(config.image).is_dir() else None
@@ -383,7 +401,7 @@ def build_placeholder(
         encoder = image_encoder or load_image_encoder(config.model, seed=config.seed)
         embedding = encoder.embed(image)
     with seeded(config.seed):  # the init MLP's weights depend on the seed only
-        return PlaceholderEmbedding(word, embedding, config.token_alpha)
+        return PlaceholderEmbedding(word, embedding, config.token_alpha, prompts.widths)
 
 
 def load_reference(config: TrainConfig, resolution: int) -> Preprocessed:
@@ -394,8 +412,20 @@ def load_reference(config: TrainConfig, resolution: int) -> Preprocessed:
     return preprocess_reference(config.image, config.attribute, resolution, config.augment_bank, config.seed, sam)
 
 
+def reference_time_ids(reference: Preprocessed) -> torch.Tensor:
+    """(K, 6) SDXL micro-conditioning per augmentation, as diffusers' SDXL trainers compute it: the reference's
+    original (h, w), the crop's top-left (y, x) in the resized image, the target (h, w)."""
+    width, height = reference.image.size
+    return torch.cat(
+        [
+            micro_conditioning((height, width), (r.crop[1], r.crop[0]), (r.resolution, r.resolution))
+            for r in reference.recipes
+        ]
+    )
+
+
 @torch.no_grad()
-def encode_reference(pipe: StableDiffusionPipeline, reference: Preprocessed) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_reference(pipe: Pipeline, reference: Preprocessed) -> tuple[torch.Tensor, torch.Tensor]:
     """VAE posteriors (mean, std), each (K, 4, h, w), of the K augmentations: encoded once per run."""
     means, stds = [], []
     for recipe in reference.recipes:
@@ -431,11 +461,21 @@ def autocast(setup: TrainingSetup):
     return torch.autocast(setup.device.type, dtype=setup.amp_dtype, enabled=setup.amp_dtype is not None)
 
 
-def text_context(setup: TrainingSetup) -> torch.Tensor:
-    """Text-encoder states of the training prompt, with the live e* injected."""
+def text_context(setup: TrainingSetup) -> Conditioning:
+    """The training prompt's text conditioning, with the live e* injected (SDXL: without the time ids)."""
     if setup.cached_context is not None:
         return setup.cached_context
-    return setup.pipe.text_encoder(setup.input_ids)[0]
+    return setup.prompts.encode(setup.input_ids)
+
+
+def unet_conditioning(setup: TrainingSetup, batch: int, pick: torch.Tensor | None = None) -> Conditioning:
+    """The conditioning of `batch` samples: the prompt's, and on SDXL each sample's augmentation's time ids
+    (`pick`; None: the first augmentation's)."""
+    cond = text_context(setup).expand(batch)
+    if setup.time_ids is None:
+        return cond
+    time_ids = setup.time_ids[pick] if pick is not None else setup.time_ids[:1].expand(batch, -1)
+    return replace(cond, time_ids=time_ids)
 
 
 def sample_batch(setup: TrainingSetup, generator: torch.Generator) -> Batch:
@@ -473,8 +513,8 @@ def denoising_loss(
         setup.attention.active = True
     try:
         with autocast(setup):
-            context = text_context(setup).expand(latents.shape[0], -1, -1)
-            pred = setup.unet(noisy.to(setup.unet.dtype), t, context).sample
+            cond = unet_conditioning(setup, latents.shape[0], pick)
+            pred = setup.unet(noisy.to(setup.unet.dtype), t, **cond.unet_kwargs()).sample
     finally:
         if lam is not None:
             setup.adapter.set_scale(1.0)
@@ -499,7 +539,7 @@ def vanilla_context(setup: TrainingSetup) -> torch.Tensor:
     word = dual_path.nearest_word(setup.token(), setup.vocabulary, normalised=True)
     if setup.vanilla is None or setup.vanilla[0] != word:  # the frozen text encoder gives the same context again
         with autocast(setup):
-            context = setup.pipe.text_encoder(dual_path.hard_ids(setup.input_ids, {setup.token_id: word}))[0]
+            context = setup.prompts.encode(dual_path.hard_ids(setup.input_ids, {setup.token_id: word})).states
         setup.vanilla = (word, context)
     return setup.vanilla[1]
 

@@ -1,4 +1,7 @@
-"""Shared fixtures: the `tiny` preset and small synthetic reference images."""
+"""Shared fixtures: the `tiny` presets (SD-1.x- and SDXL-shaped) and small synthetic reference images.
+
+A core test runs on both architectures by taking `model` (or `tiny_pipe`, indirectly) from `on_both_models`.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +18,19 @@ from ostaf.models import load_pipeline
 torch.set_num_threads(2)
 
 
+TINY_MODELS = ("tiny", "tiny-sdxl")
+on_both_models = pytest.mark.parametrize("model", TINY_MODELS)
+pipe_on_both_models = pytest.mark.parametrize("tiny_pipe", TINY_MODELS, indirect=True)
+
+
 @pytest.fixture
-def tiny_pipe():
-    return load_pipeline("tiny", seed=0)
+def tiny_pipe(request):
+    """The `tiny` pipeline (or `tiny-sdxl`, under `pipe_on_both_models`)."""
+    return load_pipeline(getattr(request, "param", "tiny"), seed=0)
+
+
+def text_encoders(pipe) -> list:
+    return [e for e in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if e is not None]
 
 
 def synthetic_image(size: int = 96, colour=(200, 30, 30), seed: int = 0) -> Image.Image:

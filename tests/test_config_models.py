@@ -12,8 +12,9 @@ from ostaf.config import GenerateConfig, TrainConfig
 from ostaf.errors import OstafError
 from ostaf.flags import add_config_arguments, config_from_args
 from ostaf.image_encoder import load_image_encoder
-from ostaf.models import load_pipeline
-from ostaf.presets import PRESETS
+from ostaf.models import load_pipeline, native_resolution
+from ostaf.presets import PRESETS, model_resolution
+from tests.conftest import on_both_models
 
 
 @pytest.mark.parametrize("cls", [TrainConfig, GenerateConfig])
@@ -122,21 +123,47 @@ def test_sd14_random_has_the_sd14_architecture():
     assert len(names) == 18 and {n.split(".")[1] for n in names} == {"1", "2", "3"}
 
 
-def test_local_diffusers_folder_loads_offline(tmp_path, monkeypatch):
+def test_sdxl_random_has_the_sdxl_base_architecture():
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    preset = PRESETS["sdxl-random"]
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**preset.unet)
+        first = CLIPTextModel(CLIPTextConfig(**preset.text_encoder))
+        second = CLIPTextModelWithProjection(CLIPTextConfig(**preset.text_encoder_2))
+    counts = [sum(p.numel() for p in m.parameters()) for m in (unet, first, second)]
+    assert counts == [2_567_463_684, 123_060_480, 694_659_840]  # SDXL-base's U-Net, CLIP-L, OpenCLIP bigG
+    blocks = {".".join(n.split(".")[:2]) for n in unet.attn_processors}
+    assert blocks == {"down_blocks.1", "down_blocks.2", "mid_block.attentions", "up_blocks.0", "up_blocks.1"}
+    assert preset.resolution == 1024 and preset.vae["force_upcast"]  # SDXL's VAE overflows in fp16
+
+
+@on_both_models
+def test_local_diffusers_folder_loads_offline(tmp_path, monkeypatch, model):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    saved = load_pipeline("tiny", seed=3)
+    saved = load_pipeline(model, seed=3)
     saved.save_pretrained(tmp_path / "sd", safe_serialization=True)
     loaded = load_pipeline(str(tmp_path / "sd"))
+    assert type(loaded) is type(saved)  # SDXL folders load as StableDiffusionXLPipeline, from model_index.json
     assert torch.equal(loaded.unet.conv_in.weight, saved.unet.conv_in.weight)
     assert loaded.tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+    assert model_resolution(str(tmp_path / "sd")) == native_resolution(loaded) == 64
 
 
-def test_folder_without_tokenizer_uses_the_offline_one(tmp_path):
+@on_both_models
+def test_folder_without_tokenizer_uses_the_offline_one(tmp_path, model):
     import shutil
 
-    load_pipeline("tiny").save_pretrained(tmp_path / "sd")
-    shutil.rmtree(tmp_path / "sd" / "tokenizer")
-    assert len(load_pipeline(str(tmp_path / "sd")).tokenizer) == 49408
+    load_pipeline(model).save_pretrained(tmp_path / "sd")
+    names = [n for n in ("tokenizer", "tokenizer_2") if (tmp_path / "sd" / n).is_dir()]
+    assert names == (["tokenizer", "tokenizer_2"] if model == "tiny-sdxl" else ["tokenizer"])
+    for name in names:
+        shutil.rmtree(tmp_path / "sd" / name)
+    loaded = load_pipeline(str(tmp_path / "sd"))
+    for name in names:
+        assert len(getattr(loaded, name)) == 49408
+    if model == "tiny-sdxl":  # the second tokenizer pads as OpenCLIP's does: "!" (id 0)
+        assert loaded.tokenizer_2("a", padding="max_length", max_length=5).input_ids == [49406, 320, 49407, 0, 0]
 
 
 @pytest.mark.parametrize("model", ["/no/such/folder", "CompVis/stable-diffusion-v1-4"])

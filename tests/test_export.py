@@ -1,7 +1,7 @@
 """`ostaf export`: a checkpoint at λ as a LoRA file + a textual-inversion embedding that stock diffusers loads.
 
-The base pipeline is the `tiny` preset rebuilt from the checkpoint's seed (ostaf builds presets); what
-is loaded onto it — `load_lora_weights`, `load_textual_inversion` — is diffusers' own code only.
+The base pipeline is the `tiny` (or `tiny-sdxl`) preset rebuilt from the checkpoint's seed (ostaf builds presets);
+what is loaded onto it — `load_lora_weights`, `load_textual_inversion` — is diffusers' own code only.
 """
 
 from __future__ import annotations
@@ -11,14 +11,16 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from ostaf.checkpoint import apply, load_base_pipeline, load_checkpoint
 from ostaf.cli import main
+from ostaf.conditioning import PromptEncoder, micro_conditioning
 from ostaf.config import ExportConfig
 from ostaf.errors import OstafError
 from ostaf.export import export, relative_error, svd, weight_deltas
 from ostaf.train import train
-from tests.conftest import tiny_config
+from tests.conftest import on_both_models, tiny_config
 
 PROMPT = "a vase in the appearance of *a"
 
@@ -32,10 +34,28 @@ def image(pipe, prompt=PROMPT) -> np.ndarray:
 @torch.no_grad()
 def noise_prediction(pipe) -> torch.Tensor:
     """One U-Net forward on fixed latents: more sensitive than 3 denoising steps of random weights."""
-    ids = pipe.tokenizer(PROMPT, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    prompts = PromptEncoder(pipe)
+    cond = prompts.encode(prompts.ids(PROMPT))
+    if prompts.xl:
+        cond.time_ids = micro_conditioning((64, 64), (0, 0), (64, 64))
     size = pipe.unet.config.sample_size
     latents = torch.randn((1, 4, size, size), generator=torch.Generator().manual_seed(0))
-    return pipe.unet(latents, torch.tensor([500]), pipe.text_encoder(ids)[0]).sample
+    return pipe.unet(latents, torch.tensor([500]), **cond.unet_kwargs()).sample
+
+
+def load_embedding(pipe, report) -> None:
+    """What the CLI tells a user to run: one `load_textual_inversion`, or on SDXL one per text encoder."""
+    if report.architecture != "sdxl":
+        pipe.load_textual_inversion(report.embedding, token=report.token)
+        return
+    rows = load_file(report.embedding)
+    assert set(rows) == {"clip_l", "clip_g"}  # SDXL's two-encoder embedding format
+    pipe.load_textual_inversion(
+        rows["clip_l"], token=report.token, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer
+    )
+    pipe.load_textual_inversion(
+        rows["clip_g"], token=report.token, text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2
+    )
 
 
 def ours(ckpt_dir, lam: float) -> np.ndarray:
@@ -48,22 +68,36 @@ def ours(ckpt_dir, lam: float) -> np.ndarray:
 def stock(ckpt_dir, report) -> np.ndarray:
     pipe = load_base_pipeline(load_checkpoint(ckpt_dir))
     pipe.load_lora_weights(report.lora)
-    pipe.load_textual_inversion(report.embedding, token=report.token)
+    load_embedding(pipe, report)
     return image(pipe)
 
 
 @pytest.fixture(scope="module")
-def lite_ckpt(tmp_path_factory):
-    """Offsets with the authors' random init (ΔW ≠ 0): a full-rank weight change."""
+def lite_on(tmp_path_factory):
+    """model → a checkpoint of offsets with the authors' random init (ΔW ≠ 0): a full-rank weight change."""
     from tests.conftest import synthetic_image
 
-    tmp = tmp_path_factory.mktemp("lite")
-    synthetic_image().save(tmp / "ref.png")
-    return train(tiny_config(tmp / "ref.png", tmp / "ckpt", steps=2), progress=False).out
+    made = {}
+
+    def make(model: str):
+        if model not in made:
+            tmp = tmp_path_factory.mktemp(f"lite-{model}")
+            synthetic_image().save(tmp / "ref.png")
+            made[model] = train(tiny_config(tmp / "ref.png", tmp / "ckpt", steps=2, model=model), progress=False).out
+        return made[model]
+
+    return make
 
 
+@pytest.fixture(scope="module")
+def lite_ckpt(lite_on):
+    return lite_on("tiny")
+
+
+@on_both_models
 @pytest.mark.parametrize("fmt", ["diffusers", "kohya"])
-def test_full_rank_loads_in_stock_diffusers_and_matches_apply(lite_ckpt, tmp_path, fmt):
+def test_full_rank_loads_in_stock_diffusers_and_matches_apply(lite_on, tmp_path, fmt, model):
+    lite_ckpt = lite_on(model)
     lam = 0.7
     report = export(ExportConfig(ckpt=str(lite_ckpt), out=str(tmp_path / "x.safetensors"), lam=lam, format=fmt))
     assert report.error < 1e-6
@@ -73,7 +107,7 @@ def test_full_rank_loads_in_stock_diffusers_and_matches_apply(lite_ckpt, tmp_pat
     apply(applied, ckpt, lam)
     with_lora.load_lora_weights(report.lora)
     for pipe in (with_lora, token_only):
-        pipe.load_textual_inversion(report.embedding, token="*a")
+        load_embedding(pipe, report)
     target = noise_prediction(applied)
     exported_gap = (noise_prediction(with_lora) - target).abs().max()
     assert exported_gap < 1e-4 * target.abs().max()
@@ -127,8 +161,10 @@ def test_what_a_lora_cannot_carry_and_bad_options_are_one_clear_error(tmp_path, 
         ExportConfig(ckpt=str(paper), out=str(tmp_path / "x.safetensors"), rank=2, max_error=0.1)
 
 
-def test_the_cli_prints_error_vs_rank_and_how_to_load(lite_ckpt, tmp_path, capsys):
+@on_both_models
+def test_the_cli_prints_error_vs_rank_and_how_to_load(lite_on, tmp_path, capsys, model):
     out = tmp_path / "cli.safetensors"
-    assert main(["export", "--ckpt", str(lite_ckpt), "--out", str(out), "--rank", "8"]) == 0
+    assert main(["export", "--ckpt", str(lite_on(model)), "--out", str(out), "--rank", "8"]) == 0
     text = capsys.readouterr().out
     assert "← written" in text and "load_lora_weights" in text and out.exists()
+    assert ("text_encoder=pipe.text_encoder_2" in text) == (model == "tiny-sdxl")  # SDXL: one call per encoder

@@ -14,18 +14,20 @@ from ostaf.errors import OstafError
 from ostaf.models import load_pipeline
 from ostaf.offsets.processor import OffsetsAttnProcessor
 from ostaf.train import train
-from tests.conftest import tiny_config
+from tests.conftest import on_both_models, tiny_config
 
-TRAIN = "--class-name dog --model tiny --no-segment --token-init word --lr 1e-3 --steps 12 --checkpoint-every 3"
-
-
-def ostaf_train(reference, out) -> list[str]:
-    return [sys.executable, "-m", "ostaf.cli", "train", "--image", str(reference), "--out", str(out), *TRAIN.split()]
+TRAIN = "--class-name dog --no-segment --token-init word --lr 1e-3 --steps 12 --checkpoint-every 3"
 
 
-def test_sigkill_mid_run_then_the_same_command_resumes_to_identical_weights(reference, tmp_path):
-    subprocess.run(ostaf_train(reference, tmp_path / "straight"), check=True, capture_output=True)
-    killed = subprocess.Popen(ostaf_train(reference, tmp_path / "killed"), stderr=subprocess.DEVNULL)
+def ostaf_train(reference, out, model: str = "tiny") -> list[str]:
+    command = [sys.executable, "-m", "ostaf.cli", "train", "--image", str(reference), "--out", str(out)]
+    return [*command, "--model", model, *TRAIN.split()]
+
+
+@on_both_models
+def test_sigkill_mid_run_then_the_same_command_resumes_to_identical_weights(reference, tmp_path, model):
+    subprocess.run(ostaf_train(reference, tmp_path / "straight", model), check=True, capture_output=True)
+    killed = subprocess.Popen(ostaf_train(reference, tmp_path / "killed", model), stderr=subprocess.DEVNULL)
     card = tmp_path / "killed" / "checkpoints" / "step-000006" / "ostaf.json"
     deadline = time.time() + 300
     while not card.exists() and killed.poll() is None and time.time() < deadline:
@@ -33,7 +35,7 @@ def test_sigkill_mid_run_then_the_same_command_resumes_to_identical_weights(refe
     os.kill(killed.pid, signal.SIGKILL)
     killed.wait()
     assert killed.returncode == -signal.SIGKILL and not (tmp_path / "killed" / "ostaf.json").exists()
-    done = subprocess.run(ostaf_train(reference, tmp_path / "killed"), capture_output=True, text=True)
+    done = subprocess.run(ostaf_train(reference, tmp_path / "killed", model), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "resumed" in done.stderr
     a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "killed")

@@ -13,7 +13,7 @@ from ostaf.errors import OstafError
 from ostaf.generate import generate, sweep
 from ostaf.models import load_pipeline
 from ostaf.train import train
-from tests.conftest import tiny_config
+from tests.conftest import on_both_models, tiny_config
 
 STEPS = dict(num_inference_steps=3, output_type="np")
 
@@ -23,39 +23,59 @@ def images(pipe, prompt, seed=0, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    """A lite appearance and a lite shape checkpoint, a few steps each."""
-    root = tmp_path_factory.mktemp("ckpts")
+def trained_on(tmp_path_factory):
+    """model → a lite appearance and a lite shape checkpoint on it, a few steps each (trained once per model)."""
     from tests.conftest import synthetic_image
 
-    ref = root / "ref.png"
-    synthetic_image().save(ref)
-    appearance = train(tiny_config(ref, root / "appearance", steps=3, attribute="appearance"), progress=False).out
-    shape = train(tiny_config(ref, root / "shape", steps=3, attribute="shape"), progress=False).out
-    return {"appearance": appearance, "shape": shape, "reference": ref}
+    made: dict[str, dict] = {}
+
+    def make(model: str) -> dict:
+        if model not in made:
+            root = tmp_path_factory.mktemp(f"ckpts-{model}")
+            ref = root / "ref.png"
+            synthetic_image().save(ref)
+            runs = {
+                attribute: train(
+                    tiny_config(ref, root / attribute, steps=3, attribute=attribute, model=model), progress=False
+                ).out
+                for attribute in ("appearance", "shape")
+            }
+            made[model] = {**runs, "reference": ref}
+        return made[model]
+
+    return make
 
 
-def test_lambda_zero_without_placeholder_gives_base_images(checkpoints):
-    base = images(load_pipeline("tiny"), "a photo of a cat")
-    pipe = load_pipeline("tiny")
+@pytest.fixture(scope="module")
+def checkpoints(trained_on):
+    return trained_on("tiny")
+
+
+@on_both_models
+def test_lambda_zero_without_placeholder_gives_base_images(trained_on, model):
+    checkpoints = trained_on(model)
+    base = images(load_pipeline(model), "a photo of a cat")
+    pipe = load_pipeline(model)
     adapter = apply(pipe, checkpoints["appearance"], lam=0.0)
     assert np.array_equal(images(pipe, "a photo of a cat"), base)
     adapter.set_scale(1.0)
     assert not np.allclose(images(pipe, "a photo of a cat"), base, atol=1e-3)
 
 
-def test_trained_pipeline_equals_saved_then_applied(checkpoints, reference, tmp_path):
-    trained = load_pipeline("tiny")
-    train(tiny_config(reference, tmp_path / "run", steps=3), pipe=trained, progress=False)
-    fresh = load_pipeline("tiny")
+@on_both_models
+def test_trained_pipeline_equals_saved_then_applied(reference, tmp_path, model):
+    trained = load_pipeline(model)
+    train(tiny_config(reference, tmp_path / "run", steps=3, model=model), pipe=trained, progress=False)
+    fresh = load_pipeline(model)
     apply(fresh, tmp_path / "run", lam=1.0)
     prompt = "a vase in the appearance of *a"
     assert np.array_equal(images(trained, prompt), images(fresh, prompt))
 
 
-def test_per_sample_lambda_batch_equals_separate_runs(checkpoints):
-    pipe = load_pipeline("tiny")
-    adapter = apply(pipe, checkpoints["appearance"])
+@on_both_models
+def test_per_sample_lambda_batch_equals_separate_runs(trained_on, model):
+    pipe = load_pipeline(model)
+    adapter = apply(pipe, trained_on(model)["appearance"])
     prompt, lams = "a vase in the appearance of *a", [0.0, 0.5, 1.0]
     batched = sweep(pipe, [adapter], prompt, lams, [0, 1], num_steps=3, batch_size=6, progress=False)
     for lam in lams:
@@ -67,13 +87,16 @@ def test_per_sample_lambda_batch_equals_separate_runs(checkpoints):
     assert batched.grid.size[0] > 3 * 64 and batched.grid.size[1] > 2 * 64
 
 
-def test_shape_and_appearance_compose_in_one_prompt(checkpoints):
-    pipe = load_pipeline("tiny")
+@on_both_models
+def test_shape_and_appearance_compose_in_one_prompt(trained_on, model):
+    checkpoints = trained_on(model)
+    pipe = load_pipeline(model)
     shape = apply(pipe, checkpoints["shape"], lam=1.0)
     appearance = apply(pipe, checkpoints["appearance"], lam=1.0)
     assert shape.processors.keys().isdisjoint(appearance.processors.keys())
-    ids = pipe.tokenizer("a cat in the shape of *m in the appearance of *a").input_ids
-    assert {pipe.tokenizer.convert_tokens_to_ids(t) for t in ("*m", "*a")} <= set(ids)
+    for tokenizer in (pipe.tokenizer, getattr(pipe, "tokenizer_2", None) or pipe.tokenizer):  # SDXL: both read them
+        ids = tokenizer("a cat in the shape of *m in the appearance of *a").input_ids
+        assert {tokenizer.convert_tokens_to_ids(t) for t in ("*m", "*a")} <= set(ids)
     both = images(pipe, "a cat in the shape of *m in the appearance of *a")
     shape.set_scale(0.0)
     appearance_only = images(pipe, "a cat in the shape of *m in the appearance of *a")
@@ -93,6 +116,27 @@ def test_checkpoint_from_other_architecture_is_refused(checkpoints, tmp_path):
     # nothing half-applied: no offsets processors, no new token
     assert all(type(p).__name__ == "AttnProcessor2_0" for p in other.unet.attn_processors.values())
     assert "*a" not in other.tokenizer.get_vocab()
+
+
+@pytest.mark.parametrize("trained,other", [("tiny", "tiny-sdxl"), ("tiny-sdxl", "tiny")])
+def test_a_checkpoint_of_the_other_architecture_is_one_error(trained_on, trained, other):
+    pipe = load_pipeline(other)
+    with pytest.raises(OstafError, match=f"trained on an {'sdxl' if trained == 'tiny-sdxl' else 'sd1'} model"):
+        apply(pipe, trained_on(trained)["appearance"])
+    assert all(type(p).__name__ == "AttnProcessor2_0" for p in pipe.unet.attn_processors.values())
+    assert "*a" not in pipe.tokenizer.get_vocab()
+
+
+@pytest.mark.parametrize("tiny_pipe", ["tiny-sdxl"], indirect=True)
+def test_the_sdxl_token_is_one_row_per_text_encoder_and_what_the_stock_pipeline_reads(trained_on, tiny_pipe):
+    from ostaf.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(trained_on("tiny-sdxl")["appearance"])
+    apply(tiny_pipe, ckpt)
+    rows = [e.get_input_embeddings().weight[-1] for e in (tiny_pipe.text_encoder, tiny_pipe.text_encoder_2)]
+    assert [r.shape[0] for r in rows] == [32, 48]  # the two encoders' widths
+    assert torch.equal(torch.cat(rows), ckpt.tensors["token.embedding"])
+    assert tiny_pipe.tokenizer.convert_tokens_to_ids("*a") == tiny_pipe.tokenizer_2.convert_tokens_to_ids("*a")
 
 
 def test_pickle_and_missing_checkpoints_are_refused(tmp_path):
@@ -159,12 +203,14 @@ def test_generate_checks_prompts_before_loading_anything(checkpoints, tmp_path, 
         generate(config, progress=False)
 
 
-def test_cli_train_then_generate(checkpoints, tmp_path, capsys):
+@on_both_models
+def test_cli_train_then_generate(checkpoints, tmp_path, capsys, model):
     out = tmp_path / "cli"
     ref = checkpoints["reference"]
     train_args = f"train --image {ref} --class-name dog --attribute style --steps 2 --device cpu --no-segment"
-    assert main([*train_args.split(), "--out", str(out / "ckpt")]) == 0
-    assert load_checkpoint(out / "ckpt").card["token"] == "*s"
+    assert main([*train_args.split(), "--model", model, "--out", str(out / "ckpt")]) == 0
+    card = load_checkpoint(out / "ckpt").card
+    assert card["token"] == "*s" and card["architecture"] == ("sdxl" if model == "tiny-sdxl" else "sd1")
     generate_args = ["generate", "--ckpt", str(out / "ckpt"), "--prompt", "a man snowboarding in the style of *s"]
     assert main([*generate_args, *"--lam 0 1 --seeds 3 --num-steps 2 --out".split(), str(out / "gen")]) == 0
     assert len(list((out / "gen").rglob("lam*_seed3.png"))) == 2

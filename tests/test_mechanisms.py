@@ -13,7 +13,7 @@ from ostaf.mechanisms import binding
 from ostaf.mechanisms.contrastive import NearestWordContrast
 from ostaf.mechanisms.masked_loss import masked_mse
 from ostaf.train import denoising_loss, mechanism_loss, prepare, sample_batch, train
-from tests.conftest import synthetic_image, tiny_config
+from tests.conftest import on_both_models, synthetic_image, tiny_config
 
 ALL_ON = dict(
     attn_binding=0.5,
@@ -83,10 +83,11 @@ def test_off_builds_nothing_and_draws_nothing(reference, tmp_path, monkeypatch):
     assert mechanism_loss(setup, batch) is None
 
 
+@on_both_models
 @pytest.mark.parametrize("name", list(ON))
-def test_each_mechanism_changes_training(masked_reference, tmp_path, name):
-    off = train(tiny_config(masked_reference, tmp_path / "off", steps=3), progress=False)
-    on = train(tiny_config(masked_reference, tmp_path / "on", steps=3, **ON[name]), progress=False)
+def test_each_mechanism_changes_training(masked_reference, tmp_path, name, model):
+    off = train(tiny_config(masked_reference, tmp_path / "off", steps=3, model=model), progress=False)
+    on = train(tiny_config(masked_reference, tmp_path / "on", steps=3, model=model, **ON[name]), progress=False)
     a, b = tensors(off.out), tensors(on.out)
     assert any(not torch.equal(a[k], b[k]) for k in a), f"{name} changed nothing"
     assert len(on.nearest_words) == (5 if name == "contrastive" else 0)  # printed and logged after training
@@ -104,8 +105,9 @@ def test_binding_and_contrastive_losses_reach_only_the_token_and_offsets(referen
     assert all(g is not None and g.abs().sum() > 0 for g in token_grads)
 
 
-def test_resume_after_a_kill_is_bit_exact_with_every_mechanism_on(masked_reference, tmp_path):
-    options = dict(ALL_ON, steps=4, checkpoint_every=2)
+@on_both_models
+def test_resume_after_a_kill_is_bit_exact_with_every_mechanism_on(masked_reference, tmp_path, model):
+    options = dict(ALL_ON, steps=4, checkpoint_every=2, model=model)
     straight = train(tiny_config(masked_reference, tmp_path / "a", **options), progress=False)
     train(tiny_config(masked_reference, tmp_path / "b", **(options | {"steps": 2})), progress=False)  # "killed" at 2
     resumed = train(tiny_config(masked_reference, tmp_path / "b", **options), progress=False)

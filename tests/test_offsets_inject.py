@@ -1,24 +1,35 @@
-"""Promises of the offsets adapter on the tiny U-Net: matching, λ, merge, per-sample λ."""
+"""Promises of the offsets adapter on the tiny U-Nets (SD-1.x- and SDXL-shaped): matching, λ, merge, per-sample λ."""
 
 import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
+from ostaf.conditioning import Conditioning, micro_conditioning
 from ostaf.errors import OstafError
 from ostaf.offsets import OffsetsAdapter, OffsetsAttnProcessor, OffsetsConfig, is_target_attention, matched_layers
+from tests.conftest import pipe_on_both_models
 
 
-def unet_inputs(batch: int = 2, seed: int = 0):
+def unet_inputs(unet, batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, Conditioning]:
+    """Random latents and conditioning of the U-Net's shape (SDXL: with pooled text and time ids)."""
     g = torch.Generator().manual_seed(seed)
     sample = torch.randn(batch, 4, 8, 8, generator=g)
-    context = torch.randn(batch, 77, 32, generator=g)
-    return sample, torch.tensor([500] * batch), context
+    cond = Conditioning(torch.randn(batch, 77, unet.config.cross_attention_dim, generator=g))
+    if unet.config.addition_embed_type == "text_time":
+        pooled = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
+        time_ids = micro_conditioning((64, 64), (0, 0), (64, 64)).expand(batch, -1)
+        cond = Conditioning(cond.states, torch.randn(batch, pooled, generator=g), time_ids)
+    return sample, torch.tensor([500] * batch), cond
+
+
+def one(cond: Conditioning, i: int) -> Conditioning:
+    return Conditioning(*(None if x is None else x[i : i + 1] for x in (cond.states, cond.pooled, cond.time_ids)))
 
 
 @torch.no_grad()
 def run(unet, batch: int = 2, seed: int = 0, **kwargs):
-    sample, t, context = unet_inputs(batch, seed)
-    return unet(sample, t, context, **kwargs).sample
+    sample, t, cond = unet_inputs(unet, batch, seed)
+    return unet(sample, t, **cond.unet_kwargs(), **kwargs).sample
 
 
 def test_matching_is_a_pure_function_of_names():
@@ -32,6 +43,7 @@ def test_matching_is_a_pure_function_of_names():
     assert not is_target_attention(cross_only, "down_blocks.2.attentions.1.transformer_blocks.0.attn1.processor")
 
 
+@pipe_on_both_models
 @pytest.mark.parametrize("part,prefix", [("decoder", "up_blocks."), ("encoder", "down_blocks.")])
 def test_only_chosen_blocks_qkv_are_modulated(tiny_pipe, part, prefix):
     unet = tiny_pipe.unet
@@ -75,6 +87,7 @@ def test_overlapping_adapters_are_refused(tiny_pipe):
         OffsetsAdapter.install(tiny_pipe.unet, OffsetsConfig(parts=("decoder",)), "*s")
 
 
+@pipe_on_both_models
 def test_lambda_zero_is_bit_exact_base_and_lambda_changes_output(tiny_pipe):
     unet = tiny_pipe.unet
     base = run(unet)
@@ -87,6 +100,7 @@ def test_lambda_zero_is_bit_exact_base_and_lambda_changes_output(tiny_pipe):
     assert torch.equal(run(unet, cross_attention_kwargs={"offset_scale": 0.0}), base)
 
 
+@pipe_on_both_models
 def test_zero_init_is_identity_at_step_zero(tiny_pipe):
     unet = tiny_pipe.unet
     base = run(unet)
@@ -94,6 +108,7 @@ def test_zero_init_is_identity_at_step_zero(tiny_pipe):
     torch.testing.assert_close(run(unet), base, rtol=0, atol=0)
 
 
+@pipe_on_both_models
 @pytest.mark.parametrize("mode", ["multiplicative", "additive"])
 def test_merge_matches_unmerged_and_unmerge_is_bit_exact(tiny_pipe, mode):
     unet = tiny_pipe.unet
@@ -109,6 +124,7 @@ def test_merge_matches_unmerged_and_unmerge_is_bit_exact(tiny_pipe, mode):
     assert torch.equal(run(unet), unmerged)
 
 
+@pipe_on_both_models
 def test_multiplicative_form_is_w_times_one_plus_lambda_delta(tiny_pipe):
     unet = tiny_pipe.unet
     adapter = OffsetsAdapter.install(unet, OffsetsConfig(parts=("decoder",)), "*a")
@@ -121,19 +137,20 @@ def test_multiplicative_form_is_w_times_one_plus_lambda_delta(tiny_pipe):
     torch.testing.assert_close(linear.weight, base * (1 + 0.5 * delta))
 
 
+@pipe_on_both_models
 def test_per_sample_lambda_equals_separate_runs(tiny_pipe):
     unet = tiny_pipe.unet
     adapter = OffsetsAdapter.install(unet, OffsetsConfig(parts=("decoder", "encoder")), "*a")
     lams = [0.0, 0.5, 1.0, -0.3]
-    sample, t, context = unet_inputs(batch=4)
+    sample, t, cond = unet_inputs(unet, batch=4)
     separate = []
     for i, lam in enumerate(lams):
         adapter.set_scale(lam)
         with torch.no_grad():
-            separate.append(unet(sample[i : i + 1], t[i : i + 1], context[i : i + 1]).sample)
+            separate.append(unet(sample[i : i + 1], t[i : i + 1], **one(cond, i).unet_kwargs()).sample)
     adapter.set_scale(torch.tensor(lams))
     with torch.no_grad():
-        batched = unet(sample, t, context).sample
+        batched = unet(sample, t, **cond.unet_kwargs()).sample
     torch.testing.assert_close(batched, torch.cat(separate), rtol=1e-4, atol=1e-5)
 
 
@@ -152,8 +169,8 @@ def test_caching_reuses_delta_until_the_offsets_change(tiny_pipe, lam):
         again = run(unet)
         assert torch.equal(first, again) and all(proc._cache[k][1] is v[1] for k, v in cached.items())  # reused
         with torch.enable_grad():  # training never reads the cache: ΔW must carry its graph
-            sample, t, context = unet_inputs()
-            unet(sample, t, context).sample.sum().backward()
+            sample, t, cond = unet_inputs(unet)
+            unet(sample, t, **cond.unet_kwargs()).sample.sum().backward()
         assert all(p.grad is not None for p in adapter.parameters())
         with torch.no_grad():  # an in-place update (version bump) invalidates what was cached
             for p in adapter.parameters():
@@ -195,6 +212,7 @@ def test_lambda_must_be_finite(tiny_pipe, bad):
         adapter.set_scale(bad)
 
 
+@pipe_on_both_models
 def test_uninstall_restores_processors_and_output(tiny_pipe):
     unet = tiny_pipe.unet
     base = run(unet)
@@ -205,6 +223,7 @@ def test_uninstall_restores_processors_and_output(tiny_pipe):
     assert torch.equal(run(unet), base)
 
 
+@pipe_on_both_models
 def test_state_dict_round_trip_and_shape_check(tiny_pipe):
     unet = tiny_pipe.unet
     adapter = OffsetsAdapter.install(unet, OffsetsConfig(parts=("decoder",)), "*a")
@@ -223,3 +242,43 @@ def test_state_dict_round_trip_and_shape_check(tiny_pipe):
         again.load_state_dict(wrong)
     with pytest.raises(OstafError, match="does not fit"):
         again.load_state_dict({k: v for k, v in state.items() if k != key})
+
+
+def modulated(unet) -> set[str]:
+    return {
+        n.removesuffix(".processor") for n, p in unet.attn_processors.items() if isinstance(p, OffsetsAttnProcessor)
+    }
+
+
+@pytest.mark.parametrize("tiny_pipe", ["tiny-sdxl"], indirect=True)
+def test_the_parts_map_onto_sdxl_blocks_and_a_target_can_be_one_attention_module(tiny_pipe):
+    unet = tiny_pipe.unet
+    blocks = {
+        part: {".".join(n.split(".")[:2]) for n in matched_layers(unet, OffsetsConfig(parts=(part,)))}
+        for part in ("encoder", "decoder", "mid")
+    }
+    assert blocks == {
+        "encoder": {"down_blocks.1", "down_blocks.2"},
+        "decoder": {"up_blocks.0", "up_blocks.1"},
+        "mid": {"mid_block.attentions"},
+    }
+    style = OffsetsAdapter.install(unet, OffsetsConfig(targets=("up_blocks.0.attentions.1",)), "*s")  # B-LoRA style
+    assert modulated(unet) == set(style.processors)
+    assert style.processors and all(n.startswith("up_blocks.0.attentions.1.") for n in style.processors)
+    base = run(unet)
+    content = OffsetsAdapter.install(unet, OffsetsConfig(targets=("up_blocks.0.attentions.0",)), "*a")
+    assert set(content.processors).isdisjoint(style.processors)
+    content.set_scale(0.0)
+    assert torch.equal(run(unet), base)  # the content module at λ = 0 leaves the style module's output alone
+    wildcard = OffsetsConfig(targets=("up_blocks.*.attentions.1",), attentions=("attn2",))
+    assert {n.rsplit(".transformer_blocks", 1)[0] for n in matched_layers(unet, wildcard)} == {
+        "up_blocks.0.attentions.1",
+        "up_blocks.1.attentions.1",
+    }
+
+
+@pipe_on_both_models
+def test_a_target_that_names_no_attention_module_is_one_error_listing_them(tiny_pipe):
+    with pytest.raises(OstafError, match=r"up_blocks\.7 names no attention module.*up_blocks\.1\.attentions\.0"):
+        OffsetsAdapter.install(tiny_pipe.unet, OffsetsConfig(targets=("up_blocks.1", "up_blocks.7")), "*s")
+    assert not modulated(tiny_pipe.unet)  # nothing half-installed

@@ -203,7 +203,10 @@ def test_reduced_experiment_runs_end_to_end_and_lands_in_mlflow(tmp_path, monkey
     assert [m.step for m in history] == [0, 100]
 
 
-def test_benchmark_pipeline_runs_on_world_references_with_the_world_model_and_every_mechanism(tmp_path, monkeypatch):
+@pytest.mark.parametrize("model", ["attribute-world", "tiny-sdxl"])  # SD-1.x (trained) and SDXL (random weights)
+def test_benchmark_pipeline_runs_on_world_references_with_the_world_model_and_every_mechanism(
+    tmp_path, monkeypatch, model
+):
     from components.options import arguments_for
     from ostaf.config import GenerateConfig, TrainConfig, shared_defaults
     from pipelines.run import run_local
@@ -229,7 +232,7 @@ def test_benchmark_pipeline_runs_on_world_references_with_the_world_model_and_ev
             "attributes": ["shape"],
             "item_ids": [],
             "per_attribute": 1,
-            "model": "attribute-world",
+            "model": model,
             "metric_models": "tiny",
             **arguments_for(train, generate),  # typed parameters + extra_options, as the CLI sends them
         },

@@ -9,8 +9,13 @@ trains. Cost: a second attention in every targeted layer, and one text-encoder p
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch.nn import functional as F
+
+if TYPE_CHECKING:
+    from ostaf.conditioning import PromptEncoder
 
 
 def nearest_word(embedding: torch.Tensor, vocabulary: torch.Tensor, normalised: bool = False) -> int:
@@ -32,35 +37,28 @@ def hard_ids(input_ids: torch.Tensor, replace: dict[int, int]) -> torch.Tensor:
 class VanillaPrompts:
     """The vanilla path's text context for generation prompts, with the checkpoints' placeholders hard-coded."""
 
-    def __init__(self, tokenizer, text_encoder, tokens: list[str]) -> None:
-        self.tokenizer, self.text_encoder = tokenizer, text_encoder
-        table = text_encoder.get_input_embeddings().weight
+    def __init__(self, prompts: PromptEncoder, tokens: list[str]) -> None:
+        self.prompts = prompts
+        tokenizer = prompts.tokenizer
         ids = [tokenizer.convert_tokens_to_ids(t) for t in tokens]
+        table = prompts.rows(max(ids) + 1)  # every encoder's row, concatenated: e* lives in all of them
         vocabulary = table[: min(ids)]  # the words before any placeholder
         self.replace = {i: nearest_word(table[i], vocabulary) for i in ids}
 
     @property
     def words(self) -> dict[str, str]:
         """placeholder → its nearest word (what the vanilla path reads instead)."""
+        tokenizer = self.prompts.tokenizer
         return {
-            self.tokenizer.convert_ids_to_tokens(t): self.tokenizer.convert_ids_to_tokens(w).removesuffix("</w>")
+            tokenizer.convert_ids_to_tokens(t): tokenizer.convert_ids_to_tokens(w).removesuffix("</w>")
             for t, w in self.replace.items()
         }
 
     @torch.no_grad()
     def context(self, prompts: list[str], guidance: float) -> torch.Tensor:
-        """(B, T, D), or (2B, T, D) as [unconditional, vanilla] when classifier-free guidance doubles the batch."""
-        device = self.text_encoder.device
-
-        def encode(texts: list[str]) -> torch.Tensor:
-            ids = self.tokenizer(
-                texts,
-                padding="max_length",
-                max_length=self.tokenizer.model_max_length,
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids.to(device)
-            return self.text_encoder(hard_ids(ids, self.replace))[0]
-
-        vanilla = encode(prompts)
-        return torch.cat([encode([""] * len(prompts)), vanilla]) if guidance > 1.0 else vanilla
+        """(B, T, D), or (2B, T, D) as [unconditional, vanilla] when classifier-free guidance doubles the batch
+        (the unconditional half as the pipeline makes it: SDXL's base model zeroes it)."""
+        vanilla = self.prompts.encode(hard_ids(self.prompts.ids(prompts), self.replace)).states
+        if guidance <= 1.0:
+            return vanilla
+        return torch.cat([self.prompts.unconditional(len(prompts)).states, vanilla])

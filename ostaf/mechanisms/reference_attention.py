@@ -21,6 +21,7 @@ from PIL import Image
 from torch.nn import functional as F
 
 from ostaf.attributes import ATTRIBUTES
+from ostaf.conditioning import PromptEncoder, micro_conditioning
 from ostaf.errors import OstafError
 from ostaf.images import to_tensor
 from ostaf.preprocess import cut_out
@@ -135,10 +136,10 @@ class ReferenceAttention:
             pixels = to_tensor(plain).to(vae.device, vae.dtype)
             self.latent = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor  # (1, 4, h, w)
             self.noise = torch.randn(self.latent.shape, generator=torch.Generator().manual_seed(seed)).to(self.latent)
-            ids = pipe.tokenizer(
-                [""], padding="max_length", max_length=pipe.tokenizer.model_max_length, return_tensors="pt"
-            ).input_ids.to(pipe.text_encoder.device)
-            self.context = pipe.text_encoder(ids)[0]  # the unconditional prompt
+            prompts = PromptEncoder(pipe)
+            self.context = prompts.encode(prompts.ids([""]))  # the unconditional prompt
+            if prompts.xl:  # SDXL: the generation's own size/crop micro-conditioning
+                self.context.time_ids = micro_conditioning((size, size), (0, 0), (size, size))
         side = self.latent.shape[-1]
         grid = torch.from_numpy(np.asarray(Image.fromarray(mask).resize((size, size)), bool).astype(np.float32))
         masks = {}
@@ -180,7 +181,7 @@ class ReferenceAttention:
                 for proc in adapter.processors.values():
                     proc.scale, proc.dual_beta = 0.0, 1.0
             with torch.no_grad():
-                unet(noisy, t.to(unet.device), encoder_hidden_states=self.context.to(unet.dtype))
+                unet(noisy, t.to(unet.device), **self.context.unet_kwargs(unet.dtype))
         finally:
             self.state.mode = "use"
             for adapter, lams, betas in scales:

@@ -34,6 +34,7 @@ class Samples(NamedTuple):
     noisy: torch.Tensor  # (S, 4, h, w)
     timesteps: torch.Tensor
     target: torch.Tensor
+    pick: torch.Tensor  # (S,) which augmentation each draw is (SDXL: its time ids)
 
 
 def fixed_samples(setup: TrainingSetup, count: int, seed: int) -> Samples:
@@ -50,32 +51,31 @@ def fixed_samples(setup: TrainingSetup, count: int, seed: int) -> Samples:
     target = (
         noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
     )
-    return Samples(scheduler.add_noise(latents, noise, timesteps), timesteps, target)
+    return Samples(scheduler.add_noise(latents, noise, timesteps), timesteps, target, pick.to(setup.device))
 
 
 def reference_loss(setup: TrainingSetup, samples: Samples) -> torch.Tensor:
     """The training prompt's mean noise-prediction MSE on `samples`, with the live e*."""
-    from ostaf.train import autocast  # the training module imports this one
+    from ostaf.train import autocast, unet_conditioning  # the training module imports this one
 
     with autocast(setup):
-        context = setup.pipe.text_encoder(setup.input_ids)[0].expand(samples.noisy.shape[0], -1, -1)
-        pred = setup.unet(samples.noisy.to(setup.unet.dtype), samples.timesteps, context).sample
+        cond = unet_conditioning(setup, samples.noisy.shape[0], samples.pick)
+        pred = setup.unet(samples.noisy.to(setup.unet.dtype), samples.timesteps, **cond.unet_kwargs()).sample
     return F.mse_loss(pred.float(), samples.target.float())
 
 
 def candidate_rows(setup: TrainingSetup) -> torch.Tensor:
     """Vocabulary ids a word may be: every row before the placeholders, minus the special tokens."""
     ids = torch.arange(setup.token_id)
-    special = torch.tensor(setup.pipe.tokenizer.all_special_ids)
+    special = torch.tensor(setup.prompts.tokenizer.all_special_ids)
     return ids[~torch.isin(ids, special)]
 
 
 def search_word(setup: TrainingSetup, candidates: int, rounds: int, samples: int = 16) -> SearchResult:
     """Move `setup.token`'s word to the best vocabulary row found (on the base model: λ = 0)."""
     token = setup.token
-    table = setup.pipe.text_encoder.get_input_embeddings().weight
-    rows = candidate_rows(setup).to(table.device)
-    vocab = table[rows].detach().float()
+    rows = candidate_rows(setup)
+    vocab = setup.prompts.rows(setup.token_id)[rows.to(setup.device)]  # every encoder's row of each word
     draws = fixed_samples(setup, samples, setup.config.seed)
     setup.adapter.set_scale(0.0)
     if setup.lora is not None:

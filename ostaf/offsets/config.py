@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from fnmatch import fnmatchcase
 from typing import Any
 
 from ostaf.errors import OstafError
 
-# U-Net part -> prefix of the diffusers module names it covers. Only blocks that
-# contain attention ever match, so "up_blocks" means up_blocks.1-3 on SD-1.x.
+# U-Net part -> prefix of the diffusers module names it covers. Only blocks that contain attention ever
+# match, so each part maps itself per architecture: on SD-1.x the encoder is down_blocks.0-2 and the decoder
+# up_blocks.1-3; on SDXL the encoder is down_blocks.1-2 and the decoder up_blocks.0-1.
 PART_PREFIXES: dict[str, str] = {
     "encoder": "down_blocks.",
     "decoder": "up_blocks.",
@@ -36,11 +38,15 @@ class OffsetsConfig:
     zero_init: bool = field(default=False, metadata={"help": "start with ΔW = 0 (identity at step 0)"})
     # 0: the authors' full out×out and in×in matrices; R > 0: each as rank-R factors (far fewer parameters)
     hyper_rank: int = field(default=0, metadata={"help": "rank of the hypernetwork's square matrices (0 = full)"})
+    # module name patterns (fnmatch; a pattern also covers every module under it); non-empty: they, not `parts`,
+    # say where the offsets go, e.g. ("up_blocks.0.attentions.1",), B-LoRA's style module on SDXL
+    targets: tuple[str, ...] = field(default=(), metadata={"help": "attention module name patterns"})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "parts", tuple(self.parts))
         object.__setattr__(self, "projections", tuple(self.projections))
         object.__setattr__(self, "attentions", tuple(self.attentions))
+        object.__setattr__(self, "targets", tuple(t.strip() for t in self.targets if t.strip()))
         _check_subset("parts", self.parts, tuple(PART_PREFIXES))
         _check_subset("projections", self.projections, PROJECTIONS, may_be_empty=True)
         _check_subset("attentions", self.attentions, ATTENTIONS)
@@ -72,8 +78,28 @@ def is_target_attention(config: OffsetsConfig, processor_name: str) -> bool:
     ``up_blocks.1.attentions.0.transformer_blocks.0.attn2.processor``.
     """
     module_name = processor_name.removesuffix(".processor")
-    in_part = any(module_name.startswith(PART_PREFIXES[p]) for p in config.parts)
-    return in_part and module_name.rsplit(".", 1)[-1] in config.attentions
+    if config.targets:
+        chosen = any(matches_pattern(module_name, pattern) for pattern in config.targets)
+    else:
+        chosen = any(module_name.startswith(PART_PREFIXES[p]) for p in config.parts)
+    return chosen and module_name.rsplit(".", 1)[-1] in config.attentions
+
+
+def matches_pattern(module_name: str, pattern: str) -> bool:
+    """`pattern` names the module or a module above it: ``up_blocks.0.attentions.1`` covers
+    ``up_blocks.0.attentions.1.transformer_blocks.0.attn2`` but not ``up_blocks.0.attentions.10…``."""
+    return fnmatchcase(module_name, pattern) or fnmatchcase(module_name, pattern + ".*")
+
+
+def unmatched_targets(config: OffsetsConfig, module_names: list[str]) -> list[str]:
+    """The patterns of `config.targets` that name no attention module among `module_names` (a typo, or the
+    other architecture's block)."""
+    return [t for t in config.targets if not any(matches_pattern(n, t) for n in module_names)]
+
+
+def parse_targets(text: str) -> tuple[str, ...]:
+    """``"up_blocks.0.attentions.1, mid_block"`` → the patterns; the empty string → () (the parts decide)."""
+    return tuple(filter(None, (part.strip() for part in text.split(","))))
 
 
 def block_of(module_name: str) -> str:

@@ -16,7 +16,7 @@ from diffusers import UNet2DConditionModel
 from torch import nn
 
 from ostaf.errors import OstafError
-from ostaf.offsets.config import OffsetsConfig, block_of, is_target_attention
+from ostaf.offsets.config import OffsetsConfig, block_of, is_target_attention, unmatched_targets
 from ostaf.offsets.processor import OffsetsAttnProcessor, Scale
 
 
@@ -68,6 +68,14 @@ class OffsetsAdapter(HoldsStrength):
     def install(cls, unet: UNet2DConditionModel, config: OffsetsConfig, name: str) -> OffsetsAdapter:
         """Swap offsets processors into every target attention module of `unet`."""
         layers = matched_layers(unet, config)
+        attention = [name.removesuffix(".processor") for name in unet.attn_processors]
+        unmatched = unmatched_targets(config, attention)
+        if unmatched:
+            blocks = sorted({name.split(".transformer_blocks")[0] for name in attention})
+            raise OstafError(
+                f"--targets {', '.join(unmatched)} names no attention module of this U-Net: its attention modules "
+                f"are {', '.join(blocks)} (a pattern covers every module under it; * is a wildcard)"
+            )
         if not layers:
             raise OstafError(
                 f"no attention module of this U-Net matches offsets parts {list(config.parts)} and "
