@@ -246,7 +246,7 @@ class TrainConfig(_Config):
     token_grad: str = opt(
         "full",
         "full: the token learns through every cross-attention (faithful); confined: only "
-        "through the targeted blocks (faster: backward stops there)",
+        "through the targeted blocks (faster: backward stops there; on SDXL not through the pooled embedding)",
         choices=("full", "confined"),
     )
     token_alpha: float = opt(0.1, "α in e* = emb(word) + α·f(image)")

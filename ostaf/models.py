@@ -75,6 +75,21 @@ def architecture(pipe: Pipeline) -> str:
     return "sdxl" if isinstance(pipe, StableDiffusionXLPipeline) else "sd1"
 
 
+@torch.no_grad()
+def vae_encode(vae: AutoencoderKL, pixels: torch.Tensor):
+    """The VAE posterior of `pixels`, in fp32 where the VAE says it overflows in fp16 (`force_upcast`: SDXL's),
+    as diffusers' SDXL pipelines decode; the VAE is left in the dtype it had."""
+    dtype = vae.dtype
+    upcast = dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+    if upcast:
+        vae.to(torch.float32)
+    try:
+        return vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
+    finally:
+        if upcast:
+            vae.to(dtype)
+
+
 def load_pipeline(model: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> Pipeline:
     """A Stable Diffusion (1.x or XL) pipeline for a preset name, a local diffusers folder, a single file, or a
     cached hub id."""

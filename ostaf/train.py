@@ -32,7 +32,7 @@ from ostaf.lora import LoraAdapter, LoraSpec
 from ostaf.mechanisms import binding, dual_path, schedule, timesteps, word_search
 from ostaf.mechanisms.contrastive import NearestWordContrast
 from ostaf.mechanisms.masked_loss import latent_masks, masked_mse
-from ostaf.models import Pipeline, load_pipeline, native_resolution
+from ostaf.models import Pipeline, load_pipeline, native_resolution, vae_encode
 from ostaf.offsets import OffsetsAdapter
 from ostaf.offsets.processor import DetachedContextProcessor
 from ostaf.placeholder import PlaceholderEmbedding
@@ -430,7 +430,7 @@ def encode_reference(pipe: Pipeline, reference: Preprocessed) -> tuple[torch.Ten
     means, stds = [], []
     for recipe in reference.recipes:
         pixels = to_tensor(augment(reference.image, recipe, reference.attribute))
-        posterior = pipe.vae.encode(pixels.to(pipe.vae.device, dtype=pipe.vae.dtype)).latent_dist
+        posterior = vae_encode(pipe.vae, pixels)
         means.append(posterior.mean.float())
         stds.append(posterior.std.float())
     return torch.cat(means), torch.cat(stds)
@@ -475,7 +475,10 @@ def unet_conditioning(setup: TrainingSetup, batch: int, pick: torch.Tensor | Non
     if setup.time_ids is None:
         return cond
     time_ids = setup.time_ids[pick] if pick is not None else setup.time_ids[:1].expand(batch, -1)
-    return replace(cond, time_ids=time_ids)
+    # confined: the token learns only through the adapter's cross-attentions, so not through SDXL's pooled
+    # embedding either (it enters every resnet through the time embedding)
+    pooled = cond.pooled.detach() if setup.config.token_grad == "confined" else cond.pooled
+    return replace(cond, pooled=pooled, time_ids=time_ids)
 
 
 def sample_batch(setup: TrainingSetup, generator: torch.Generator) -> Batch:

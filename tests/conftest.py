@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from ostaf.conditioning import Conditioning, micro_conditioning
 from ostaf.config import TrainConfig
 from ostaf.models import load_pipeline
 
@@ -27,6 +28,19 @@ pipe_on_both_models = pytest.mark.parametrize("tiny_pipe", TINY_MODELS, indirect
 def tiny_pipe(request):
     """The `tiny` pipeline (or `tiny-sdxl`, under `pipe_on_both_models`)."""
     return load_pipeline(getattr(request, "param", "tiny"), seed=0)
+
+
+def unet_inputs(unet, batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, Conditioning]:
+    """Random 8×8 latents, t = 500 and random conditioning of the U-Net's shape (SDXL: with pooled text and time
+    ids), for tests that drive a U-Net directly."""
+    g = torch.Generator().manual_seed(seed)
+    sample = torch.randn(batch, 4, 8, 8, generator=g)
+    cond = Conditioning(torch.randn(batch, 77, unet.config.cross_attention_dim, generator=g))
+    if unet.config.addition_embed_type == "text_time":
+        pooled = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
+        time_ids = micro_conditioning((64, 64), (0, 0), (64, 64)).expand(batch, -1)
+        cond = Conditioning(cond.states, torch.randn(batch, pooled, generator=g), time_ids)
+    return sample, torch.tensor([500] * batch), cond
 
 
 def text_encoders(pipe) -> list:

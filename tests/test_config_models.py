@@ -12,7 +12,7 @@ from ostaf.config import GenerateConfig, TrainConfig
 from ostaf.errors import OstafError
 from ostaf.flags import add_config_arguments, config_from_args
 from ostaf.image_encoder import load_image_encoder
-from ostaf.models import load_pipeline, native_resolution
+from ostaf.models import load_pipeline, native_resolution, vae_encode
 from ostaf.presets import PRESETS, model_resolution
 from tests.conftest import on_both_models
 
@@ -182,3 +182,16 @@ def test_missing_clip_weights_say_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setenv("OSTAF_CLIP_WEIGHTS", str(tmp_path / "missing.safetensors"))
     with pytest.raises(OstafError, match="--token-init word"):
         load_image_encoder("/some/real/model")
+
+
+@pytest.mark.parametrize("force_upcast", [True, False])
+def test_the_vae_encodes_in_fp32_where_it_overflows_in_fp16(force_upcast):
+    """A VAE whose config says it overflows in fp16 (force_upcast: SDXL's, diffusers' default) encodes a reference
+    in fp32 even in an fp16 pipeline, and stays fp16 after; an fp16-safe one (force_upcast false) encodes in fp16."""
+    vae = load_pipeline("tiny-sdxl").vae.to(torch.float16)
+    vae.register_to_config(force_upcast=force_upcast)
+    seen: list[torch.dtype] = []
+    vae.encoder.register_forward_pre_hook(lambda module, args: seen.append(args[0].dtype))
+    posterior = vae_encode(vae, torch.zeros(1, 3, 64, 64))
+    assert seen == [torch.float32 if force_upcast else torch.float16]
+    assert vae.dtype == torch.float16 and torch.isfinite(posterior.mean).all()

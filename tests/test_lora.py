@@ -10,33 +10,34 @@ from ostaf.errors import OstafError
 from ostaf.generate import generate
 from ostaf.models import load_pipeline
 from ostaf.train import prepare, train
-from tests.conftest import tiny_config
+from tests.conftest import on_both_models, tiny_config, unet_inputs
 
 
 def unet_out(pipe, seed: int = 0) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    latents = torch.randn(1, 4, 8, 8, generator=generator)
-    context = torch.randn(1, 77, pipe.unet.config.cross_attention_dim, generator=generator)
+    latents, t, cond = unet_inputs(pipe.unet, batch=1, seed=seed)
     with torch.no_grad():
-        return pipe.unet(latents, torch.tensor([500]), context).sample
+        return pipe.unet(latents, t, **cond.unet_kwargs()).sample
 
 
-def trained(reference, tmp_path, attribute="shape"):
-    pipe = load_pipeline("tiny", seed=0)
-    config = tiny_config(reference, tmp_path / "run", steps=6, lr=5e-2, trainable="lora", attribute=attribute)
+def trained(reference, tmp_path, attribute="shape", model="tiny"):
+    pipe = load_pipeline(model, seed=0)
+    config = tiny_config(
+        reference, tmp_path / "run", steps=6, lr=5e-2, trainable="lora", attribute=attribute, model=model
+    )
     train(config, pipe=pipe, progress=False)
     return pipe, load_checkpoint(tmp_path / "run")
 
 
-def test_lora_trains_only_its_layers_on_the_attributes_part_and_round_trips(reference, tmp_path):
-    base = unet_out(load_pipeline("tiny", seed=0))
-    pipe, ckpt = trained(reference, tmp_path, attribute="shape")  # shape: the encoder (down blocks)
+@on_both_models
+def test_lora_trains_only_its_layers_on_the_attributes_part_and_round_trips(reference, tmp_path, model):
+    base = unet_out(load_pipeline(model, seed=0))
+    pipe, ckpt = trained(reference, tmp_path, attribute="shape", model=model)  # shape: the encoder (down blocks)
     lora = {k for k in ckpt.tensors if k.startswith("unet.")}
     assert lora and all(k.startswith("unet.down_blocks.") and ".lora_" in k for k in lora)
     assert ckpt.card["lora"]["rank"] == 4 and ckpt.card["trainable"] == "lora"
     assert all(torch.count_nonzero(v) for k, v in ckpt.tensors.items() if ".lora_B." in k)  # B started at 0
 
-    fresh = load_pipeline("tiny", seed=0)
+    fresh = load_pipeline(model, seed=0)
     adapter = apply(fresh, tmp_path / "run", lam=1.0)
     assert torch.allclose(unet_out(fresh), unet_out(pipe), atol=1e-6)  # what trained is what loads
     assert not torch.allclose(unet_out(fresh), base, atol=1e-4)

@@ -4,22 +4,10 @@ import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
-from ostaf.conditioning import Conditioning, micro_conditioning
+from ostaf.conditioning import Conditioning
 from ostaf.errors import OstafError
 from ostaf.offsets import OffsetsAdapter, OffsetsAttnProcessor, OffsetsConfig, is_target_attention, matched_layers
-from tests.conftest import pipe_on_both_models
-
-
-def unet_inputs(unet, batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, Conditioning]:
-    """Random latents and conditioning of the U-Net's shape (SDXL: with pooled text and time ids)."""
-    g = torch.Generator().manual_seed(seed)
-    sample = torch.randn(batch, 4, 8, 8, generator=g)
-    cond = Conditioning(torch.randn(batch, 77, unet.config.cross_attention_dim, generator=g))
-    if unet.config.addition_embed_type == "text_time":
-        pooled = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
-        time_ids = micro_conditioning((64, 64), (0, 0), (64, 64)).expand(batch, -1)
-        cond = Conditioning(cond.states, torch.randn(batch, pooled, generator=g), time_ids)
-    return sample, torch.tensor([500] * batch), cond
+from tests.conftest import pipe_on_both_models, unet_inputs
 
 
 def one(cond: Conditioning, i: int) -> Conditioning:

@@ -117,13 +117,21 @@ def test_token_row_holds_the_learned_embedding(reference, tmp_path):
     assert torch.equal(table[token_id], learned)  # the trained pipeline now uses the learned e*
 
 
-def test_token_init_is_word_plus_alpha_f_of_image(reference, tmp_path):
-    config = tiny_config(reference, tmp_path / "run")
-    setup = prepare(config, image_encoder=load_image_encoder("tiny"))
+@on_both_models
+def test_token_init_is_word_plus_alpha_f_of_image(reference, tmp_path, model):
+    """SDXL: e* is a row per text encoder, each the word's row there plus α·f_i(image), f_i to that width."""
+    config = tiny_config(reference, tmp_path / "run", model=model)
+    setup = prepare(config, image_encoder=load_image_encoder(model))
     token = setup.token
     expected = token.word_embedding + 0.1 * token.initializer(token.image_embedding)
     torch.testing.assert_close(token(), expected)
-    assert torch.equal(token.word_embedding, setup.pipe.text_encoder.get_input_embeddings().weight[7238])
+    rows = [encoder.get_input_embeddings().weight[7238] for encoder in text_encoders(setup.pipe)]  # "appearance"
+    assert torch.equal(token.word_embedding, torch.cat(rows))
+    widths = [row.shape[0] for row in rows]
+    assert widths == ([32, 48] if model == "tiny-sdxl" else [32])
+    parts = torch.split(token.initializer(token.image_embedding), widths)
+    for part in parts:  # each encoder's f ends in its own LayerNorm: unit variance per width, not across both
+        torch.testing.assert_close(part.var(unbiased=False), torch.tensor(1.0), atol=1e-3, rtol=0)
 
 
 def test_word_only_init_trains_a_residual(reference, tmp_path):
@@ -235,10 +243,12 @@ def _gradients(setup, batch) -> list[torch.Tensor]:
     return [p.grad.clone() for p in setup.trainable if p.grad is not None]
 
 
-def test_the_down_and_mid_blocks_run_without_autograd_and_the_gradients_are_bit_identical(reference, tmp_path):
-    from ostaf.train import finalize, sample_batch
+@on_both_models
+def test_the_down_and_mid_blocks_run_without_autograd_and_the_gradients_are_bit_identical(reference, tmp_path, model):
+    """On SDXL too: there the confined token must not reach the U-Net through the pooled embedding either."""
+    from ostaf.train import finalize, sample_batch, unet_conditioning
 
-    setup = prepare(tiny_config(reference, tmp_path / "run", token_grad="confined"))
+    setup = prepare(tiny_config(reference, tmp_path / "run", token_grad="confined", model=model))
     assert setup.prefix_hooks  # decoder, confined token: nothing before the up blocks can get a gradient
     seen: dict[str, bool] = {}
     for name in ("down_blocks.0", "mid_block", "up_blocks.0"):
@@ -248,7 +258,7 @@ def test_the_down_and_mid_blocks_run_without_autograd_and_the_gradients_are_bit_
     with_prefix = _gradients(setup, batch)
     assert seen == {"down_blocks.0": False, "mid_block": False, "up_blocks.0": True}
     with torch.no_grad():  # outside training the hooks leave the caller's mode alone
-        setup.unet(batch.latents, batch.timesteps, torch.zeros(1, 77, 32))
+        setup.unet(batch.latents, batch.timesteps, **unet_conditioning(setup, 1).unet_kwargs())
     assert seen["up_blocks.0"] is False
     for hook in setup.prefix_hooks:
         hook.remove()

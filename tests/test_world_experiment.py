@@ -153,12 +153,14 @@ def test_the_world_source_is_rewritten_when_the_world_changes(tmp_path, monkeypa
     assert second != first and len(load_manifest(second).items) == 3
 
 
-def test_reduced_experiment_runs_end_to_end_and_lands_in_mlflow(tmp_path, monkeypatch):
+@pytest.mark.parametrize("model", ["attribute-world", "tiny-sdxl"])  # the world experiment on SDXL, unchanged
+def test_reduced_experiment_runs_end_to_end_and_lands_in_mlflow(tmp_path, monkeypatch, model):
     from ostaf.world.experiment import ExperimentConfig, run
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     config = ExperimentConfig(
+        model=model,
         references=1,
         methods=["token", "ostaf-encoder-lite", "ostaf-decoder-lite"],
         steps=2,

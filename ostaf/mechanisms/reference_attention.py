@@ -24,6 +24,7 @@ from ostaf.attributes import ATTRIBUTES
 from ostaf.conditioning import PromptEncoder, micro_conditioning
 from ostaf.errors import OstafError
 from ostaf.images import to_tensor
+from ostaf.models import vae_encode
 from ostaf.preprocess import cut_out
 
 BLOCK_PREFIXES = {"decoder": ("up_blocks.",), "encoder": ("down_blocks.",), "all": ("down_blocks.", "up_blocks.")}
@@ -133,8 +134,8 @@ class ReferenceAttention:
         size = resolution or unet.config.sample_size * pipe.vae_scale_factor
         plain = cut_out(image.convert("RGB"), mask).resize((size, size), Image.Resampling.BICUBIC)
         with torch.no_grad():
-            pixels = to_tensor(plain).to(vae.device, vae.dtype)
-            self.latent = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor  # (1, 4, h, w)
+            latent = vae_encode(vae, to_tensor(plain)).mean.to(vae.dtype)  # SDXL fp16: encoded in fp32
+            self.latent = latent * vae.config.scaling_factor  # (1, 4, h, w)
             self.noise = torch.randn(self.latent.shape, generator=torch.Generator().manual_seed(seed)).to(self.latent)
             prompts = PromptEncoder(pipe)
             self.context = prompts.encode(prompts.ids([""]))  # the unconditional prompt
