@@ -164,7 +164,10 @@ def pipeline_class(source: str) -> type[Pipeline]:
     if not index.is_file():
         from huggingface_hub import try_to_load_from_cache
 
-        cached = try_to_load_from_cache(source, "model_index.json")
+        try:
+            cached = try_to_load_from_cache(source, "model_index.json")
+        except ValueError:  # not a hub id either: the loader's own error says what to pass
+            cached = None
         index = Path(cached) if isinstance(cached, str) else index
     try:
         name = json.loads(index.read_text()).get("_class_name", "")

@@ -1,6 +1,7 @@
 """Configs are the single source of options; models load offline or fail with a clear message."""
 
 import argparse
+import os
 from dataclasses import fields
 
 import pytest
@@ -195,3 +196,26 @@ def test_the_vae_encodes_in_fp32_where_it_overflows_in_fp16(force_upcast):
     posterior = vae_encode(vae, torch.zeros(1, 3, 64, 64))
     assert seen == [torch.float32 if force_upcast else torch.float16]
     assert vae.dtype == torch.float16 and torch.isfinite(posterior.mean).all()
+
+
+@on_both_models
+def test_a_hub_id_loads_from_the_offline_cache_as_its_own_pipeline_class(tmp_path, model):
+    """A hub snapshot already in the Hugging Face cache loads with no network, SDXL as StableDiffusionXLPipeline
+    (read from the cached model_index.json); in a subprocess, since the cache location is read at import."""
+    import subprocess
+    import sys
+
+    snapshot = tmp_path / "hf" / "hub" / "models--someone--tiny" / "snapshots" / "0123abc"
+    load_pipeline(model, seed=5).save_pretrained(snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0123abc")
+    code = (
+        "from ostaf.models import load_pipeline; p = load_pipeline('someone/tiny'); "
+        "print(type(p).__name__, p.unet.conv_in.weight.sum().item())"
+    )
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    name, total = done.stdout.split()
+    expected = load_pipeline(model, seed=5)
+    assert name == type(expected).__name__ and float(total) == expected.unet.conv_in.weight.sum().item()
