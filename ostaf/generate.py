@@ -220,7 +220,7 @@ def set_scheduler(pipe: Pipeline, name: str) -> None:
 
 RANDOM_WEIGHTS_NOTICE = (
     "%s has random weights (a preset for testing the code path): its images are noise-like by design; use "
-    "--model attribute-world for a small trained model, or real SD-1.x weights"
+    "--model attribute-world for a small trained model, or real SD-1.x or SDXL weights"
 )
 
 

@@ -79,3 +79,23 @@ def tiny_config(reference: Path, out: Path, **overrides) -> TrainConfig:
         segment=False,
     )
     return TrainConfig(**(values | overrides))
+
+
+def trained_once_per_model(tmp_path_factory, attributes: tuple[str, ...], steps: int):
+    """For a module fixture: model → {attribute: its lite checkpoint, "reference": the image}, trained on first use."""
+    from ostaf.train import train
+
+    made: dict[str, dict] = {}
+
+    def make(model: str) -> dict:
+        if model not in made:
+            root = tmp_path_factory.mktemp(f"ckpts-{model}")
+            ref = root / "ref.png"
+            synthetic_image().save(ref)
+            made[model] = {"reference": ref}
+            for attribute in attributes:
+                config = tiny_config(ref, root / attribute, steps=steps, attribute=attribute, model=model)
+                made[model][attribute] = train(config, progress=False).out
+        return made[model]
+
+    return make

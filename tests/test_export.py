@@ -20,7 +20,7 @@ from ostaf.config import ExportConfig
 from ostaf.errors import OstafError
 from ostaf.export import export, relative_error, svd, weight_deltas
 from ostaf.train import train
-from tests.conftest import on_both_models, tiny_config
+from tests.conftest import on_both_models, tiny_config, trained_once_per_model
 
 PROMPT = "a vase in the appearance of *a"
 
@@ -75,18 +75,8 @@ def stock(ckpt_dir, report) -> np.ndarray:
 @pytest.fixture(scope="module")
 def lite_on(tmp_path_factory):
     """model → a checkpoint of offsets with the authors' random init (ΔW ≠ 0): a full-rank weight change."""
-    from tests.conftest import synthetic_image
-
-    made = {}
-
-    def make(model: str):
-        if model not in made:
-            tmp = tmp_path_factory.mktemp(f"lite-{model}")
-            synthetic_image().save(tmp / "ref.png")
-            made[model] = train(tiny_config(tmp / "ref.png", tmp / "ckpt", steps=2, model=model), progress=False).out
-        return made[model]
-
-    return make
+    made = trained_once_per_model(tmp_path_factory, ("appearance",), steps=2)
+    return lambda model: made(model)["appearance"]
 
 
 @pytest.fixture(scope="module")

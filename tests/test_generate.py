@@ -13,7 +13,7 @@ from ostaf.errors import OstafError
 from ostaf.generate import generate, sweep
 from ostaf.models import load_pipeline
 from ostaf.train import train
-from tests.conftest import on_both_models, tiny_config
+from tests.conftest import on_both_models, tiny_config, trained_once_per_model
 
 STEPS = dict(num_inference_steps=3, output_type="np")
 
@@ -25,25 +25,7 @@ def images(pipe, prompt, seed=0, **kwargs):
 @pytest.fixture(scope="module")
 def trained_on(tmp_path_factory):
     """model → a lite appearance and a lite shape checkpoint on it, a few steps each (trained once per model)."""
-    from tests.conftest import synthetic_image
-
-    made: dict[str, dict] = {}
-
-    def make(model: str) -> dict:
-        if model not in made:
-            root = tmp_path_factory.mktemp(f"ckpts-{model}")
-            ref = root / "ref.png"
-            synthetic_image().save(ref)
-            runs = {
-                attribute: train(
-                    tiny_config(ref, root / attribute, steps=3, attribute=attribute, model=model), progress=False
-                ).out
-                for attribute in ("appearance", "shape")
-            }
-            made[model] = {**runs, "reference": ref}
-        return made[model]
-
-    return make
+    return trained_once_per_model(tmp_path_factory, ("appearance", "shape"), steps=3)
 
 
 @pytest.fixture(scope="module")
