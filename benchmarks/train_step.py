@@ -110,19 +110,15 @@ def measure_baseline(name: str, model: str, resolution: int, steps: int) -> tupl
     import torch
     from torch.nn import functional as F
 
-    from ostaf.conditioning import PromptEncoder, micro_conditioning
+    from ostaf.conditioning import PromptEncoder
     from ostaf.models import load_pipeline, native_resolution
 
     pipe = load_pipeline(model)
     unet = pipe.unet.requires_grad_(False)
     pixels = resolution or native_resolution(pipe)
     size = pixels // pipe.vae_scale_factor
-    prompts = PromptEncoder(pipe)
     with torch.no_grad():
-        cond = prompts.encode(prompts.ids("a ball"))  # SDXL: both encoders, pooled, and the time ids below
-    if prompts.xl:
-        cond.time_ids = micro_conditioning((pixels, pixels), (0, 0), (pixels, pixels))
-    context = cond.unet_kwargs()
+        context = PromptEncoder(pipe).at_size("a ball", pixels).unet_kwargs()  # SDXL: pooled and time ids too
     latents, target = torch.randn(1, 4, size, size), torch.randn(1, 4, size, size)
     t = torch.tensor([500])
     if name == "forward":

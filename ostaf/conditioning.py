@@ -115,6 +115,14 @@ class PromptEncoder:
             pooled = out[0]  # the last encoder's projected output (CLIPTextModelWithProjection.text_embeds)
         return Conditioning(torch.cat(states, dim=-1), pooled)
 
+    def at_size(self, prompts: str | Sequence[str], size: int) -> Conditioning:
+        """What a generation of `size` × `size` px conditions on for `prompts` (SDXL: the pipeline's default
+        micro-conditioning, original = target = the image size, no crop)."""
+        cond = self.encode(self.ids(prompts))
+        if self.xl:
+            cond.time_ids = micro_conditioning((size, size), (0, 0), (size, size)).expand(cond.pooled.shape[0], -1)
+        return cond
+
     def unconditional(self, batch: int) -> Conditioning:
         """The empty prompt's conditioning (zeros where the model says so), for `batch` samples."""
         cond = self.encode(self.ids([""] * batch))

@@ -110,25 +110,17 @@ def _random_pipeline(preset: Preset, seed: int) -> Pipeline:
         text_encoder_2 = (
             CLIPTextModelWithProjection(CLIPTextConfig(**preset.text_encoder_2)) if preset.text_encoder_2 else None
         )
+    common = dict(vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer(), unet=unet)
     if text_encoder_2 is None:
+        scheduler = PNDMScheduler.from_config(SD_SCHEDULER)
         pipe = StableDiffusionPipeline(
-            vae=vae,
-            text_encoder=text_encoder,
-            tokenizer=clip_tokenizer(),
-            unet=unet,
-            scheduler=PNDMScheduler.from_config(SD_SCHEDULER),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
+            **common, scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False
         )
     else:
         pipe = StableDiffusionXLPipeline(
-            vae=vae,
-            text_encoder=text_encoder,
+            **common,
             text_encoder_2=text_encoder_2,
-            tokenizer=clip_tokenizer(),
             tokenizer_2=clip_tokenizer(pad_token=SDXL_PAD_TOKEN),
-            unet=unet,
             scheduler=EulerDiscreteScheduler.from_config(SDXL_SCHEDULER),
             add_watermarker=False,
         )

@@ -36,7 +36,6 @@ SDXL_SCHEDULER = dict(  # stabilityai/stable-diffusion-xl-base-1.0's scheduler (
     interpolation_type="linear",
     prediction_type="epsilon",
 )
-ARCHITECTURES = ("sd1", "sdxl")
 
 
 @dataclass(frozen=True)
@@ -49,10 +48,6 @@ class Preset:
     resolution: int
     clip_vision: dict[str, Any] = field(default_factory=dict)  # open_clip CLIP kwargs; {} means ViT-B-32
     text_encoder_2: dict[str, Any] = field(default_factory=dict)  # SDXL's second encoder (with projection)
-
-    @property
-    def architecture(self) -> str:
-        return "sdxl" if self.text_encoder_2 else "sd1"
 
 
 CLIP_TOKEN_IDS = dict(

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from ostaf.checkpoint import apply, load_base_pipeline, load_checkpoint
 from ostaf.cli import main
-from ostaf.conditioning import PromptEncoder, micro_conditioning
+from ostaf.conditioning import PromptEncoder
 from ostaf.config import ExportConfig
 from ostaf.errors import OstafError
 from ostaf.export import export, relative_error, svd, weight_deltas
@@ -34,10 +34,7 @@ def image(pipe, prompt=PROMPT) -> np.ndarray:
 @torch.no_grad()
 def noise_prediction(pipe) -> torch.Tensor:
     """One U-Net forward on fixed latents: more sensitive than 3 denoising steps of random weights."""
-    prompts = PromptEncoder(pipe)
-    cond = prompts.encode(prompts.ids(PROMPT))
-    if prompts.xl:
-        cond.time_ids = micro_conditioning((64, 64), (0, 0), (64, 64))
+    cond = PromptEncoder(pipe).at_size(PROMPT, 64)
     size = pipe.unet.config.sample_size
     latents = torch.randn((1, 4, size, size), generator=torch.Generator().manual_seed(0))
     return pipe.unet(latents, torch.tensor([500]), **cond.unet_kwargs()).sample

@@ -21,7 +21,7 @@ from PIL import Image
 from torch.nn import functional as F
 
 from ostaf.attributes import ATTRIBUTES
-from ostaf.conditioning import PromptEncoder, micro_conditioning
+from ostaf.conditioning import PromptEncoder
 from ostaf.errors import OstafError
 from ostaf.images import to_tensor
 from ostaf.models import vae_encode
@@ -137,10 +137,7 @@ class ReferenceAttention:
             latent = vae_encode(vae, to_tensor(plain)).mean.to(vae.dtype)  # SDXL fp16: encoded in fp32
             self.latent = latent * vae.config.scaling_factor  # (1, 4, h, w)
             self.noise = torch.randn(self.latent.shape, generator=torch.Generator().manual_seed(seed)).to(self.latent)
-            prompts = PromptEncoder(pipe)
-            self.context = prompts.encode(prompts.ids([""]))  # the unconditional prompt
-            if prompts.xl:  # SDXL: the generation's own size/crop micro-conditioning
-                self.context.time_ids = micro_conditioning((size, size), (0, 0), (size, size))
+            self.context = PromptEncoder(pipe).at_size([""], size)  # the unconditional prompt
         side = self.latent.shape[-1]
         grid = torch.from_numpy(np.asarray(Image.fromarray(mask).resize((size, size)), bool).astype(np.float32))
         masks = {}
