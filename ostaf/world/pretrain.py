@@ -3,7 +3,9 @@
 The recipe (`WorldRecipe`) is data: model configs, dataset size, steps, batch sizes, learning
 rates, seeds. Everything is drawn from held-in (shape, colour, texture, style) combinations only.
 
-1. A fixed dataset of `dataset_size` images of every style (`ostaf.world.sample(i, style=None)`).
+1. A fixed dataset of `dataset_size` images of every style (world v3: `sample_world_factors`, v2's
+   named factors with each attribute swapped for a *seen* unnamed value with probability
+   `unnamed_share`, captioned without its word; novel unnamed values never appear).
 2. The VAE (`AutoencoderKL`, 64 px → 16×16×4 latents): MSE reconstruction + a small KL term.
    It is then rounded to fp16 — the weights that ship — and every dataset latent is encoded
    once with that rounded VAE, so the U-Net learns exactly the latents users' VAE produces
@@ -18,6 +20,11 @@ rates, seeds. Everything is drawn from held-in (shape, colour, texture, style) c
 
 Same recipe, same losses: every random draw comes from a generator seeded by the recipe.
 The recipe's hash is stored beside the weights (fp16 safetensors: the test-asset cap).
+
+Pretraining takes over an hour on 2 cores, so each stage resumes: `--work DIR` keeps a checkpoint
+(weights, optimiser, learning-rate schedule, noise generator, losses) written atomically every
+`checkpoint_seconds`; a killed run started again with the same recipe continues where it stopped and
+gives the same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from ostaf.presets import CLIP_TOKEN_IDS, SD_SCHEDULER
 from ostaf.runtime import progress_bar, seeded
 from ostaf.tokenizer import clip_tokenizer
-from ostaf.world.generator import Factors, sample, sample_factors
+from ostaf.world.generator import UNNAMED_SHARE, Factors, render, sample, sample_world_factors
 
 LOSS_HEAD = 5  # how many first losses of each stage the asset records (and the test replays)
 
@@ -54,7 +61,7 @@ class WorldRecipe:
             in_channels=4,
             out_channels=4,
             layers_per_block=1,
-            block_out_channels=(32, 64, 128),
+            block_out_channels=(48, 96, 160),
             down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
             up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
             cross_attention_dim=64,
@@ -86,39 +93,59 @@ class WorldRecipe:
         )
     )
     seed: int = 0
-    dataset_size: int = 24000
-    vae_steps: int = 1000
+    world: int = 3  # the generator's version the dataset is drawn from
+    unnamed_share: tuple[float, ...] = tuple(UNNAMED_SHARE.values())  # shape, appearance, style
+    dataset_size: int = 40000
+    vae_steps: int = 2000
     vae_batch: int = 16
     vae_lr: float = 1e-3
     vae_kl: float = 1e-6
-    diffusion_steps: int = 4000
+    diffusion_steps: int = 6000
     diffusion_batch: int = 32
     diffusion_lr: float = 1e-3
     warmup_steps: int = 200
     # template probabilities: plain caption, shape, appearance and style phrasings, empty
     caption_mix: tuple[float, ...] = (0.45, 0.15, 0.15, 0.15, 0.1)
+    checkpoint_seconds: float = field(default=240.0, compare=False)  # how often a stage saves (not in the hash)
 
     def hash(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        recipe = {k: v for k, v in asdict(self).items() if k != "checkpoint_seconds"}
+        return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+
+    def share(self) -> dict[str, float]:
+        return dict(zip(("shape", "appearance", "style"), self.unnamed_share, strict=True))
 
 
 def caption_variant(factors: Factors, template: int) -> str:
     """The caption of `factors` in template 0 (plain), 1 (shape phrasing), 2 (appearance phrasing),
     3 (style phrasing) or 4 (empty)."""
     f = factors
-    drawn = "" if f.style == "flat" else f", {f.style} style"
+    drawn = f.style_suffix()
+    unnamed = f.unnamed()
+    if template == 4:
+        return ""
+    if template == 0 or ("shape", "appearance", "style")[template - 1] in unnamed:
+        return f.caption()  # a phrasing that would name an unnamed value falls back to the plain caption
+    look = " ".join(w for w in ("a", f.look(), "object") if w)
     return (
-        f.caption(),
-        f"a {f.look()} object in the shape of a {f.shape}{drawn}",
-        f"a {f.shape} in the appearance of a {f.look()} object{drawn}",
-        f"a {f.look()} {f.shape} in the style of {f.style}",
-        "",
-    )[template]
+        f"{look} in the shape of a {f.shape}{drawn}",
+        f"a {f.shape_word()} in the appearance of {look}{drawn}",
+        f"{' '.join(w for w in ('a', f.look(), f.shape_word()) if w)} in the style of {f.style}",
+    )[template - 1]
 
 
-def world_images(indices: np.ndarray | range) -> tuple[torch.Tensor, list[Factors]]:
-    """(B, 3, 64, 64) in [-1, 1] and factors of the held-in dataset images with these indices."""
-    worlds = [sample(int(i), held_out=False, style=None) for i in indices]
+def dataset_factor(recipe: WorldRecipe, index: int) -> Factors:
+    """The factors of dataset image `index` (v2: `sample`'s held-in draw; v3: the unnamed mix)."""
+    rng = np.random.default_rng(index)
+    if recipe.world == 2:
+        return sample(index, held_out=False, style=None).factors
+    return sample_world_factors(rng, recipe.share())
+
+
+def world_images(indices: np.ndarray | range, recipe: WorldRecipe | None = None) -> tuple[torch.Tensor, list[Factors]]:
+    """(B, 3, 64, 64) in [-1, 1] and factors of the dataset images with these indices."""
+    recipe = recipe or WorldRecipe()
+    worlds = [render(dataset_factor(recipe, int(i))) for i in indices]
     pixels = torch.from_numpy(np.stack([w.image for w in worlds])).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     return pixels, [w.factors for w in worlds]
 
@@ -137,13 +164,50 @@ def vae_batches(recipe: WorldRecipe) -> Iterator[np.ndarray]:
         yield rng.integers(0, recipe.dataset_size, recipe.vae_batch)
 
 
-def train_vae(vae: AutoencoderKL, recipe: WorldRecipe, progress: bool = True, steps: int | None = None) -> list[float]:
+class StageCheckpoint:
+    """One stage's resumable state (its modules' and optimiser's state dicts, the noise generator, the step
+    and the losses so far) in one file, replaced atomically at most every `seconds`."""
+
+    def __init__(self, path: Path | None, seconds: float, stateful: dict[str, Any], generator: torch.Generator):
+        self.path, self.seconds, self.stateful, self.generator = path, seconds, stateful, generator
+        self.last = time.monotonic()
+
+    def resume(self) -> tuple[int, list[float]]:
+        """(the step to continue from, the losses so far); (0, []) without a checkpoint."""
+        if self.path is None or not self.path.exists():
+            return 0, []
+        state = torch.load(self.path, weights_only=True)
+        for name, obj in self.stateful.items():
+            obj.load_state_dict(state[name])
+        self.generator.set_state(state["generator"])
+        return int(state["step"]), list(state["losses"])
+
+    def maybe_save(self, step: int, losses: list[float], force: bool = False) -> None:
+        if self.path is None or not (force or time.monotonic() - self.last >= self.seconds):
+            return
+        from ostaf.io import atomic_write
+
+        state = {name: obj.state_dict() for name, obj in self.stateful.items()}
+        state |= {"generator": self.generator.get_state(), "step": step, "losses": losses}
+        atomic_write(self.path, lambda tmp: torch.save(state, tmp))
+        self.last = time.monotonic()
+
+
+def train_vae(
+    vae: AutoencoderKL,
+    recipe: WorldRecipe,
+    progress: bool = True,
+    steps: int | None = None,
+    checkpoint: Path | None = None,
+) -> list[float]:
     optimizer = torch.optim.AdamW(vae.parameters(), lr=recipe.vae_lr)
     generator = torch.Generator().manual_seed(recipe.seed)
-    losses = []
+    saver = StageCheckpoint(checkpoint, recipe.checkpoint_seconds, {"vae": vae, "optimizer": optimizer}, generator)
+    start, losses = saver.resume()
     batches = list(vae_batches(recipe))[:steps]
-    for indices in progress_bar(batches, disable=not progress, desc="world VAE"):
-        pixels, _ = world_images(indices)
+    bar = progress_bar(batches[start:], disable=not progress, desc="world VAE", initial=start, total=len(batches))
+    for step, indices in enumerate(bar, start):
+        pixels, _ = world_images(indices, recipe)
         posterior = vae.encode(pixels).latent_dist
         latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
         loss = F.mse_loss(vae.decode(latents).sample, pixels) + recipe.vae_kl * posterior.kl().mean()
@@ -151,6 +215,8 @@ def train_vae(vae: AutoencoderKL, recipe: WorldRecipe, progress: bool = True, st
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
+        saver.maybe_save(step + 1, losses)
+    saver.maybe_save(len(batches), losses, force=True)
     return losses
 
 
@@ -163,11 +229,14 @@ def publish_vae(vae: AutoencoderKL) -> AutoencoderKL:
 
 
 @torch.no_grad()
-def encode(vae: AutoencoderKL, indices: np.ndarray | range, chunk: int = 256) -> torch.Tensor:
+def encode(
+    vae: AutoencoderKL, indices: np.ndarray | range, chunk: int = 256, recipe: WorldRecipe | None = None
+) -> torch.Tensor:
     """Unscaled posterior means of the dataset images `indices`."""
     indices = np.asarray(indices)
     parts = [
-        vae.encode(world_images(indices[i : i + chunk])[0]).latent_dist.mean for i in range(0, len(indices), chunk)
+        vae.encode(world_images(indices[i : i + chunk], recipe)[0]).latent_dist.mean
+        for i in range(0, len(indices), chunk)
     ]
     return torch.cat(parts)
 
@@ -196,6 +265,7 @@ def train_diffusion(
     scaling_factor: float,
     progress: bool = True,
     steps: int | None = None,
+    checkpoint: Path | None = None,
 ) -> list[float]:
     """The SD noise-prediction loss on pre-encoded latents; `latents_of(indices)` gives unscaled latents."""
     tokenizer = clip_tokenizer()
@@ -204,12 +274,14 @@ def train_diffusion(
     optimizer = torch.optim.AdamW(params, lr=recipe.diffusion_lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, recipe))
     generator = torch.Generator().manual_seed(recipe.seed + 1)
+    stateful = {"unet": unet, "text_encoder": text_encoder, "optimizer": optimizer, "schedule": schedule}
+    saver = StageCheckpoint(checkpoint, recipe.checkpoint_seconds, stateful, generator)
+    start, losses = saver.resume()
     unet.train()
     text_encoder.train()
-    losses = []
     draws = list(diffusion_draws(recipe))[:steps]
-    bar = progress_bar(draws, disable=not progress, desc="world diffusion")
-    for indices, templates in bar:
+    bar = progress_bar(draws[start:], disable=not progress, desc="world diffusion", initial=start, total=len(draws))
+    for step, (indices, templates) in enumerate(bar, start):
         latents = latents_of(indices) * scaling_factor
         captions = [caption_variant(f, int(t)) for f, t in zip(factors_of(indices), templates, strict=True)]
         noise = torch.randn(latents.shape, generator=generator)
@@ -223,14 +295,16 @@ def train_diffusion(
         optimizer.step()
         schedule.step()
         losses.append(loss.item())
+        saver.maybe_save(step + 1, losses)
         if progress and len(losses) % 50 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+    saver.maybe_save(len(draws), losses, force=True)
     return losses
 
 
 def dataset_factors(recipe: WorldRecipe) -> list[Factors]:
-    """The factors of every dataset image, drawn exactly as `sample` draws them, without rendering."""
-    return [sample_factors(np.random.default_rng(i), held_out=False, style=None) for i in range(recipe.dataset_size)]
+    """The factors of every dataset image, drawn exactly as `world_images` draws them, without rendering."""
+    return [dataset_factor(recipe, i) for i in range(recipe.dataset_size)]
 
 
 @torch.no_grad()
@@ -278,17 +352,37 @@ def caption_following(pipe, samples: int = 64, num_steps: int = 25, guidance: fl
     return report
 
 
-def pretrain(recipe: WorldRecipe, out: str | Path, progress: bool = True) -> dict[str, Any]:
-    """Run every stage and save a diffusers pipeline folder (fp16 safetensors) plus `recipe.json`."""
+def _work_folder(work: str | Path | None, recipe: WorldRecipe) -> Path | None:
+    """The checkpoint folder of this recipe (a recipe change starts afresh, never mixes states)."""
+    if work is None:
+        return None
+    folder = Path(work) / recipe.hash()
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def pretrain(
+    recipe: WorldRecipe, out: str | Path, progress: bool = True, work: str | Path | None = None
+) -> dict[str, Any]:
+    """Run every stage and save a diffusers pipeline folder (fp16 safetensors) plus `recipe.json`.
+
+    With `work`, every stage checkpoints there and a rerun resumes (`StageCheckpoint`)."""
     from diffusers import PNDMScheduler, StableDiffusionPipeline
 
-    from ostaf.io import atomic_dir, write_json
+    from ostaf.io import atomic_dir, atomic_write, write_json
 
     started = time.perf_counter()
+    folder = _work_folder(work, recipe)
     vae, unet, text_encoder = build_models(recipe)
-    vae_losses = train_vae(vae, recipe, progress)
+    vae_losses = train_vae(vae, recipe, progress, checkpoint=folder and folder / "vae.pt")
     vae = publish_vae(vae)
-    latents = encode(vae, range(recipe.dataset_size))
+    cached = folder and folder / "latents.pt"
+    if cached and cached.exists():
+        latents = torch.load(cached, weights_only=True)
+    else:
+        latents = encode(vae, range(recipe.dataset_size), recipe=recipe)
+        if cached:
+            atomic_write(cached, lambda tmp: torch.save(latents, tmp))
     scaling_factor = float(1.0 / latents.std())
     vae.register_to_config(scaling_factor=scaling_factor)
     factors = dataset_factors(recipe)
@@ -300,6 +394,7 @@ def pretrain(recipe: WorldRecipe, out: str | Path, progress: bool = True) -> dic
         recipe,
         scaling_factor,
         progress,
+        checkpoint=folder and folder / "diffusion.pt",
     )
     pipe = StableDiffusionPipeline(
         vae=vae,
@@ -342,8 +437,9 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(world_model_path()), help="output folder (replaced atomically)")
+    parser.add_argument("--work", default="runs/world-pretrain", help="checkpoints: a rerun resumes from here")
     args = parser.parse_args(argv)
-    info = pretrain(WorldRecipe(), args.out)
+    info = pretrain(WorldRecipe(), args.out, work=args.work)
     print(json.dumps({k: info[k] for k in ("recipe_hash", "seconds", "caption_following")}, indent=2))
 
 
