@@ -28,6 +28,9 @@ from functools import lru_cache
 import numpy as np
 
 SEEN_POOL = 1024  # seen values per attribute: ids 0 … SEEN_POOL-1
+# seen shapes whose polygon was redrawn after the v3 model's pretraining had started (their first draw left
+# the origin outside and filled the image): the model saw the old silhouette, so no reference uses them
+REDRAWN_SHAPES = (5, 162, 288, 308, 469, 592, 721, 795)
 NOVEL_BASE = 1_000_000  # novel ids start here (validation 1_000_000…, test 2_000_000…)
 PREFIX = {"shape": "shape#", "appearance": "look#", "style": "style#"}
 FAMILY_SEED = {"shape": 7001, "appearance": 7002, "style": 7003}
@@ -103,14 +106,15 @@ def shape_params(vid: int) -> ShapeParams:
         amps = rng.uniform(0.0, 1.0, 4) * np.array([0.35, 0.25, 0.18, 0.12])
         phases = rng.uniform(0, 2 * np.pi, 4)
         return ShapeParams(kind, tuple(np.concatenate([amps, phases]).tolist()))
-    if kind == "polygon":  # 3–8 vertices at jittered angles, radii 0.45–1
-        n = int(rng.integers(3, 9))
-        angles = (np.arange(n) + rng.uniform(-0.35, 0.35, n)) * 2 * np.pi / n + rng.uniform(0, 2 * np.pi)
-        radii = rng.uniform(0.45, 1.0, n)
-        return ShapeParams(
-            kind,
-            tuple(np.concatenate([np.sort(angles % (2 * np.pi)), radii[np.argsort(angles % (2 * np.pi))]]).tolist()),
-        )
+    if kind == "polygon":  # 3–8 vertices at jittered angles, radii 0.45–1, around the origin
+        while True:  # every gap between neighbouring vertices under π, or the origin falls outside
+            n = int(rng.integers(3, 9))
+            angles = (np.arange(n) + rng.uniform(-0.35, 0.35, n)) * 2 * np.pi / n + rng.uniform(0, 2 * np.pi)
+            radii = rng.uniform(0.45, 1.0, n)
+            order = np.argsort(angles % (2 * np.pi))
+            angles, radii = (angles % (2 * np.pi))[order], radii[order]
+            if np.diff(angles, append=angles[0] + 2 * np.pi).max() < np.pi:
+                return ShapeParams(kind, tuple(np.concatenate([angles, radii]).tolist()))
     if kind == "superellipse":  # |x/a|^p + |y/b|^p ≤ 1, rotated
         return ShapeParams(
             kind, (float(rng.uniform(0.6, 4.0)), float(rng.uniform(0.45, 1.0)), float(rng.uniform(0, np.pi)))
