@@ -31,13 +31,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ostaf.conditioning import PromptEncoder
-from ostaf.config import default_of
+from ostaf.config import OFFSET_TRAINABLES, default_of
 from ostaf.errors import OstafError
 from ostaf.io import atomic_write, write_json
 from ostaf.lora import LoraAdapter, LoraSpec
 from ostaf.models import BaseModel, Pipeline, architecture, base_of, load_pipeline
 from ostaf.offsets import OffsetsAdapter, OffsetsConfig
 from ostaf.preflight import CARD, CHECKPOINT_FORMAT, TENSORS, checkpoint_card
+from ostaf.strength import FixedStrength, Strength
 
 if TYPE_CHECKING:  # type hints only: train imports this module
     from ostaf.train import TrainingSetup
@@ -113,32 +114,36 @@ def load_base_pipeline(ckpt: Checkpoint, model: str = "", dtype: torch.dtype = t
     return load_pipeline(base.model, seed=base.seed, dtype=dtype)
 
 
-def apply(pipe: Pipeline, ckpt: str | Path | Checkpoint, lam: float = 1.0) -> OffsetsAdapter | LoraAdapter:
+def apply(pipe: Pipeline, ckpt: str | Path | Checkpoint, lam: float = 1.0) -> Strength:
     """Turn a stock `StableDiffusionPipeline` (or `StableDiffusionXLPipeline`) into a personalised one, in place.
 
     Adds the checkpoint's placeholder token with its learned embedding, installs
     its offsets with strength `lam`, and loads the U-Net weights that trained (for
     `paper` and the fine-tuning baselines). Apply a shape and an appearance checkpoint
-    to the same pipeline to use both tokens in one prompt. Returns the adapter, whose
-    `set_scale`, `merge` and `unmerge` control λ afterwards (the LoRA's, for `--trainable lora`).
+    to the same pipeline to use both tokens in one prompt. Returns what carries λ
+    (`ostaf.strength`): the offsets, the LoRA (`--trainable lora`), or for a token or
+    fine-tuned checkpoint a `FixedStrength` (nothing for λ to scale: it says so when asked
+    for per-block λ or the dual path).
     """
     ckpt = ckpt if isinstance(ckpt, Checkpoint) else load_checkpoint(ckpt)
     check_architecture(ckpt, pipe)
-    config = OffsetsConfig.from_dict(ckpt.card["offsets"])
-    adapter = OffsetsAdapter.install(pipe.unet, config, ckpt.token)
+    offsets = ckpt.section("offsets.")
+    trained_offsets = bool(offsets) and ckpt.card.get("trainable", "lite") in OFFSET_TRAINABLES
+    adapter = None
+    if trained_offsets:
+        adapter = OffsetsAdapter.install(pipe.unet, OffsetsConfig.from_dict(ckpt.card["offsets"]), ckpt.token)
     try:
-        lora = (
-            LoraAdapter.install(pipe.unet, LoraSpec.from_dict(ckpt.card["lora"]), ckpt.token)
-            if "lora" in ckpt.card
-            else None
-        )
-        adapter.load_state_dict(ckpt.section("offsets."))
+        if adapter is not None:
+            adapter.load_state_dict(offsets)
+        if "lora" in ckpt.card:
+            adapter = LoraAdapter.install(pipe.unet, LoraSpec.from_dict(ckpt.card["lora"]), ckpt.token)
         load_unet_weights(pipe.unet, ckpt.section("unet."))
         PromptEncoder(pipe).add_token(ckpt.token, ckpt.tensors["token.embedding"])
     except BaseException:
-        adapter.uninstall()
+        if isinstance(adapter, OffsetsAdapter):
+            adapter.uninstall()
         raise
-    driven = lora or adapter
+    driven = adapter or FixedStrength(ckpt.token, ckpt.card.get("trainable", "token"))
     driven.set_scale(lam)
     return driven
 
@@ -172,7 +177,8 @@ def load_unet_weights(unet: torch.nn.Module, weights: dict[str, torch.Tensor]) -
 
 def model_tensors(setup: TrainingSetup) -> dict[str, torch.Tensor]:
     """The checkpoint's tensors: offsets, token (final e* and its init MLP), and the U-Net weights that train."""
-    tensors = {f"offsets.{k}": v for k, v in setup.adapter.state_dict().items()}
+    offsets = setup.adapter.state_dict() if isinstance(setup.adapter, OffsetsAdapter) else {}
+    tensors = {f"offsets.{k}": v for k, v in offsets.items()}
     tensors["token.embedding"] = setup.token().detach().float().cpu()
     tensors.update({f"token.init.{k}": v for k, v in setup.token.state_dict().items() if v.numel()})
     ids = {id(p) for p in setup.trainable}  # derived from what trains, not from a list of trainable names
@@ -191,9 +197,9 @@ def card(setup: TrainingSetup, step: int) -> dict:
         "model": setup.config.model,
         "base": {"model": base.model, "seed": base.seed},
         "architecture": architecture(setup.pipe),
-        "offsets": setup.adapter.config.to_dict(),
+        "offsets": setup.offsets.to_dict(),
         "trainable": setup.config.trainable,
-        **({"lora": setup.lora.spec.to_dict()} if setup.lora else {}),
+        **({"lora": setup.adapter.spec.to_dict()} if isinstance(setup.adapter, LoraAdapter) else {}),
         "step": step,
         "train": setup.config.to_dict(),
     }
@@ -264,7 +270,8 @@ def resume(
         raise OstafError(
             f"{out} is already at step {step} > --steps {setup.config.steps}: raise --steps or use a new --out"
         )
-    setup.adapter.load_state_dict(saved.section("offsets."))
+    if isinstance(setup.adapter, OffsetsAdapter):
+        setup.adapter.load_state_dict(saved.section("offsets."))
     setup.token.load_state_dict({**setup.token.state_dict(), **saved.section("token.init.")})
     load_unet_weights(setup.unet, saved.section("unet."))
     trainer = load_file(str(folder / TRAINER_STATE))

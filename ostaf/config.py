@@ -18,11 +18,14 @@ from ostaf.attributes import get_attribute
 from ostaf.errors import OstafError
 from ostaf.offsets import OffsetsConfig
 from ostaf.offsets.config import PROJECTIONS, parse_block_scales, parse_targets
+from ostaf.strength import DUAL_PATH, PER_SAMPLE, refusal
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 TRAINABLES = ("lite", "paper", "token", "blocks", "unet", "lora")
 # which trainables use the hypernetwork; the others are the paper's baselines (ΔW held at 0)
 OFFSET_TRAINABLES = ("lite", "paper")
+# the adapter that carries λ for each trainable (`ostaf.strength`); the others have none
+ADAPTER_OF = {"lite": "offsets", "paper": "offsets", "lora": "lora"}
 TOKEN_INITS = ("clip", "word")
 OPTIMIZERS = ("adamw", "adamw8bit")
 SCHEDULERS = ("ddim", "pndm", "dpm", "euler")
@@ -35,6 +38,13 @@ DEFAULT_MODEL = "tiny"  # random weights, seconds on a CPU, no weights to find (
 C = TypeVar("C", bound="_Config")
 
 
+def _adapter_can(trainable: str, asked: bool, feature: str, option: str) -> None:
+    """One error before any model loads when an option asks the trained adapter for what it cannot do."""
+    reason = refusal(ADAPTER_OF.get(trainable, "none"), feature) if asked else None
+    if reason:
+        raise OstafError(f"{option} with --trainable {trainable}: {reason}; use --trainable lite or paper")
+
+
 def opt(
     default: Any = MISSING,
     help: str = "",
@@ -43,6 +53,7 @@ def opt(
     item_key: str | None = None,
     repeatable: bool = False,
     pipeline: bool = False,
+    pairwise: tuple | None = None,
     **kw: Any,
 ) -> Any:
     """A dataclass field with its CLI help attached.
@@ -50,7 +61,8 @@ def opt(
     `per_item`: set by each benchmark item or step, not by shared options (`item_key` names the
     manifest key that supplies it, if any); `repeatable`: the flag may be given more than once;
     `pipeline`: one of the options people change, a typed top-level parameter of the pipelines (the rest
-    go through their `extra_options`).
+    go through their `extra_options`); `pairwise`: the values the all-pairs combination test tries (a method
+    or mechanism option: a new one joins the test by declaring them; `choices` are tried when it says "choices").
     """
     meta = {
         "help": help,
@@ -59,6 +71,7 @@ def opt(
         "pipeline": pipeline,
         **({"choices": choices} if choices else {}),
         **({"item_key": item_key} if item_key else {}),
+        **({"pairwise": tuple(choices) if pairwise == "choices" else tuple(pairwise)} if pairwise else {}),
     }
     if isinstance(default, (list, tuple)):
         value = list(default)
@@ -111,6 +124,7 @@ def dual_path_option() -> Any:
         1.0,
         "Domain-Agnostic Tuning-Encoder dual path β: targeted attentions blend β·personalised + (1−β)·vanilla "
         "(no offsets, the placeholder replaced by its nearest word); 1 = off",
+        pairwise=(1.0, 0.5),
     )
 
 
@@ -225,6 +239,7 @@ class TrainConfig(_Config):
         "the q/k/v the offsets would modulate; λ is its scale)",
         choices=TRAINABLES,
         pipeline=True,
+        pairwise="choices",
     )
     lora_rank: int = opt(4, "LoRA rank (--trainable lora)")
     offset_mode: str = opt(
@@ -248,6 +263,7 @@ class TrainConfig(_Config):
         "full: the token learns through every cross-attention (faithful); confined: only "
         "through the targeted blocks (faster: backward stops there; on SDXL not through the pooled embedding)",
         choices=("full", "confined"),
+        pairwise="choices",
     )
     token_alpha: float = opt(0.1, "α in e* = emb(word) + α·f(image)")
     token_reg: float = opt(0.01, "weight of the ‖e*‖² regulariser")
@@ -272,6 +288,7 @@ class TrainConfig(_Config):
         0.0,
         "DisenDiff attention binding: weight of 1 − soft IoU between the placeholder's cross-attention map and "
         "the reference mask (the class word's map without a mask); 0 = off",
+        pairwise=(0.0, 0.5),
     )
     attn_binding_res: int = opt(
         0, "cross-attention resolution (px of the feature map) that binding reads; 0: DisenDiff's middle one"
@@ -280,23 +297,32 @@ class TrainConfig(_Config):
         0.0,
         "Domain-Agnostic Tuning-Encoder: weight of an InfoNCE loss keeping e* near its nearest vocabulary words; "
         "0 = off",
+        pairwise=(0.0, 0.1),
     )
     nn_k: int = opt(5, "positives of the contrastive loss: e*'s k nearest vocabulary embeddings (cosine)")
     nn_temperature: float = opt(0.07, "temperature of the contrastive loss")
     nn_vocab: int = opt(4096, "negatives: vocabulary rows sampled per step (0: the whole vocabulary)")
     dual_path: float = dual_path_option()
     train_lam: str = opt(
-        "fixed", "λ during training: fixed (1, today) or uniform (drawn in [0, 1] per sample)", choices=TRAIN_LAMS
+        "fixed",
+        "λ during training: fixed (1, today) or uniform (drawn in [0, 1] per sample)",
+        choices=TRAIN_LAMS,
+        pairwise="choices",
     )
-    token_steps: int = opt(0, "train the token alone (λ = 0) for N steps, then freeze it and train the offsets")
+    token_steps: int = opt(
+        0, "train the token alone (λ = 0) for N steps, then freeze it and train the offsets", pairwise=(0, 1)
+    )
     token_search: int = opt(
         0,
         "word search: before training, e*'s word becomes the vocabulary word whose prompt best denoises the "
         "reference (first-order ranking of every row, the best N scored exactly, per round); 0 = off",
+        pairwise=(0, 4),
     )
     token_search_rounds: int = opt(3, "rounds of the word search (--token-search); each re-ranks from the best word")
     token_search_samples: int = opt(64, "fixed (noise, timestep) draws of the reference each candidate is scored on")
-    masked_loss: bool = opt(False, "count the denoising loss only inside the (dilated) reference mask")
+    masked_loss: bool = opt(
+        False, "count the denoising loss only inside the (dilated) reference mask", pairwise=(False, True)
+    )
     mask_dilation: int = opt(1, "latent pixels the loss mask grows by (--masked-loss)")
     timestep_range: list[float] = opt(
         [0.0, 1.0],
@@ -320,6 +346,13 @@ class TrainConfig(_Config):
         _non_negative(snr_gamma=values["snr_gamma"])
         if values["nn_temperature"] <= 0 or not math.isfinite(values["nn_temperature"]):
             raise OstafError(f"nn_temperature must be a finite number > 0, got {values['nn_temperature']}")
+        _adapter_can(values["trainable"], values["train_lam"] == "uniform", PER_SAMPLE, "--train-lam uniform")
+        _adapter_can(values["trainable"], values["dual_path"] < 1.0, DUAL_PATH, f"--dual-path {values['dual_path']}")
+        if values["token_steps"] and values["trainable"] == "token":
+            raise OstafError(
+                "--token-steps trains the token, then the weights with the token frozen; --trainable token has no "
+                "weights to train after it: drop --token-steps"
+            )
         if values["token_steps"] and not values["train_token"]:
             raise OstafError("--token-steps trains the token first: it needs a trainable token (drop --no-train-token)")
         if values["token_steps"] >= values["steps"]:
@@ -401,6 +434,7 @@ class GenerateConfig(_Config):
         0.0,
         "DreamTuner self-subject-attention ω: generated queries also attend to the reference's foreground "
         "(noised to each step's timestep; one extra U-Net pass per step); 0 = off",
+        pairwise=(0.0, 0.5),
     )
     reference_image: str = opt(
         "", "the reference for --reference-attention (default: the checkpoint's own)", per_item=True
@@ -409,6 +443,7 @@ class GenerateConfig(_Config):
         False,
         "ω follows λ: the reference's weight is ω·λ per image (λ = 0: no reference), so λ dials everything "
         "taken from the reference, not only the offsets",
+        pairwise=(False, True),
     )
     reference_blocks: str = opt(
         "decoder",
@@ -504,7 +539,7 @@ def _multiple_of_8(**values: int) -> None:
     for name, value in values.items():
         if value % 8:
             raise OstafError(
-                f"{name} {value} is not a multiple of 8 (the latent grid needs it): use e.g. {max(8, value // 8 * 8)}"
+                f"{name} {value} is not a multiple of 8 (the latent grid needs it): use e.g. {max(8, (value + 4) // 8 * 8)}"
             )
 
 

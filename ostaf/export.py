@@ -115,7 +115,7 @@ def weight_deltas(pipe, adapter, lam: float) -> dict[str, torch.Tensor]:
             delta = lam * scaling * (module.lora_B[name].weight.float() @ module.lora_A[name].weight.float())
             deltas[target] = delta
         return deltas
-    for layer, proc in adapter.processors.items():
+    for layer, proc in getattr(adapter, "processors", {}).items():  # a token checkpoint has none
         attn = unet.get_submodule(layer)
         for proj in proc.offsets:
             weight = getattr(attn, proj).weight.float()

@@ -26,18 +26,18 @@ from PIL import Image
 from ostaf.attributes import check_prompt
 from ostaf.checkpoint import apply, load_base_pipeline, load_checkpoint
 from ostaf.conditioning import PromptEncoder
-from ostaf.config import DEFAULT_MODEL, GenerateConfig
+from ostaf.config import ADAPTER_OF, DEFAULT_MODEL, GenerateConfig
 from ostaf.errors import OstafError
 from ostaf.images import load_image, make_grid
 from ostaf.mechanisms.dual_path import VanillaPrompts
 from ostaf.mechanisms.reference_attention import ReferenceAttention, resolve_blocks
 from ostaf.models import Pipeline, base_of, load_pipeline, native_resolution
-from ostaf.offsets import OffsetsAdapter
 from ostaf.offsets.config import parse_block_scales
 from ostaf.preflight import check_generate_inputs
 from ostaf.preprocess import load_preprocessed
 from ostaf.presets import is_preset
 from ostaf.runtime import autocast_dtype, progress_bar, resolve_device
+from ostaf.strength import DUAL_PATH, Strength, refusal
 from ostaf.sweep import PromptResult, write_sweep
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ def load_reference_image(path: str) -> tuple[Image.Image, np.ndarray]:
 
 def sweep(
     pipe: Pipeline,
-    adapters: list[OffsetsAdapter],
+    adapters: list[Strength],
     prompt: str,
     lams: list[float],
     seeds: list[int],
@@ -135,13 +135,13 @@ def sweep(
         for sample, image in zip(batch, made, strict=True):
             images[(sample.lam, sample.seed)] = image
     rows = [[images[(lam, seed)] for lam in lams] for seed in seeds]
-    grid = make_grid(rows, [f"lam={lam:g}" for lam in lams], [f"seed {s}" for s in seeds])
+    grid = make_grid(rows, [f"λ={lam:g}" for lam in lams], [f"seed {s}" for s in seeds])
     return PromptResult(prompt, images, grid)
 
 
 def run_batch(
     pipe: Pipeline,
-    adapters: list[OffsetsAdapter],
+    adapters: list[Strength],
     batch: list[Sample],
     num_steps: int,
     guidance: float,
@@ -171,29 +171,41 @@ def run_batch(
     strengths = mechanisms.strengths or [1.0] * len(adapters)
     if len(lams) == 1 and not mechanisms.unmerged:  # one λ: fold it into the weights
         lam = lams.pop()
-        merged = [(a, s) for a, s in zip(adapters, strengths, strict=True) if not a.merged]
-        for adapter, strength in merged:
-            adapter.merge(lam * strength)
-        try:
+        with ExitStack() as stack:
+            for adapter, strength in zip(adapters, strengths, strict=True):
+                if not adapter.merged:
+                    stack.enter_context(adapter.merged_at(lam * strength))
             return pipe(**kwargs).images
-        finally:
-            for adapter, _ in merged:
-                adapter.unmerge()
     scale = torch.tensor([s.lam for s in batch], dtype=torch.float32) if len(lams) > 1 else float(next(iter(lams)))
     with ExitStack() as stack:
         if mechanisms.reference is not None and mechanisms.reference_lambda:
             mechanisms.reference.state.lam = scale
             stack.callback(setattr, mechanisms.reference.state, "lam", None)
         for adapter, strength in zip(adapters, strengths, strict=True):
-            adapter.set_scale(scale * strength)
-            stack.callback(adapter.set_scale, 1.0)
+            stack.enter_context(adapter.at(scale * strength))
             stack.enter_context(adapter.caching())  # W ⊙ ΔW once per sweep, not once per step
         if mechanisms.dual_path < 1.0:
             context = mechanisms.vanilla.context(kwargs["prompt"], guidance)
             for adapter in adapters:
-                adapter.set_dual_path(mechanisms.dual_path, context)
-                stack.callback(adapter.set_dual_path, 1.0, None)
+                stack.enter_context(adapter.dual_path(mechanisms.dual_path, context))
         return pipe(**kwargs).images
+
+
+def check_adapters_can(config: GenerateConfig, checkpoints: list) -> None:
+    """One error before any model loads when an option asks a checkpoint's adapter for what it cannot do."""
+    for ckpt in checkpoints:
+        trainable = ckpt.card.get("trainable", "lite")
+        kind = "lora" if "lora" in ckpt.card else ADAPTER_OF.get(trainable, "fixed")
+        asked = [(DUAL_PATH, f"--dual-path {config.dual_path}")] if config.dual_path < 1.0 else []
+        for feature, option in asked:
+            reason = refusal(kind, feature)
+            if reason:
+                raise OstafError(f"{option} with the {ckpt.token} checkpoint (--trainable {trainable}): {reason}")
+        if config.lam_blocks and kind == "fixed":
+            raise OstafError(
+                f"--lam-blocks scales weight offsets per block; the {ckpt.token} checkpoint (--trainable "
+                f"{trainable}) has none: drop --lam-blocks for it"
+            )
 
 
 def check_length(tokenizer, prompt: str, placeholders: list[str]) -> None:
@@ -233,6 +245,7 @@ def generate(config: GenerateConfig, pipe: Pipeline | None = None, progress: boo
     check_generate_inputs(config)
     checkpoints = [load_checkpoint(c) for c in config.ckpt]
     tokens = [c.token for c in checkpoints]
+    check_adapters_can(config, checkpoints)
     if len(set(tokens)) != len(tokens):
         raise OstafError(f"two checkpoints learned the same token ({tokens}): compose different attributes")
     if checkpoints:

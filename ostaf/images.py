@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 from ostaf.errors import OstafError
 from ostaf.io import atomic_write
@@ -75,6 +76,16 @@ def save_image(image: Image.Image, path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
+@lru_cache(maxsize=1)
+def label_font() -> ImageFont.FreeTypeFont:
+    """DejaVu Sans, which matplotlib ships (it has λ; PIL's built-in bitmap font has no Greek)."""
+    import os
+
+    import matplotlib
+
+    return ImageFont.truetype(os.path.join(matplotlib.get_data_path(), "fonts", "ttf", "DejaVuSans.ttf"), 10)
+
+
 def make_grid(
     rows: list[list[Image.Image]], col_labels: list[str] | None = None, row_labels: list[str] | None = None
 ) -> Image.Image:
@@ -84,11 +95,12 @@ def make_grid(
     left = 44 if row_labels else 0
     grid = Image.new("RGB", (left + w * len(rows[0]), top + h * len(rows)), (255, 255, 255))
     draw = ImageDraw.Draw(grid)
+    font = label_font()
     for c, label in enumerate(col_labels or []):
-        draw.text((left + c * w + 2, 1), label, fill=(0, 0, 0))
+        draw.text((left + c * w + 2, 1), label, fill=(0, 0, 0), font=font)
     for r, row in enumerate(rows):
         if row_labels:
-            draw.text((2, top + r * h + 2), row_labels[r], fill=(0, 0, 0))
+            draw.text((2, top + r * h + 2), row_labels[r], fill=(0, 0, 0), font=font)
         for c, image in enumerate(row):
             grid.paste(image, (left + c * w, top + r * h))
     return grid

@@ -6,7 +6,7 @@ interface generation drives offsets with: `set_scale(λ)` is the LoRA scale (λ 
 model, 1: as trained), `merge`/`unmerge` hold a λ for a whole batch. Its weights are ordinary
 U-Net parameters (`…to_q.lora_A.<name>.weight`), so checkpoints save and load them like the other
 U-Net weights that train. peft has one scale per forward, so a batch of several λ runs one
-forward per λ (`per_sample = False`).
+forward per λ, and per-sample λ in training and the dual path are refused (`ostaf.strength`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from torch import nn
 
 from ostaf.errors import OstafError
 from ostaf.offsets.config import block_of
-from ostaf.offsets.inject import HoldsStrength
+from ostaf.strength import HoldsStrength
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def adapter_name(token: str) -> str:
 class LoraAdapter(HoldsStrength):
     """The LoRA of one placeholder token inside a U-Net, driven like an `OffsetsAdapter`."""
 
-    per_sample = False  # one λ per forward
+    kind = "lora"  # one λ per forward, no dual path
 
     def __init__(self, unet: nn.Module, spec: LoraSpec, name: str) -> None:
         self.unet = unet
@@ -84,35 +84,26 @@ class LoraAdapter(HoldsStrength):
         for target in self.spec.targets():
             yield self.unet.get_submodule(target)
 
-    def set_scale(self, scale: float | torch.Tensor) -> None:
-        if torch.is_tensor(scale):
-            values = scale.flatten().unique()
-            if values.numel() != 1:
-                raise OstafError("LoRA takes one λ per forward: generate each λ in its own batch")
-            scale = float(values)
-        if not isinstance(scale, (int, float)) or not torch.isfinite(torch.tensor(float(scale))):
-            raise OstafError(f"λ must be a finite number, got {scale!r}")
+    def _write_scale(self, scale: float | torch.Tensor) -> None:
+        scale = float(scale.flatten()[0]) if torch.is_tensor(scale) else float(scale)  # one value (checked)
         for target, module in zip(self.spec.targets(), self.layers(), strict=True):
-            module.set_scale(self.name, float(scale) * self.block_scale(target))
+            module.set_scale(self.name, scale * self.block_scale(target))
 
     def merge(self, scale: float) -> None:
         """Hold λ for the following forwards (LoRA's extra cost is small: nothing is folded)."""
         if self.merged:
             raise OstafError(f"the LoRA of {self.name} already holds a λ: call unmerge() first")
+        self._unmerged_scale = self.scale
         self.set_scale(scale)
         self.merged = True
 
     def unmerge(self) -> None:
         if self.merged:
-            self.set_scale(1.0)
+            self.set_scale(self._unmerged_scale)
         self.merged = False
 
     def caching(self):
         return nullcontext()
-
-    def set_dual_path(self, beta: float, vanilla_context: torch.Tensor | None) -> None:
-        if beta < 1.0:
-            raise OstafError("the dual path mixes in a path without OSTAF offsets: it does not apply to LoRA")
 
     def parameters(self) -> Iterator[nn.Parameter]:
         for module in self.layers():

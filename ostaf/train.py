@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -24,7 +25,7 @@ from torch.utils.hooks import RemovableHandle
 from ostaf import checkpoint as ckpt_io
 from ostaf.attributes import Attribute, get_attribute
 from ostaf.conditioning import Conditioning, PromptEncoder, micro_conditioning
-from ostaf.config import TrainConfig
+from ostaf.config import ADAPTER_OF, TrainConfig
 from ostaf.errors import OstafError
 from ostaf.image_encoder import ImageEncoder, load_image_encoder, saved_image_embedding
 from ostaf.images import to_tensor
@@ -33,11 +34,14 @@ from ostaf.mechanisms import binding, dual_path, schedule, timesteps, word_searc
 from ostaf.mechanisms.contrastive import NearestWordContrast
 from ostaf.mechanisms.masked_loss import latent_masks, masked_mse
 from ostaf.models import Pipeline, load_pipeline, native_resolution, vae_encode
-from ostaf.offsets import OffsetsAdapter
+from ostaf.offsets import OffsetsAdapter, OffsetsConfig
+from ostaf.offsets.config import block_of
+from ostaf.offsets.inject import check_targets
 from ostaf.offsets.processor import DetachedContextProcessor
 from ostaf.placeholder import PlaceholderEmbedding
 from ostaf.preflight import check_train_inputs
 from ostaf.preprocess import Preprocessed, augment, load_preprocessed, preprocess_reference
+from ostaf.processors import attention_layers, unwrap, wrap
 from ostaf.runtime import autocast_dtype, progress_bar, resolve_device, seed_everything, seeded
 
 log = logging.getLogger(__name__)
@@ -61,7 +65,9 @@ class TrainingSetup:
     config: TrainConfig
     attribute: Attribute
     pipe: Pipeline
-    adapter: OffsetsAdapter
+    adapter: OffsetsAdapter | LoraAdapter | None  # what carries λ (ostaf.strength); None: token / fine-tuning
+    offsets: OffsetsConfig  # the targeted attention (parts, targets): the card records it for every trainable
+    layers: list[str]  # the targeted attention modules, whatever trains on them
     token: PlaceholderEmbedding
     token_id: int
     input_ids: torch.Tensor  # (E, 1, 77): the training prompt, one row per text encoder (SDXL: 2)
@@ -71,7 +77,6 @@ class TrainingSetup:
     device: torch.device
     amp_dtype: torch.dtype | None
     trainable: list[torch.nn.Parameter] = field(default_factory=list)
-    lora: LoraAdapter | None = None  # --trainable lora: its weights are U-Net parameters (saved as unet.*)
     token_hooks: list[RemovableHandle] = field(default_factory=list)  # e* into each text encoder
     prefix_hooks: list[RemovableHandle] = field(default_factory=list)  # the down/mid blocks run without autograd
     cached_context: Conditioning | None = None  # the text conditioning when the token is frozen
@@ -189,7 +194,6 @@ def finalize(setup: TrainingSetup) -> None:
     setup.prefix_hooks = []
     setup.attention = None
     release_token_gradient(setup.pipe)
-    setup.adapter.set_scale(1.0)
     setup.prompts.write_row(setup.token_id, setup.token().detach())
     for p in setup.trainable:
         p.requires_grad_(False)
@@ -217,16 +221,12 @@ def prepare(
         for encoder in encoders:
             encoder.to(amp_dtype)
 
-    lora = None
-    with seeded(config.seed):  # the offsets' (or LoRA's) initial weights depend on the seed only
-        adapter = OffsetsAdapter.install(pipe.unet, config.offsets_config(), attribute.token)
-        if config.trainable == "lora":
-            spec = LoraSpec(tuple(adapter.processors), rank=config.lora_rank)
-            lora = LoraAdapter.install(pipe.unet, spec, attribute.token)
-    trainable = list(adapter.parameters()) if config.uses_offsets else []
-    trainable += list(lora.parameters()) if lora else []
+    offsets = config.offsets_config()
+    layers = targeted_layers(pipe.unet, offsets)
+    adapter = install_adapter(config, pipe, offsets, layers, attribute.token)
+    trainable = list(adapter.parameters()) if adapter else []
     if config.trainable in ("paper", "blocks"):
-        trainable += unfreeze_blocks(pipe, targeted_modules(pipe.unet, adapter))
+        trainable += unfreeze_blocks(pipe, targeted_modules(pipe.unet, offsets, layers))
     elif config.trainable == "unet":
         trainable += unfreeze_blocks(pipe, [""])
 
@@ -236,7 +236,7 @@ def prepare(
     if config.train_token:
         trainable += list(token.parameters())
         if config.token_grad == "confined":
-            confine_token_gradient(pipe, adapter)
+            confine_token_gradient(pipe, layers)
     else:
         token.requires_grad_(False)
     for p in trainable:
@@ -251,6 +251,8 @@ def prepare(
         attribute=attribute,
         pipe=pipe,
         adapter=adapter,
+        offsets=offsets,
+        layers=layers,
         token=token,
         token_id=token_id,
         input_ids=input_ids,
@@ -260,7 +262,6 @@ def prepare(
         device=device,
         amp_dtype=amp_dtype,
         trainable=trainable,
-        lora=lora,
         token_hooks=hooks,
         time_ids=reference_time_ids(reference).to(device) if prompts.xl else None,
         **mechanisms,
@@ -293,7 +294,7 @@ def prefix_needs_no_autograd(setup: TrainingSetup) -> bool:
     config = setup.config
     token_stops = not config.train_token or config.token_grad == "confined"
     trained = [n for n, p in setup.unet.named_parameters() if p.requires_grad]
-    return token_stops and all(name.startswith("up_blocks.") for name in [*setup.adapter.processors, *trained])
+    return token_stops and all(name.startswith("up_blocks.") for name in [*setup.layers, *trained])
 
 
 def run_without_autograd(blocks: list[torch.nn.Module]) -> list[RemovableHandle]:
@@ -356,26 +357,41 @@ def speed_up(unet, config: TrainConfig) -> None:
         unet.compile()  # in place: the module (and its attention processors) stay addressable
 
 
-def confine_token_gradient(pipe: Pipeline, adapter: OffsetsAdapter) -> None:
-    """Detach the text context at every cross-attention outside the adapter's layers (undone by `finalize`)."""
-    for name, processor in pipe.unet.attn_processors.items():
-        layer = name.removesuffix(".processor")
-        if layer.endswith("attn2") and layer not in adapter.processors:
-            pipe.unet.get_submodule(layer).set_processor(DetachedContextProcessor(processor))
+def confine_token_gradient(pipe: Pipeline, layers: list[str]) -> None:
+    """Detach the text context at every cross-attention outside the targeted layers (undone by `finalize`)."""
+    outside = attention_layers(pipe.unet, lambda layer: layer.endswith("attn2") and layer not in layers)
+    wrap(pipe.unet, outside, lambda inner, _: DetachedContextProcessor(inner))
 
 
 def release_token_gradient(pipe: Pipeline) -> None:
-    for name, processor in pipe.unet.attn_processors.items():
-        if isinstance(processor, DetachedContextProcessor):
-            pipe.unet.get_submodule(name.removesuffix(".processor")).set_processor(processor.inner)
+    unwrap(pipe.unet, DetachedContextProcessor)
 
 
-def targeted_modules(unet, adapter: OffsetsAdapter) -> list[str]:
+def targeted_layers(unet, offsets: OffsetsConfig) -> list[str]:
+    """The attention modules the run targets (one error naming the U-Net's modules when a pattern fits none)."""
+    return check_targets(unet, offsets)
+
+
+def install_adapter(
+    config: TrainConfig, pipe: Pipeline, offsets: OffsetsConfig, layers: list[str], token: str
+) -> OffsetsAdapter | LoraAdapter | None:
+    """The trainable's adapter on the targeted layers (offsets for lite/paper, LoRA for lora), or None: the
+    baselines train the token or U-Net weights, and no empty adapter stands in for them."""
+    kind = ADAPTER_OF.get(config.trainable)
+    with seeded(config.seed):  # the adapter's initial weights depend on the seed only
+        if kind == "offsets":
+            return OffsetsAdapter.install(pipe.unet, offsets, token)
+        if kind == "lora":
+            return LoraAdapter.install(pipe.unet, LoraSpec(tuple(layers), rank=config.lora_rank), token)
+    return None
+
+
+def targeted_modules(unet, offsets: OffsetsConfig, layers: list[str]) -> list[str]:
     """What `paper` and `blocks` fine-tune: the targeted U-Net blocks, or with explicit targets the modules the
     patterns name (``up_blocks.0.attentions.1``: that attention module's weights only)."""
-    patterns = adapter.config.targets
+    patterns = offsets.targets
     if not patterns:
-        return adapter.blocks()
+        return sorted({block_of(layer) for layer in layers})
     named = [n for n, _ in unet.named_modules() if n and any(fnmatchcase(n, t) for t in patterns)]
     return [n for n in named if not any(n.startswith(f"{other}.") for other in named)]  # outermost only
 
@@ -507,24 +523,20 @@ def denoising_loss(
     latents = latents * setup.pipe.vae.config.scaling_factor
     noisy = scheduler.add_noise(latents, noise, t)
     target = noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, t)
-    if lam is not None:
-        setup.adapter.set_scale(lam.to(setup.device))
-    if setup.vocabulary is not None:
-        setup.adapter.set_dual_path(setup.config.dual_path, vanilla_context(setup))
-    if setup.attention is not None:
-        setup.attention.maps.clear()
-        setup.attention.active = True
-    try:
+    with ExitStack() as stack:
+        if setup.adapter is not None:
+            step_lam = 0.0 if schedule.in_token_phase(setup, setup.step) else lam
+            if step_lam is not None:
+                stack.enter_context(
+                    setup.adapter.at(step_lam if isinstance(step_lam, float) else step_lam.to(setup.device))
+                )
+            if setup.vocabulary is not None:
+                stack.enter_context(setup.adapter.dual_path(setup.config.dual_path, vanilla_context(setup)))
+        if setup.attention is not None:
+            stack.enter_context(binding.recording(setup.attention))
         with autocast(setup):
             cond = unet_conditioning(setup, latents.shape[0], pick)
             pred = setup.unet(noisy.to(setup.unet.dtype), t, **cond.unet_kwargs()).sample
-    finally:
-        if lam is not None:
-            setup.adapter.set_scale(1.0)
-        if setup.vocabulary is not None:
-            setup.adapter.set_dual_path(1.0, None)
-        if setup.attention is not None:
-            setup.attention.active = False
     weights = timesteps.snr_weights(scheduler, t, setup.config.snr_gamma)
     if setup.loss_masks is not None and pick is not None:
         mse = masked_mse(pred.float(), target.float(), setup.loss_masks[pick], weights)

@@ -66,6 +66,18 @@ def compile_all(out: str | Path, parallelism: int = 4) -> list[Path]:
     return written
 
 
+def parent_run_url(pipeline: str, ui: str = "http://127.0.0.1:5000") -> str:
+    """The MLflow UI address of the newest parent run of `pipeline` (the experiment page opens on MLflow 3's
+    GenAI overview, which is empty for this project); "" when tracking cannot say."""
+    from ostaf import tracking
+
+    try:
+        run_id = tracking.find_run("pipeline", pipeline)
+        return f"{ui}/#/experiments/{tracking.experiment_id()}/runs/{run_id}" if run_id else ""
+    except Exception:  # noqa: BLE001 - a missing link must not fail a run that succeeded
+        return ""
+
+
 def run_local(name: str, params: dict[str, Any], pipeline_root: str | Path = "runs/kfp", parallelism: int = 1) -> Path:
     """Run a pipeline on this machine with the KFP subprocess runner; MLflow goes to ./mlflow.db by default.
 
@@ -261,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
             f"MLflow: .venv/bin/mlflow ui --backend-store-uri {tracking_uri()}  (the same report: the parent run's "
             "report/report.html)"
         )
+        run = parent_run_url(f"attribute-{args.pipeline}")
+        if run:
+            print(f"this run in MLflow (with the UI above running): {run}")
         return 0
     except OstafError as err:
         print(f"pipelines {args.command}: error: {err}", file=sys.stderr)

@@ -84,8 +84,17 @@ def test_lambda_zero_is_bit_exact_base_and_lambda_changes_output(tiny_pipe):
     assert torch.equal(run(unet), base)
     adapter.set_scale(1.0)
     assert not torch.allclose(run(unet), base, atol=1e-4)
-    # λ also travels through cross_attention_kwargs, per call
-    assert torch.equal(run(unet, cross_attention_kwargs={"offset_scale": 0.0}), base)
+    # a block at λ = 0.37 gives that λ's output and puts λ = 1 back after it, also on an error
+    adapter.set_scale(0.37)
+    at_037 = run(unet)
+    adapter.set_scale(1.0)
+    at_1 = run(unet)
+    with adapter.at(0.37):
+        assert torch.equal(run(unet), at_037) and adapter.scale == 0.37
+    assert adapter.scale == 1.0 and torch.equal(run(unet), at_1)
+    with pytest.raises(RuntimeError), adapter.at(0.0):
+        raise RuntimeError("inside")
+    assert all(proc.scale == 1.0 for proc in adapter.processors.values())
 
 
 @pipe_on_both_models

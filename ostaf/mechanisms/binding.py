@@ -13,6 +13,8 @@ reference's foreground mask (under the sample's augmentation) or, without a mask
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -20,6 +22,7 @@ from diffusers.models.attention_processor import Attention
 from torch.nn import functional as F
 
 from ostaf.errors import OstafError
+from ostaf.processors import attention_layers, innermost, unwrap, wrap
 
 
 @dataclass
@@ -30,6 +33,17 @@ class AttentionRecord:
     resolution: int
     maps: dict[str, torch.Tensor] = field(default_factory=dict)
     active: bool = False
+
+
+@contextmanager
+def recording(record: AttentionRecord) -> Iterator[AttentionRecord]:
+    """The probes record the forwards inside the block (maps of an earlier forward are dropped first)."""
+    record.maps.clear()
+    record.active = True
+    try:
+        yield record
+    finally:
+        record.active = False
 
 
 class AttentionProbe:
@@ -46,7 +60,7 @@ class AttentionProbe:
 
     def probabilities(self, attn: Attention, hidden: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """softmax(q kᵀ / √d) over the text tokens, the watched columns, mean over heads: (B, N, P)."""
-        inner = _innermost(self.inner)
+        inner = innermost(self.inner)
         if getattr(self.inner, "detaches_context", False):
             context = context.detach()
         if attn.norm_cross:
@@ -61,12 +75,6 @@ class AttentionProbe:
         return probs[..., self.record.positions].mean(dim=1)  # (B, N, P)
 
 
-def _innermost(processor):
-    while hasattr(processor, "inner"):
-        processor = processor.inner
-    return processor
-
-
 def middle_resolution(unet, latent_side: int) -> int:
     """The smallest cross-attention feature map outside the mid block (DisenDiff's 16×16 on SD-1.x at 512 px)."""
     sides = [latent_side >> i for i, kind in enumerate(unet.config.down_block_types) if "CrossAttn" in kind]
@@ -77,19 +85,12 @@ def middle_resolution(unet, latent_side: int) -> int:
 
 def install_probes(unet, record: AttentionRecord) -> list[str]:
     """Wrap every down/up-block cross-attention processor; returns the layers whose resolution the record reads."""
-    names = []
-    for name, processor in unet.attn_processors.items():
-        layer = name.removesuffix(".processor")
-        if layer.endswith("attn2") and not layer.startswith("mid_block"):
-            unet.get_submodule(layer).set_processor(AttentionProbe(processor, record, layer))
-            names.append(layer)
-    return names
+    layers = attention_layers(unet, lambda layer: layer.endswith("attn2") and not layer.startswith("mid_block"))
+    return wrap(unet, layers, lambda inner, layer: AttentionProbe(inner, record, layer))
 
 
 def remove_probes(unet) -> None:
-    for name, processor in unet.attn_processors.items():
-        if isinstance(processor, AttentionProbe):
-            unet.get_submodule(name.removesuffix(".processor")).set_processor(processor.inner)
+    unwrap(unet, AttentionProbe)
 
 
 def soft_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

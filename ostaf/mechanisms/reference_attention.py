@@ -12,6 +12,7 @@ classifier-free-guidance halves. ω = 0 installs nothing: exactly today's genera
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +27,7 @@ from ostaf.errors import OstafError
 from ostaf.images import to_tensor
 from ostaf.models import vae_encode
 from ostaf.preprocess import cut_out
+from ostaf.processors import attention_layers, unwrap, wrap
 
 BLOCK_PREFIXES = {"decoder": ("up_blocks.",), "encoder": ("down_blocks.",), "all": ("down_blocks.", "up_blocks.")}
 
@@ -152,12 +154,8 @@ class ReferenceAttention:
     def install(self) -> None:
         """Wrap the chosen self-attention processors and hook the per-step reference pass (again after `remove`)."""
         unet = self.pipe.unet
-        self.layers = []
-        for name, processor in unet.attn_processors.items():
-            layer = name.removesuffix(".processor")
-            if layer.endswith("attn1") and layer.startswith(self.prefixes):
-                unet.get_submodule(layer).set_processor(SubjectAttentionProcessor(processor, self.state, layer))
-                self.layers.append(layer)
+        chosen = attention_layers(unet, lambda layer: layer.endswith("attn1") and layer.startswith(self.prefixes))
+        self.layers = wrap(unet, chosen, lambda inner, layer: SubjectAttentionProcessor(inner, self.state, layer))
         if not self.layers:
             raise OstafError(f"no self-attention in the U-Net's {self.prefixes} blocks: pick --reference-blocks all")
         self.handle = unet.register_forward_pre_hook(self.reference_pass, with_kwargs=True)
@@ -169,31 +167,21 @@ class ReferenceAttention:
         timestep = args[1] if len(args) > 1 else kwargs["timestep"]
         t = torch.as_tensor(timestep, device=self.latent.device).reshape(-1)[:1]
         noisy = self.pipe.scheduler.add_noise(self.latent, self.noise, t.cpu().long()).to(unet.dtype)
-        scales = [
-            (a, [p.scale for p in a.processors.values()], [p.dual_beta for p in a.processors.values()])
-            for a in self.adapters
-        ]
         self.state.mode = "record"
         try:
-            for adapter, _, _ in scales:  # the reference goes through the base model
-                for proc in adapter.processors.values():
-                    proc.scale, proc.dual_beta = 0.0, 1.0
-            with torch.no_grad():
+            with ExitStack() as base_model, torch.no_grad():  # the reference goes through the base model
+                for adapter in self.adapters:
+                    base_model.enter_context(adapter.at(0.0))
+                    base_model.enter_context(adapter.dual_path(1.0, None))
                 unet(noisy, t.to(unet.device), **self.context.unet_kwargs(unet.dtype))
         finally:
             self.state.mode = "use"
-            for adapter, lams, betas in scales:
-                for proc, lam, beta in zip(adapter.processors.values(), lams, betas, strict=True):
-                    proc.scale, proc.dual_beta = lam, beta
         return None
 
     def remove(self) -> None:
         if self.handle is not None:
             self.handle.remove()
             self.handle = None
-        unet = self.pipe.unet
-        for name, processor in unet.attn_processors.items():
-            if isinstance(processor, SubjectAttentionProcessor):
-                unet.get_submodule(name.removesuffix(".processor")).set_processor(processor.inner)
+        unwrap(self.pipe.unet, SubjectAttentionProcessor)
         self.state.keys.clear()
         self.state.values.clear()

@@ -3,7 +3,7 @@
 With `uniform`, every sample of a micro-batch is trained at its own λ ~ U[0, 1] (the processors' per-sample
 path, with gradients), so λ at generation is a strength the offsets were trained for, not an
 extrapolation from λ = 1. With `token_steps = N`, steps 1…N train the token alone on the base model
-(λ = 0, every other trainable frozen); from step N+1 the token is frozen and the rest trains.
+(λ = 0 on the adapter, every other trainable frozen); from step N+1 the token is frozen and the rest trains.
 """
 
 from __future__ import annotations
@@ -36,4 +36,4 @@ def enter_step(setup: TrainingSetup, step: int) -> None:
     token_params = {id(p) for p in setup.token.parameters()}
     for p in setup.trainable:
         p.requires_grad_(token_phase == (id(p) in token_params))
-    setup.adapter.set_scale(0.0 if token_phase else 1.0)
+    # λ = 0 in the token phase: `denoising_loss` holds it for each forward (`adapter.at`)

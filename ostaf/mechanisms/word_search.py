@@ -14,6 +14,7 @@ fills the attribute's slot only.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
@@ -77,10 +78,7 @@ def search_word(setup: TrainingSetup, candidates: int, rounds: int, samples: int
     rows = candidate_rows(setup)
     vocab = setup.prompts.rows(setup.token_id)[rows.to(setup.device)]  # every encoder's row of each word
     draws = fixed_samples(setup, samples, setup.config.seed)
-    setup.adapter.set_scale(0.0)
-    if setup.lora is not None:
-        setup.lora.set_scale(0.0)
-    try:
+    with setup.adapter.at(0.0) if setup.adapter is not None else nullcontext():  # the base model
         with torch.no_grad():
             best = reference_loss(setup, draws).item()
         start, best_index, tried = best, -1, 0  # best_index: a row of `vocab`; -1 = the attribute's own word
@@ -104,8 +102,4 @@ def search_word(setup: TrainingSetup, candidates: int, rounds: int, samples: int
                 token.word_embedding = vocab[best_index].clone() if best_index >= 0 else word
             if not improved:
                 break
-    finally:
-        setup.adapter.set_scale(1.0)
-        if setup.lora is not None:
-            setup.lora.set_scale(1.0)
     return SearchResult(int(rows[best_index]) if best_index >= 0 else -1, best, start, tried)

@@ -18,6 +18,7 @@ from torch import nn
 from ostaf.errors import OstafError
 from ostaf.offsets.config import OffsetsConfig, block_of, is_target_attention, unmatched_targets
 from ostaf.offsets.processor import OffsetsAttnProcessor, Scale
+from ostaf.strength import HoldsStrength
 
 
 def matched_layers(unet: UNet2DConditionModel, config: OffsetsConfig) -> list[str]:
@@ -25,38 +26,29 @@ def matched_layers(unet: UNet2DConditionModel, config: OffsetsConfig) -> list[st
     return [name.removesuffix(".processor") for name in unet.attn_processors if is_target_attention(config, name)]
 
 
-class HoldsStrength:
-    """`merged_at(λ)` and per-block λ multipliers for any adapter with `merge(λ)` / `unmerge()` and a
-    `modules()` of (module name, layer) pairs (offsets and LoRA alike)."""
-
-    block_scales: dict[str, float] | None = None  # block (``up_blocks.1``) → λ multiplier; None: 1 everywhere
-
-    def set_block_scales(self, scales: dict[str, float] | None) -> None:
-        """Multiply λ per U-Net block from now on (the way diffusers' `set_adapters` takes per-block scales)."""
-        scales = dict(scales or {})
-        unknown = sorted(set(scales) - set(self.blocks()))
-        if unknown:
-            raise OstafError(
-                f"per-block λ names {unknown}, but {self.name} only modulates {self.blocks()}: pick among those"
-            )
-        self.block_scales = scales or None
-
-    def block_scale(self, module_name: str) -> float:
-        return 1.0 if not self.block_scales else self.block_scales.get(block_of(module_name), 1.0)
-
-    @contextmanager
-    def merged_at(self, scale: float) -> Iterator[None]:
-        self.merge(scale)
-        try:
-            yield
-        finally:
-            self.unmerge()
+def check_targets(unet: UNet2DConditionModel, config: OffsetsConfig) -> list[str]:
+    """The attention modules `config` targets; one error when a pattern names none, or nothing matches."""
+    layers = matched_layers(unet, config)
+    attention = [name.removesuffix(".processor") for name in unet.attn_processors]
+    unmatched = unmatched_targets(config, attention)
+    if unmatched:
+        blocks = sorted({name.split(".transformer_blocks")[0] for name in attention})
+        raise OstafError(
+            f"--targets {', '.join(unmatched)} names no attention module of this U-Net: its attention modules "
+            f"are {', '.join(blocks)} (a pattern covers every module under it; * is a wildcard)"
+        )
+    if not layers:
+        raise OstafError(
+            f"no attention module of this U-Net matches offsets parts {list(config.parts)} and "
+            f"attentions {list(config.attentions)}: pick parts that contain attention blocks"
+        )
+    return layers
 
 
 class OffsetsAdapter(HoldsStrength):
-    """The offsets of one placeholder token (`*a`, `*m` or `*s`) living inside a U-Net."""
+    """The offsets of one placeholder token (`*a`, `*m` or `*s`) living inside a U-Net (λ: `ostaf.strength`)."""
 
-    per_sample = True  # a batch may carry one λ per sample
+    kind = "offsets"  # per-sample λ and the dual path
 
     def __init__(self, unet: UNet2DConditionModel, config: OffsetsConfig, name: str) -> None:
         self.unet = unet
@@ -67,20 +59,7 @@ class OffsetsAdapter(HoldsStrength):
     @classmethod
     def install(cls, unet: UNet2DConditionModel, config: OffsetsConfig, name: str) -> OffsetsAdapter:
         """Swap offsets processors into every target attention module of `unet`."""
-        layers = matched_layers(unet, config)
-        attention = [name.removesuffix(".processor") for name in unet.attn_processors]
-        unmatched = unmatched_targets(config, attention)
-        if unmatched:
-            blocks = sorted({name.split(".transformer_blocks")[0] for name in attention})
-            raise OstafError(
-                f"--targets {', '.join(unmatched)} names no attention module of this U-Net: its attention modules "
-                f"are {', '.join(blocks)} (a pattern covers every module under it; * is a wildcard)"
-            )
-        if not layers:
-            raise OstafError(
-                f"no attention module of this U-Net matches offsets parts {list(config.parts)} and "
-                f"attentions {list(config.attentions)}: pick parts that contain attention blocks"
-            )
+        layers = check_targets(unet, config)
         adapter = cls(unet, config, name)
         param = next(unet.parameters())
         for layer in layers:
@@ -104,30 +83,22 @@ class OffsetsAdapter(HoldsStrength):
             self.unet.get_submodule(layer).set_processor(proc.replaced[0])
         self.processors = {}
 
-    # -- λ -------------------------------------------------------------------
-    def set_scale(self, scale: Scale) -> None:
-        """λ for the following forwards: a number, or a 1-D tensor with one λ per sample."""
-        if torch.is_tensor(scale):
-            if not torch.isfinite(scale).all():
-                raise OstafError(f"λ must be finite numbers, got {scale.tolist()}")
-        elif not isinstance(scale, (int, float)) or not torch.isfinite(torch.tensor(float(scale))):
-            raise OstafError(f"λ must be a finite number, got {scale!r}")
+    # -- λ (the protocol's writes; `ostaf.strength.HoldsStrength` validates and restores) --------------
+    def _write_scale(self, scale: Scale) -> None:
         for layer, proc in self.processors.items():
             proc.scale = scale * self.block_scale(layer) if self.block_scales else scale
 
-    def set_dual_path(self, beta: float, vanilla_context: torch.Tensor | None) -> None:
-        """β for the following forwards (1 = off) and the vanilla prompt's text context, (B | 1, T, D)."""
-        if not 0.0 <= beta <= 1.0:
-            raise OstafError(f"dual path β must be in [0, 1], got {beta}")
+    def _write_dual_path(self, beta: float, vanilla_context: torch.Tensor | None) -> None:
         for proc in self.processors.values():
-            proc.dual_beta = float(beta)
-            proc.vanilla_context = vanilla_context if beta < 1.0 else None
+            proc.dual_beta = beta
+            proc.vanilla_context = vanilla_context
 
     @torch.no_grad()
     def merge(self, scale: float) -> None:
         """Fold λ·ΔW into the base weights, so generation costs exactly what the base model costs."""
         if self.merged:
             raise OstafError(f"offsets of {self.name} are already merged: call unmerge() first")
+        self._unmerged_scale = self.scale
         self.set_scale(float(scale))
         for layer, proc in self.processors.items():
             attn = self.unet.get_submodule(layer)
@@ -151,6 +122,8 @@ class OffsetsAdapter(HoldsStrength):
             for proj in proc.offsets:
                 getattr(attn, proj).weight.data = proc.take_base(proj)
             proc.merged_scale = None
+        if hasattr(self, "_unmerged_scale"):
+            self.set_scale(self.__dict__.pop("_unmerged_scale"))  # λ as it was before the merge
 
     @property
     def merged(self) -> bool:

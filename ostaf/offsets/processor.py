@@ -24,10 +24,9 @@ Scale = float | torch.Tensor
 class OffsetsAttnProcessor(nn.Module):
     """Owns the `WeightOffsets` of one attention module and applies them with strength λ.
 
-    λ (`scale`) is processor state set by `OffsetsAdapter.set_scale`, or a call-time
-    `offset_scale` passed through the pipeline's `cross_attention_kwargs`. A 1-D
-    tensor holds one λ per batch element; a batch that classifier-free guidance
-    doubled gets the same λ in both halves.
+    λ (`scale`) is processor state written by `OffsetsAdapter` (the strength protocol,
+    `ostaf.strength`). A 1-D tensor holds one λ per batch element; a batch that
+    classifier-free guidance doubled gets the same λ in both halves.
     """
 
     def __init__(
@@ -127,10 +126,9 @@ class OffsetsAttnProcessor(nn.Module):
         encoder_hidden_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         temb: torch.Tensor | None = None,
-        offset_scale: Scale | None = None,
         **kwargs,
     ) -> torch.Tensor:
-        scale = self.scale if offset_scale is None else offset_scale
+        scale = self.scale
         out = self.attend(attn, hidden_states, encoder_hidden_states, attention_mask, temb, scale)
         if self.dual_beta >= 1.0:
             return out

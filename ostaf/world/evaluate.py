@@ -172,7 +172,7 @@ def appearance_distance(image_a: np.ndarray, image_b: np.ndarray) -> float:
     return colour + texture
 
 
-def _shift(mask: np.ndarray, dy: int, dx: int) -> np.ndarray:
+def shift(mask: np.ndarray, dy: int, dx: int) -> np.ndarray:
     """`mask` moved by (dy, dx) pixels, False where it moved in from outside."""
     moved = np.zeros_like(mask)
     h, w = mask.shape
@@ -186,7 +186,7 @@ def _cast_shadow(dark: np.ndarray, mask: np.ndarray) -> int:
     """Dark pixels where the object, moved down and right, lands, less those where it lands moved up and
     left: a drop shadow counts, a dark fringe all round (a soft-edged black object) cancels out."""
     k = SHADOW_OFFSET
-    return int((dark & _shift(mask, k, k)).sum()) - int((dark & _shift(mask, -k, -k)).sum())
+    return int((dark & shift(mask, k, k)).sum()) - int((dark & shift(mask, -k, -k)).sum())
 
 
 def style_features(image: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:

@@ -52,12 +52,15 @@ from ostaf.sweep import PromptResult, SweepIndex, write_sweep
 from ostaf.world.generator import WorldImage
 from ostaf.world.references import (
     ATTRIBUTES,
+    KINDS,
     SPLITS,
     Reference,
     chance,
+    reconstruction_limit,
     references,
     score,
     score_composition,
+    word_floor,
 )
 
 # method → TrainConfig overrides; `part` decides encoder (down blocks) vs decoder (up blocks)
@@ -148,13 +151,17 @@ METRICS = (
     "style_match",
     "text_control",
     "leakage",
+    "gap_closed",
 )
+MIN_GAP = 0.02  # a reference whose limit beats its floor by less has no gap to close (gap_closed: n/a)
+# rows no training made: the wrong-word average, the nearest-word floor, the words prompt, the VAE's limit
+UNTRAINED = ("words", "chance", "floor", "limit")
 # the continuous metric λ should raise (sign +1) or lower (-1), per attribute: `lam_rho` follows it
 LAMBDA_METRIC = {"shape": ("shape_iou", 1.0), "appearance": ("appearance_dist", -1.0), "style": ("style_dist", -1.0)}
 COLUMNS = {  # the table's columns per attribute, the attribute's match first
-    "shape": ("shape_match", "shape_iou", "text_control", "leakage"),
-    "appearance": ("appearance_match", "appearance_dist", "text_control", "leakage"),
-    "style": ("style_match", "style_dist", "text_control", "leakage"),
+    "shape": ("shape_match", "shape_iou", "gap_closed", "text_control", "leakage"),
+    "appearance": ("appearance_match", "appearance_dist", "gap_closed", "text_control", "leakage"),
+    "style": ("style_match", "style_dist", "gap_closed", "text_control", "leakage"),
     "shape+appearance": ("shape_match", "appearance_match", "shape_iou", "appearance_dist"),
 }
 CONTROL = ("lam_rho", "text_drop")
@@ -168,6 +175,11 @@ class ExperimentConfig:
     split: str = opt("test", "validation (for every tuning choice) or test references (the table)", choices=SPLITS)
     references: int = opt(16, "held-out references per attribute")
     reference_offset: int = opt(0, "skip the first N references of each stream (a fresh draw nobody tuned on)")
+    kind: str = opt(
+        "named",
+        "references whose attribute is named (v2), or unnamed: seen (in pretraining, without its word) or novel",
+        choices=KINDS,
+    )
     attributes: list[str] = opt(list(ATTRIBUTES), "attributes to test", choices=ATTRIBUTES)
     methods: list[str] = opt(
         list(TABLE_METHODS),
@@ -198,7 +210,7 @@ class ExperimentConfig:
 
     def draw(self) -> list[Reference]:
         """The references this configuration runs on."""
-        return references(self.references, self.split, self.reference_offset, tuple(self.attributes))
+        return references(self.references, self.split, self.reference_offset, tuple(self.attributes), self.kind)
 
     def settings(self, method: str, attribute: str) -> dict[str, Any]:
         """Steps, lr and table λ of `method` on `attribute`: the tuned ones (--tuned), else the shared ones."""
@@ -387,7 +399,7 @@ def per_reference(rows: list[dict], lam_of: LamOf) -> dict[tuple[str, str], dict
     rows)."""
     groups: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for row in rows:
-        if row["method"] in ("words", "chance") or row["lam"] == lam_of(row["method"], row["attribute"]):
+        if row["method"] in UNTRAINED or row["lam"] == lam_of(row["method"], row["attribute"]):
             for metric in (*METRICS, "train_seconds"):
                 if row.get(metric) is not None:
                     groups[(row["method"], row["attribute"])][row["reference"]][metric].append(row[metric])
@@ -402,7 +414,7 @@ def controllability(rows: list[dict]) -> dict[tuple[str, str], dict[str, dict[st
     that + means λ strengthens the attribute) and `text_drop` (text control at min λ minus at max λ)."""
     sweeps: dict = defaultdict(lambda: defaultdict(list))
     for row in rows:
-        if row["method"] not in ("words", "chance") and not is_compose(row["method"]):
+        if row["method"] not in UNTRAINED and not is_compose(row["method"]):
             sweeps[(row["method"], row["attribute"])][row["reference"]].append(row)
     out: dict = defaultdict(dict)
     for key, by_ref in sweeps.items():
@@ -428,7 +440,7 @@ def summarise(rows: list[dict], lam: float | LamOf = 1.0) -> list[dict]:
     table = []
     for (method, attribute), by_ref in per_reference(rows, lam_of).items():
         entry: dict[str, Any] = {"method": method, "attribute": attribute, "n": len(by_ref)}
-        if method not in ("words", "chance"):
+        if method not in UNTRAINED:
             entry["lam"] = lam_of(method, attribute)
         per_ref = list(by_ref.values()) + [control.get((method, attribute), {}).get(r, {}) for r in by_ref]
         for metric in (*METRICS, *CONTROL):
@@ -441,7 +453,7 @@ def summarise(rows: list[dict], lam: float | LamOf = 1.0) -> list[dict]:
         if seconds:
             entry["train_s"] = round(float(np.mean(seconds)), 1)
         table.append(entry)
-    order = ["chance", "words", *METHODS]
+    order = ["chance", "floor", "words", *METHODS, "limit"]
     return sorted(
         table,
         key=lambda e: (order.index(e["method"]) if e["method"] in order else len(order), e["method"], e["attribute"]),
@@ -470,7 +482,9 @@ def table_markdown(table: list[dict]) -> str:
         parts.append(f"### {attribute}\n\n{to_markdown(rows, keys)}")
     return "\n".join(parts) + (
         "\n`lam`: the λ of a trained method's row; `words`: the base model told the attribute in words; "
-        "`chance`: an answer with a wrong attribute, averaged over all of them (exact, by rendering). `[a, b]`: "
+        "`chance`: an answer with a wrong attribute, averaged over all of them (exact, by rendering); unnamed "
+        "references (`--kind seen|novel`): `words` names the nearest word, `floor` is that word rendered exactly, "
+        "`limit` the reference through the model's VAE, `gap_closed` = (score − floor) / (limit − floor). `[a, b]`: "
         "95 % bootstrap interval over references. `lam_rho`: Spearman correlation of λ with the attribute metric "
         "over the sweep (+1: λ strengthens the attribute); `text_drop`: text control at the smallest λ minus at "
         "the largest.\n"
@@ -578,7 +592,9 @@ def finish(
     """Table (with the chance floor), curves, files, MLflow."""
     out = Path(config.out)
     floor = [{"method": "chance", "reference": r.id, "attribute": r.attribute, "lam": 1.0} | chance(r) for r in refs]
-    table = summarise(rows + floor, lambda method, attribute: config.settings(method, attribute)["lam"])
+    bounds = unnamed_bounds(config, refs)
+    rows = with_gap_closed(rows + floor + bounds, bounds)
+    table = summarise(rows, lambda method, attribute: config.settings(method, attribute)["lam"])
     curves = curves_of(rows)
     seconds = round(seconds, 1)
     report = {"config": asdict(config), "seconds": seconds, "references": [asdict(r) for r in refs], "table": table}
@@ -590,6 +606,42 @@ def finish(
     if log_to_mlflow:
         _log(config, table, curves, out, seconds, tags or {})
     return report
+
+
+def unnamed_bounds(config: ExperimentConfig, refs: list[Reference]) -> list[dict]:
+    """The `floor` (nearest word, rendered) and `limit` (the reference through the model's VAE) rows of the
+    unnamed references: the ends of the gap a method's `gap_closed` is measured on."""
+    unnamed = [r for r in refs if r.value]
+    if not unnamed:
+        return []
+    from ostaf.models import load_pipeline
+
+    vae = load_pipeline(config.model).vae.float()
+    rows = []
+    for r in unnamed:
+        head = {"reference": r.id, "attribute": r.attribute, "lam": 1.0}
+        rows += [{"method": "floor"} | head | word_floor(r), {"method": "limit"} | head | reconstruction_limit(r, vae)]
+    return rows
+
+
+def with_gap_closed(rows: list[dict], bounds: list[dict]) -> list[dict]:
+    """Each row of an unnamed reference with `gap_closed` = (score − floor) / (limit − floor) on the attribute's
+    continuous metric (1: as good as the reference through the VAE; 0: no better than the nearest word)."""
+    ends: dict[str, dict[str, float]] = defaultdict(dict)
+    for row in bounds:
+        metric = LAMBDA_METRIC[row["attribute"]][0]
+        ends[row["reference"]][row["method"]] = row[metric]
+    out = []
+    for row in rows:
+        end = ends.get(row["reference"])
+        if end is None or is_compose(row["method"]) or row["method"] == "chance":
+            out.append(row)
+            continue
+        metric, sign = LAMBDA_METRIC[row["attribute"]]
+        span = end["limit"] - end["floor"]
+        measurable = sign * span >= MIN_GAP  # the VAE keeps more of the value than the nearest word has
+        out.append(row | ({"gap_closed": (row[metric] - end["floor"]) / span} if measurable else {}))
+    return out
 
 
 class _Inline:

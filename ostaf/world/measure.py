@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ostaf.world.evaluate import shift
 from ostaf.world.generator import BACKGROUND, SIZE, erode
 
 LAGS = 8  # the texture's correlation function covers lags of ±LAGS px
@@ -187,15 +188,6 @@ def _shadow_pixels(image: np.ndarray) -> np.ndarray:
     return (residual < 25) & (t >= 0.28 * np.linalg.norm(bg)) & (t <= 0.8 * np.linalg.norm(bg))
 
 
-def _shift(mask: np.ndarray, dy: int, dx: int) -> np.ndarray:
-    moved = np.zeros_like(mask)
-    h, w = mask.shape
-    moved[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = mask[
-        max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
-    ]
-    return moved
-
-
 def _band(
     image: np.ndarray, region: np.ndarray, far_from: list[np.ndarray], threshold: float, rings: int
 ) -> tuple[np.ndarray, int]:
@@ -242,7 +234,7 @@ def style_of(image: np.ndarray, mask: np.ndarray) -> Style:
             best, best_dxy = -1.0, (0, 0)
             for dy in range(-MAX_SHADOW, MAX_SHADOW + 1):
                 for dx in range(-MAX_SHADOW, MAX_SHADOW + 1):
-                    moved = _shift(mask, dy, dx) & ~mask
+                    moved = shift(mask, dy, dx) & ~mask
                     if moved.any():
                         iou = (moved & cast).sum() / (moved | cast).sum()
                         if iou > best:

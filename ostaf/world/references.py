@@ -17,6 +17,14 @@ controls the rest, and whether the reference's other attributes leaked in:
 References come in two splits drawn from disjoint seed streams: `validation` (every choice of
 learning rate, steps, λ, loss weights is made there) and `test` (the table). `offset` skips the
 first references of a stream, so a table can be re-run on references nobody tuned on.
+
+World v3 adds references whose learned attribute no word names (`kind` = `seen`: a value of the
+family's seen pool that pretraining drew without its word; `novel`: one it never drew), the other
+attributes named as above. They are scored by `ostaf.world.measure` (the same columns: `shape_iou`
+is the area-normalised silhouette IoU, `*_dist` the appearance or style gap, `*_match` the
+calibrated threshold); their `words` prompt names the *nearest word* (the named value whose render
+is closest to the reference), so the `words` row is the floor a textual inversion that found a word
+could reach.
 """
 
 from __future__ import annotations
@@ -33,6 +41,8 @@ from ostaf.benchmark import load_manifest, write_manifest
 from ostaf.errors import OstafError
 from ostaf.images import load_image, save_image
 from ostaf.sweep import SweepIndex
+from ostaf.world import measure
+from ostaf.world import unnamed as un
 from ostaf.world.evaluate import (
     appearance_distance,
     classify_colour,
@@ -53,14 +63,24 @@ from ostaf.world.generator import (
     WorldImage,
     render,
     sample,
+    sample_factors,
+    style_fits,
+    with_value,
 )
 
 GROUP = "attribute-world"  # the benchmark group of world items (how the pipeline knows to score them exactly)
 SOURCE = "world"  # --source world: held-out world references instead of the DVC benchmark
 BENCHMARK_ITEMS = 8  # references per attribute in the `world` source
-WORLD_VERSION = "2"  # 2: styles, splits; the `world` source's folder is rewritten when this changes
+WORLD_VERSION = "3"  # 2: styles, splits; 3: unnamed kinds; the `world` source's folder is rewritten on a change
 ATTRIBUTES = ("shape", "appearance", "style")
 SPLITS = ("validation", "test")
+KINDS = ("named", "seen", "novel")  # named: v2's references; seen / novel: unnamed values (module doc)
+UNNAMED_START = {
+    ("validation", "seen"): 210_000,
+    ("validation", "novel"): 240_000,
+    ("test", "seen"): 310_000,
+    ("test", "novel"): 340_000,
+}  # + attribute index × STREAM
 LOOK_BLOCK = 16  # appearance references: no look (colour and texture) twice among 16 in a row
 STREAM = 10_000  # seeds per (split, attribute) stream: streams never overlap
 STREAM_START = {
@@ -83,18 +103,32 @@ class Reference:
     class_name: str
     prompt: str
     words: str  # the prompt with the placeholder replaced by the reference's attribute in words
+    value: str = ""  # the unnamed value learned (`shape#17`); "" for a named reference
+
+    @property
+    def kind(self) -> str:
+        return "named" if not self.value else "novel" if un.is_novel(self.value) else "seen"
 
     def world(self) -> WorldImage:
-        return reference_world(self.attribute, self.seed)
+        return reference_world(self.attribute, self.seed, self.value)
 
 
-def reference_world(attribute: str, seed: int) -> WorldImage:
-    """The held-out world image of a reference: flat for shape and appearance, any style for style."""
-    return sample(seed, held_out=True, style=None if attribute == "style" else "flat")
+def reference_world(attribute: str, seed: int, value: str = "") -> WorldImage:
+    """The held-out world image of a reference: flat for shape and appearance, any style for style.
+
+    With an unnamed `value`, the other attributes are named ones drawn from `seed` (a look that would
+    hide a style's rim is drawn again)."""
+    if not value:
+        return sample(seed, held_out=True, style=None if attribute == "style" else "flat")
+    rng = np.random.default_rng(seed)
+    while True:
+        f = with_value(sample_factors(rng, held_out=None, style="flat"), attribute, value)
+        if style_fits(f.colour, f.style):
+            return render(f)
 
 
 def _look(colour: str, texture: str) -> str:
-    return f"{colour} {TEXTURE_WORDS[texture]}"
+    return "" if un.is_unnamed(colour) else f"{colour} {TEXTURE_WORDS[texture]}"
 
 
 def _other(values: tuple[str, ...], start: int, avoid: str) -> str:
@@ -116,6 +150,73 @@ def prompt_for(attribute: str, factors: Factors, variant: int) -> tuple[str, str
         return f"{head} *a", f"{head} a {_look(f.colour, f.texture)} object"
     head = f"a {_look(colour, texture)} {shape} in the style of"
     return f"{head} *s", f"{head} {f.style}"
+
+
+def named_answers(attribute: str, world: WorldImage, prompt: str) -> dict[str, tuple[float, bool]]:
+    """Each named value of the attribute, drawn as the prompt asks for the rest (rendered, exact) → its
+    (similarity or gap, match) against the unnamed reference: what answering with a word can score."""
+    f, target = world.factors, words_in(prompt)
+    colour, texture, shape = target.get("colour", "red"), target.get("texture", "solid"), target.get("shape", "circle")
+    at = (f.cx, f.cy, f.scale)
+    if attribute == "shape":
+        answers = {s: Factors(s, colour, texture, "flat", *at) for s in SHAPES}
+    elif attribute == "appearance":
+        answers = {_look(c, t): Factors(shape, c, t, "flat", *at) for c in COLOURS for t in TEXTURES}
+    else:
+        answers = {y: Factors(shape, colour, texture, y, *at) for y in STYLES}
+    out = {}
+    for name, factors in answers.items():
+        image = render(factors).image
+        out[name] = unnamed_strength(image, recover_mask(image), attribute, world)
+    return out
+
+
+def nearest_word(attribute: str, world: WorldImage, prompt: str) -> str:
+    """The named value whose render, as the prompt asks for it, is closest to the unnamed reference."""
+    answers = named_answers(attribute, world, prompt)
+    sign = 1.0 if attribute == "shape" else -1.0  # a similarity (shape) or a gap
+    return max(answers, key=lambda name: sign * answers[name][0])
+
+
+def in_words(attribute: str, value: str) -> str:
+    """How a prompt names a value in the placeholder's place: "a star", "a red striped object", "outlined"."""
+    return {"shape": f"a {value}", "appearance": f"a {value} object", "style": value}[attribute]
+
+
+def unnamed_stream(attribute: str, split: str, kind: str):
+    """The references of one (split, attribute, kind) stream of unnamed values, in order: the n-th takes
+    the n-th value of its kind (seen: the pool's even ids for validation, odd for test, less the
+    `REDRAWN_SHAPES`; novel: ids from NOVEL_BASE × (1 validation, 2 test)) on the n-th seed."""
+    if (split, kind) not in UNNAMED_START or attribute not in ATTRIBUTES:
+        raise OstafError(
+            f"unknown split/attribute/kind {split}/{attribute}/{kind}: splits {SPLITS}, "
+            f"attributes {ATTRIBUTES}, unnamed kinds seen, novel"
+        )
+    start = UNNAMED_START[(split, kind)] + ATTRIBUTES.index(attribute) * STREAM
+    if kind == "seen":
+        ids = [i for i in range(split == "test", un.SEEN_POOL, 2) if attribute != "shape" or i not in un.REDRAWN_SHAPES]
+    else:
+        ids = range(un.NOVEL_BASE * (1 + (split == "test")), un.NOVEL_BASE * (2 + (split == "test")))
+    for n, vid in enumerate(ids):
+        value = un.unnamed(attribute, vid)
+        seed = start + n
+        world = reference_world(attribute, seed, value)
+        f = world.factors
+        prompt, _ = prompt_for(attribute, f, n + 1)
+        words = prompt.replace(PLACEHOLDERS[attribute], in_words(attribute, nearest_word(attribute, world, prompt)))
+        yield Reference(
+            f"{attribute}-{kind}-{vid}-{seed}", attribute, seed, class_name_of(attribute, f), prompt, words, value
+        )
+    raise OstafError(f"the {split}/{attribute}/{kind} reference stream ran out of values; use a smaller offset")
+
+
+PLACEHOLDERS = {"shape": "*m", "appearance": "*a", "style": "*s"}
+
+
+def value_of(item_id: str) -> str:
+    """The unnamed value of a world item id (`shape-novel-1000003-240003` → `shape#1000003`); "" if named."""
+    parts = str(item_id).split("-")
+    return un.unnamed(parts[0], int(parts[2])) if len(parts) == 4 and parts[1] in ("seen", "novel") else ""
 
 
 def words_in(prompt: str) -> dict[str, str]:
@@ -181,11 +282,13 @@ def references(
     split: str = "test",
     offset: int = 0,
     attributes: tuple[str, ...] | list[str] = ATTRIBUTES,
+    kind: str = "named",
 ) -> list[Reference]:
-    """`per_attribute` references of each attribute from `split`, skipping the first `offset` of each stream."""
+    """`per_attribute` references of each attribute from `split` and `kind`, skipping the first `offset` of
+    each stream."""
     refs: list[Reference] = []
     for attribute in attributes:
-        stream = reference_stream(attribute, split)
+        stream = reference_stream(attribute, split) if kind == "named" else unnamed_stream(attribute, split, kind)
         for _ in range(offset):
             next(stream)
         refs.extend(next(stream) for _ in range(per_attribute))
@@ -196,6 +299,25 @@ def _appearance_is(image: np.ndarray, mask: np.ndarray, colour: str, texture: st
     return classify_colour(image, mask) == colour, classify_texture(image, mask) == texture
 
 
+def unnamed_strength(image: np.ndarray, mask: np.ndarray, attribute: str, world: WorldImage) -> tuple[float, bool]:
+    """(similarity or gap, match) of an image's attribute against an unnamed reference value."""
+    if attribute == "shape":
+        similarity = measure.shape_similarity(mask, world.mask)
+        return similarity, similarity >= measure.SHAPE_MATCH
+    if attribute == "appearance":
+        gap = measure.appearance_gap(measure.look_of(image, mask), measure.look_of(world.image, world.mask)).total()
+        return gap, gap <= measure.APPEARANCE_MATCH
+    gap = measure.style_gap(measure.style_of(image, mask), measure.style_of(world.image, world.mask)).total()
+    return gap, gap <= measure.STYLE_MATCH
+
+
+STRENGTH = {
+    "shape": ("shape_iou", "shape_match"),
+    "appearance": ("appearance_dist", "appearance_match"),
+    "style": ("style_dist", "style_match"),
+}
+
+
 def score(image: np.ndarray, attribute: str, prompt: str, world: WorldImage) -> dict[str, float]:
     """The exact metrics of one generated image of `prompt` against the reference `world`."""
     mask = recover_mask(image)
@@ -203,6 +325,8 @@ def score(image: np.ndarray, attribute: str, prompt: str, world: WorldImage) -> 
     f = world.factors
     found = mask.any()
     shape = classify_shape(mask)[0]
+    if un.is_unnamed({"shape": f.shape, "appearance": f.colour, "style": f.style}[attribute]):
+        return _score_unnamed(image, mask, attribute, target, world)
     colour_is_ref, texture_is_ref = _appearance_is(image, mask, f.colour, f.texture)
     if attribute == "shape":
         text = all(_appearance_is(image, mask, target.get("colour"), target.get("texture")))
@@ -229,6 +353,30 @@ def score(image: np.ndarray, attribute: str, prompt: str, world: WorldImage) -> 
     }
 
 
+def _score_unnamed(image: np.ndarray, mask: np.ndarray, attribute: str, target: dict, world: WorldImage) -> dict:
+    """`score` for a reference whose attribute is unnamed: the continuous evaluators, the same columns."""
+    f = world.factors
+    found = bool(mask.any())
+    shape = classify_shape(mask)[0]
+    value, match = unnamed_strength(image, mask, attribute, world)
+    strength = dict(zip(STRENGTH[attribute], (value, float(match and found)), strict=True))
+    if attribute == "shape":
+        text = all(_appearance_is(image, mask, target.get("colour"), target.get("texture")))
+        colour_is_ref, texture_is_ref = _appearance_is(image, mask, f.colour, f.texture)
+        return strength | {
+            "text_control": float(text and found),
+            "leakage": float((colour_is_ref or texture_is_ref) and found),
+        }
+    if attribute == "appearance":
+        return strength | {"text_control": float(shape == target.get("shape")), "leakage": float(shape == f.shape)}
+    look = _appearance_is(image, mask, target.get("colour"), target.get("texture"))
+    colour_is_ref, texture_is_ref = _appearance_is(image, mask, f.colour, f.texture)
+    return strength | {
+        "text_control": float(shape == target.get("shape") and all(look)),
+        "leakage": float(shape == f.shape or ((colour_is_ref or texture_is_ref) and found)),
+    }
+
+
 def score_composition(image: np.ndarray, shape_world: WorldImage, look_world: WorldImage) -> dict[str, float]:
     """A shape and an appearance learned from two references, in one image: does each come through?"""
     mask = recover_mask(image)
@@ -244,9 +392,14 @@ def score_composition(image: np.ndarray, shape_world: WorldImage, look_world: Wo
 
 def chance(ref: Reference) -> dict[str, float]:
     """What an answer with the *wrong* attribute scores, averaged over every wrong one (exact, by rendering):
-    the floor that a learned attribute has to beat."""
+    the floor that a learned attribute has to beat. For an unnamed reference every word is wrong: the mean
+    over all named values."""
     world = ref.world()
     f = world.factors
+    if ref.value:
+        answers = list(named_answers(ref.attribute, world, ref.prompt).values())
+        value, match = STRENGTH[ref.attribute]
+        return {value: float(np.mean([a[0] for a in answers])), match: float(np.mean([a[1] for a in answers]))}
     if ref.attribute == "shape":
         others = [s for s in SHAPES if s != f.shape]
         ious = [
@@ -264,6 +417,31 @@ def chance(ref: Reference) -> dict[str, float]:
     return {"style_dist": float(np.mean(dists)), "style_match": 1 / len(STYLES)}
 
 
+def word_floor(ref: Reference) -> dict[str, float]:
+    """The nearest-word floor of an unnamed reference: the best any named value scores (rendered exactly as
+    the prompt asks) — what a perfect textual inversion that finds a word could reach."""
+    answers = named_answers(ref.attribute, ref.world(), ref.prompt)
+    value, match = STRENGTH[ref.attribute]
+    best = nearest_word(ref.attribute, ref.world(), ref.prompt)
+    return {value: float(answers[best][0]), match: float(answers[best][1])}
+
+
+def reconstruction_limit(ref: Reference, vae) -> dict[str, float]:
+    """The reference through the model's VAE and back, scored like a generated image: the most any method
+    that generates through this VAE can reach."""
+    import torch
+
+    world = ref.world()
+    pixels = torch.from_numpy(world.image).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+    with torch.no_grad():
+        latents = vae.encode(pixels.to(vae.dtype)).latent_dist.mean
+        decoded = vae.decode(latents).sample.float()
+    image = ((decoded[0].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().byte().numpy()
+    value, match = STRENGTH[ref.attribute]
+    scored = score(image, ref.attribute, ref.prompt.replace(PLACEHOLDERS[ref.attribute], ""), world)
+    return {value: scored[value], match: scored[match]}
+
+
 def benchmark_item(ref: Reference, prompts: int = 3) -> dict:
     """`ref` as an Attribute Benchmark manifest entry (its image at images/<id>.png)."""
     f = ref.world().factors
@@ -275,7 +453,7 @@ def benchmark_item(ref: Reference, prompts: int = 3) -> dict:
         "prompts": list(dict.fromkeys([ref.prompt, *(prompt_for(ref.attribute, f, v)[0] for v in range(12))]))[
             :prompts
         ],
-        "source": f"ostaf.world.references.reference_world({ref.attribute!r}, {ref.seed})",
+        "source": f"ostaf.world.references.reference_world({ref.attribute!r}, {ref.seed}, {ref.value!r})",
         "license": "CC0-1.0 (procedurally generated)",
         "group": GROUP,
         "note": f.caption(),
@@ -306,7 +484,7 @@ def write_benchmark(dest: str | Path, per_attribute: int = BENCHMARK_ITEMS) -> P
 
 def score_sweep(sweep: SweepIndex, item: dict) -> dict[tuple[str, float], dict[str, float]]:
     """(prompt, λ) → the exact world metrics averaged over seeds, for a sweep written by `ostaf generate`."""
-    world = reference_world(item["attribute"], seed_of(item))
+    world = reference_world(item["attribute"], seed_of(item), value_of(item["id"]))
     scores: dict[tuple[str, float], list[dict[str, float]]] = defaultdict(list)
     for key, paths in sweep.by_prompt_and_lambda().items():
         for path in paths:

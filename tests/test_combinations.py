@@ -1,0 +1,147 @@
+"""Every accepted combination works or is refused: all pairs of the method and mechanism options.
+
+The factors come from the configs' metadata (`opt(pairwise=…)` on `TrainConfig` and `GenerateConfig`), so an
+option that declares its values joins this test without editing it; `allpairspy` picks a small set of cases
+in which every pair of values of any two factors occurs. Each case trains two steps and generates at λ 0 and
+1 in one batch, on `tiny` or `tiny-sdxl`, or is refused by one `OstafError` before any model loads.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import fields
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from allpairspy import AllPairs
+
+from ostaf import checkpoint, generate, train
+from ostaf.config import GenerateConfig, TrainConfig, shared_defaults
+from ostaf.errors import OstafError
+from tests.conftest import TINY_MODELS, synthetic_image, tiny_config
+
+
+def pairwise_factors() -> OrderedDict[str, tuple]:
+    """`train.<field>` / `generate.<field>` → the values the configs declare, and the model."""
+    factors: OrderedDict[str, tuple] = OrderedDict(model=TINY_MODELS)
+    for prefix, cls in (("train", TrainConfig), ("generate", GenerateConfig)):
+        for f in fields(cls):
+            if "pairwise" in f.metadata:
+                factors[f"{prefix}.{f.name}"] = f.metadata["pairwise"]
+    return factors
+
+
+def refusal(case: dict) -> str | None:
+    """The error the configs give this case before any model loads (None: accepted). The checks are the
+    shipped ones: `TrainConfig.check_options` and generation's `check_adapters_can` on the card it would write."""
+    options = {k.split(".", 1)[1]: v for k, v in case.items() if k.startswith("train.")}
+    try:
+        TrainConfig.check_options(shared_defaults(TrainConfig) | options)
+        wanted = {k.split(".", 1)[1]: v for k, v in case.items() if k.startswith("generate.")}
+        card = {"trainable": options.get("trainable", "lite")} | (
+            {"lora": {}} if options.get("trainable") == "lora" else {}
+        )
+        wanted |= {"ckpt": ["ckpt"], "prompt": ["a ball in the appearance of *a"]}
+        generate.check_adapters_can(GenerateConfig(**wanted), [SimpleNamespace(card=card, token="*a")])
+    except OstafError as err:
+        return str(err)
+    return None
+
+
+def _row(values: list) -> dict:
+    """A (partial) allpairspy row as a case; factors not drawn yet are at their first value (off)."""
+    return {name: values[i] if i < len(values) else options[0] for i, (name, options) in enumerate(FACTORS.items())}
+
+
+FACTORS = pairwise_factors()
+# every pair of values that the configs accept is exercised together; every refused pair is shown refused
+CASES = [_row(v) for v in AllPairs(list(FACTORS.values()), filter_func=lambda row: refusal(_row(row)) is None)]
+CASES += [case for case in map(_row, AllPairs(list(FACTORS.values()))) if refusal(case) is not None]
+
+
+def _complete(cases: list[dict]) -> list[dict]:
+    """Add a case (the rest off) for each pair allpairspy's filtered search left out."""
+    names = list(FACTORS)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            seen = {(c[a], c[b]) for c in cases}
+            for x in FACTORS[a]:
+                for y in FACTORS[b]:
+                    if (x, y) not in seen:
+                        cases.append(_row([]) | {a: x, b: y})
+    return cases
+
+
+CASES = _complete(CASES)
+
+
+def _id(case: dict) -> str:
+    return "-".join(f"{k.split('.')[-1]}={v}" for k, v in case.items() if v not in (0, 0.0, 1.0, False, "fixed"))
+
+
+def test_the_factors_cover_every_method_and_mechanism():
+    assert set(FACTORS["train.trainable"]) == {"lite", "paper", "token", "blocks", "unet", "lora"}
+    names = {k.split(".", 1)[-1] for k in FACTORS}
+    assert {"train_lam", "dual_path", "masked_loss", "attn_binding", "nn_contrastive", "token_steps"} <= names
+    assert {"token_search", "token_grad", "reference_attention", "reference_lambda"} <= names
+    pairs = {(a, b) for a in FACTORS for b in FACTORS if a < b}
+    for a, b in pairs:  # every pair of values of every two factors is in some case
+        seen = {(case[a], case[b]) for case in CASES}
+        assert seen == {(x, y) for x in FACTORS[a] for y in FACTORS[b]}, (a, b)
+    assert any(refusal(case) for case in CASES) and any(refusal(case) is None for case in CASES)
+
+
+@pytest.fixture
+def loads(monkeypatch) -> list[str]:
+    """The models loaded so far in this phase of the test (every path that loads a pipeline is counted)."""
+    loaded: list[str] = []
+    originals = {module: module.load_pipeline for module in (train, generate, checkpoint)}
+    for module, original in originals.items():
+
+        def counting(model, *args, _original=original, **kwargs):
+            loaded.append(model)
+            return _original(model, *args, **kwargs)
+
+        monkeypatch.setattr(module, "load_pipeline", counting)
+    return loaded
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])
+def test_a_combination_trains_and_generates_or_is_refused_before_any_model_loads(case, tmp_path, loads):
+    options = {k.split(".", 1)[1]: v for k, v in case.items() if k.startswith("train.")}
+    reference = tmp_path / "ref.png"
+    synthetic_image().save(reference)
+    try:
+        config = tiny_config(
+            reference,
+            tmp_path / "ckpt",
+            steps=2,
+            model=case["model"],
+            token_search_rounds=1,
+            token_search_samples=2,
+            **options,
+        )
+        train.train(config, progress=False)
+        loads.clear()  # generation's own refusals come before it loads a model
+        made = generate.generate(
+            GenerateConfig(
+                ckpt=[str(tmp_path / "ckpt")],
+                prompt=["a ball in the appearance of *a"],
+                lam=[0.0, 1.0],
+                seeds=[0],
+                num_steps=2,
+                device="cpu",
+                out=str(tmp_path / "images"),
+                **{k.split(".", 1)[1]: v for k, v in case.items() if k.startswith("generate.")},
+            ),
+            progress=False,
+        )
+    except OstafError as err:
+        assert not loads, f"refused only after loading {loads}: {err}"
+        assert refusal(case) is not None, f"accepted by the configs, then failed: {err}"
+        return
+    assert refusal(case) is None, "the configs refuse this case, but it ran"
+    images = made[0].images
+    assert sorted(images) == [(0.0, 0), (1.0, 0)]
+    assert all(np.isfinite(np.asarray(image, np.float32)).all() for image in images.values())

@@ -1,0 +1,135 @@
+"""World v3's references: unnamed values from disjoint streams, the nearest word, floor, limit, gap closed."""
+
+import numpy as np
+import pytest
+import torch
+
+from ostaf.world import unnamed as un
+from ostaf.world.evaluate import recover_mask
+from ostaf.world.experiment import LAMBDA_METRIC, with_gap_closed
+from ostaf.world.generator import render, with_value
+from ostaf.world.pretrain import WorldRecipe, caption_variant, dataset_factor
+from ostaf.world.references import (
+    named_answers,
+    nearest_word,
+    reconstruction_limit,
+    references,
+    score,
+    value_of,
+    word_floor,
+)
+
+ATTRIBUTES = ("shape", "appearance", "style")
+
+
+def test_named_references_are_v2s_exactly():
+    ids = [r.id for r in references(2, "test")] + [r.id for r in references(1, "validation")]
+    assert ids == [
+        "shape-square-10000",
+        "shape-diamond-10001",
+        "appearance-blue-striped-20000",
+        "appearance-cyan-striped-20001",
+        "style-framed-30000",
+        "style-outlined-30001",
+        "shape-circle-110000",
+        "appearance-cyan-solid-120000",
+        "style-framed-130000",
+    ]
+
+
+def test_unnamed_streams_are_disjoint_and_draw_from_their_kind():
+    drawn = {
+        (split, kind): references(4, split, 0, ATTRIBUTES, kind)
+        for split in ("validation", "test")
+        for kind in ("seen", "novel")
+    }
+    values = {key: {(r.attribute, r.value) for r in refs} for key, refs in drawn.items()}
+    seeds = {key: {r.seed for r in refs} for key, refs in drawn.items()}
+    keys = list(drawn)
+    for i, a in enumerate(keys):
+        for b in keys[i + 1 :]:
+            assert values[a].isdisjoint(values[b]) and seeds[a].isdisjoint(seeds[b]), (a, b)
+    for (split, kind), refs in drawn.items():
+        for r in refs:
+            vid = un.value_id(r.value)
+            assert r.kind == kind and value_of(r.id) == r.value
+            if kind == "seen":
+                assert vid < un.SEEN_POOL and vid % 2 == (split == "test")
+                assert r.attribute != "shape" or vid not in un.REDRAWN_SHAPES
+            else:
+                assert vid >= un.NOVEL_BASE
+            f = r.world().factors
+            assert f.unnamed() == (r.attribute,)  # only the learned attribute is unnamed; the prompt names the rest
+            placeholder = {"shape": "*m", "appearance": "*a", "style": "*s"}[r.attribute]
+            assert placeholder in r.prompt and placeholder not in r.words
+
+
+def test_pretraining_never_draws_a_novel_value_nor_names_an_unnamed_one():
+    recipe = WorldRecipe()
+    seen_any = set()
+    for index in range(3000):
+        f = dataset_factor(recipe, index)
+        for attribute in f.unnamed():
+            value = {"shape": f.shape, "appearance": f.colour, "style": f.style}[attribute]
+            assert not un.is_novel(value)
+            seen_any.add(attribute)
+            for template in range(5):
+                assert "#" not in caption_variant(f, template)
+    assert seen_any == set(ATTRIBUTES)
+
+
+@pytest.mark.parametrize("attribute", ATTRIBUTES)
+def test_the_reference_matches_itself_and_the_nearest_word_scores_the_floor(attribute):
+    ref = references(1, "validation", 0, (attribute,), "novel")[0]
+    world = ref.world()
+    own = score(world.image, attribute, ref.prompt, world)
+    match = {"shape": "shape_match", "appearance": "appearance_match", "style": "style_match"}[attribute]
+    assert own[match] == 1.0
+    answers = named_answers(attribute, world, ref.prompt)
+    best = nearest_word(attribute, world, ref.prompt)
+    metric = LAMBDA_METRIC[attribute][0]
+    assert word_floor(ref)[metric] == answers[best][0]
+    sign = 1 if attribute == "shape" else -1
+    assert all(sign * answers[best][0] >= sign * value for value, _ in answers.values())
+    # the word appears in the words prompt
+    assert best.split()[0] in ref.words
+
+
+def test_the_reconstruction_limit_scores_the_vae_round_trip():
+    from ostaf.models import load_pipeline
+
+    ref = references(1, "validation", 0, ("shape",), "seen")[0]
+    vae = load_pipeline("attribute-world").vae.float()
+    limit = reconstruction_limit(ref, vae)
+    world = ref.world()
+    pixels = torch.from_numpy(world.image).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+    with torch.no_grad():
+        decoded = vae.decode(vae.encode(pixels).latent_dist.mean).sample
+    image = ((decoded[0].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().byte().numpy()
+    from ostaf.world.measure import shape_similarity
+
+    assert limit["shape_iou"] == pytest.approx(shape_similarity(recover_mask(image), world.mask))
+
+
+def test_gap_closed_is_the_share_of_the_floor_to_limit_gap():
+    bounds = [
+        {"method": "floor", "reference": "r", "attribute": "appearance", "lam": 1.0, "appearance_dist": 1.2},
+        {"method": "limit", "reference": "r", "attribute": "appearance", "lam": 1.0, "appearance_dist": 0.2},
+        {"method": "floor", "reference": "q", "attribute": "shape", "lam": 1.0, "shape_iou": 0.9},
+        {"method": "limit", "reference": "q", "attribute": "shape", "lam": 1.0, "shape_iou": 0.91},
+    ]
+    rows = [
+        {"method": "lora", "reference": "r", "attribute": "appearance", "lam": 0.5, "appearance_dist": 0.45},
+        {"method": "lora", "reference": "q", "attribute": "shape", "lam": 1.0, "shape_iou": 0.95},
+    ]
+    out = with_gap_closed(rows + bounds, bounds)
+    assert out[0]["gap_closed"] == pytest.approx(0.75)  # (0.45 − 1.2) / (0.2 − 1.2)
+    assert "gap_closed" not in out[1]  # the limit beats the floor by < MIN_GAP: nothing to close
+    assert out[2]["gap_closed"] == pytest.approx(0.0) and out[3]["gap_closed"] == pytest.approx(1.0)
+
+
+def test_a_redrawn_shape_is_not_the_silhouette_the_model_saw():
+    for vid in un.REDRAWN_SHAPES:  # their first draw filled the image; the fix keeps the origin inside
+        mask = render(with_value(references(1, "test")[0].world().factors, "shape", un.unnamed("shape", vid))).mask
+        assert 0 < mask.mean() < 0.45 and not mask[0].any() and not mask[-1].any()
+    assert np.isfinite(un.NOVEL_BASE)
