@@ -123,3 +123,32 @@ def test_pretraining_recipe_runs_and_its_output_loads_as_a_pipeline(tmp_path, mo
         "a red striped star", num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np"
     ).images[0]
     assert image.shape == (64, 64, 3)
+
+
+def test_a_killed_pretraining_resumes_to_the_same_weights(tmp_path):
+    """Each stage checkpoints (`--work`); a rerun continues where it stopped and ends bit-equal to one run."""
+    import torch
+
+    from ostaf.world.pretrain import WorldRecipe, build_models, dataset_factors, train_diffusion, train_vae
+
+    recipe = WorldRecipe(
+        dataset_size=16, vae_steps=4, vae_batch=2, diffusion_steps=6, diffusion_batch=2, warmup_steps=1,
+        checkpoint_seconds=0,
+    )  # fmt: skip
+    whole, _, _ = build_models(recipe)
+    losses = train_vae(whole, recipe, progress=False)
+    stopped, _, _ = build_models(recipe)
+    train_vae(stopped, recipe, progress=False, steps=2, checkpoint=tmp_path / "vae.pt")  # killed after 2 steps
+    resumed, _, _ = build_models(recipe)
+    assert train_vae(resumed, recipe, progress=False, checkpoint=tmp_path / "vae.pt") == losses
+    assert all(torch.equal(a, b) for a, b in zip(whole.parameters(), resumed.parameters(), strict=True))
+
+    latents, factors = torch.randn(16, 4, 16, 16), dataset_factors(recipe)
+    stages = (lambda idx: latents[torch.from_numpy(idx)], lambda idx: [factors[i] for i in idx])
+    _, unet, text = build_models(recipe)
+    losses = train_diffusion(*stages, unet, text, recipe, 1.0, progress=False)
+    _, unet_a, text_a = build_models(recipe)
+    train_diffusion(*stages, unet_a, text_a, recipe, 1.0, progress=False, steps=3, checkpoint=tmp_path / "d.pt")
+    _, unet_b, text_b = build_models(recipe)
+    assert train_diffusion(*stages, unet_b, text_b, recipe, 1.0, progress=False, checkpoint=tmp_path / "d.pt") == losses
+    assert all(torch.equal(a, b) for a, b in zip(unet.parameters(), unet_b.parameters(), strict=True))

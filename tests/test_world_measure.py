@@ -94,9 +94,7 @@ def test_appearance_gap_recovers_both_colours_and_the_layout():
 
 
 def test_style_of_recovers_each_part_of_an_unnamed_style():
-    value = next(
-        un.unnamed("style", i) for i in range(200) if un.style_params(i).rim and un.style_params(i).shadow
-    )
+    value = next(un.unnamed("style", i) for i in range(200) if un.style_params(i).rim and un.style_params(i).shadow)
     params = un.style_params(un.value_id(value))
     world = render(Factors("hexagon", "blue", "solid", value))
     style = style_of(world.image, world.mask)

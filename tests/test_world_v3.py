@@ -133,3 +133,15 @@ def test_a_redrawn_shape_is_not_the_silhouette_the_model_saw():
         mask = render(with_value(references(1, "test")[0].world().factors, "shape", un.unnamed("shape", vid))).mask
         assert 0 < mask.mean() < 0.45 and not mask[0].any() and not mask[-1].any()
     assert np.isfinite(un.NOVEL_BASE)
+
+
+def test_an_unnamed_value_is_captioned_without_its_word():
+    from ostaf.world.generator import Factors
+
+    assert Factors("shape#3", "red", "striped").caption() == "a red striped object"
+    assert Factors("star", "look#1", "look#1").caption() == "a star"
+    assert Factors("ring", "blue", "dotted", "style#2").caption() == "a blue dotted ring, stylized"
+    assert Factors("ring", "blue", "dotted", "outlined").caption() == "a blue dotted ring, outlined style"
+    unnamed_look = Factors("star", "look#1", "look#1", "framed")
+    assert caption_variant(unnamed_look, 2) == "a star, framed style"  # the look's phrasing falls back to plain
+    assert caption_variant(unnamed_look, 1) == "a object in the shape of a star, framed style"
