@@ -27,7 +27,7 @@ def test_an_out_that_is_a_file_is_refused_before_training(reference, tmp_path, m
 def test_a_resolution_that_is_not_a_multiple_of_8_is_one_line(capsys):
     assert main(["generate", "--ckpt", "c", "--prompt", "a *a", "--resolution", "12"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "ostaf generate: error: resolution 12 is not a multiple of 8 (the latent grid needs it): use e.g. 8"
+    assert err == "ostaf generate: error: resolution 12 is not a multiple of 8 (the latent grid needs it): use e.g. 16"
 
 
 def test_a_folder_that_is_not_a_preprocess_output_says_so(tmp_path, capsys):
