@@ -538,9 +538,8 @@ class ExportConfig(_Config):
 def _multiple_of_8(**values: int) -> None:
     for name, value in values.items():
         if value % 8:
-            raise OstafError(
-                f"{name} {value} is not a multiple of 8 (the latent grid needs it): use e.g. {max(8, (value + 4) // 8 * 8)}"
-            )
+            nearest = max(8, (value + 4) // 8 * 8)  # the nearest multiple, ties up (12 → 16)
+            raise OstafError(f"{name} {value} is not a multiple of 8 (the latent grid needs it): use e.g. {nearest}")
 
 
 def _unit(**values: float) -> None:

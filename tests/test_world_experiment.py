@@ -181,6 +181,14 @@ def test_reduced_experiment_runs_end_to_end_and_lands_in_mlflow(tmp_path, monkey
     }
     rows = json.loads((tmp_path / "out" / "rows.json").read_text())
     assert {r["lam"] for r in rows if r["method"] == "ostaf-decoder-lite"} == {0.0, 1.0}
+    # rows.json holds what was generated (rescore reads each row's images back): no chance row among them
+    assert {r["method"] for r in rows} == {
+        "words",
+        "token",
+        "ostaf-encoder-lite",
+        "ostaf-decoder-lite",
+        "compose/token",
+    }
     table = (tmp_path / "out" / "table.md").read_text()
     assert "### style" in table and "| ostaf-encoder-lite | 1 |" in table and "lam_rho" in table
     style = next(row for row in report["table"] if row["method"] == "token" and row["attribute"] == "style")

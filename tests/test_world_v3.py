@@ -145,3 +145,23 @@ def test_an_unnamed_value_is_captioned_without_its_word():
     unnamed_look = Factors("star", "look#1", "look#1", "framed")
     assert caption_variant(unnamed_look, 2) == "a star, framed style"  # the look's phrasing falls back to plain
     assert caption_variant(unnamed_look, 1) == "a object in the shape of a star, framed style"
+
+
+def test_a_reduced_experiment_on_novel_references_reports_floor_limit_and_gap_closed(tmp_path):
+    import json
+
+    from ostaf.world.experiment import ExperimentConfig, run
+
+    config = ExperimentConfig(
+        references=1, kind="novel", attributes=["shape"], methods=["token"], steps=2, lams=[1.0], seeds=[0],
+        num_steps=3, compose=[], out=str(tmp_path / "out"),
+    )  # fmt: skip
+    report = run(config, log_to_mlflow=False, progress=False)
+    rows = {row["method"]: row for row in report["table"]}
+    assert {"chance", "floor", "words", "token", "limit"} <= set(rows)
+    # the VAE keeps this silhouette better than the nearest word does: the gap is measurable
+    assert rows["limit"]["gap_closed"] == pytest.approx(1.0) and rows["floor"]["gap_closed"] == pytest.approx(0.0)
+    assert "gap_closed" in rows["token"] and "gap_closed" not in rows["chance"]
+    saved = json.loads((tmp_path / "out" / "rows.json").read_text())
+    assert {r["method"] for r in saved} == {"words", "token"}
+    assert all(r["reference"].startswith("shape-novel-") for r in saved)

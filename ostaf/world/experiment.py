@@ -593,8 +593,9 @@ def finish(
     out = Path(config.out)
     floor = [{"method": "chance", "reference": r.id, "attribute": r.attribute, "lam": 1.0} | chance(r) for r in refs]
     bounds = unnamed_bounds(config, refs)
-    rows = with_gap_closed(rows + floor + bounds, bounds)
-    table = summarise(rows, lambda method, attribute: config.settings(method, attribute)["lam"])
+    scored = with_gap_closed(rows + bounds, bounds)
+    rows = scored[: len(rows)]  # the methods' rows (rows.json, curves): no chance, floor or limit among them
+    table = summarise(scored + floor, lambda method, attribute: config.settings(method, attribute)["lam"])
     curves = curves_of(rows)
     seconds = round(seconds, 1)
     report = {"config": asdict(config), "seconds": seconds, "references": [asdict(r) for r in refs], "table": table}
