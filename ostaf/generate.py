@@ -26,7 +26,7 @@ from PIL import Image
 from ostaf.attributes import check_prompt
 from ostaf.checkpoint import apply, load_base_pipeline, load_checkpoint
 from ostaf.conditioning import PromptEncoder
-from ostaf.config import ADAPTER_OF, DEFAULT_MODEL, GenerateConfig
+from ostaf.config import ADAPTER_OF, DEFAULT_MODEL, SCHEDULERS, GenerateConfig
 from ostaf.errors import OstafError
 from ostaf.images import load_image, make_grid
 from ostaf.mechanisms.dual_path import VanillaPrompts
@@ -41,12 +41,10 @@ from ostaf.strength import DUAL_PATH, Strength, refusal
 from ostaf.sweep import PromptResult, write_sweep
 
 log = logging.getLogger(__name__)
-SCHEDULERS = {
-    "ddim": DDIMScheduler,
-    "pndm": PNDMScheduler,
-    "dpm": DPMSolverMultistepScheduler,
-    "euler": EulerDiscreteScheduler,
-}
+# the sampler names live in `ostaf.config.SCHEDULERS` (torch-free: CLI choices); here, their diffusers classes
+SCHEDULER_CLASSES = dict(
+    zip(SCHEDULERS, (DDIMScheduler, PNDMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler), strict=True)
+)
 
 
 @dataclass(frozen=True)
@@ -225,9 +223,9 @@ def check_length(tokenizer, prompt: str, placeholders: list[str]) -> None:
 
 
 def set_scheduler(pipe: Pipeline, name: str) -> None:
-    if name not in SCHEDULERS:
+    if name not in SCHEDULER_CLASSES:
         raise OstafError(f"unknown scheduler {name!r}: use one of {', '.join(SCHEDULERS)}")
-    pipe.scheduler = SCHEDULERS[name].from_config(pipe.scheduler.config)
+    pipe.scheduler = SCHEDULER_CLASSES[name].from_config(pipe.scheduler.config)
 
 
 RANDOM_WEIGHTS_NOTICE = (
