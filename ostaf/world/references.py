@@ -173,7 +173,10 @@ def named_answers(attribute: str, world: WorldImage, prompt: str) -> dict[str, t
 
 def nearest_word(attribute: str, world: WorldImage, prompt: str) -> str:
     """The named value whose render, as the prompt asks for it, is closest to the unnamed reference."""
-    answers = named_answers(attribute, world, prompt)
+    return _best(attribute, named_answers(attribute, world, prompt))
+
+
+def _best(attribute: str, answers: dict[str, tuple[float, bool]]) -> str:
     sign = 1.0 if attribute == "shape" else -1.0  # a similarity (shape) or a gap
     return max(answers, key=lambda name: sign * answers[name][0])
 
@@ -319,61 +322,40 @@ STRENGTH = {
 
 
 def score(image: np.ndarray, attribute: str, prompt: str, world: WorldImage) -> dict[str, float]:
-    """The exact metrics of one generated image of `prompt` against the reference `world`."""
+    """The exact metrics of one generated image of `prompt` against the reference `world`: the attribute's
+    strength (classifiers for a named value, `ostaf.world.measure` for an unnamed one), then what the prompt
+    controls — the same for both."""
     mask = recover_mask(image)
-    target = words_in(prompt)
-    f = world.factors
-    found = mask.any()
-    shape = classify_shape(mask)[0]
-    if un.is_unnamed({"shape": f.shape, "appearance": f.colour, "style": f.style}[attribute]):
-        return _score_unnamed(image, mask, attribute, target, world)
-    colour_is_ref, texture_is_ref = _appearance_is(image, mask, f.colour, f.texture)
-    if attribute == "shape":
-        text = all(_appearance_is(image, mask, target.get("colour"), target.get("texture")))
-        return {
-            "shape_iou": shape_iou(image, world.mask),
-            "shape_match": float(shape == f.shape),
-            "text_control": float(text and found),
-            "leakage": float((colour_is_ref or texture_is_ref) and found),
-        }
-    if attribute == "appearance":
-        return {
-            "appearance_dist": appearance_distance(image, world.image),
-            "appearance_match": float(colour_is_ref and texture_is_ref and found),
-            "text_control": float(shape == target.get("shape")),
-            "leakage": float(shape == f.shape),
-        }
-    look = _appearance_is(image, mask, target.get("colour"), target.get("texture"))
-    text = shape == target.get("shape") and all(look)
-    return {
-        "style_dist": style_distance(image, world.image),
-        "style_match": float(classify_style(image, mask) == f.style and found),
-        "text_control": float(text),
-        "leakage": float(shape == f.shape or ((colour_is_ref or texture_is_ref) and found)),
-    }
-
-
-def _score_unnamed(image: np.ndarray, mask: np.ndarray, attribute: str, target: dict, world: WorldImage) -> dict:
-    """`score` for a reference whose attribute is unnamed: the continuous evaluators, the same columns."""
     f = world.factors
     found = bool(mask.any())
     shape = classify_shape(mask)[0]
-    value, match = unnamed_strength(image, mask, attribute, world)
-    strength = dict(zip(STRENGTH[attribute], (value, float(match and found)), strict=True))
+    colour_is_ref, texture_is_ref = _appearance_is(image, mask, f.colour, f.texture)
+    if un.is_unnamed({"shape": f.shape, "appearance": f.colour, "style": f.style}[attribute]):
+        value, match = unnamed_strength(image, mask, attribute, world)
+        strength = dict(zip(STRENGTH[attribute], (value, float(match and found)), strict=True))
+    elif attribute == "shape":
+        strength = {"shape_iou": shape_iou(image, world.mask), "shape_match": float(shape == f.shape)}
+    elif attribute == "appearance":
+        strength = {
+            "appearance_dist": appearance_distance(image, world.image),
+            "appearance_match": float(colour_is_ref and texture_is_ref and found),
+        }
+    else:
+        strength = {
+            "style_dist": style_distance(image, world.image),
+            "style_match": float(classify_style(image, mask) == f.style and found),
+        }
+    target = words_in(prompt)
+    leaked_look = (colour_is_ref or texture_is_ref) and found
     if attribute == "shape":
         text = all(_appearance_is(image, mask, target.get("colour"), target.get("texture")))
-        colour_is_ref, texture_is_ref = _appearance_is(image, mask, f.colour, f.texture)
-        return strength | {
-            "text_control": float(text and found),
-            "leakage": float((colour_is_ref or texture_is_ref) and found),
-        }
+        return strength | {"text_control": float(text and found), "leakage": float(leaked_look)}
     if attribute == "appearance":
         return strength | {"text_control": float(shape == target.get("shape")), "leakage": float(shape == f.shape)}
     look = _appearance_is(image, mask, target.get("colour"), target.get("texture"))
-    colour_is_ref, texture_is_ref = _appearance_is(image, mask, f.colour, f.texture)
     return strength | {
         "text_control": float(shape == target.get("shape") and all(look)),
-        "leakage": float(shape == f.shape or ((colour_is_ref or texture_is_ref) and found)),
+        "leakage": float(shape == f.shape or leaked_look),
     }
 
 
@@ -422,8 +404,8 @@ def word_floor(ref: Reference) -> dict[str, float]:
     the prompt asks) — what a perfect textual inversion that finds a word could reach."""
     answers = named_answers(ref.attribute, ref.world(), ref.prompt)
     value, match = STRENGTH[ref.attribute]
-    best = nearest_word(ref.attribute, ref.world(), ref.prompt)
-    return {value: float(answers[best][0]), match: float(answers[best][1])}
+    best = answers[_best(ref.attribute, answers)]
+    return {value: float(best[0]), match: float(best[1])}
 
 
 def reconstruction_limit(ref: Reference, vae) -> dict[str, float]:
