@@ -41,11 +41,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ostaf.config import opt
+from ostaf.config import ADAPTER_OF, opt
 from ostaf.errors import OstafError
 from ostaf.images import load_image, save_image
 from ostaf.io import atomic_write, write_json
-from ostaf.recipes import WORLD
+from ostaf.recipes import DISENTANGLED, WORLD
 from ostaf.report import lambda_curves, plot_lambda_curves, to_markdown
 from ostaf.stats import bootstrap_interval, spearman
 from ostaf.sweep import PromptResult, SweepIndex, write_sweep
@@ -109,6 +109,7 @@ METHODS: dict[str, dict[str, Any]] = {
     # where in the noise schedule the loss looks (ostaf/mechanisms/timesteps.py)
     "token+snr": dict(trainable="token", snr_gamma=1.0),
     "token+band": dict(trainable="token", timestep_range=[0.25, 1.0]),
+    "disentangled": dict(DISENTANGLED.train),  # the shipped recipe (token+band as the recipe writes it)
     "token+band-half": dict(trainable="token", timestep_range=[0.5, 1.0]),
     "token+band+snr": dict(trainable="token", timestep_range=[0.25, 1.0], snr_gamma=1.0),
     "token+band-long": dict(trainable="token", timestep_range=[0.25, 1.0], steps=400),
@@ -233,29 +234,48 @@ def _chosen(path: str) -> dict:
 IMAGES = "images"  # each job's sweep folder (a `SweepIndex`) under runs/<method>/<reference>/
 
 
+def reads_lambda(method: str) -> bool:
+    """Whether λ changes what `method` generates: an adapter scales with it, or the reference's weight does.
+    A token or fine-tuned weights are one model at every λ, so their sweep is rendered once (`_generate`)."""
+    base = method.removeprefix("compose/")
+    return base in METHODS and (
+        METHODS[base]["trainable"] in ADAPTER_OF or GENERATE_METHODS.get(base, {}).get("reference_lambda", False)
+    )
+
+
 def _generate(config: ExperimentConfig, pipe, ckpts: list[str], prompt: str, lams, job: Path, method: str = ""):
+    """The λ sweep of `ckpts`; where λ cannot change the images (`reads_lambda`), one λ rendered and shown
+    at each λ of the sweep (the rows and curves keep their shape: flat, as they are)."""
     from ostaf.config import GenerateConfig
     from ostaf.generate import generate
+
+    rendered = list(lams) if reads_lambda(method) else [1.0]
 
     gen = GenerateConfig(
         **GENERATE_METHODS.get(method, {}),
         ckpt=ckpts,
         prompt=[prompt],
-        lam=list(lams),
+        lam=rendered,
         seeds=list(config.seeds),
         out=str(job / IMAGES),
         num_steps=config.num_steps,
         guidance=config.guidance,
-        batch_size=len(lams) * len(config.seeds),
+        batch_size=len(rendered) * len(config.seeds),
         device="cpu",
     )
-    return generate(gen, pipe=pipe, progress=False)[0]
+    result = generate(gen, pipe=pipe, progress=False)[0]
+    if rendered == list(lams):
+        return result
+    images = {(lam, seed): result.images[(1.0, seed)] for lam in lams for seed in config.seeds}
+    return PromptResult(result.prompt, images, result.grid)
 
 
 def _rows(images: dict, ref: Reference, method: str, world: WorldImage, seconds: float = 0.0) -> list[dict]:
-    rows = []
+    rows, scored = [], {}  # an image shown at several λ (`_generate`) is scored once
     for (lam, seed), image in images.items():
-        metrics = score(np.asarray(image.convert("RGB")), ref.attribute, ref.prompt, world)
+        if id(image) not in scored:
+            scored[id(image)] = score(np.asarray(image.convert("RGB")), ref.attribute, ref.prompt, world)
+        metrics = scored[id(image)]
         rows.append(
             {"method": method, "reference": ref.id, "attribute": ref.attribute, "lam": lam, "seed": seed}
             | metrics
@@ -363,7 +383,7 @@ def run_compose(config: ExperimentConfig, method: str, shape_ref: Reference, loo
     done = finished_rows(config, job, name, "shape+appearance")
     if done is not None:
         return done
-    result = _generate(config, load_pipeline(config.model), ckpts, COMPOSE_PROMPT, config.lams, job)
+    result = _generate(config, load_pipeline(config.model), ckpts, COMPOSE_PROMPT, config.lams, job, name)
     save_image(result.grid, job / "grid.png")
     shape_world, look_world = shape_ref.world(), look_ref.world()
     rows = [
@@ -569,7 +589,8 @@ def rescore(config: ExperimentConfig, log_to_mlflow: bool = True, tags: dict | N
     rows = []
     for row in json.loads((out / "rows.json").read_text()):
         sweep = SweepIndex.read(out / "runs" / row["method"] / row["reference"] / IMAGES)
-        pixels = np.asarray(load_image(sweep.path(prompt_of(row, refs), row["lam"], row["seed"])))
+        lam = row["lam"] if reads_lambda(row["method"]) else 1.0  # the one λ `_generate` rendered
+        pixels = np.asarray(load_image(sweep.path(prompt_of(row, refs), lam, row["seed"])))
         if is_compose(row["method"]):
             shape_id, look_id = row["reference"].split("+")
             metrics = score_composition(pixels, refs[shape_id].world(), refs[look_id].world())

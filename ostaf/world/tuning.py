@@ -28,7 +28,7 @@ from ostaf.io import atomic_write, write_json
 from ostaf.recipes import WORLD
 from ostaf.report import to_markdown
 from ostaf.world.experiment import LAMBDA_METRIC, METHODS, TABLE_METHODS, ExperimentConfig, run_many
-from ostaf.world.references import ATTRIBUTES
+from ostaf.world.references import ATTRIBUTES, KINDS
 
 MATCH = {"shape": "shape_match", "appearance": "appearance_match", "style": "style_match"}
 
@@ -39,6 +39,7 @@ class TuneConfig:
 
     model: str = opt("attribute-world", "base model (a preset name or a diffusers folder)")
     references: int = opt(4, "validation references per attribute")
+    kind: str = opt("named", "the references' kind: named (v2), or unnamed seen / novel (v3)", choices=KINDS)
     attributes: list[str] = opt(list(ATTRIBUTES), "attributes to tune on", choices=ATTRIBUTES)
     methods: list[str] = opt(list(TABLE_METHODS), "methods to tune (each gets the same trials)", choices=tuple(METHODS))
     lrs: list[float] = opt([3e-4, 1e-3, 3e-3], "learning rates of the grid")
@@ -57,6 +58,7 @@ class TuneConfig:
             model=self.model,
             split="validation",
             references=self.references,
+            kind=self.kind,
             attributes=list(self.attributes),
             lams=list(self.lams),
             seeds=list(self.seeds),
