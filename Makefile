@@ -22,7 +22,7 @@ data: install
 # tracked in ./mlflow.db (see `mlflow ui`).
 # Flags: python -m pipelines run-local --help
 run: data
-	$(PY) -m pipelines run-local --per-attribute 1 --model attribute-world --recipe world disentangled
+	$(PY) -m pipelines run-local --per-attribute 2 --model attribute-world --recipe world disentangled
 
 test: data browser
 	$(PY) -m pytest -q

@@ -26,8 +26,10 @@ class Group:
     name: str  # the `group` of its items in a manifest
     source: str  # `--source NAME`: a benchmark folder of this group's references
     write_benchmark: Callable[[Path], Path]  # fills a folder with manifest.yaml + images
-    score_sweep: Callable[[Any, dict], Scores]  # (SweepIndex, manifest item) → exact metrics
+    score_sweep: Callable[[Any, dict, str], Scores]  # (SweepIndex, manifest item, model) → exact metrics
     columns: dict[str, tuple[str, ...]] = field(default_factory=dict)  # attribute → exact metric columns
+    # attribute → (its continuous score, its match): the per-item table's `score` and `match`
+    strength: dict[str, tuple[str, str]] = field(default_factory=dict)
     models: tuple[str, ...] = ()  # models whose default benchmark source this group is
     version: str = "1"  # bumped when the references change: a folder written by another version is not reused
 
@@ -59,3 +61,8 @@ def of_model(model: str) -> Group | None:
 def columns(attribute: str) -> tuple[str, ...]:
     """Every group's exact columns for `attribute`, in registration order."""
     return tuple(dict.fromkeys(c for g in registered().values() for c in g.columns.get(attribute, ())))
+
+
+def strength(attribute: str) -> tuple[str, str] | None:
+    """(score metric, match metric) of `attribute` in the first group that scores it, if any."""
+    return next((g.strength[attribute] for g in registered().values() if attribute in g.strength), None)

@@ -59,6 +59,35 @@ def paper_table(rows: list[dict], lam: float | None = None) -> list[dict]:
     ]
 
 
+ITEM_KEYS = ("item", "attribute", "match", "score", "floor", "limit", "gap_closed", "text_control")
+ITEM_NOTE = (
+    "per item: `score` is the attribute's exact metric (shape: silhouette IoU, higher is better; appearance and "
+    "style: distance, lower is better), `match` whether it counts as the reference's; unnamed items (no word names "
+    "the attribute) add `floor` (the nearest word, rendered exactly), `limit` (the reference through the model's "
+    "VAE) and `gap_closed` = (score − floor) / (limit − floor)"
+)
+
+
+def item_table(rows: list[dict], lam: float) -> list[dict]:
+    """One row per item scored by an item group (`groups.strength`): its match, score, text control and, for
+    items with a nearest-word floor, the floor, limit and gap closed; means over prompts at `lam`."""
+    values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    attribute_of: dict[str, str] = {}
+    for row in rows:
+        metrics = groups.strength(row["attribute"])
+        if row["lam"] != lam or metrics is None or metrics[0] not in row:
+            continue
+        attribute_of[row["item"]] = row["attribute"]
+        named = {"score": metrics[0], "match": metrics[1]} | {k: k for k in ITEM_KEYS[4:]}
+        for key, metric in named.items():
+            if row.get(metric) is not None:
+                values[row["item"]][key].append(float(row[metric]))
+    return [
+        {"item": item, "attribute": attribute_of[item]} | {k: significant(float(np.mean(v)), 3) for k, v in got.items()}
+        for item, got in values.items()
+    ]
+
+
 def table_keys(table: list[dict]) -> list[str]:
     return ["attribute", "n", *(m for m in table_metrics() if any(m in row for row in table))]
 

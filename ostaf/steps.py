@@ -38,12 +38,15 @@ from ostaf.io import write_json
 from ostaf.objects import download, is_object_uri, split_uri
 from ostaf.report import (
     BEST_LAM_NOTE,
+    ITEM_KEYS,
+    ITEM_NOTE,
     NOT_COMPUTED,
     STRENGTH,
     best_lambda,
     best_lambdas,
     by_lambda,
     curve_step,
+    item_table,
     missing_paper_metrics,
     paper_table,
     plot_curves,
@@ -270,7 +273,7 @@ def evaluate_item(
     rows = evaluate_sweep(images, load_preprocessed(reference), models)
     group = groups.of_item(item)
     if group is not None:  # exact ground truth: add the group's own metrics
-        exact = group.score_sweep(SweepIndex.read(images), item)
+        exact = group.score_sweep(SweepIndex.read(images), item, model)
         rows = [row | exact[(row["prompt"], row["lam"])] for row in rows]
     rows = [{"item": item["id"], "attribute": item["attribute"], **row} for row in rows]
     write_json(Path(dest) / SCORES_FILE, rows)
@@ -308,6 +311,9 @@ def aggregate(score_dirs: list[str], parent_run_id: str, dest: str, lam: float |
     markdown = f"Attribute Benchmark at λ = {lam:g}\n\n{to_markdown(table)}"
     if missing_paper_metrics(rows):
         markdown += f"\n{NOT_COMPUTED}\n"
+    items = item_table(rows, lam)
+    if items:
+        markdown += f"\n{to_markdown(items, [k for k in ITEM_KEYS if any(k in i for i in items)])}\n{ITEM_NOTE}\n"
     best = best_lambdas(rows)
     if best:
         markdown += f"\n{BEST_LAM_NOTE}\n" + "".join(

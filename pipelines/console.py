@@ -37,7 +37,7 @@ class Summary(io.TextIOBase):
         self.partial = ""
         self.started: dict[str, float] = {}
         self.recent: deque[str] = deque(maxlen=tail)
-        self.progress: tuple[str, str] | None = None  # the last progress line shown (the bar repeats 100 %)
+        self.progress: tuple[str, int] | None = None  # the bar and quarter last shown (the bar repeats 100 %)
 
     def writable(self) -> bool:
         return True
@@ -75,11 +75,19 @@ class Summary(io.TextIOBase):
                     self.say(f"    | {kept.strip()[:400]}")
         elif found := PIPELINE.search(line):
             self.say(f"pipeline {found[1]}: {found[2].lower()}")
-        elif (found := PROGRESS.search(line)) and (found[1], found[2]) != self.progress:
-            self.progress = (found[1], found[2])
+        elif (found := PROGRESS.search(line)) and self._new_quarter(found[1], int(found[2])):
             rate, loss = RATE.search(line), LOSS.search(line)
             details = ", ".join(x for x in (rate and rate[1], loss and f"loss {loss[1]}") if x)
             self.say(f"    {found[1]} {found[2]:>3}% {found[3]:>9}  {details}")
+
+    def _new_quarter(self, bar: str, percent: int) -> bool:
+        """Progress is shown when a bar starts, passes a quarter and ends: five lines a run, not one a tick."""
+        quarter = (bar, percent // 25)
+        behind = self.progress is not None and self.progress[0] == bar and 0 < quarter[1] < self.progress[1]
+        if quarter == self.progress or behind:  # a bar that starts over starts at 0 %
+            return False
+        self.progress = quarter
+        return True
 
 
 @contextmanager

@@ -43,7 +43,7 @@ PIPELINES = {"benchmark": build_benchmark, "personalization": build_personalizat
 
 # what a compiled pipeline does when a user just presses "Run" in the KFP UI: the world model (it ships in the
 # package) on one held-out world reference per attribute with its recipe — minutes, not `tiny` for 3000 steps
-COMPILED = {"recipe": ["world"], "model": "attribute-world", "source": "world", "per_attribute": 1}
+COMPILED = {"recipe": ["world"], "model": "attribute-world", "source": "world", "per_attribute": 2}
 
 
 def build(name: str, parallelism: int = 4, retries: int | None = None, **settings: Any):

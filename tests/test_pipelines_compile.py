@@ -103,9 +103,9 @@ def test_parameters_come_from_the_configs(specs):
     assert params["steps"]["defaultValue"] == WORLD.train["steps"] and params["lr"]["defaultValue"] == WORLD.train["lr"]
     assert params["lam"]["defaultValue"] == WORLD.generate["lam"]
     assert params["trainable"]["defaultValue"] == TrainConfig.__dataclass_fields__["trainable"].default
-    # pressing "Run" in the KFP UI: the world model on one held-out world reference per attribute, its recipe
+    # pressing "Run" in the KFP UI: the world model on one named and one novel world reference per attribute
     assert params["model"]["defaultValue"] == "attribute-world" and params["source"]["defaultValue"] == "world"
-    assert params["per_attribute"]["defaultValue"] == 1 and params["recipe"]["defaultValue"] == ["world"]
+    assert params["per_attribute"]["defaultValue"] == 2 and params["recipe"]["defaultValue"] == ["world"]
     assert params["metric_models"]["defaultValue"] == EvaluateConfig.__dataclass_fields__["metric_models"].default
     single = specs["attribute_personalization"]["root"]["inputDefinitions"]["parameters"]
     assert {"image", "attribute", "class_name", "prompts", "recipe", "extra_options"} | typed <= set(single)

@@ -67,6 +67,20 @@ def test_a_step_and_its_task_leave_their_times_in_the_log(capsys):
     assert f"{TASK_WALL_MARK} train " in log.getvalue() and "train" in terminal.getvalue()
 
 
+def test_the_console_shows_a_training_bar_at_its_start_quarters_and_end():
+    from pipelines.console import Summary
+
+    log, terminal = io.StringIO(), io.StringIO()
+    summary = Summary(log, terminal)
+    for _ in range(2):  # a second item's bar starts over at 0 %
+        for step in range(0, 201, 20):
+            summary.write(f"ostaf shape: {step // 2:3d}%|##| {step}/200 [00:01, 9.1step/s, loss=0.1]\n")
+        summary.write("ostaf shape: 100%|##| 200/200 [00:01, 9.1step/s, loss=0.1]\n")  # tqdm's closing repeat
+    shown = [line.split()[2] for line in terminal.getvalue().splitlines()]
+    assert shown == ["0%", "30%", "50%", "80%", "100%"] * 2
+    assert log.getvalue().count("ostaf shape") == 24  # every tick stays in the log
+
+
 @pytest.mark.parametrize("fails", [False, True])
 def test_a_kfp_task_skips_the_teardown_but_keeps_its_exit_code_and_output(tmp_path, fails):
     """Run as the KFP executor is (`executor_main.py`): a step, then the executor's own work after it."""

@@ -127,9 +127,13 @@ def test_frame_filling_or_empty_masks_are_no_shape():
 def test_world_benchmark_folder_validates_and_is_a_pipeline_source(tmp_path):
     folder = write_benchmark(tmp_path / "bench", 2)
     manifest = load_manifest(folder)
-    assert len(manifest.items) == 6 and all(len(i.prompts) == 3 for i in manifest.items)
+    assert len(manifest.items) == 12 and all(len(i.prompts) == 2 for i in manifest.items)
     item = manifest.items[0].model_dump()
     assert seed_of(item) == references(2)[0].seed
+    # per attribute, named and novel in turn: `--per-attribute 2` (make run) takes one of each
+    novel = references(2, kind="novel")
+    assert [i.id for i in manifest.items[:4]] == [references(2)[0].id, novel[0].id, references(2)[1].id, novel[1].id]
+    assert [i.id for i in manifest.select(per_attribute=2)][2:4] == [references(2)[2].id, novel[2].id]
     ids = select_benchmark(SOURCE, str(tmp_path / "chosen"), ["appearance"], [], 1)
     chosen = yaml.safe_load((tmp_path / "chosen" / "manifest.yaml").read_text())["items"]
     assert ids == [chosen[0]["id"]] and chosen[0]["attribute"] == "appearance"
@@ -150,7 +154,7 @@ def test_the_world_source_is_rewritten_when_the_world_changes(tmp_path, monkeypa
     newer = dataclasses.replace(group, version="99", write_benchmark=lambda dest: write_benchmark(dest, 1))
     monkeypatch.setitem(groups._GROUPS, group.name, newer)
     second = data.pull(SOURCE)  # a folder the old world wrote is not reused
-    assert second != first and len(load_manifest(second).items) == 3
+    assert second != first and len(load_manifest(second).items) == 6  # one named and one novel per attribute
 
 
 @pytest.mark.parametrize("model", ["attribute-world", "tiny-sdxl"])  # the world experiment on SDXL, unchanged
@@ -253,6 +257,7 @@ def test_benchmark_pipeline_runs_on_world_references_with_the_world_model_and_ev
     table = table.read_text()
     assert "| shape | 1 |" in table
     assert all(metric in table for metric in ("shape_iou", "shape_match", "text_control"))
+    assert f"| {references(1)[0].id} | shape |" in table  # the per-item table (score, match; floor where unnamed)
 
     from mlflow import MlflowClient
 

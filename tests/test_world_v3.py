@@ -1,8 +1,11 @@
 """World v3's references: unnamed values from disjoint streams, the nearest word, floor, limit, gap closed."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from ostaf.world import unnamed as un
 from ostaf.world.evaluate import recover_mask
@@ -10,11 +13,13 @@ from ostaf.world.experiment import LAMBDA_METRIC, with_gap_closed
 from ostaf.world.generator import render, with_value
 from ostaf.world.pretrain import WorldRecipe, caption_variant, dataset_factor
 from ostaf.world.references import (
+    benchmark_item,
     named_answers,
     nearest_word,
     reconstruction_limit,
     references,
     score,
+    score_sweep,
     value_of,
     word_floor,
 )
@@ -126,6 +131,42 @@ def test_gap_closed_is_the_share_of_the_floor_to_limit_gap():
     assert out[0]["gap_closed"] == pytest.approx(0.75)  # (0.45 − 1.2) / (0.2 − 1.2)
     assert "gap_closed" not in out[1]  # the limit beats the floor by < MIN_GAP: nothing to close
     assert out[2]["gap_closed"] == pytest.approx(0.0) and out[3]["gap_closed"] == pytest.approx(1.0)
+
+
+def test_an_unnamed_items_sweep_reports_its_floor_limit_and_gap_as_the_experiment_does(tmp_path):
+    """The pipeline's per-item scores (make run) and the experiment's rows measure the same gap."""
+    from ostaf.models import load_pipeline
+    from ostaf.report import item_table
+    from ostaf.sweep import PromptResult, write_sweep
+
+    named, novel = references(1, kind="named", attributes=("shape",))[0], references(1, kind="novel")[0]
+    item = benchmark_item(novel)
+    images = {(lam, 0): Image.fromarray(novel.world().image) for lam in (0.0, 1.0)}  # the reference itself
+    prompts = item["prompts"][:2]
+    sweep = write_sweep(
+        tmp_path / "sweep",
+        [PromptResult(p, images, Image.new("RGB", (8, 8))) for p in prompts],
+        {"prompt": prompts},
+    )
+    scores = score_sweep(sweep, item, "attribute-world")
+    limit = reconstruction_limit(novel, load_pipeline("attribute-world").vae.float())["shape_iou"]
+    for prompt in prompts:
+        got = scores[(prompt, 1.0)]
+        floor = word_floor(dataclasses.replace(novel, prompt=prompt))["shape_iou"]
+        assert got["shape_iou"] == pytest.approx(1.0) and got["floor"] == pytest.approx(floor)
+        assert got["limit"] == pytest.approx(limit)
+        assert got["gap_closed"] == pytest.approx((1.0 - floor) / (limit - floor))
+    named_item = benchmark_item(named)
+    named_sweep = write_sweep(
+        tmp_path / "named",
+        [PromptResult(named_item["prompts"][0], images, Image.new("RGB", (8, 8)))],
+        {"prompt": named_item["prompts"][:1]},
+    )
+    assert "floor" not in next(iter(score_sweep(named_sweep, named_item, "attribute-world").values()))
+    rows = [{"item": item["id"], "attribute": "shape", "prompt": p, "lam": lam} | scores[(p, lam)] for p, lam in scores]
+    (row,) = item_table(rows, 1.0)  # the console's per-item line: means over the prompts at the table's λ
+    assert row["score"] == pytest.approx(1.0, abs=1e-3) and row["match"] == 1.0
+    assert row["floor"] == pytest.approx(np.mean([scores[(p, 1.0)]["floor"] for p in prompts]), abs=1e-2)
 
 
 def test_a_redrawn_shape_is_not_the_silhouette_the_model_saw():

@@ -56,6 +56,7 @@ from ostaf.world.references import (
     SPLITS,
     Reference,
     chance,
+    gap_closed,
     reconstruction_limit,
     references,
     score,
@@ -154,7 +155,6 @@ METRICS = (
     "leakage",
     "gap_closed",
 )
-MIN_GAP = 0.02  # a reference whose limit beats its floor by less has no gap to close (gap_closed: n/a)
 # rows no training made: the wrong-word average, the nearest-word floor, the words prompt, the VAE's limit
 UNTRAINED = ("words", "chance", "floor", "limit")
 # the continuous metric λ should raise (sign +1) or lower (-1), per attribute: `lam_rho` follows it
@@ -647,8 +647,7 @@ def unnamed_bounds(config: ExperimentConfig, refs: list[Reference]) -> list[dict
 
 
 def with_gap_closed(rows: list[dict], bounds: list[dict]) -> list[dict]:
-    """Each row of an unnamed reference with `gap_closed` = (score − floor) / (limit − floor) on the attribute's
-    continuous metric (1: as good as the reference through the VAE; 0: no better than the nearest word)."""
+    """Each row of an unnamed reference with `gap_closed` (`references.gap_closed`) where it has a gap."""
     ends: dict[str, dict[str, float]] = defaultdict(dict)
     for row in bounds:
         metric = LAMBDA_METRIC[row["attribute"]][0]
@@ -659,10 +658,8 @@ def with_gap_closed(rows: list[dict], bounds: list[dict]) -> list[dict]:
         if end is None or is_compose(row["method"]) or row["method"] == "chance":
             out.append(row)
             continue
-        metric, sign = LAMBDA_METRIC[row["attribute"]]
-        span = end["limit"] - end["floor"]
-        measurable = sign * span >= MIN_GAP  # the VAE keeps more of the value than the nearest word has
-        out.append(row | ({"gap_closed": (row[metric] - end["floor"]) / span} if measurable else {}))
+        closed = gap_closed(row["attribute"], row[LAMBDA_METRIC[row["attribute"]][0]], end["floor"], end["limit"])
+        out.append(row | ({"gap_closed": closed} if closed is not None else {}))
     return out
 
 

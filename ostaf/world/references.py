@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,7 @@ from ostaf.world.generator import (
 
 GROUP = "attribute-world"  # the benchmark group of world items (how the pipeline knows to score them exactly)
 SOURCE = "world"  # --source world: held-out world references instead of the DVC benchmark
+SOURCE_LAYOUT = 2  # 2: named and novel items in turn; a change rewrites the source's folder, as WORLD_VERSION does
 BENCHMARK_ITEMS = 8  # references per attribute in the `world` source
 WORLD_VERSION = "3"  # 2: styles, splits; 3: unnamed kinds; the `world` source's folder is rewritten on a change
 ATTRIBUTES = ("shape", "appearance", "style")
@@ -424,7 +426,24 @@ def reconstruction_limit(ref: Reference, vae) -> dict[str, float]:
     return {value: scored[value], match: scored[match]}
 
 
-def benchmark_item(ref: Reference, prompts: int = 3) -> dict:
+MIN_GAP = 0.02  # a reference whose limit beats its floor by less has no gap to close (gap_closed: n/a)
+
+
+def gap_closed(attribute: str, value: float, floor: float, limit: float) -> float | None:
+    """(value − floor) / (limit − floor) on the attribute's continuous metric (1: as good as the reference
+    through the VAE; 0: no better than the nearest word); None where the VAE keeps less of the value than
+    the nearest word has (no gap to close)."""
+    span = limit - floor
+    better = 1.0 if attribute == "shape" else -1.0  # a similarity (shape) or a gap
+    return (value - floor) / span if better * span >= MIN_GAP else None
+
+
+def reference_of(item: dict, prompt: str) -> Reference:
+    """The reference behind a world benchmark item, asked with `prompt` (one of its prompts)."""
+    return Reference(item["id"], item["attribute"], seed_of(item), item["class_name"], prompt, "", value_of(item["id"]))
+
+
+def benchmark_item(ref: Reference, prompts: int = 2) -> dict:
     """`ref` as an Attribute Benchmark manifest entry (its image at images/<id>.png)."""
     f = ref.world().factors
     return {
@@ -448,15 +467,23 @@ def seed_of(item: dict) -> int:
 
 
 def write_benchmark(dest: str | Path, per_attribute: int = BENCHMARK_ITEMS) -> Path:
-    """A benchmark folder (manifest.yaml + images/) of held-out world references, like the DVC one."""
+    """A benchmark folder (manifest.yaml + images/) of held-out world references, like the DVC one: per
+    attribute, named and novel unnamed references in turn (`--per-attribute 2` takes one of each)."""
     dest = Path(dest)
-    refs = references(per_attribute)
+    named, novel = references(per_attribute), references(per_attribute, kind="novel")
+    refs = [
+        ref
+        for attribute in ATTRIBUTES
+        for pair in zip(*((r for r in kind if r.attribute == attribute) for kind in (named, novel)), strict=True)
+        for ref in pair
+    ]
     for ref in refs:
         save_image(Image.fromarray(ref.world().image), dest / "images" / f"{ref.id}.png")
     manifest = {
         "name": "attribute-world",
         "version": 1,
-        "description": "Held-out Attribute World references (ostaf.world); exact ground truth from the seed",
+        "description": "Held-out Attribute World references (ostaf.world), named and novel (no word names the "
+        "attribute); exact ground truth from the seed",
         "items": [benchmark_item(r) for r in refs],
     }
     write_manifest(dest, manifest)
@@ -464,14 +491,33 @@ def write_benchmark(dest: str | Path, per_attribute: int = BENCHMARK_ITEMS) -> P
     return dest
 
 
-def score_sweep(sweep: SweepIndex, item: dict) -> dict[tuple[str, float], dict[str, float]]:
-    """(prompt, λ) → the exact world metrics averaged over seeds, for a sweep written by `ostaf generate`."""
+def score_sweep(sweep: SweepIndex, item: dict, model: str) -> dict[tuple[str, float], dict[str, float]]:
+    """(prompt, λ) → the exact world metrics averaged over seeds, for a sweep written by `ostaf generate`; an
+    unnamed item's also hold its `floor` (the nearest word, as that prompt asks), `limit` (the reference
+    through `model`'s VAE) and `gap_closed`."""
     world = reference_world(item["attribute"], seed_of(item), value_of(item["id"]))
     scores: dict[tuple[str, float], list[dict[str, float]]] = defaultdict(list)
     for key, paths in sweep.by_prompt_and_lambda().items():
         for path in paths:
             scores[key].append(score(np.asarray(load_image(path)), item["attribute"], key[0], world))
-    return {key: {m: float(np.mean([s[m] for s in per])) for m in per[0]} for key, per in scores.items()}
+    means = {key: {m: float(np.mean([s[m] for s in per])) for m in per[0]} for key, per in scores.items()}
+    if not value_of(item["id"]):
+        return means
+    metric = STRENGTH[item["attribute"]][0]
+    limit = reconstruction_limit(reference_of(item, item["prompts"][0]), _vae(model))[metric]
+    floors = {prompt: word_floor(reference_of(item, prompt))[metric] for prompt, _ in means}
+    for (prompt, _), metrics in means.items():
+        closed = gap_closed(item["attribute"], metrics[metric], floors[prompt], limit)
+        metrics |= {"floor": floors[prompt], "limit": limit} | ({"gap_closed": closed} if closed is not None else {})
+    return means
+
+
+@lru_cache(maxsize=2)
+def _vae(model: str):
+    """`model`'s VAE in float32 (the reconstruction limit's), loaded once per process."""
+    from ostaf.models import load_pipeline
+
+    return load_pipeline(model).vae.float()
 
 
 groups.register(
@@ -481,11 +527,12 @@ groups.register(
         write_benchmark=write_benchmark,
         score_sweep=score_sweep,
         columns={
-            "shape": ("shape_iou", "shape_match", "text_control", "leakage"),
-            "appearance": ("appearance_dist", "appearance_match", "text_control", "leakage"),
-            "style": ("style_dist", "style_match", "text_control", "leakage"),
+            "shape": ("shape_iou", "shape_match", "gap_closed", "text_control", "leakage"),
+            "appearance": ("appearance_dist", "appearance_match", "gap_closed", "text_control", "leakage"),
+            "style": ("style_dist", "style_match", "gap_closed", "text_control", "leakage"),
         },
+        strength={a: STRENGTH[a] for a in ATTRIBUTES},
         models=("attribute-world",),
-        version=WORLD_VERSION,
+        version=f"{WORLD_VERSION}.{SOURCE_LAYOUT}",
     )
 )
