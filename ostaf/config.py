@@ -270,6 +270,12 @@ class TrainConfig(_Config):
     steps: int = opt(3000, "optimizer steps", pipeline=True)
     checkpoint_every: int = opt(100, "save a checkpoint every N steps (0: only the final one)")
     lr: float = opt(1e-6, "learning rate (default: the paper's 1e-6)", pipeline=True)
+    token_lr: float = opt(
+        0.0,
+        "learning rate of the placeholder token (0: --lr); the weights (offsets, LoRA, fine-tuned blocks) keep --lr, "
+        "so a token can move at textual inversion's rate while weights move at the paper's",
+        pairwise=(0.0, 1e-3),
+    )
     scale_lr: bool = opt(False, "multiply lr by grad_accum × batch_size, as the authors' scripts do")
     grad_accum: int = opt(2, "gradient accumulation steps")
     batch_size: int = opt(1, "images per micro-step")
@@ -361,6 +367,9 @@ class TrainConfig(_Config):
             )
         if values["lr"] <= 0:
             raise OstafError(f"lr must be > 0, got {values['lr']}")
+        _non_negative(token_lr=values["token_lr"])
+        if values["token_lr"] and not values["train_token"]:
+            raise OstafError("--token-lr is the token's rate: it needs a trainable token (drop --no-train-token)")
 
     def check_item(self) -> None:
         attribute = get_attribute(self.attribute)
@@ -388,8 +397,10 @@ class TrainConfig(_Config):
         """False for the baselines: their offsets stay at ΔW = 0, so λ has no effect."""
         return self.trainable in OFFSET_TRAINABLES
 
-    def effective_lr(self) -> float:
-        return self.lr * self.grad_accum * self.batch_size if self.scale_lr else self.lr
+    def effective_lr(self, token: bool = False) -> float:
+        """The optimiser's rate of the weights, or of the token (`--token-lr`, else the same)."""
+        lr = self.token_lr if token and self.token_lr else self.lr
+        return lr * self.grad_accum * self.batch_size if self.scale_lr else lr
 
 
 @dataclass

@@ -452,22 +452,38 @@ def encode_reference(pipe: Pipeline, reference: Preprocessed) -> tuple[torch.Ten
     return torch.cat(means), torch.cat(stds)
 
 
+def param_groups(setup: TrainingSetup) -> list[dict]:
+    """The weights at --lr and the placeholder token at --token-lr (one group each, where there is one); one
+    group without --token-lr (the optimiser state a checkpoint of such a run resumes)."""
+    config = setup.config
+    token = {id(p) for p in setup.token.parameters()}
+    params = [p for p in setup.trainable if p.requires_grad]
+    if not config.token_lr:
+        return [{"params": params, "lr": config.effective_lr()}]
+    groups = [
+        {"params": [p for p in params if id(p) not in token], "lr": config.effective_lr()},
+        {"params": [p for p in params if id(p) in token], "lr": config.effective_lr(token=True)},
+    ]
+    return [g for g in groups if g["params"]]
+
+
 def make_optimizer(setup: TrainingSetup) -> torch.optim.Optimizer:
     config = setup.config
-    params = [p for p in setup.trainable if p.requires_grad]
+    groups = param_groups(setup)
+    params = [p for g in groups for p in g["params"]]
     if config.optimizer == "adamw8bit":
         if setup.device.type == "cuda":
             try:
                 import bitsandbytes as bnb
 
-                return bnb.optim.AdamW8bit(params, lr=config.effective_lr())
+                return bnb.optim.AdamW8bit(groups, lr=config.effective_lr())
             except ImportError:
                 warnings.warn("bitsandbytes is not installed (pip install 'ostaf[gpu]'); using AdamW", stacklevel=2)
         else:
             warnings.warn("8-bit AdamW needs CUDA; using torch AdamW", stacklevel=2)
     # the fused kernel updates every tensor in one pass (no per-step temporaries): ~2x faster here
     fused = setup.device.type in ("cpu", "cuda") and all(p.dtype == torch.float32 for p in params)
-    return torch.optim.AdamW(params, lr=config.effective_lr(), fused=fused)
+    return torch.optim.AdamW(groups, lr=config.effective_lr(), fused=fused)
 
 
 # -- one step -------------------------------------------------------------------

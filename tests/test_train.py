@@ -285,3 +285,18 @@ def test_the_down_and_mid_blocks_run_without_autograd_and_the_gradients_are_bit_
 )
 def test_no_prefix_hooks_where_a_gradient_can_flow_there(reference, tmp_path, overrides):
     assert prepare(tiny_config(reference, tmp_path / "run", **overrides)).prefix_hooks == []
+
+
+@pytest.mark.parametrize("token_lr", [0.0, 1e-2])
+def test_the_token_and_the_weights_move_at_their_own_rates(reference, tmp_path, token_lr):
+    """--token-lr reaches the token's parameter group only: the weights keep --lr (issue 28, point 1)."""
+    setup = prepare(tiny_config(reference, tmp_path / "run", lr=1e-6, token_lr=token_lr, train_token=True))
+    token, weights = list(setup.token.parameters()), list(setup.adapter.parameters())
+    before = [p.detach().clone() for p in token + weights]
+    optimizer = make_optimizer(setup)
+    for _ in range(3):
+        optimizer_step(setup, optimizer, torch.amp.GradScaler("cuda", enabled=False), torch.Generator().manual_seed(0))
+    moved = [float((p.detach() - b).abs().max()) for p, b in zip(token + weights, before, strict=True)]
+    token_moved, weights_moved = max(moved[: len(token)]), max(moved[len(token) :])
+    assert 0 < weights_moved <= 3.5e-6  # Adam moves a weight by about lr a step
+    assert (token_moved > 1e-3) if token_lr else (0 < token_moved <= 3.5e-6)
