@@ -20,6 +20,25 @@ def test_the_rule_takes_the_best_match_above_the_text_floor_else_the_best_text_c
     assert (fallback["text"], fallback["meets_floor"]) == (0.8, False)
 
 
+def test_token_and_weight_methods_search_their_own_grids():
+    config = TuneConfig(
+        lrs=[1e-3], steps=[100, 200], weight_lrs=[1e-6, 1e-4], weight_steps=[1000], weight_token_lr=3e-3
+    )
+    assert (
+        config.trials("token")
+        == config.trials("disentangled")
+        == [
+            {"lr": 1e-3, "steps": 100},
+            {"lr": 1e-3, "steps": 200},
+        ]
+    )
+    for method in ("lora", "ostaf-lite", "finetune"):
+        assert config.trials(method) == [
+            {"lr": 1e-6, "steps": 1000, "token_lr": 3e-3},
+            {"lr": 1e-4, "steps": 1000, "token_lr": 3e-3},
+        ]
+
+
 def test_a_reduced_search_runs_on_validation_logs_every_trial_and_feeds_the_test_table(tmp_path, monkeypatch):
     from ostaf.world.experiment import ExperimentConfig, run
 
@@ -29,8 +48,9 @@ def test_a_reduced_search_runs_on_validation_logs_every_trial_and_feeds_the_test
         references=1,
         attributes=["shape", "style"],
         methods=["ostaf-lite"],
-        lrs=[1e-3, 3e-3],
-        steps=[2],
+        weight_lrs=[1e-3, 3e-3],
+        weight_steps=[2],
+        weight_token_lr=1e-2,
         lams=[0.0, 1.0],
         num_steps=2,
         out=str(tmp_path / "tune"),
@@ -39,6 +59,7 @@ def test_a_reduced_search_runs_on_validation_logs_every_trial_and_feeds_the_test
     chosen = report["chosen"]["ostaf-lite"]
     assert set(chosen) == {"shape", "style"}
     assert all(c["lr"] in (1e-3, 3e-3) and c["steps"] == 2 and c["lam"] in (0.0, 1.0) for c in chosen.values())
+    assert all(c["token_lr"] == 1e-2 for c in chosen.values())  # the weight family's token rate
     trials = json.loads((tmp_path / "tune" / "trials.json").read_text())
     assert len(trials) == 2 * 2 * 2  # trials × attributes × λ
     references = json.loads((tmp_path / "tune" / "words" / "results.json").read_text())["references"]
@@ -63,8 +84,10 @@ def test_a_reduced_search_runs_on_validation_logs_every_trial_and_feeds_the_test
         tuned=str(tmp_path / "tune" / "chosen.json"),
         out=str(tmp_path / "test"),
     )
-    assert test.settings("ostaf-lite", "shape") == {k: chosen["shape"][k] for k in ("steps", "lr", "lam")}
+    assert test.settings("ostaf-lite", "shape") == {k: chosen["shape"][k] for k in ("steps", "lr", "token_lr", "lam")}
     table = run(test, log_to_mlflow=False, progress=False)["table"]
+    card = json.loads(next((tmp_path / "test" / "runs" / "ostaf-lite").glob("*/ckpt/ostaf.json")).read_text())
+    assert card["train"]["token_lr"] == 1e-2 and card["train"]["lr"] == chosen["shape"]["lr"]  # both rates trained
     row = next(r for r in table if r["method"] == "ostaf-lite")
     assert row["lam"] == chosen["shape"]["lam"]
     assert all(r["seed"] < 110_000 for r in json.loads((tmp_path / "test" / "results.json").read_text())["references"])

@@ -193,6 +193,7 @@ class ExperimentConfig:
     )
     steps: int = opt(WORLD.train["steps"], "optimizer steps per method and reference (the same budget for all)")
     lr: float = opt(WORLD.train["lr"], "learning rate (the same for all methods; chosen on validation references)")
+    token_lr: float = opt(0.0, "the token's rate where a method also trains weights (--token-lr; 0: --lr)")
     lams: list[float] = opt([*WORLD.generate["lam"], 1.5], "λ sweep (it holds every λ a tuned method reads)")
     seeds: list[int] = opt(WORLD.generate["seeds"], "generation seeds")
     num_steps: int = opt(WORLD.generate["num_steps"], "DDIM steps")
@@ -215,7 +216,7 @@ class ExperimentConfig:
 
     def settings(self, method: str, attribute: str) -> dict[str, Any]:
         """Steps, lr and table λ of `method` on `attribute`: the tuned ones (--tuned), else the shared ones."""
-        shared = {"steps": self.steps, "lr": self.lr, "lam": self.table_lam}
+        shared = {"steps": self.steps, "lr": self.lr, "token_lr": self.token_lr, "lam": self.table_lam}
         if not self.tuned:
             return shared
         chosen = _chosen(self.tuned).get(method, {}).get(attribute, {})
@@ -292,7 +293,8 @@ ROWS = "rows.json"  # a finished job's scored rows, beside its images: a rerun s
 def job_key(config: ExperimentConfig, method: str, attribute: str) -> dict:
     key = {k: getattr(config, k) for k in JOB_FIELDS}
     if method != "words" and not is_compose(method):
-        key |= {k: v for k, v in config.settings(method, attribute).items() if k != "lam"}
+        settings = config.settings(method, attribute)
+        key |= {k: v for k, v in settings.items() if k != "lam" and (k != "token_lr" or v)}  # 0: as before it
     return json.loads(json.dumps(key))  # as it reads back from JSON (tuples → lists)
 
 

@@ -42,8 +42,13 @@ class TuneConfig:
     kind: str = opt("named", "the references' kind: named (v2), or unnamed seen / novel (v3)", choices=KINDS)
     attributes: list[str] = opt(list(ATTRIBUTES), "attributes to tune on", choices=ATTRIBUTES)
     methods: list[str] = opt(list(TABLE_METHODS), "methods to tune (each gets the same trials)", choices=tuple(METHODS))
-    lrs: list[float] = opt([3e-4, 1e-3, 3e-3], "learning rates of the grid")
-    steps: list[int] = opt([100, 200], "step budgets of the grid")
+    lrs: list[float] = opt([3e-4, 1e-3, 3e-3], "learning rates of the token methods' grid")
+    steps: list[int] = opt([100, 200], "step budgets of the token methods' grid")
+    weight_lrs: list[float] = opt(
+        [1e-6, 3e-5, 1e-3], "learning rates of the weight methods' grid (offsets, LoRA, fine-tuning; --lr)"
+    )
+    weight_steps: list[int] = opt([200, 1000], "step budgets of the weight methods' grid")
+    weight_token_lr: float = opt(1e-3, "the token's rate in the weight methods' trials (--token-lr; 0: their --lr)")
     lams: list[float] = opt([0.0, 0.5, 1.0, 1.5], "λ sweep of every trial (the rule picks λ too)")
     seeds: list[int] = opt([0], "generation seeds")
     num_steps: int = opt(WORLD.generate["num_steps"], "DDIM steps")
@@ -68,8 +73,17 @@ class TuneConfig:
             **changes,
         )
 
-    def trials(self) -> list[dict[str, Any]]:
-        return [{"lr": lr, "steps": steps} for lr, steps in itertools.product(self.lrs, self.steps)]
+    def trials(self, method: str) -> list[dict[str, Any]]:
+        """`method`'s grid: its family's (the token's, or the weights' with the token at its own rate)."""
+        if not trains_weights(method):
+            return [{"lr": lr, "steps": steps} for lr, steps in itertools.product(self.lrs, self.steps)]
+        grid = itertools.product(self.weight_lrs, self.weight_steps)
+        return [{"lr": lr, "steps": steps, "token_lr": self.weight_token_lr} for lr, steps in grid]
+
+
+def trains_weights(method: str) -> bool:
+    """Offsets, LoRA or fine-tuned blocks (the weight family), not the token alone."""
+    return METHODS[method]["trainable"] != "token"
 
 
 def curves(rows: list[dict], attribute: str) -> dict[float, dict[str, float]]:
@@ -95,7 +109,8 @@ def pick(candidates: list[dict[str, Any]], floor: float) -> dict[str, Any]:
 
 
 def trial_folder(out: Path, method: str, trial: dict[str, Any]) -> Path:
-    return out / "trials" / method / f"lr{trial['lr']:g}-steps{trial['steps']}"
+    token = f"-token{trial['token_lr']:g}" if trial.get("token_lr") else ""
+    return out / "trials" / method / f"lr{trial['lr']:g}-steps{trial['steps']}{token}"
 
 
 def search(
@@ -104,7 +119,7 @@ def search(
     """Run every trial of every method on validation references and pick by the rule; writes chosen.json."""
     started = time.perf_counter()
     out = Path(config.out)
-    plan = [(method, trial) for method in config.methods for trial in config.trials()]
+    plan = [(method, trial) for method in config.methods for trial in config.trials(method)]
     experiments = [config.experiment(methods=[], out=str(out / "words"))] + [
         config.experiment(methods=[m], words=False, compose=[], out=str(trial_folder(out, m, t)), **t) for m, t in plan
     ]
@@ -121,9 +136,9 @@ def search(
     for method, attribute in itertools.product(config.methods, config.attributes):
         candidates = [t for t in trials if t["method"] == method and t["attribute"] == attribute]
         best = pick(candidates, config.text_floor * ceiling[attribute])
-        chosen.setdefault(method, {})[attribute] = {k: best[k] for k in ("lr", "steps", "lam", "match", "text")} | {
-            "meets_floor": best["meets_floor"]
-        }
+        chosen.setdefault(method, {})[attribute] = {
+            k: best[k] for k in ("lr", "steps", "token_lr", "lam", "match", "text") if k in best
+        } | {"meets_floor": best["meets_floor"]}
     report = {
         "config": asdict(config),
         "rule": f"best match with text control ≥ {config.text_floor} × words ({ceiling}), else best text control",
@@ -152,7 +167,7 @@ def _log(config: TuneConfig, trials: list[dict], out: Path, report: dict, tags: 
     parent = tracking.start_run("attribute-world-tuning", params=asdict(config), tags=tags)
     with tracking.active(parent):
         for method in config.methods:
-            for trial in config.trials():
+            for trial in config.trials(method):
                 name = f"{method} lr={trial['lr']:g} steps={trial['steps']}"
                 params = {"method": method, **trial}
                 with tracking.active(tracking.start_run(name, parent_run_id=parent.run_id, params=params)) as child:
