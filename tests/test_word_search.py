@@ -69,3 +69,12 @@ def test_a_searched_run_resumes_bit_exact(reference, tmp_path):
 
     a, b = load_checkpoint(straight.out).tensors, load_checkpoint(resumed.out).tensors
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_search_scores_words_only_inside_the_training_band(reference, tmp_path):
+    """--token-search with --timestep-range: every scored draw's t lies in the band, spread over all of it."""
+    whole = fixed_samples(prepare(tiny_config(reference, tmp_path / "w")), 16, 0).timesteps
+    band = fixed_samples(prepare(tiny_config(reference, tmp_path / "b", timestep_range=[0.25, 1.0])), 16, 0).timesteps
+    steps = 1000
+    assert int(whole.min()) < 250 and int(band.min()) >= 250 and int(band.max()) <= steps - 1
+    assert int(band.max()) >= 950 and len(set(band.tolist())) == 16  # stratified over the band, not bunched

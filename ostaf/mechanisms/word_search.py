@@ -9,7 +9,8 @@ AutoPrompt / GCG hard-prompt search: per round, every vocabulary row is ranked b
 change of the loss, ``-(e_w - e*) · ∇L(e*)``, the top K are scored exactly on fixed (noise, timestep)
 samples of the reference, and the best one becomes e*'s word if it lowers the loss. Training then
 refines e* from there. The class prompt names the reference's other attributes, so the word found
-fills the attribute's slot only.
+fills the attribute's slot only. With `--timestep-range` the samples come from training's band: the
+margin table (world v2) ranks the right shape word first there for 5 of 6 references.
 """
 
 from __future__ import annotations
@@ -39,15 +40,19 @@ class Samples(NamedTuple):
 
 
 def fixed_samples(setup: TrainingSetup, count: int, seed: int) -> Samples:
-    """`count` (augmentation, noise, timestep) draws, stratified in t, from their own generator."""
+    """`count` (augmentation, noise, timestep) draws, stratified in t over training's band (`--timestep-range`:
+    the search scores words where training will look), from their own generator."""
+    from ostaf.mechanisms.timesteps import timestep_bounds
+
     generator = torch.Generator().manual_seed(seed)
     scheduler = setup.noise_scheduler
-    steps = scheduler.config.num_train_timesteps
+    low, high = timestep_bounds(setup.config.timestep_range, scheduler.config.num_train_timesteps)
     pick = torch.randint(0, setup.latent_mean.shape[0], (count,), generator=generator)
     eps = torch.randn((count, *setup.latent_mean.shape[1:]), generator=generator).to(setup.device)
     noise = torch.randn(eps.shape, generator=generator).to(setup.device)
     offsets = torch.rand(count, generator=generator)
-    timesteps = ((torch.arange(count) + offsets) * steps / count).long().clamp(max=steps - 1).to(setup.device)
+    timesteps = (low + (torch.arange(count) + offsets) * (high - low) / count).long().clamp(max=high - 1)
+    timesteps = timesteps.to(setup.device)
     latents = (setup.latent_mean[pick] + setup.latent_std[pick] * eps) * setup.pipe.vae.config.scaling_factor
     target = (
         noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
