@@ -330,6 +330,14 @@ class TrainConfig(_Config):
         False, "count the denoising loss only inside the (dilated) reference mask", pairwise=(False, True)
     )
     mask_dilation: int = opt(1, "latent pixels the loss mask grows by (--masked-loss)")
+    prior_images: int = opt(
+        0,
+        "prior preservation (DreamBooth): N images of the class prompt from the base model, generated once and "
+        "cached, whose denoising loss under the trained weights joins every step; 0 = off",
+        pairwise=(0, 2),
+    )
+    prior_loss_weight: float = opt(1.0, "weight of the prior-preservation loss (--prior-images)")
+    prior_prompt: str = opt("", "the class prompt of the prior images (default: 'a <class name>')")
     timestep_range: list[float] = opt(
         [0.0, 1.0],
         "the band of the noise schedule training draws t from, as fractions [a, b] of it (e.g. 0.25 1: skip the "
@@ -367,7 +375,12 @@ class TrainConfig(_Config):
             )
         if values["lr"] <= 0:
             raise OstafError(f"lr must be > 0, got {values['lr']}")
-        _non_negative(token_lr=values["token_lr"])
+        _non_negative(token_lr=values["token_lr"], prior_images=values["prior_images"])
+        if values["prior_images"] and values["trainable"] == "token":
+            raise OstafError(
+                "--prior-images keeps trained weights from redrawing the class prompt; --trainable token has no "
+                "weights (the class prompt has no placeholder): drop --prior-images"
+            )
         if values["token_lr"] and not values["train_token"]:
             raise OstafError("--token-lr is the token's rate: it needs a trainable token (drop --no-train-token)")
 

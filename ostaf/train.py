@@ -31,9 +31,10 @@ from ostaf.image_encoder import ImageEncoder, load_image_encoder, saved_image_em
 from ostaf.images import to_tensor
 from ostaf.lora import LoraAdapter, LoraSpec
 from ostaf.mechanisms import binding, dual_path, schedule, timesteps, word_search
+from ostaf.mechanisms import prior as prior_images
 from ostaf.mechanisms.contrastive import NearestWordContrast
 from ostaf.mechanisms.masked_loss import latent_masks, masked_mse
-from ostaf.models import Pipeline, load_pipeline, native_resolution, vae_encode
+from ostaf.models import Pipeline, base_of, load_pipeline, native_resolution, vae_encode
 from ostaf.offsets import OffsetsAdapter, OffsetsConfig
 from ostaf.offsets.config import block_of
 from ostaf.offsets.inject import check_targets
@@ -89,6 +90,7 @@ class TrainingSetup:
     contrast: NearestWordContrast | None = None  # --nn-contrastive
     vocabulary: torch.Tensor | None = None  # (V, D) unit rows of the words before the placeholder: --dual-path
     vanilla: tuple[int, torch.Tensor] | None = None  # (nearest word, its hard prompt's context), reused while it holds
+    prior: prior_images.PriorImages | None = None  # --prior-images: the base model's class images
 
     @property
     def unet(self):
@@ -221,6 +223,17 @@ def prepare(
         for encoder in encoders:
             encoder.to(amp_dtype)
 
+    prior = None
+    if config.prior_images:  # the base model's images: before any adapter or placeholder is installed
+        prior = prior_images.prepare_prior(
+            pipe,
+            prompts,
+            base_key(pipe, config),
+            prior_images.class_prompt(config.class_name, config.prior_prompt),
+            config.prior_images,
+            config.resolution or native_resolution(pipe),
+            config.seed,
+        )
     offsets = config.offsets_config()
     layers = targeted_layers(pipe.unet, offsets)
     adapter = install_adapter(config, pipe, offsets, layers, attribute.token)
@@ -264,6 +277,7 @@ def prepare(
         trainable=trainable,
         token_hooks=hooks,
         time_ids=reference_time_ids(reference).to(device) if prompts.xl else None,
+        prior=prior,
         **mechanisms,
     )
     if config.token_search:
@@ -394,6 +408,12 @@ def targeted_modules(unet, offsets: OffsetsConfig, layers: list[str]) -> list[st
         return sorted({block_of(layer) for layer in layers})
     named = [n for n, _ in unet.named_modules() if n and any(fnmatchcase(n, t) for t in patterns)]
     return [n for n in named if not any(n.startswith(f"{other}.") for other in named)]  # outermost only
+
+
+def base_key(pipe: Pipeline, config: TrainConfig) -> str:
+    """The base model's identity for caches: its name, and a random preset's weight seed."""
+    base = base_of(pipe)
+    return f"{base.model}@{base.seed}" if base else f"{config.model}@{config.seed}"
 
 
 def unfreeze_blocks(pipe: Pipeline, blocks: list[str]) -> list[torch.nn.Parameter]:
@@ -599,6 +619,8 @@ def optimizer_step(
         extra = mechanism_loss(setup, batch)
         if extra is not None:
             loss = loss + extra
+        if setup.prior is not None and not schedule.in_token_phase(setup, setup.step):  # weights frozen: no prior
+            loss = loss + setup.config.prior_loss_weight * prior_images.prior_loss(setup, generator)
         if not torch.isfinite(loss):
             raise NonFiniteLoss(f"loss became {loss.item()} (not finite): lower --lr, or use --precision fp32")
         scaler.scale(loss / accum).backward()

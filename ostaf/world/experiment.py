@@ -116,6 +116,10 @@ METHODS: dict[str, dict[str, Any]] = {
     "token+band-long": dict(trainable="token", timestep_range=[0.25, 1.0], steps=400),
     "lite+snr": dict(trainable="lite", snr_gamma=1.0),
     "lite+band": dict(trainable="lite", timestep_range=[0.25, 1.0]),
+    # prior preservation (ostaf/mechanisms/prior.py): 8 class images of the base model in every step's loss
+    "lite+prior": dict(trainable="lite", prior_images=8),
+    "lora+prior": dict(trainable="lora", prior_images=8),
+    "finetune+prior": dict(trainable="blocks", prior_images=8),
     # --hyper-rank: the hypernetwork's square matrices as rank-R factors (issue 17: does quality change?)
     "lite+hyper16": dict(trainable="lite", hyper_rank=16),
     "lite+hyper4": dict(trainable="lite", hyper_rank=4),
