@@ -38,7 +38,7 @@ from ostaf.lora import LoraAdapter, LoraSpec
 from ostaf.models import BaseModel, Pipeline, architecture, base_of, load_pipeline
 from ostaf.offsets import OffsetsAdapter, OffsetsConfig
 from ostaf.preflight import CARD, CHECKPOINT_FORMAT, TENSORS, checkpoint_card
-from ostaf.strength import FixedStrength, Strength
+from ostaf.strength import FixedStrength, Strength, TokenStrength
 
 if TYPE_CHECKING:  # type hints only: train imports this module
     from ostaf.train import TrainingSetup
@@ -114,7 +114,7 @@ def load_base_pipeline(ckpt: Checkpoint, model: str = "", dtype: torch.dtype = t
     return load_pipeline(base.model, seed=base.seed, dtype=dtype)
 
 
-def apply(pipe: Pipeline, ckpt: str | Path | Checkpoint, lam: float = 1.0) -> Strength:
+def apply(pipe: Pipeline, ckpt: str | Path | Checkpoint, lam: float = 1.0, token_lambda: bool = False) -> Strength:
     """Turn a stock `StableDiffusionPipeline` (or `StableDiffusionXLPipeline`) into a personalised one, in place.
 
     Adds the checkpoint's placeholder token with its learned embedding, installs
@@ -123,7 +123,8 @@ def apply(pipe: Pipeline, ckpt: str | Path | Checkpoint, lam: float = 1.0) -> St
     to the same pipeline to use both tokens in one prompt. Returns what carries λ
     (`ostaf.strength`): the offsets, the LoRA (`--trainable lora`), or for a token or
     fine-tuned checkpoint a `FixedStrength` (nothing for λ to scale: it says so when asked
-    for per-block λ or the dual path).
+    for per-block λ or the dual path), or with `token_lambda` a `TokenStrength` (λ blends its placeholder
+    from the nearest word to the learned one).
     """
     ckpt = ckpt if isinstance(ckpt, Checkpoint) else load_checkpoint(ckpt)
     check_architecture(ckpt, pipe)
@@ -138,12 +139,18 @@ def apply(pipe: Pipeline, ckpt: str | Path | Checkpoint, lam: float = 1.0) -> St
         if "lora" in ckpt.card:
             adapter = LoraAdapter.install(pipe.unet, LoraSpec.from_dict(ckpt.card["lora"]), ckpt.token)
         load_unet_weights(pipe.unet, ckpt.section("unet."))
-        PromptEncoder(pipe).add_token(ckpt.token, ckpt.tensors["token.embedding"])
+        token_id = PromptEncoder(pipe).add_token(ckpt.token, ckpt.tensors["token.embedding"])
     except BaseException:
         if isinstance(adapter, OffsetsAdapter):
             adapter.uninstall()
         raise
-    driven = adapter or FixedStrength(ckpt.token, ckpt.card.get("trainable", "token"))
+    trainable = ckpt.card.get("trainable", "token")
+    if adapter is not None:
+        driven = adapter
+    elif token_lambda:
+        driven = TokenStrength(ckpt.token, trainable, PromptEncoder(pipe), token_id, ckpt.tensors["token.embedding"])
+    else:
+        driven = FixedStrength(ckpt.token, trainable)
     driven.set_scale(lam)
     return driven
 

@@ -463,6 +463,12 @@ class GenerateConfig(_Config):
     reference_image: str = opt(
         "", "the reference for --reference-attention (default: the checkpoint's own)", per_item=True
     )
+    token_lambda: bool = opt(
+        False,
+        "λ of a checkpoint without weight offsets (a token, fine-tuned weights) blends its placeholder from the "
+        "nearest vocabulary word (λ = 0: the hard prompt) to the learned e* (λ = 1), so λ is a strength there too",
+        pairwise=(False, True),
+    )
     reference_lambda: bool = opt(
         False,
         "ω follows λ: the reference's weight is ω·λ per image (λ = 0: no reference), so λ dials everything "

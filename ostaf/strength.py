@@ -63,17 +63,20 @@ def refusal(kind: str, feature: str) -> str | None:
         "lora": "LoRA (one scale per forward, no offsets path)",
         "none": "a run that trains no weight offsets (nothing for λ to scale)",
         "fixed": "a checkpoint without weight offsets (a token or fine-tuned weights: nothing for λ to scale)",
+        "token": "a placeholder blend (--token-lambda: one prompt encoding per λ, no offsets)",
     }
     return f"{feature} needs an adapter that supports it; {what.get(kind, kind)} does not"
 
 
 # "none": a training run without an adapter (the token, fine-tuning): λ options have nothing to act on.
 # "fixed": such a checkpoint at generation: any λ per sample is the same model, so a mixed batch is fine.
+# "token": a token checkpoint whose λ blends its placeholder (`TokenStrength`): one prompt encoding per λ.
 FEATURES = {
     "offsets": frozenset({PER_SAMPLE, DUAL_PATH}),
     "lora": frozenset(),
     "none": frozenset(),
     "fixed": frozenset({PER_SAMPLE}),
+    "token": frozenset(),
 }
 
 
@@ -218,3 +221,36 @@ class FixedStrength(HoldsStrength):
         from contextlib import nullcontext
 
         return nullcontext()
+
+
+class TokenStrength(FixedStrength):
+    """λ of a checkpoint without weight offsets as a blend of its placeholder (`--token-lambda`): the row is
+    (1 − λ)·e_word + λ·e*, e_word the vocabulary word nearest to e* (cosine) — λ = 0 is that hard prompt,
+    λ = 1 the learned token, past 1 an extrapolation. The text encoder reads the row when a prompt is encoded,
+    so one batch carries one λ (a sweep is one batch per λ, as for LoRA)."""
+
+    kind = "token"
+
+    def __init__(self, token: str, trainable: str, prompts, token_id: int, learned: torch.Tensor) -> None:
+        from ostaf.mechanisms.dual_path import nearest_word
+
+        super().__init__(token, trainable)
+        self.prompts, self.token_id = prompts, token_id
+        self.learned = learned.detach().float()
+        vocabulary = prompts.rows(prompts.tokenizer.vocab_size)  # the words, no placeholder among them
+        self.word_id = nearest_word(self.learned, vocabulary)
+        self.word = vocabulary[self.word_id].to(self.learned.device)
+
+    def _write_scale(self, scale: Scale) -> None:
+        import torch
+
+        lam = float(scale.flatten()[0]) if torch.is_tensor(scale) else float(scale)  # one λ (checked above)
+        self.prompts.write_row(self.token_id, self.word + lam * (self.learned - self.word))
+
+    def merge(self, scale: float) -> None:
+        self._write_scale(scale)
+        self.merged = True
+
+    def unmerge(self) -> None:
+        self._write_scale(self._scale)
+        self.merged = False

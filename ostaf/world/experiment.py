@@ -111,6 +111,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "token+snr": dict(trainable="token", snr_gamma=1.0),
     "token+band": dict(trainable="token", timestep_range=[0.25, 1.0]),
     "disentangled": dict(DISENTANGLED.train),  # the shipped recipe (token+band as the recipe writes it)
+    "disentangled+lambda": dict(DISENTANGLED.train),  # the same, λ blending e* from its nearest word (generation)
     "token+band-half": dict(trainable="token", timestep_range=[0.5, 1.0]),
     "token+band+snr": dict(trainable="token", timestep_range=[0.25, 1.0], snr_gamma=1.0),
     "token+band-long": dict(trainable="token", timestep_range=[0.25, 1.0], steps=400),
@@ -130,6 +131,7 @@ GENERATE_METHODS: dict[str, dict[str, Any]] = {
     "lite+dual-path": dict(dual_path=0.5),
     "lite+reference-attention": dict(reference_attention=2.0),
     "reference-attention-lambda": dict(reference_attention=2.0, reference_blocks="auto", reference_lambda=True),
+    "disentangled+lambda": dict(token_lambda=True),
 }
 # the v1 table's methods: each tuning on a fixed part, to test which part carries which attribute
 PAPER_METHODS = (
@@ -243,8 +245,11 @@ def reads_lambda(method: str) -> bool:
     """Whether λ changes what `method` generates: an adapter scales with it, or the reference's weight does.
     A token or fine-tuned weights are one model at every λ, so their sweep is rendered once (`_generate`)."""
     base = method.removeprefix("compose/")
+    generation = GENERATE_METHODS.get(base, {})
     return base in METHODS and (
-        METHODS[base]["trainable"] in ADAPTER_OF or GENERATE_METHODS.get(base, {}).get("reference_lambda", False)
+        METHODS[base]["trainable"] in ADAPTER_OF
+        or generation.get("reference_lambda", False)
+        or generation.get("token_lambda", False)
     )
 
 
