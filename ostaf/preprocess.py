@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -21,6 +22,9 @@ from ostaf.attributes import get_attribute
 from ostaf.errors import OstafError
 from ostaf.images import fit_square, load_image, save_image
 from ostaf.io import write_json
+
+if TYPE_CHECKING:
+    from ostaf.config import TrainConfig
 
 BACKGROUND = (0, 0, 0)  # the authors multiply the image by the binary SAM mask
 
@@ -136,3 +140,12 @@ def augment_mask(mask: np.ndarray, recipe: AugmentRecipe, attribute: str) -> np.
     """
     inverted = Image.fromarray(np.where(mask, 0, 255).astype(np.uint8)).convert("RGB")
     return np.asarray(augment(inverted, recipe, attribute))[..., 0] < 128
+
+
+def load_reference(config: TrainConfig, resolution: int) -> Preprocessed:
+    """A folder from `ostaf preprocess`, or the image preprocessed now (SAM only if `segment`): the one way a
+    training run and the pipeline's preprocess step read a reference."""
+    if Path(config.image).is_dir():
+        return load_preprocessed(config.image)
+    sam = config.sam if config.segment else None
+    return preprocess_reference(config.image, config.attribute, resolution, config.augment_bank, config.seed, sam)

@@ -32,7 +32,7 @@ from ostaf import data, groups, tracking
 from ostaf.benchmark import BenchmarkItem, copy_items, load_manifest, write_manifest
 from ostaf.config import EvaluateConfig, GenerateConfig, TrainConfig, validate_options
 from ostaf.errors import OstafError
-from ostaf.html_report import SCORES_FILE, collect_visuals, grid_name, write_html
+from ostaf.html_report import PLOT, SCORES_FILE, collect_visuals, grid_name, write_html
 from ostaf.images import load_image, save_image
 from ostaf.io import write_json
 from ostaf.objects import download, is_object_uri, split_uri
@@ -195,15 +195,13 @@ def import_reference(image: str, attribute: str, class_name: str, prompts: list[
 @timed_step
 def preprocess_item(benchmark: str, item_id: str, model: str, train_options: dict, dest: str) -> None:
     """SAM foreground + augmentation plan of one item, with its metadata in item.json."""
-    from ostaf.preprocess import preprocess_reference
+    from ostaf.preprocess import load_reference
     from ostaf.presets import model_resolution
 
     item = load_manifest(benchmark).item(item_id).model_dump(mode="json")
     image = str(Path(benchmark) / item["image"])
     config = TrainConfig.for_item(item, train_options, image=image, model=model, out=dest)
-    resolution = config.resolution or model_resolution(model)
-    sam = config.sam if config.segment else None
-    preprocess_reference(config.image, config.attribute, resolution, config.augment_bank, config.seed, sam).save(dest)
+    load_reference(config, config.resolution or model_resolution(model)).save(dest)
     write_json(Path(dest) / ITEM_FILE, item)
 
 
@@ -280,7 +278,7 @@ def evaluate_item(
     write_json(Path(dest) / RUN_FILE, {"run_id": run_id})  # which nested run (and registered model) the rows are of
     collect_visuals(images, reference, dest)  # the HTML report's reference, mask and grids (aggregate sees dest only)
     means = by_lambda(rows)
-    plot = plot_curves(rows, Path(dest) / "metrics_vs_lambda.png")  # the metrics that were computed
+    plot = plot_curves(rows, Path(dest) / PLOT)  # the metrics that were computed
     best = best_lambda(means, item["attribute"])
     if run_id:
         with tracking.active(tracking.RunLogger(run_id), reopen=True) as logger:
@@ -306,7 +304,7 @@ def aggregate(score_dirs: list[str], parent_run_id: str, dest: str, lam: float |
     table = paper_table(rows, lam=lam)
     write_table(table, dest)
     write_json(Path(dest) / SCORES_FILE, rows)
-    plot_curves(rows, Path(dest) / "metrics_vs_lambda.png")
+    plot_curves(rows, Path(dest) / PLOT)
     write_html(score_dirs, table, lam, Path(dest) / REPORT_HTML, "ostaf: Attribute Benchmark")
     markdown = f"Attribute Benchmark at λ = {lam:g}\n\n{to_markdown(table)}"
     if missing_paper_metrics(rows):

@@ -41,7 +41,7 @@ from ostaf.offsets.inject import check_targets
 from ostaf.offsets.processor import DetachedContextProcessor
 from ostaf.placeholder import PlaceholderEmbedding
 from ostaf.preflight import check_train_inputs
-from ostaf.preprocess import Preprocessed, augment, load_preprocessed, preprocess_reference
+from ostaf.preprocess import Preprocessed, augment, load_reference
 from ostaf.processors import attention_layers, unwrap, wrap
 from ostaf.runtime import autocast_dtype, progress_bar, resolve_device, seed_everything, seeded
 
@@ -438,14 +438,6 @@ def build_placeholder(
         embedding = encoder.embed(image)
     with seeded(config.seed):  # the init MLP's weights depend on the seed only
         return PlaceholderEmbedding(word, embedding, config.token_alpha, prompts.widths)
-
-
-def load_reference(config: TrainConfig, resolution: int) -> Preprocessed:
-    """A folder from `ostaf preprocess`, or the image preprocessed now (SAM only if `segment`)."""
-    if Path(config.image).is_dir():
-        return load_preprocessed(config.image)
-    sam = config.sam if config.segment else None
-    return preprocess_reference(config.image, config.attribute, resolution, config.augment_bank, config.seed, sam)
 
 
 def reference_time_ids(reference: Preprocessed) -> torch.Tensor:

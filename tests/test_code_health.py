@@ -128,8 +128,11 @@ def test_item_groups_are_found_through_the_registry():
     world = groups.of_item({"group": "attribute-world"})
     assert world is not None and groups.of_source("world") is world and groups.of_model("attribute-world") is world
     assert groups.of_item({"group": None}) is None and groups.of_source("dvc:/x") is None
-    assert columns("shape") == ("clip_t", "iou", "shape_iou", "shape_match", "text_control", "leakage")
-    assert columns("style") == ("clip_t", "dino", "gram", "style_dist", "style_match", "text_control", "leakage")
+    assert columns("shape") == ("clip_t", "iou", "shape_iou", "shape_match", "gap_closed", "text_control", "leakage")
+    assert columns("style") == (
+        *("clip_t", "dino", "gram", "style_dist", "style_match", "gap_closed", "text_control", "leakage"),
+    )
+    assert groups.strength("appearance") == ("appearance_dist", "appearance_match") and not groups.strength("x")
 
 
 def test_the_manifest_schema_does_not_import_the_world():
