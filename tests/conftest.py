@@ -24,6 +24,23 @@ on_both_models = pytest.mark.parametrize("model", TINY_MODELS)
 pipe_on_both_models = pytest.mark.parametrize("tiny_pipe", TINY_MODELS, indirect=True)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def prior_cache(tmp_path_factory):
+    """Class images of `--prior-images` go to a temporary cache, never the user's ~/.cache."""
+    import os
+
+    from ostaf.mechanisms.prior import CACHE_ENV
+
+    folder = tmp_path_factory.mktemp("prior-cache")
+    previous = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = previous
+
+
 @pytest.fixture
 def tiny_pipe(request):
     """The `tiny` pipeline (or `tiny-sdxl`, under `pipe_on_both_models`)."""
