@@ -362,13 +362,7 @@ class TrainConfig(_Config):
             raise OstafError(f"nn_temperature must be a finite number > 0, got {values['nn_temperature']}")
         _adapter_can(values["trainable"], values["train_lam"] == "uniform", PER_SAMPLE, "--train-lam uniform")
         _adapter_can(values["trainable"], values["dual_path"] < 1.0, DUAL_PATH, f"--dual-path {values['dual_path']}")
-        if values["token_steps"] and values["trainable"] == "token":
-            raise OstafError(
-                "--token-steps trains the token, then the weights with the token frozen; --trainable token has no "
-                "weights to train after it: drop --token-steps"
-            )
-        if values["token_steps"] and not values["train_token"]:
-            raise OstafError("--token-steps trains the token first: it needs a trainable token (drop --no-train-token)")
+        _needs_weights_and_token(values)
         if values["token_steps"] >= values["steps"]:
             raise OstafError(
                 f"token_steps ({values['token_steps']}) must be < steps ({values['steps']}): the offsets need steps too"
@@ -376,13 +370,6 @@ class TrainConfig(_Config):
         if values["lr"] <= 0:
             raise OstafError(f"lr must be > 0, got {values['lr']}")
         _non_negative(token_lr=values["token_lr"], prior_images=values["prior_images"])
-        if values["prior_images"] and values["trainable"] == "token":
-            raise OstafError(
-                "--prior-images keeps trained weights from redrawing the class prompt; --trainable token has no "
-                "weights (the class prompt has no placeholder): drop --prior-images"
-            )
-        if values["token_lr"] and not values["train_token"]:
-            raise OstafError("--token-lr is the token's rate: it needs a trainable token (drop --no-train-token)")
 
     def check_item(self) -> None:
         attribute = get_attribute(self.attribute)
@@ -588,6 +575,29 @@ def _positive(**values: int) -> None:
     for name, value in values.items():
         if value <= 0:
             raise OstafError(f"{name} must be > 0, got {value}")
+
+
+# option → why it needs weights to train (refused with --trainable token), and why it needs a trainable token
+NEEDS_WEIGHTS = {
+    "token_steps": "--token-steps trains the token, then the weights with the token frozen; --trainable token has "
+    "no weights to train after it: drop --token-steps",
+    "prior_images": "--prior-images keeps trained weights from redrawing the class prompt; --trainable token has no "
+    "weights (the class prompt has no placeholder): drop --prior-images",
+}
+NEEDS_TOKEN = {
+    "token_steps": "--token-steps trains the token first: it needs a trainable token (drop --no-train-token)",
+    "token_lr": "--token-lr is the token's rate: it needs a trainable token (drop --no-train-token)",
+}
+
+
+def _needs_weights_and_token(values: dict) -> None:
+    """One error for an option set on a run without what it acts on (weights, or a trainable token)."""
+    for option, message in NEEDS_WEIGHTS.items():
+        if values[option] and values["trainable"] == "token":
+            raise OstafError(message)
+    for option, message in NEEDS_TOKEN.items():
+        if values[option] and not values["train_token"]:
+            raise OstafError(message)
 
 
 def _non_negative(**values: int) -> None:
