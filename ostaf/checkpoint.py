@@ -40,8 +40,8 @@ from ostaf.offsets import OffsetsAdapter, OffsetsConfig
 from ostaf.preflight import CARD, CHECKPOINT_FORMAT, TENSORS, checkpoint_card
 from ostaf.strength import FixedStrength, Strength, TokenStrength
 
-if TYPE_CHECKING:  # type hints only: train imports this module
-    from ostaf.train import TrainingSetup
+if TYPE_CHECKING:  # type hints only: the training setup imports what this module imports
+    from ostaf.training_setup import TrainingSetup
 
 log = logging.getLogger(__name__)
 TRAINER_STATE = "trainer.safetensors"

@@ -42,6 +42,14 @@ class Conditioning:
 
         return Conditioning(grow(self.states), grow(self.pooled), grow(self.time_ids))
 
+    def select(self, index: torch.Tensor) -> Conditioning:
+        """Row `index[b]` for each sample b: a batch drawn from several prompts' conditioning."""
+
+        def pick(x: torch.Tensor | None) -> torch.Tensor | None:
+            return None if x is None else x[index.to(x.device)]
+
+        return Conditioning(pick(self.states), pick(self.pooled), pick(self.time_ids))
+
     def unet_kwargs(self, dtype: torch.dtype | None = None) -> dict:
         """Keyword arguments of `UNet2DConditionModel.forward` (`dtype`: the U-Net's, for its context)."""
         states = self.states if dtype is None else self.states.to(dtype)

@@ -21,11 +21,6 @@ from ostaf.offsets.config import PROJECTIONS, parse_block_scales, parse_targets
 from ostaf.strength import DUAL_PATH, PER_SAMPLE, refusal
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-TRAINABLES = ("lite", "paper", "token", "blocks", "unet", "lora")
-# which trainables use the hypernetwork; the others are the paper's baselines (ΔW held at 0)
-OFFSET_TRAINABLES = ("lite", "paper")
-# the adapter that carries λ for each trainable (`ostaf.strength`); the others have none
-ADAPTER_OF = {"lite": "offsets", "paper": "offsets", "lora": "lora"}
 TOKEN_INITS = ("clip", "word")
 OPTIMIZERS = ("adamw", "adamw8bit")
 SCHEDULERS = ("ddim", "pndm", "dpm", "euler")
@@ -34,6 +29,35 @@ TRAIN_LAMS = ("fixed", "uniform")
 REFERENCE_BLOCKS = ("decoder", "encoder", "all", "auto")
 LAM_LIMIT = 10.0  # |λ| beyond this saturates every modulated weight (W ⊙ (1 + λΔW)): refused, not rendered black
 DEFAULT_MODEL = "tiny"  # random weights, seconds on a CPU, no weights to find (attribute-world: small but trained)
+
+
+@dataclass(frozen=True)
+class Trainable:
+    """What one `--trainable` trains, as data: training installs `adapter` on the targeted attention and
+    unfreezes `blocks`; nothing branches on the trainable's name."""
+
+    adapter: str = "none"  # what carries λ (`ostaf.strength`): "offsets" (the hypernetwork), "lora", "none"
+    blocks: str = "none"  # U-Net weights fine-tuned: "targeted" (the part's blocks), "all", "none"
+
+    @property
+    def modulates_projections(self) -> bool:
+        """Whether the offsets modulate q/k/v (LoRA takes those projections instead)."""
+        return self.adapter != "lora"
+
+
+TRAINABLE = {
+    "lite": Trainable(adapter="offsets"),  # the hypernetwork's offsets (the shipped OSTAF)
+    "paper": Trainable(adapter="offsets", blocks="targeted"),  # offsets and the part's weights (authors' code)
+    "token": Trainable(),  # textual inversion: the placeholder alone
+    "blocks": Trainable(blocks="targeted"),  # fine-tune the part's blocks
+    "unet": Trainable(blocks="all"),  # fine-tune the whole U-Net
+    "lora": Trainable(adapter="lora"),  # peft LoRA on the q/k/v the offsets would modulate
+}
+TRAINABLES = tuple(TRAINABLE)
+# which trainables use the hypernetwork; the others are the paper's baselines (ΔW held at 0)
+OFFSET_TRAINABLES = tuple(name for name, t in TRAINABLE.items() if t.adapter == "offsets")
+# the adapter that carries λ for each trainable (`ostaf.strength`); the others have none
+ADAPTER_OF = {name: t.adapter for name, t in TRAINABLE.items() if t.adapter != "none"}
 
 C = TypeVar("C", bound="_Config")
 
@@ -337,7 +361,13 @@ class TrainConfig(_Config):
         pairwise=(0, 2),
     )
     prior_loss_weight: float = opt(1.0, "weight of the prior-preservation loss (--prior-images)")
-    prior_prompt: str = opt("", "the class prompt of the prior images (default: 'a <class name>')")
+    prior_prompt: list[str] = opt(
+        [],
+        "the class prompt(s) of the prior images (default: 'a <class name>'); several share the images in turn, "
+        "e.g. the class with other values of the attributes not learned ('a blue dotted object', 'a green "
+        "plain object'), so the weights keep following those words",
+        repeatable=True,
+    )
     timestep_range: list[float] = opt(
         [0.0, 1.0],
         "the band of the noise schedule training draws t from, as fractions [a, b] of it (e.g. 0.25 1: skip the "
@@ -382,7 +412,7 @@ class TrainConfig(_Config):
         part = get_attribute(self.attribute).part if self.part == "auto" else self.part
         parts = (part, "mid") if self.include_mid else (part,)
         zero = self.zero_init or not self.uses_offsets
-        projections = () if self.trainable == "lora" else PROJECTIONS  # LoRA takes the q/k/v instead
+        projections = PROJECTIONS if TRAINABLE[self.trainable].modulates_projections else ()
         return OffsetsConfig(
             parts=parts,
             projections=projections,
@@ -462,6 +492,12 @@ class GenerateConfig(_Config):
         "taken from the reference, not only the offsets",
         pairwise=(False, True),
     )
+    compose_switch: float = opt(
+        0.0,
+        "compose by timestep split (ProSpect): the shape checkpoint acts in the steps with t ≥ s·T, the other "
+        "checkpoint below (each one's adapter at 0 and placeholder read as its nearest word outside its steps); "
+        "0 = both everywhere",
+    )
     reference_blocks: str = opt(
         "decoder",
         "U-Net blocks whose self-attention looks at the reference; auto: the checkpoints' own parts (encoder "
@@ -474,6 +510,16 @@ class GenerateConfig(_Config):
         _unit(dual_path=values["dual_path"])
         _finite(reference_attention=values["reference_attention"])
         _non_negative(reference_attention=values["reference_attention"])
+        if not 0.0 <= values["compose_switch"] < 1.0:
+            raise OstafError(
+                f"--compose-switch is a fraction of the noise schedule in (0, 1) (0 = off), "
+                f"got {values['compose_switch']}"
+            )
+        if values["compose_switch"] and values["reference_attention"]:
+            raise OstafError(
+                "--compose-switch and --reference-attention cannot be combined yet (the reference pass is a U-Net "
+                "call of its own): drop one of them"
+            )
         parse_block_scales(values["lam_blocks"])
         if values["reference_lambda"] and not values["reference_attention"]:
             raise OstafError("--reference-lambda scales the reference's weight ω: set --reference-attention ω > 0")
@@ -498,6 +544,11 @@ class GenerateConfig(_Config):
             raise OstafError(
                 f"--lam-per-ckpt gives {len(self.lam_per_ckpt)} strength(s) for {len(self.ckpt)} checkpoint(s): "
                 "give one per --ckpt, in the same order"
+            )
+        if self.compose_switch and len(self.ckpt) < 2:
+            raise OstafError(
+                f"--compose-switch {self.compose_switch:g} splits the steps between checkpoints: pass a shape --ckpt "
+                "and an appearance or style --ckpt"
             )
         if not self.ckpt and not (self.reference_attention > 0 and self.reference_image):
             raise OstafError(

@@ -26,9 +26,10 @@ from PIL import Image
 from ostaf.attributes import check_prompt
 from ostaf.checkpoint import apply, load_base_pipeline, load_checkpoint
 from ostaf.conditioning import PromptEncoder
-from ostaf.config import ADAPTER_OF, DEFAULT_MODEL, SCHEDULERS, GenerateConfig
+from ostaf.config import ADAPTER_OF, DEFAULT_MODEL, SCHEDULERS, TRAINABLE, GenerateConfig
 from ostaf.errors import OstafError
 from ostaf.images import load_image, make_grid
+from ostaf.mechanisms.compose_switch import ComposeSwitch, check_attributes
 from ostaf.mechanisms.dual_path import VanillaPrompts
 from ostaf.mechanisms.reference_attention import ReferenceAttention, resolve_blocks
 from ostaf.models import Pipeline, base_of, load_pipeline, native_resolution
@@ -63,17 +64,34 @@ class Mechanisms:
     strengths: list[float] | None = None  # one λ multiplier per adapter (--lam-per-ckpt); None: 1 each
     reference: ReferenceAttention | None = None  # self-subject-attention, installed on the pipeline
     reference_lambda: bool = False  # the reference's weight is ω·λ (--reference-lambda)
+    compose: ComposeSwitch | None = None  # --compose-switch: each checkpoint acts in its part of the schedule
 
     @property
     def unmerged(self) -> bool:
         """Whether the offsets must stay unmerged (the vanilla path and the reference pass run without them)."""
-        return self.dual_path < 1.0 or self.reference is not None
+        return self.dual_path < 1.0 or self.reference is not None or self.compose is not None
 
     @classmethod
     def from_config(
-        cls, config: GenerateConfig, pipe: Pipeline, tokens: list[str], adapters: list, reference: str
+        cls,
+        config: GenerateConfig,
+        pipe: Pipeline,
+        tokens: list[str],
+        adapters: list,
+        reference: str,
+        attributes: list[str] | None = None,
     ) -> Mechanisms:
         mechanisms = cls(strengths=list(config.lam_per_ckpt) or None, reference_lambda=config.reference_lambda)
+        if config.compose_switch:
+            mechanisms.compose = ComposeSwitch(
+                pipe.unet,
+                PromptEncoder(pipe),
+                adapters,
+                tokens,
+                attributes or [],
+                config.compose_switch,
+                pipe.scheduler.config.num_train_timesteps,
+            )
         if config.dual_path < 1.0:
             if not tokens:
                 raise OstafError("--dual-path blends a checkpoint's offsets with the base model: pass --ckpt DIR")
@@ -186,6 +204,9 @@ def run_batch(
             context = mechanisms.vanilla.context(kwargs["prompt"], guidance)
             for adapter in adapters:
                 stack.enter_context(adapter.dual_path(mechanisms.dual_path, context))
+        if mechanisms.compose is not None:
+            scales = [scale * strength for strength in strengths]
+            stack.enter_context(mechanisms.compose.active(kwargs["prompt"], guidance, scales))
         return pipe(**kwargs).images
 
 
@@ -204,6 +225,13 @@ def check_adapters_can(config: GenerateConfig, checkpoints: list) -> None:
                 f"--lam-blocks scales weight offsets per block; the {ckpt.token} checkpoint (--trainable "
                 f"{trainable}) has none: drop --lam-blocks for it"
             )
+        if config.compose_switch and TRAINABLE.get(trainable, TRAINABLE["lite"]).blocks != "none":
+            raise OstafError(
+                f"--compose-switch turns each checkpoint off outside its steps; the {ckpt.token} checkpoint "
+                f"(--trainable {trainable}) fine-tuned U-Net weights, which act in every step: drop --compose-switch"
+            )
+    if config.compose_switch:
+        check_attributes([c.card.get("attribute", "") for c in checkpoints], config.compose_switch)
 
 
 def check_length(tokenizer, prompt: str, placeholders: list[str]) -> None:
@@ -276,7 +304,8 @@ def generate(config: GenerateConfig, pipe: Pipeline | None = None, progress: boo
     for prompt in config.prompt:
         check_length(pipe.tokenizer, prompt, tokens)
     reference = config.reference_image or (checkpoints[0].card["train"]["image"] if checkpoints else "")
-    mechanisms = Mechanisms.from_config(config, pipe, tokens, adapters, reference)
+    attributes = [c.card.get("attribute", "") for c in checkpoints]
+    mechanisms = Mechanisms.from_config(config, pipe, tokens, adapters, reference, attributes)
     try:
         results = [
             sweep(

@@ -12,10 +12,10 @@ import logging
 import time
 import warnings
 from contextlib import ExitStack
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
 import torch
 from diffusers import DDPMScheduler
@@ -24,16 +24,15 @@ from torch.utils.hooks import RemovableHandle
 
 from ostaf import checkpoint as ckpt_io
 from ostaf.attributes import Attribute, get_attribute
-from ostaf.conditioning import Conditioning, PromptEncoder, micro_conditioning
-from ostaf.config import ADAPTER_OF, TrainConfig
+from ostaf.conditioning import PromptEncoder, micro_conditioning
+from ostaf.config import TRAINABLE, TrainConfig
 from ostaf.errors import OstafError
 from ostaf.image_encoder import ImageEncoder, load_image_encoder, saved_image_embedding
 from ostaf.images import to_tensor
 from ostaf.lora import LoraAdapter, LoraSpec
-from ostaf.mechanisms import binding, dual_path, schedule, timesteps, word_search
-from ostaf.mechanisms import prior as prior_images
-from ostaf.mechanisms.contrastive import NearestWordContrast
-from ostaf.mechanisms.masked_loss import latent_masks, masked_mse
+from ostaf.mechanisms import schedule, timesteps
+from ostaf.mechanisms.base import BaseModel
+from ostaf.mechanisms.registry import build_mechanisms
 from ostaf.models import Pipeline, base_of, load_pipeline, native_resolution, vae_encode
 from ostaf.offsets import OffsetsAdapter, OffsetsConfig
 from ostaf.offsets.config import block_of
@@ -44,6 +43,14 @@ from ostaf.preflight import check_train_inputs
 from ostaf.preprocess import Preprocessed, augment, load_reference
 from ostaf.processors import attention_layers, unwrap, wrap
 from ostaf.runtime import autocast_dtype, progress_bar, resolve_device, seed_everything, seeded
+from ostaf.training_setup import (  # noqa: F401 (text_context: read by tests and benchmarks from here)
+    Batch,
+    TrainingSetup,
+    autocast,
+    noise_target,
+    text_context,
+    unet_conditioning,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,48 +66,6 @@ class NullTracker:
         pass
 
 
-@dataclass
-class TrainingSetup:
-    """Everything one training step touches."""
-
-    config: TrainConfig
-    attribute: Attribute
-    pipe: Pipeline
-    adapter: OffsetsAdapter | LoraAdapter | None  # what carries λ (ostaf.strength); None: token / fine-tuning
-    offsets: OffsetsConfig  # the targeted attention (parts, targets): the card records it for every trainable
-    layers: list[str]  # the targeted attention modules, whatever trains on them
-    token: PlaceholderEmbedding
-    token_id: int
-    input_ids: torch.Tensor  # (E, 1, 77): the training prompt, one row per text encoder (SDXL: 2)
-    latent_mean: torch.Tensor  # (K, 4, h, w), VAE posteriors of the reference's K augmentations
-    latent_std: torch.Tensor
-    noise_scheduler: DDPMScheduler
-    device: torch.device
-    amp_dtype: torch.dtype | None
-    trainable: list[torch.nn.Parameter] = field(default_factory=list)
-    token_hooks: list[RemovableHandle] = field(default_factory=list)  # e* into each text encoder
-    prefix_hooks: list[RemovableHandle] = field(default_factory=list)  # the down/mid blocks run without autograd
-    cached_context: Conditioning | None = None  # the text conditioning when the token is frozen
-    time_ids: torch.Tensor | None = None  # (K, 6) SDXL micro-conditioning of each augmentation; None on SD-1.x
-    step: int = 0  # the 0-based step being trained (`schedule.enter_step`)
-    # the mechanisms' state (ostaf.mechanisms); None when a mechanism is off
-    loss_masks: torch.Tensor | None = None  # (K, 1, h, w) per augmentation, dilated: --masked-loss
-    binding_masks: torch.Tensor | None = None  # (K, 1, h, w) per augmentation: binding targets
-    attention: binding.AttentionRecord | None = None  # --attn-binding
-    contrast: NearestWordContrast | None = None  # --nn-contrastive
-    vocabulary: torch.Tensor | None = None  # (V, D) unit rows of the words before the placeholder: --dual-path
-    vanilla: tuple[int, torch.Tensor] | None = None  # (nearest word, its hard prompt's context), reused while it holds
-    prior: prior_images.PriorImages | None = None  # --prior-images: the base model's class images
-
-    @property
-    def unet(self):
-        return self.pipe.unet
-
-    @property
-    def prompts(self) -> PromptEncoder:
-        return PromptEncoder(self.pipe)
-
-
 class NonFiniteLoss(OstafError):
     """The loss is NaN or infinite: stop at once (nothing of this step is applied)."""
 
@@ -112,16 +77,6 @@ class TrainResult:
     losses: list[float]
     seconds_per_step: float
     nearest_words: list[str] = field(default_factory=list)  # e*'s nearest vocabulary words (--nn-contrastive)
-
-
-class Batch(NamedTuple):
-    """One micro-batch, all drawn from the run's generator."""
-
-    latents: torch.Tensor  # (B, 4, h, w)
-    noise: torch.Tensor
-    timesteps: torch.Tensor  # (B,)
-    pick: torch.Tensor | None = None  # (B,) which augmentation each sample is
-    lam: torch.Tensor | None = None  # (B,) per-sample λ (--train-lam uniform), else the adapter's own
 
 
 def train(
@@ -152,7 +107,7 @@ def train(
         unit="step",
     )
     for step in bar:
-        schedule.enter_step(setup, step)
+        enter_step(setup, step)
         try:
             loss = optimizer_step(setup, optimizer, scaler, generator)
         except NonFiniteLoss as err:
@@ -176,12 +131,16 @@ def train(
     return TrainResult(out, config.steps, losses, elapsed / max(len(losses), 1), words)
 
 
-def nearest_words(setup: TrainingSetup, count: int = 5) -> list[str]:
-    """e*'s nearest vocabulary words, as 'word (cosine)' (only with --nn-contrastive)."""
-    if setup.contrast is None:
-        return []
-    pairs = setup.contrast.nearest(setup.token().detach(), count)
-    return [f"{setup.prompts.tokenizer.convert_ids_to_tokens(i)} ({cos})" for i, cos in pairs]
+def nearest_words(setup: TrainingSetup) -> list[str]:
+    """What the mechanisms tell after training: e*'s nearest vocabulary words (only with --nn-contrastive)."""
+    return [word for m in setup.mechanisms for word in m.words(setup)]
+
+
+def enter_step(setup: TrainingSetup, step: int) -> None:
+    """Step `step` (0-based) is next: each mechanism sets what trains at it (idempotent: a resume lands right)."""
+    setup.step = step
+    for mechanism in setup.mechanisms:
+        mechanism.enter_step(setup, step)
 
 
 @torch.no_grad()
@@ -190,11 +149,11 @@ def finalize(setup: TrainingSetup) -> None:
     for hook in setup.token_hooks:
         hook.remove()
     setup.token_hooks = []
-    binding.remove_probes(setup.unet)
+    for mechanism in reversed(setup.mechanisms):
+        mechanism.close(setup)
     for hook in setup.prefix_hooks:
         hook.remove()
     setup.prefix_hooks = []
-    setup.attention = None
     release_token_gradient(setup.pipe)
     setup.prompts.write_row(setup.token_id, setup.token().detach())
     for p in setup.trainable:
@@ -223,25 +182,14 @@ def prepare(
         for encoder in encoders:
             encoder.to(amp_dtype)
 
-    prior = None
-    if config.prior_images:  # the base model's images: before any adapter or placeholder is installed
-        prior = prior_images.prepare_prior(
-            pipe,
-            prompts,
-            base_key(pipe, config),
-            prior_images.class_prompt(config.class_name, config.prior_prompt),
-            config.prior_images,
-            config.resolution or native_resolution(pipe),
-            config.seed,
-        )
+    # on the base model, before any adapter or placeholder is installed (prior preservation draws its images)
+    base = BaseModel(pipe, prompts, reference, base_key(pipe, config), config.resolution or native_resolution(pipe))
+    mechanisms = build_mechanisms(config, base)
     offsets = config.offsets_config()
     layers = targeted_layers(pipe.unet, offsets)
     adapter = install_adapter(config, pipe, offsets, layers, attribute.token)
     trainable = list(adapter.parameters()) if adapter else []
-    if config.trainable in ("paper", "blocks"):
-        trainable += unfreeze_blocks(pipe, targeted_modules(pipe.unet, offsets, layers))
-    elif config.trainable == "unet":
-        trainable += unfreeze_blocks(pipe, [""])
+    trainable += unfreeze_blocks(pipe, fine_tuned_blocks(config, pipe.unet, offsets, layers))
 
     token = build_placeholder(config, attribute, prompts, reference.image, image_encoder).to(device)
     token_id = prompts.add_token(attribute.token, token().detach())
@@ -258,7 +206,6 @@ def prepare(
     input_ids = prompts.ids(attribute.training_prompt(config.class_name))
     mean, std = encode_reference(pipe, reference)
     speed_up(pipe.unet, config)
-    mechanisms = prepare_mechanisms(config, pipe, reference, tuple(mean.shape[-2:]), input_ids, token_id)
     setup = TrainingSetup(
         config=config,
         attribute=attribute,
@@ -277,23 +224,10 @@ def prepare(
         trainable=trainable,
         token_hooks=hooks,
         time_ids=reference_time_ids(reference).to(device) if prompts.xl else None,
-        prior=prior,
-        **mechanisms,
+        mechanisms=mechanisms,
     )
-    if config.token_search:
-        found = word_search.search_word(
-            setup, config.token_search, config.token_search_rounds, config.token_search_samples
-        )
-        word = prompts.tokenizer.convert_ids_to_tokens(found.word_id) if found.word_id >= 0 else attribute.word
-        log.info(
-            "word search: %s starts at %r (loss %.4f, %s's own word %.4f; %d words scored)",
-            attribute.token,
-            word,
-            found.loss,
-            attribute.name,
-            found.start_loss,
-            found.tried,
-        )
+    for mechanism in mechanisms:
+        mechanism.attach(setup)
     if not any(p.requires_grad for p in token.parameters()):
         with torch.no_grad(), autocast(setup):
             setup.cached_context = text_context(setup)
@@ -329,38 +263,6 @@ def run_without_autograd(blocks: list[torch.nn.Module]) -> list[RemovableHandle]
     return [h for b in blocks for h in (b.register_forward_pre_hook(leave), b.register_forward_hook(restore))]
 
 
-def prepare_mechanisms(
-    config: TrainConfig,
-    pipe: Pipeline,
-    reference: Preprocessed,
-    latent_size: tuple[int, int],
-    input_ids: torch.Tensor,
-    token_id: int,
-) -> dict:
-    """The state of each mechanism that is on (`TrainingSetup` fields); an off mechanism builds nothing."""
-    state: dict = {}
-    if config.masked_loss:
-        state["loss_masks"] = latent_masks(reference, latent_size, config.mask_dilation).to(input_ids.device)
-    if config.attn_binding:
-        if not reference.mask.all():  # segmented: bind to the mask; else to the class word's map
-            state["binding_masks"] = latent_masks(reference, latent_size, 0).to(input_ids.device)
-        ids = input_ids[0, 0].tolist()
-        class_ids = pipe.tokenizer(config.class_name, add_special_tokens=False).input_ids
-        positions = [ids.index(token_id), 1 + len(class_ids)]  # the placeholder; the class name's last word
-        resolution = config.attn_binding_res or binding.middle_resolution(pipe.unet, latent_size[-1])
-        state["attention"] = binding.AttentionRecord(positions, resolution)
-        binding.install_probes(pipe.unet, state["attention"])
-    if config.dual_path < 1.0 or config.nn_contrastive:  # unit rows of the words before *a/*m/*s, once, shared
-        words = F.normalize(PromptEncoder(pipe).rows(token_id), dim=-1)
-    if config.dual_path < 1.0:
-        state["vocabulary"] = words
-    if config.nn_contrastive:
-        state["contrast"] = NearestWordContrast(
-            words, config.nn_k, config.nn_temperature, config.nn_vocab, config.seed, normalised=True
-        )
-    return state
-
-
 def speed_up(unet, config: TrainConfig) -> None:
     """The performance flags: each changes speed or memory, never what is learned (up to float rounding)."""
     if config.gradient_checkpointing:
@@ -391,13 +293,21 @@ def install_adapter(
 ) -> OffsetsAdapter | LoraAdapter | None:
     """The trainable's adapter on the targeted layers (offsets for lite/paper, LoRA for lora), or None: the
     baselines train the token or U-Net weights, and no empty adapter stands in for them."""
-    kind = ADAPTER_OF.get(config.trainable)
+    kind = TRAINABLE[config.trainable].adapter
     with seeded(config.seed):  # the adapter's initial weights depend on the seed only
         if kind == "offsets":
             return OffsetsAdapter.install(pipe.unet, offsets, token)
         if kind == "lora":
             return LoraAdapter.install(pipe.unet, LoraSpec(tuple(layers), rank=config.lora_rank), token)
     return None
+
+
+def fine_tuned_blocks(config: TrainConfig, unet, offsets: OffsetsConfig, layers: list[str]) -> list[str]:
+    """The U-Net modules whose weights the trainable fine-tunes ("" is the whole U-Net; none for the others)."""
+    blocks = TRAINABLE[config.trainable].blocks
+    if blocks == "all":
+        return [""]
+    return targeted_modules(unet, offsets, layers) if blocks == "targeted" else []
 
 
 def targeted_modules(unet, offsets: OffsetsConfig, layers: list[str]) -> list[str]:
@@ -501,30 +411,6 @@ def make_optimizer(setup: TrainingSetup) -> torch.optim.Optimizer:
 # -- one step -------------------------------------------------------------------
 
 
-def autocast(setup: TrainingSetup):
-    return torch.autocast(setup.device.type, dtype=setup.amp_dtype, enabled=setup.amp_dtype is not None)
-
-
-def text_context(setup: TrainingSetup) -> Conditioning:
-    """The training prompt's text conditioning, with the live e* injected (SDXL: without the time ids)."""
-    if setup.cached_context is not None:
-        return setup.cached_context
-    return setup.prompts.encode(setup.input_ids)
-
-
-def unet_conditioning(setup: TrainingSetup, batch: int, pick: torch.Tensor | None = None) -> Conditioning:
-    """The conditioning of `batch` samples: the prompt's, and on SDXL each sample's augmentation's time ids
-    (`pick`; None: the first augmentation's)."""
-    cond = text_context(setup).expand(batch)
-    if setup.time_ids is None:
-        return cond
-    time_ids = setup.time_ids[pick] if pick is not None else setup.time_ids[:1].expand(batch, -1)
-    # confined: the token learns only through the adapter's cross-attentions, so not through SDXL's pooled
-    # embedding either (it enters every resnet through the time embedding)
-    pooled = cond.pooled.detach() if setup.config.token_grad == "confined" else cond.pooled
-    return replace(cond, pooled=pooled, time_ids=time_ids)
-
-
 def sample_batch(setup: TrainingSetup, generator: torch.Generator) -> Batch:
     """One micro-batch, all drawn from the run's generator (a mechanism that is off draws nothing)."""
     batch = setup.config.batch_size
@@ -547,54 +433,36 @@ def denoising_loss(
     lam: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(noise-prediction MSE, token regulariser) for given latents, noise and timesteps (and per-sample λ)."""
+    batch = Batch(latents, noise, t, pick, lam)
     scheduler = setup.noise_scheduler
     latents = latents * setup.pipe.vae.config.scaling_factor
     noisy = scheduler.add_noise(latents, noise, t)
-    target = noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, t)
+    target = noise_target(scheduler, latents, noise, t)
     with ExitStack() as stack:
-        if setup.adapter is not None:
-            step_lam = 0.0 if schedule.in_token_phase(setup, setup.step) else lam
-            if step_lam is not None:
-                stack.enter_context(
-                    setup.adapter.at(step_lam if isinstance(step_lam, float) else step_lam.to(setup.device))
-                )
-            if setup.vocabulary is not None:
-                stack.enter_context(setup.adapter.dual_path(setup.config.dual_path, vanilla_context(setup)))
-        if setup.attention is not None:
-            stack.enter_context(binding.recording(setup.attention))
+        if setup.adapter is not None and lam is not None:  # per-sample λ; else the adapter's own
+            stack.enter_context(setup.adapter.at(lam.to(setup.device)))
+        for mechanism in setup.mechanisms:
+            stack.enter_context(mechanism.forward(setup, batch))
         with autocast(setup):
             cond = unet_conditioning(setup, latents.shape[0], pick)
             pred = setup.unet(noisy.to(setup.unet.dtype), t, **cond.unet_kwargs()).sample
     weights = timesteps.snr_weights(scheduler, t, setup.config.snr_gamma)
-    if setup.loss_masks is not None and pick is not None:
-        mse = masked_mse(pred.float(), target.float(), setup.loss_masks[pick], weights)
-    elif weights is not None:
-        mse = (F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3)) * weights).mean()
-    else:
-        mse = F.mse_loss(pred.float(), target.float())
+    pred, target = pred.float(), target.float()
+    reduced = (m.reduce(pred, target, weights, batch) for m in setup.mechanisms)  # a mechanism's own mean
+    mse = next((r for r in reduced if r is not None), None)
+    if mse is None and weights is not None:
+        mse = (F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3)) * weights).mean()
+    elif mse is None:
+        mse = F.mse_loss(pred, target)
     reg = setup.token().pow(2).sum() if setup.config.train_token else mse.new_zeros(())  # ‖e*‖²
     return mse, reg
 
 
-@torch.no_grad()
-def vanilla_context(setup: TrainingSetup) -> torch.Tensor:
-    """The dual path's hard prompt: the training prompt with e* replaced by its nearest word now, (1, T, D)."""
-    word = dual_path.nearest_word(setup.token(), setup.vocabulary, normalised=True)
-    if setup.vanilla is None or setup.vanilla[0] != word:  # the frozen text encoder gives the same context again
-        with autocast(setup):
-            context = setup.prompts.encode(dual_path.hard_ids(setup.input_ids, {setup.token_id: word})).states
-        setup.vanilla = (word, context)
-    return setup.vanilla[1]
-
-
-def mechanism_loss(setup: TrainingSetup, batch: Batch) -> torch.Tensor | None:
-    """The weighted losses of the mechanisms that are on (read after `denoising_loss` of the same batch)."""
-    terms = []
-    if setup.attention is not None:
-        masks = None if setup.binding_masks is None else setup.binding_masks[batch.pick]
-        terms.append(setup.config.attn_binding * binding.binding_loss(setup.attention, masks))
-    if setup.contrast is not None:
-        terms.append(setup.config.nn_contrastive * setup.contrast.loss(setup.token(), setup.step))
+def mechanism_loss(setup: TrainingSetup, batch: Batch, generator: torch.Generator | None = None) -> torch.Tensor | None:
+    """The weighted loss terms of the mechanisms that are on (read after `denoising_loss` of the same batch;
+    a term that draws a batch of its own, the prior's, draws it from `generator`)."""
+    terms = [m.loss(setup, batch, generator) for m in setup.mechanisms]
+    terms = [term for term in terms if term is not None]
     return sum(terms) if terms else None
 
 
@@ -608,11 +476,9 @@ def optimizer_step(
         batch = sample_batch(setup, generator)
         mse, reg = denoising_loss(setup, *batch)
         loss = mse + setup.config.token_reg * reg
-        extra = mechanism_loss(setup, batch)
+        extra = mechanism_loss(setup, batch, generator)
         if extra is not None:
             loss = loss + extra
-        if setup.prior is not None and not schedule.in_token_phase(setup, setup.step):  # weights frozen: no prior
-            loss = loss + setup.config.prior_loss_weight * prior_images.prior_loss(setup, generator)
         if not torch.isfinite(loss):
             raise NonFiniteLoss(f"loss became {loss.item()} (not finite): lower --lr, or use --precision fp32")
         scaler.scale(loss / accum).backward()

@@ -3,6 +3,8 @@ reaches only what it should, resume stays bit-exact with all of them on."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -64,13 +66,16 @@ def test_off_builds_nothing_and_draws_nothing(reference, tmp_path, monkeypatch):
         raise AssertionError("a mechanism ran although it is off")
 
     for target in (
-        "ostaf.train.latent_masks",
-        "ostaf.train.NearestWordContrast",
+        "ostaf.mechanisms.masked_loss.latent_masks",
+        "ostaf.mechanisms.binding.latent_masks",
+        "ostaf.mechanisms.contrastive.NearestWordContrast",
         "ostaf.mechanisms.binding.install_probes",
+        "ostaf.mechanisms.prior.prepare_prior",
+        "ostaf.mechanisms.word_search.search_word",
     ):
         monkeypatch.setattr(target, forbidden)
     setup = prepare(tiny_config(reference, tmp_path / "off"))
-    assert setup.attention is setup.contrast is setup.loss_masks is None
+    assert setup.mechanisms == []
     generator = torch.Generator().manual_seed(7)
     batch = sample_batch(setup, generator)
     assert batch.lam is None
@@ -141,10 +146,11 @@ def test_without_a_mask_binding_pulls_the_token_onto_the_class_word():
 
 def test_probes_record_the_softmax_column_of_the_watched_tokens(masked_reference, tmp_path):
     setup = prepare(tiny_config(masked_reference, tmp_path / "p", attn_binding=1.0))
-    assert setup.binding_masks is not None  # a real mask: the target is the mask, not the class word
+    bound = setup.mechanism(binding.AttentionBinding)
+    assert bound.masks is not None  # a real mask: the target is the mask, not the class word
     batch = sample_batch(setup, torch.Generator().manual_seed(0))
     denoising_loss(setup, *batch)
-    record = setup.attention
+    record = bound.record
     assert record.resolution == 16 and record.maps  # tiny at 64 px: cross-attention at 32² and 16²; middle 16
     assert len(record.maps) == 3  # 16×16 cross-attention: one in down_blocks.1, two in up_blocks.0
     assert record.positions == [7, 2]  # "<bos> a dog in the appearance of *a": the placeholder, the class word
@@ -449,3 +455,59 @@ def test_with_reference_lambda_omega_follows_lambda_per_image(masked_reference, 
     assert np.abs(follows[(0.5, 0)].astype(int) - alone[(0.5, 0)]).max() <= 1
     with pytest.raises(OstafError, match="reference-attention"):
         GenerateConfig(**common, lam=[1.0], reference_lambda=True)
+
+
+def test_a_registered_mechanism_is_driven_through_its_hooks_alone(reference, tmp_path, monkeypatch):
+    """The training loop names no mechanism: a new one in the registry is built from the config, attached,
+    told each step, wrapped around every forward, has its loss added, and is closed, without touching train.py."""
+    from contextlib import contextmanager
+
+    from ostaf.mechanisms import registry
+    from ostaf.mechanisms.base import Mechanism
+
+    calls: list = []
+
+    class Probe(Mechanism):
+        @classmethod
+        def build(cls, config, base):
+            calls.append(("build", config.steps, base.pipe.unet is not None))
+            return cls()
+
+        def attach(self, setup):
+            calls.append("attach")
+
+        def enter_step(self, setup, step):
+            calls.append(("step", step))
+
+        @contextmanager
+        def forward(self, setup, batch):
+            calls.append("enter")
+            yield
+            calls.append("exit")
+
+        def loss(self, setup, batch, generator):
+            return torch.tensor(0.25)  # constant: no gradient, so training is unchanged and the loss shifts by 0.25
+
+        def close(self, setup):
+            calls.append("close")
+
+    plain = train(tiny_config(reference, tmp_path / "plain", steps=2, grad_accum=1), progress=False)
+    monkeypatch.setattr(registry, "REGISTRY", (*registry.REGISTRY, Probe))
+    probed = train(tiny_config(reference, tmp_path / "probed", steps=2, grad_accum=1), progress=False)
+    assert calls == [("build", 2, True), "attach", ("step", 0), "enter", "exit", ("step", 1), "enter", "exit", "close"]
+    assert probed.losses == pytest.approx([loss + 0.25 for loss in plain.losses], abs=1e-6)
+    a, b = tensors(plain.out), tensors(probed.out)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_training_loop_names_no_mechanism_and_no_trainable():
+    """train.py reaches mechanisms through the registry and trainables through their table (`TRAINABLE`)."""
+    from pathlib import Path
+
+    from ostaf.config import TRAINABLE, TRAINABLES
+
+    source = (Path(__file__).resolve().parents[1] / "ostaf" / "train.py").read_text()
+    for module in ("binding", "dual_path", "prior", "masked_loss", "contrastive", "word_search"):
+        assert f"mechanisms.{module}" not in source and f"import {module}" not in source
+    assert not re.search(r"trainable\s*(==|!=|\bin\b)", source), "train.py branches on --trainable's name"
+    assert set(TRAINABLE) == set(TRAINABLES)  # every trainable is a row of the table train.py reads

@@ -24,9 +24,13 @@ def step_loss(setup) -> float:
 
 
 def test_the_class_images_are_the_base_models_and_generated_once(reference, tmp_path, cache, monkeypatch):
-    setup = prepare(tiny_config(reference, tmp_path / "a", prior_images=2, grad_accum=1))
-    assert setup.prior.prompt == "a dog" and setup.prior.latents.shape[0] == 2
-    folder = setup.prior.folder
+    images = (
+        prepare(tiny_config(reference, tmp_path / "a", prior_images=2, grad_accum=1))
+        .mechanism(prior.PriorPreservation)
+        .images
+    )
+    assert images.prompts == ["a dog"] and images.latents.shape[0] == 2
+    folder = images.folder
     assert folder.parent == cache
     base = load_pipeline("tiny", seed=42)  # a fresh base model (the run seeds a preset): no offsets, no placeholder
     base.scheduler = SCHEDULER_CLASSES["ddim"].from_config(base.scheduler.config)
@@ -39,7 +43,8 @@ def test_the_class_images_are_the_base_models_and_generated_once(reference, tmp_
 
     monkeypatch.setattr("ostaf.generate.run_batch", no_generation)
     again = prepare(tiny_config(reference, tmp_path / "b", prior_images=2, grad_accum=1))
-    assert again.prior.folder == folder and torch.equal(again.prior.latents, setup.prior.latents)
+    again_images = again.mechanism(prior.PriorPreservation).images
+    assert again_images.folder == folder and torch.equal(again_images.latents, images.latents)
 
 
 def test_the_prior_loss_enters_every_step(reference, tmp_path, cache):
@@ -59,3 +64,47 @@ def test_the_prior_loss_enters_every_step(reference, tmp_path, cache):
 def test_a_token_has_no_weights_to_preserve(reference, tmp_path):
     with pytest.raises(OstafError, match="drop --prior-images"):
         tiny_config(reference, tmp_path / "t", prior_images=2, trainable="token")
+
+
+def test_several_class_prompts_share_the_images_and_each_image_keeps_its_prompt(reference, tmp_path, cache):
+    """Image i is the base model's image of prompt i mod P (seed + i), and the prior loss of a drawn image is
+    computed under its own prompt's conditioning, not the first prompt's."""
+    texts = ["a red ball", "a blue cube"]
+    setup = prepare(tiny_config(reference, tmp_path / "v", prior_images=2, prior_prompt=texts, grad_accum=1))
+    images = setup.mechanism(prior.PriorPreservation).images
+    assert images.prompts == texts
+    base = load_pipeline("tiny", seed=42)
+    base.scheduler = SCHEDULER_CLASSES["ddim"].from_config(base.scheduler.config)
+    expected = run_batch(base, [], [Sample("a blue cube", 1.0, 43)], 25, 5.0, None)[0]
+    assert np.array_equal(np.asarray(Image.open(images.folder / "001.png")), np.asarray(expected))
+
+    def loss_under(text: str, generator: torch.Generator) -> torch.Tensor:
+        """The same draws as `prior_loss`, the conditioning encoded here from `text` alone."""
+        pick = torch.randint(0, 2, (1,), generator=generator)
+        noise = torch.randn((1, *images.latents.shape[1:]), generator=generator)
+        t = torch.randint(0, 1000, (1,), generator=generator)
+        scheduler = setup.noise_scheduler
+        latents = images.latents[pick] * setup.pipe.vae.config.scaling_factor
+        states = setup.prompts.encode(setup.prompts.ids([text])).states
+        pred = setup.unet(scheduler.add_noise(latents, noise, t), t, encoder_hidden_states=states).sample
+        return pick, torch.nn.functional.mse_loss(pred, noise)
+
+    with torch.no_grad():
+        for seed in range(6):  # both images get drawn
+            got = prior.prior_loss(setup, images, torch.Generator().manual_seed(seed))
+            pick, own = loss_under(texts[0], torch.Generator().manual_seed(seed))
+            _, other = loss_under(texts[1], torch.Generator().manual_seed(seed))
+            mine, not_mine = (own, other) if int(pick) == 0 else (other, own)
+            assert float(got) == pytest.approx(float(mine), rel=1e-5)
+            assert float(got) != pytest.approx(float(not_mine), rel=1e-3)
+
+
+def test_varied_class_prompts_name_other_values_of_the_attributes_not_learned():
+    from ostaf.world.references import reference_world, varied_class_prompts
+
+    factors = reference_world("shape", 3).factors
+    prompts = varied_class_prompts("shape", factors, count=4)
+    assert len(set(prompts)) == 4 and all(p.endswith(" object") for p in prompts)
+    assert all(factors.colour not in p.split() for p in prompts)  # another look than the reference's own
+    appearance = varied_class_prompts("appearance", reference_world("appearance", 3).factors, count=3)
+    assert all(reference_world("appearance", 3).factors.shape not in p for p in appearance)

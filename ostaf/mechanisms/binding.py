@@ -16,13 +16,21 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from diffusers.models.attention_processor import Attention
 from torch.nn import functional as F
 
 from ostaf.errors import OstafError
+from ostaf.mechanisms.base import BaseModel, Mechanism
+from ostaf.mechanisms.masked_loss import latent_masks
 from ostaf.processors import attention_layers, innermost, unwrap, wrap
+
+if TYPE_CHECKING:
+    from ostaf.config import TrainConfig
+    from ostaf.preprocess import Preprocessed
+    from ostaf.training_setup import Batch, TrainingSetup
 
 
 @dataclass
@@ -121,3 +129,38 @@ def binding_loss(record: AttentionRecord, masks: torch.Tensor | None) -> torch.T
     else:
         target = F.interpolate(masks.float(), (side, side), mode="area")[:, 0]
     return (1 - soft_iou(token, target.to(token.dtype))).mean()
+
+
+class AttentionBinding(Mechanism):
+    """Adds `--attn-binding` × (1 − soft IoU) of the placeholder's cross-attention map and its target."""
+
+    def __init__(self, config: TrainConfig, reference: Preprocessed) -> None:
+        self.config, self.reference = config, reference
+        self.record: AttentionRecord | None = None
+        self.masks: torch.Tensor | None = None  # (K, 1, h, w) per augmentation; None: bind to the class word
+
+    @classmethod
+    def build(cls, config: TrainConfig, base: BaseModel) -> AttentionBinding | None:
+        return cls(config, base.reference) if config.attn_binding else None
+
+    def attach(self, setup: TrainingSetup) -> None:
+        latent_size = tuple(setup.latent_mean.shape[-2:])
+        if not self.reference.mask.all():  # segmented: bind to the mask; else to the class word's map
+            self.masks = latent_masks(self.reference, latent_size, 0).to(setup.device)
+        ids = setup.input_ids[0, 0].tolist()
+        class_ids = setup.pipe.tokenizer(self.config.class_name, add_special_tokens=False).input_ids
+        positions = [ids.index(setup.token_id), 1 + len(class_ids)]  # the placeholder; the class name's last word
+        resolution = self.config.attn_binding_res or middle_resolution(setup.unet, latent_size[-1])
+        self.record = AttentionRecord(positions, resolution)
+        install_probes(setup.unet, self.record)
+
+    def forward(self, setup: TrainingSetup, batch: Batch):
+        return recording(self.record)
+
+    def loss(self, setup: TrainingSetup, batch: Batch, generator: torch.Generator | None) -> torch.Tensor:
+        masks = None if self.masks is None else self.masks[batch.pick]
+        return self.config.attn_binding * binding_loss(self.record, masks)
+
+    def close(self, setup: TrainingSetup) -> None:
+        remove_probes(setup.unet)
+        self.record = None

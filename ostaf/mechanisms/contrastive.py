@@ -9,8 +9,16 @@ random stream is untouched and a resumed run draws the same ones.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch.nn import functional as F
+
+from ostaf.mechanisms.base import BaseModel, Mechanism
+
+if TYPE_CHECKING:
+    from ostaf.config import TrainConfig
+    from ostaf.training_setup import Batch, TrainingSetup
 
 
 class NearestWordContrast:
@@ -44,3 +52,29 @@ class NearestWordContrast:
         with torch.no_grad():
             values, ids = self.similarities(embedding).topk(count)
         return [(int(i), round(float(v), 4)) for i, v in zip(ids, values, strict=True)]
+
+
+class NearestWordTerm(Mechanism):
+    """Adds `--nn-contrastive` × the InfoNCE term on e*; names e*'s nearest words after training."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        self.contrast: NearestWordContrast | None = None
+
+    @classmethod
+    def build(cls, config: TrainConfig, base: BaseModel) -> NearestWordTerm | None:
+        return cls(config) if config.nn_contrastive else None
+
+    def attach(self, setup: TrainingSetup) -> None:
+        c = self.config
+        self.contrast = NearestWordContrast(
+            setup.unit_vocabulary(), c.nn_k, c.nn_temperature, c.nn_vocab, c.seed, normalised=True
+        )
+
+    def loss(self, setup: TrainingSetup, batch: Batch, generator: torch.Generator | None) -> torch.Tensor:
+        return self.config.nn_contrastive * self.contrast.loss(setup.token(), setup.step)
+
+    def words(self, setup: TrainingSetup, count: int = 5) -> list[str]:
+        """e*'s nearest vocabulary words, as 'word (cosine)'."""
+        pairs = self.contrast.nearest(setup.token().detach(), count)
+        return [f"{setup.prompts.tokenizer.convert_ids_to_tokens(i)} ({cos})" for i, cos in pairs]

@@ -9,13 +9,19 @@ trains. Cost: a second attention in every targeted layer, and one text-encoder p
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING
 
 import torch
 from torch.nn import functional as F
 
+from ostaf.mechanisms.base import BaseModel, Mechanism
+from ostaf.training_setup import autocast
+
 if TYPE_CHECKING:
     from ostaf.conditioning import PromptEncoder
+    from ostaf.config import TrainConfig
+    from ostaf.training_setup import Batch, TrainingSetup
 
 
 def nearest_word(embedding: torch.Tensor, vocabulary: torch.Tensor, normalised: bool = False) -> int:
@@ -62,3 +68,35 @@ class VanillaPrompts:
         if guidance <= 1.0:
             return vanilla
         return torch.cat([self.prompts.unconditional(len(prompts)).states, vanilla])
+
+
+class DualPathTraining(Mechanism):
+    """Training through the dual path: the adapter blends β·personalised + (1 − β)·vanilla in every forward."""
+
+    def __init__(self, beta: float) -> None:
+        self.beta = beta
+        self.vocabulary: torch.Tensor | None = None  # (V, D) unit rows of the words before the placeholder
+        self.vanilla: tuple[int, torch.Tensor] | None = None  # (nearest word, its hard prompt's context)
+
+    @classmethod
+    def build(cls, config: TrainConfig, base: BaseModel) -> DualPathTraining | None:
+        return cls(config.dual_path) if config.dual_path < 1.0 else None
+
+    def attach(self, setup: TrainingSetup) -> None:
+        self.vocabulary = setup.unit_vocabulary()
+
+    def forward(self, setup: TrainingSetup, batch: Batch) -> AbstractContextManager:
+        if setup.adapter is None:
+            return nullcontext()
+        return setup.adapter.dual_path(self.beta, self.vanilla_context(setup))
+
+    @torch.no_grad()
+    def vanilla_context(self, setup: TrainingSetup) -> torch.Tensor:
+        """The hard prompt: the training prompt with e* replaced by its nearest word now, (1, T, D); reused
+        while the nearest word holds (the frozen text encoder gives the same context again)."""
+        word = nearest_word(setup.token(), self.vocabulary, normalised=True)
+        if self.vanilla is None or self.vanilla[0] != word:
+            with autocast(setup):
+                context = setup.prompts.encode(hard_ids(setup.input_ids, {setup.token_id: word})).states
+            self.vanilla = (word, context)
+        return self.vanilla[1]

@@ -6,11 +6,41 @@ The reference mask follows each augmentation (`augment_mask`), is reduced to the
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from torch.nn import functional as F
 
+from ostaf.mechanisms.base import BaseModel, Mechanism
 from ostaf.preprocess import Preprocessed, augment_mask
+
+if TYPE_CHECKING:
+    from ostaf.config import TrainConfig
+    from ostaf.training_setup import Batch, TrainingSetup
+
+
+class MaskedLoss(Mechanism):
+    """The noise-prediction MSE as a mean over each sample's foreground cells."""
+
+    def __init__(self, reference: Preprocessed, dilation: int) -> None:
+        self.reference, self.dilation = reference, dilation
+        self.masks: torch.Tensor | None = None  # (K, 1, h, w) per augmentation, dilated
+
+    @classmethod
+    def build(cls, config: TrainConfig, base: BaseModel) -> MaskedLoss | None:
+        return cls(base.reference, config.mask_dilation) if config.masked_loss else None
+
+    def attach(self, setup: TrainingSetup) -> None:
+        latent_size = tuple(setup.latent_mean.shape[-2:])
+        self.masks = latent_masks(self.reference, latent_size, self.dilation).to(setup.device)
+
+    def reduce(
+        self, pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None, batch: Batch
+    ) -> torch.Tensor | None:
+        if batch.pick is None:  # a fixed evaluation latent: no augmentation to take the mask of
+            return None
+        return masked_mse(pred, target, self.masks[batch.pick], weights)
 
 
 def latent_masks(reference: Preprocessed, latent_size: tuple[int, int], dilation: int) -> torch.Tensor:

@@ -8,12 +8,16 @@ extrapolation from λ = 1. With `token_steps = N`, steps 1…N train the token a
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING
 
 import torch
 
+from ostaf.mechanisms.base import BaseModel, Mechanism
+
 if TYPE_CHECKING:
-    from ostaf.train import TrainingSetup
+    from ostaf.config import TrainConfig
+    from ostaf.training_setup import Batch, TrainingSetup
 
 
 def sample_lambda(setup: TrainingSetup, batch: int, generator: torch.Generator) -> torch.Tensor | None:
@@ -27,13 +31,22 @@ def in_token_phase(setup: TrainingSetup, step: int) -> bool:
     return step < setup.config.token_steps
 
 
-def enter_step(setup: TrainingSetup, step: int) -> None:
-    """Set what trains at 0-based `step` (idempotent, so a resumed run lands in the right phase)."""
-    setup.step = step
-    if not setup.config.token_steps:
-        return
-    token_phase = in_token_phase(setup, step)
-    token_params = {id(p) for p in setup.token.parameters()}
-    for p in setup.trainable:
-        p.requires_grad_(token_phase == (id(p) in token_params))
-    # λ = 0 in the token phase: `denoising_loss` holds it for each forward (`adapter.at`)
+class TokenPhases(Mechanism):
+    """`--token-steps N`: the token alone on the base model first, then everything else with the token frozen."""
+
+    @classmethod
+    def build(cls, config: TrainConfig, base: BaseModel) -> TokenPhases | None:
+        return cls() if config.token_steps else None
+
+    def enter_step(self, setup: TrainingSetup, step: int) -> None:
+        """Set what trains at 0-based `step` (idempotent, so a resumed run lands in the right phase)."""
+        token_phase = in_token_phase(setup, step)
+        token_params = {id(p) for p in setup.token.parameters()}
+        for p in setup.trainable:
+            p.requires_grad_(token_phase == (id(p) in token_params))
+
+    def forward(self, setup: TrainingSetup, batch: Batch) -> AbstractContextManager:
+        """λ = 0 on the adapter in the token phase: the base model, whatever λ the batch drew."""
+        if setup.adapter is None or not in_token_phase(setup, setup.step):
+            return nullcontext()
+        return setup.adapter.at(0.0)

@@ -25,7 +25,7 @@ from diffusers.training_utils import compute_snr
 if TYPE_CHECKING:
     from diffusers import DDPMScheduler
 
-    from ostaf.train import TrainingSetup
+    from ostaf.training_setup import TrainingSetup
 
 
 def timestep_bounds(timestep_range: list[float], num_train_timesteps: int) -> tuple[int, int]:

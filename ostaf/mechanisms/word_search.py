@@ -15,14 +15,22 @@ margin table (world v2) ranks the right shape word first there for 5 of 6 refere
 
 from __future__ import annotations
 
+import logging
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch.nn import functional as F
 
+from ostaf.mechanisms.base import BaseModel, Mechanism
+from ostaf.mechanisms.timesteps import timestep_bounds
+from ostaf.training_setup import autocast, noise_target, unet_conditioning
+
 if TYPE_CHECKING:
-    from ostaf.train import TrainingSetup
+    from ostaf.config import TrainConfig
+    from ostaf.training_setup import TrainingSetup
+
+log = logging.getLogger(__name__)
 
 
 class SearchResult(NamedTuple):
@@ -42,8 +50,6 @@ class Samples(NamedTuple):
 def fixed_samples(setup: TrainingSetup, count: int, seed: int) -> Samples:
     """`count` (augmentation, noise, timestep) draws, stratified in t over training's band (`--timestep-range`:
     the search scores words where training will look), from their own generator."""
-    from ostaf.mechanisms.timesteps import timestep_bounds
-
     generator = torch.Generator().manual_seed(seed)
     scheduler = setup.noise_scheduler
     low, high = timestep_bounds(setup.config.timestep_range, scheduler.config.num_train_timesteps)
@@ -54,16 +60,12 @@ def fixed_samples(setup: TrainingSetup, count: int, seed: int) -> Samples:
     timesteps = (low + (torch.arange(count) + offsets) * (high - low) / count).long().clamp(max=high - 1)
     timesteps = timesteps.to(setup.device)
     latents = (setup.latent_mean[pick] + setup.latent_std[pick] * eps) * setup.pipe.vae.config.scaling_factor
-    target = (
-        noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
-    )
+    target = noise_target(scheduler, latents, noise, timesteps)
     return Samples(scheduler.add_noise(latents, noise, timesteps), timesteps, target, pick.to(setup.device))
 
 
 def reference_loss(setup: TrainingSetup, samples: Samples) -> torch.Tensor:
     """The training prompt's mean noise-prediction MSE on `samples`, with the live e*."""
-    from ostaf.train import autocast, unet_conditioning  # the training module imports this one
-
     with autocast(setup):
         cond = unet_conditioning(setup, samples.noisy.shape[0], samples.pick)
         pred = setup.unet(samples.noisy.to(setup.unet.dtype), samples.timesteps, **cond.unet_kwargs()).sample
@@ -108,3 +110,29 @@ def search_word(setup: TrainingSetup, candidates: int, rounds: int, samples: int
             if not improved:
                 break
     return SearchResult(int(rows[best_index]) if best_index >= 0 else -1, best, start, tried)
+
+
+class WordSearch(Mechanism):
+    """Before the first step, e*'s word moves to the vocabulary row that best denoises the reference."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+
+    @classmethod
+    def build(cls, config: TrainConfig, base: BaseModel) -> WordSearch | None:
+        return cls(config) if config.token_search else None
+
+    def attach(self, setup: TrainingSetup) -> None:
+        c = self.config
+        found = search_word(setup, c.token_search, c.token_search_rounds, c.token_search_samples)
+        tokenizer = setup.prompts.tokenizer
+        word = tokenizer.convert_ids_to_tokens(found.word_id) if found.word_id >= 0 else setup.attribute.word
+        log.info(
+            "word search: %s starts at %r (loss %.4f, %s's own word %.4f; %d words scored)",
+            setup.attribute.token,
+            word,
+            found.loss,
+            setup.attribute.name,
+            found.start_loss,
+            found.tried,
+        )

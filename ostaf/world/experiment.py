@@ -61,6 +61,7 @@ from ostaf.world.references import (
     references,
     score,
     score_composition,
+    varied_class_prompts,
     word_floor,
 )
 
@@ -121,9 +122,24 @@ METHODS: dict[str, dict[str, Any]] = {
     "lite+prior": dict(trainable="lite", prior_images=8),
     "lora+prior": dict(trainable="lora", prior_images=8),
     "finetune+prior": dict(trainable="blocks", prior_images=8),
+    # pivotal tuning: the token first in the band (the weights at λ = 0), then the weights with the token frozen
+    "lite+pivotal": dict(trainable="lite", token_steps=100, timestep_range=[0.25, 1.0]),
+    "lora+pivotal": dict(trainable="lora", token_steps=100, timestep_range=[0.25, 1.0]),
+    "finetune+pivotal": dict(trainable="blocks", token_steps=100, timestep_range=[0.25, 1.0]),
+    "finetune+pivotal+prior": dict(trainable="blocks", token_steps=100, timestep_range=[0.25, 1.0], prior_images=8),
+    # prior images of the class with other values of the attributes not learned (`varied_class_prompts`)
+    "lite+varied-prior": dict(trainable="lite", prior_images=8),
+    "lora+varied-prior": dict(trainable="lora", prior_images=8),
+    "finetune+varied-prior": dict(trainable="blocks", prior_images=8),
     # --hyper-rank: the hypernetwork's square matrices as rank-R factors (issue 17: does quality change?)
     "lite+hyper16": dict(trainable="lite", hyper_rank=16),
     "lite+hyper4": dict(trainable="lite", hyper_rank=4),
+}
+# training options a method takes from its reference (TrainConfig overrides)
+REFERENCE_OPTIONS: dict[str, Callable[[Reference], dict[str, Any]]] = {
+    m: lambda ref: {"prior_prompt": varied_class_prompts(ref.attribute, ref.world().factors)}
+    for m in METHODS
+    if m.endswith("+varied-prior")
 }
 # generation options of a method (GenerateConfig overrides), where it has any
 GENERATE_METHODS: dict[str, dict[str, Any]] = {
@@ -214,6 +230,11 @@ class ExperimentConfig:
         "put the two attributes on different U-Net parts, as the paper's parts do)",
         choices=tuple(METHODS),
     )
+    compose_switches: list[float] = opt(
+        [0.0],
+        "--compose-switch values of the compositions, each a row (0: both checkpoints in every step; s: the shape "
+        "one for t ≥ s·T, the appearance one below)",
+    )
     out: str = opt("runs/attribute-world", "output folder: table.md, results.json, curves.png, grids")
 
     def draw(self) -> list[Reference]:
@@ -244,7 +265,7 @@ IMAGES = "images"  # each job's sweep folder (a `SweepIndex`) under runs/<method
 def reads_lambda(method: str) -> bool:
     """Whether λ changes what `method` generates: an adapter scales with it, or the reference's weight does.
     A token or fine-tuned weights are one model at every λ, so their sweep is rendered once (`_generate`)."""
-    base = method.removeprefix("compose/")
+    base = method.split("/", 1)[1] if is_compose(method) else method
     generation = GENERATE_METHODS.get(base, {})
     return base in METHODS and (
         METHODS[base]["trainable"] in ADAPTER_OF
@@ -253,7 +274,16 @@ def reads_lambda(method: str) -> bool:
     )
 
 
-def _generate(config: ExperimentConfig, pipe, ckpts: list[str], prompt: str, lams, job: Path, method: str = ""):
+def _generate(
+    config: ExperimentConfig,
+    pipe,
+    ckpts: list[str],
+    prompt: str,
+    lams,
+    job: Path,
+    method: str = "",
+    compose_switch: float = 0.0,
+):
     """The λ sweep of `ckpts`; where λ cannot change the images (`reads_lambda`), one λ rendered and shown
     at each λ of the sweep (the rows and curves keep their shape: flat, as they are)."""
     from ostaf.config import GenerateConfig
@@ -272,6 +302,7 @@ def _generate(config: ExperimentConfig, pipe, ckpts: list[str], prompt: str, lam
         guidance=config.guidance,
         batch_size=len(rendered) * len(config.seeds),
         device="cpu",
+        compose_switch=compose_switch,
     )
     result = generate(gen, pipe=pipe, progress=False)[0]
     if rendered == list(lams):
@@ -350,7 +381,8 @@ def _run_job(config: ExperimentConfig, method: str, ref: Reference) -> list[dict
         out=str(out / "ckpt"),
         **(WORLD.train | {"checkpoint_every": 0, "device": "cpu"})
         | {k: v for k, v in config.settings(method, ref.attribute).items() if k != "lam"}
-        | METHODS[method],
+        | METHODS[method]
+        | REFERENCE_OPTIONS.get(method, lambda ref: {})(ref),
     )
     with torch.random.fork_rng(devices=[]):
         train(train_config, pipe=load_pipeline(config.model), progress=False)
@@ -380,21 +412,30 @@ def _generate_words(config: ExperimentConfig, ref: Reference, out: Path) -> dict
 
 
 def is_compose(method: str) -> bool:
-    return method.startswith("compose/")
+    return method.startswith("compose")
 
 
-def run_compose(config: ExperimentConfig, method: str, shape_ref: Reference, look_ref: Reference) -> list[dict]:
-    """`method`'s shape and appearance checkpoints in one prompt: score the shape and the look."""
+def compose_name(method: str, switch: float = 0.0) -> str:
+    """A composition's row: `compose/<method>`, or `compose@<s>/<method>` with a timestep switch s."""
+    return f"compose@{switch:g}/{method}" if switch else f"compose/{method}"
+
+
+def run_compose(
+    config: ExperimentConfig, method: str, shape_ref: Reference, look_ref: Reference, switch: float = 0.0
+) -> list[dict]:
+    """`method`'s shape and appearance checkpoints in one prompt (`switch`: split by timestep): score the shape
+    and the look."""
     from ostaf.models import load_pipeline
 
     ckpts = [str(Path(config.out) / "runs" / method / r.id / "ckpt") for r in (shape_ref, look_ref)]
     pair = f"{shape_ref.id}+{look_ref.id}"
-    name = f"compose/{method}"
+    name = compose_name(method, switch)
     job = Path(config.out) / "runs" / name / pair
     done = finished_rows(config, job, name, "shape+appearance")
     if done is not None:
         return done
-    result = _generate(config, load_pipeline(config.model), ckpts, COMPOSE_PROMPT, config.lams, job, name)
+    pipe = load_pipeline(config.model)
+    result = _generate(config, pipe, ckpts, COMPOSE_PROMPT, config.lams, job, name, switch)
     save_image(result.grid, job / "grid.png")
     shape_world, look_world = shape_ref.world(), look_ref.world()
     rows = [
@@ -569,7 +610,13 @@ def run_many(
         shapes = [r for r in refs[i] if r.attribute == "shape"]
         looks = [r for r in refs[i] if r.attribute == "appearance"]
         pairs = list(zip(shapes, looks, strict=False)) if shapes and looks else []
-        composed = [(i, ("compose", config, m, s, a)) for m in config.compose if m in config.methods for s, a in pairs]
+        composed = [
+            (i, ("compose", config, m, s, a, switch))
+            for switch in config.compose_switches
+            for m in config.compose
+            if m in config.methods
+            for s, a in pairs
+        ]
         tasks += composed  # after every training job: a composition reads two finished checkpoints
     rows: list[list[dict]] = [[] for _ in configs]
     workers = max(config.workers for config in configs)

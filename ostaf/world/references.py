@@ -154,6 +154,18 @@ def prompt_for(attribute: str, factors: Factors, variant: int) -> tuple[str, str
     return f"{head} *s", f"{head} {f.style}"
 
 
+def varied_class_prompts(attribute: str, factors: Factors, count: int = 4) -> list[str]:
+    """The training prompt's class with other named values of the attributes not learned (variants after the
+    test prompts' own): prior images of these keep fine-tuned weights following those words."""
+    f, prompts = factors, []
+    for variant in range(2, 2 + count):
+        look = _look(_other(tuple(COLOURS), variant, f.colour), _other(TEXTURES, variant, f.texture))
+        shape = _other(SHAPES, variant, f.shape)
+        classes = {"shape": f"a {look} object", "appearance": f"a {shape}", "style": f"a {look} {shape}"}
+        prompts.append(classes[attribute])
+    return prompts
+
+
 def named_answers(attribute: str, world: WorldImage, prompt: str) -> dict[str, tuple[float, bool]]:
     """Each named value of the attribute, drawn as the prompt asks for the rest (rendered, exact) → its
     (similarity or gap, match) against the unnamed reference: what answering with a word can score."""

@@ -1,0 +1,102 @@
+"""Composition by timestep split (`--compose-switch s`, after ProSpect, Zhang et al. 2023).
+
+Layout and shape are decided in the early, noisy steps of denoising; colour and texture in the late ones
+(ProSpect's observation, and the world's timestep margins). Composing a shape checkpoint with an
+appearance one by running both everywhere lets each disturb the other's stage. With a switch s ∈ (0, 1),
+for a U-Net call at timestep t:
+
+    t ≥ s·T   (early)   the shape checkpoints act: their adapters at λ, their placeholders learned;
+                        every other checkpoint's adapter at λ = 0 and its placeholder read as its nearest word
+    t < s·T   (late)    the other way round
+
+A forward pre-hook on the U-Net (torch's public hook) reads each call's timestep, sets the adapters'
+strengths through the strength protocol (restored when generation ends) and hands the U-Net the prompt
+context of the call's phase, built as classifier-free guidance builds it. On SDXL the pooled text
+embedding (one vector for the whole prompt) stays the pipeline's: both placeholders reach it in every step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from typing import TYPE_CHECKING
+
+import torch
+
+from ostaf.errors import OstafError
+from ostaf.mechanisms.dual_path import VanillaPrompts
+
+if TYPE_CHECKING:
+    from ostaf.conditioning import PromptEncoder
+    from ostaf.strength import Scale, Strength
+
+EARLY_ATTRIBUTES = ("shape",)  # the attributes whose checkpoints act in the early (noisy) steps
+
+
+def check_attributes(attributes: list[str], switch: float) -> None:
+    """One error unless the checkpoints split into an early (shape) and a late (appearance, style) group."""
+    early = [a for a in attributes if a in EARLY_ATTRIBUTES]
+    if not early or len(early) == len(attributes):
+        raise OstafError(
+            f"--compose-switch {switch:g} hands a shape checkpoint's steps to an appearance or style one, but the "
+            f"checkpoints' attributes are {attributes}: give one shape checkpoint and one of another attribute "
+            "(or drop --compose-switch)"
+        )
+
+
+class ComposeSwitch:
+    """The phase split of one pipeline's checkpoints; `active` installs it for one denoising batch."""
+
+    def __init__(
+        self,
+        unet,
+        prompts: PromptEncoder,
+        adapters: list[Strength],
+        tokens: list[str],
+        attributes: list[str],
+        switch: float,
+        num_train_timesteps: int,
+    ) -> None:
+        check_attributes(attributes, switch)
+        self.unet, self.adapters = unet, adapters
+        self.early = [a in EARLY_ATTRIBUTES for a in attributes]  # per checkpoint: does it act early
+        self.boundary = switch * num_train_timesteps
+        late_tokens = [t for t, early in zip(tokens, self.early, strict=True) if not early]
+        early_tokens = [t for t, early in zip(tokens, self.early, strict=True) if early]
+        # early steps read the late checkpoints' placeholders as words, and the late steps the early ones'
+        self.prompts = {True: VanillaPrompts(prompts, late_tokens), False: VanillaPrompts(prompts, early_tokens)}
+
+    def is_early(self, timestep) -> bool:
+        return float(torch.as_tensor(timestep).flatten()[0]) >= self.boundary
+
+    @contextmanager
+    def active(self, prompts: list[str], guidance: float, scales: list[Scale]) -> Iterator[None]:
+        """Inside the block, each U-Net call runs its phase's adapters (at `scales`, the others at 0) on its
+        phase's prompt context; the adapters' λ and the U-Net are as they were after it."""
+        contexts = {early: self.prompts[early].context(prompts, guidance) for early in (True, False)}
+
+        def before_call(module, args: tuple, kwargs: dict):
+            timestep = kwargs["timestep"] if "timestep" in kwargs else args[1]
+            early = self.is_early(timestep)
+            for adapter, acts_early, scale in zip(self.adapters, self.early, scales, strict=True):
+                adapter.set_scale(scale if acts_early == early else 0.0)
+            context = contexts[early]
+            if "encoder_hidden_states" in kwargs:
+                current = kwargs["encoder_hidden_states"]
+                kwargs = kwargs | {"encoder_hidden_states": context.to(current.device, current.dtype)}
+            else:
+                current = args[2]
+                args = (*args[:2], context.to(current.device, current.dtype), *args[3:])
+            if current.shape != context.shape:
+                raise OstafError(
+                    f"--compose-switch prepared a context of shape {tuple(context.shape)} for a U-Net call with "
+                    f"{tuple(current.shape)}: it cannot be combined with a pass of another batch (reference attention)"
+                )
+            return args, kwargs
+
+        with ExitStack() as stack:
+            for adapter in self.adapters:
+                stack.enter_context(adapter.at(adapter.scale))  # whatever the hook writes, put back after
+            handle = self.unet.register_forward_pre_hook(before_call, with_kwargs=True)
+            stack.callback(handle.remove)
+            yield

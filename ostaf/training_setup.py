@@ -1,0 +1,116 @@
+"""What one training step touches, and the few reads every part of a step shares.
+
+It sits below `ostaf.train`: the mechanisms (`ostaf.mechanisms`) and the checkpoint format read a
+`TrainingSetup` without importing the training loop, so there is no train ↔ mechanisms ↔ checkpoint
+import circle. The setup holds the run's core state only; each mechanism that is on keeps its own
+state in its object (`setup.mechanisms`), and the loop asks them, never names them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
+
+import torch
+from diffusers import DDPMScheduler
+from torch.nn import functional as F
+from torch.utils.hooks import RemovableHandle
+
+from ostaf.attributes import Attribute
+from ostaf.conditioning import Conditioning, PromptEncoder
+from ostaf.config import TrainConfig
+from ostaf.lora import LoraAdapter
+from ostaf.models import Pipeline
+from ostaf.offsets import OffsetsAdapter, OffsetsConfig
+from ostaf.placeholder import PlaceholderEmbedding
+
+if TYPE_CHECKING:
+    from ostaf.mechanisms.base import Mechanism
+
+M = TypeVar("M")
+
+
+@dataclass
+class TrainingSetup:
+    """Everything one training step touches."""
+
+    config: TrainConfig
+    attribute: Attribute
+    pipe: Pipeline
+    adapter: OffsetsAdapter | LoraAdapter | None  # what carries λ (ostaf.strength); None: token / fine-tuning
+    offsets: OffsetsConfig  # the targeted attention (parts, targets): the card records it for every trainable
+    layers: list[str]  # the targeted attention modules, whatever trains on them
+    token: PlaceholderEmbedding
+    token_id: int
+    input_ids: torch.Tensor  # (E, 1, 77): the training prompt, one row per text encoder (SDXL: 2)
+    latent_mean: torch.Tensor  # (K, 4, h, w), VAE posteriors of the reference's K augmentations
+    latent_std: torch.Tensor
+    noise_scheduler: DDPMScheduler
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    trainable: list[torch.nn.Parameter] = field(default_factory=list)
+    token_hooks: list[RemovableHandle] = field(default_factory=list)  # e* into each text encoder
+    prefix_hooks: list[RemovableHandle] = field(default_factory=list)  # the down/mid blocks run without autograd
+    cached_context: Conditioning | None = None  # the text conditioning when the token is frozen
+    time_ids: torch.Tensor | None = None  # (K, 6) SDXL micro-conditioning of each augmentation; None on SD-1.x
+    step: int = 0  # the 0-based step being trained (`ostaf.mechanisms.schedule`)
+    mechanisms: list[Mechanism] = field(default_factory=list)  # the ones that are on, in registry order
+    _unit_vocabulary: torch.Tensor | None = None
+
+    @property
+    def unet(self):
+        return self.pipe.unet
+
+    @property
+    def prompts(self) -> PromptEncoder:
+        return PromptEncoder(self.pipe)
+
+    def mechanism(self, kind: type[M]) -> M | None:
+        """The mechanism of class `kind` when it is on, else None (tests and reports read their state)."""
+        return next((m for m in self.mechanisms if isinstance(m, kind)), None)
+
+    def unit_vocabulary(self) -> torch.Tensor:
+        """(V, D) unit rows of the words before the placeholder (every encoder's row): computed once, shared by
+        the mechanisms that compare e* with words."""
+        if self._unit_vocabulary is None:
+            self._unit_vocabulary = F.normalize(self.prompts.rows(self.token_id), dim=-1)
+        return self._unit_vocabulary
+
+
+class Batch(NamedTuple):
+    """One micro-batch, all drawn from the run's generator."""
+
+    latents: torch.Tensor  # (B, 4, h, w)
+    noise: torch.Tensor
+    timesteps: torch.Tensor  # (B,)
+    pick: torch.Tensor | None = None  # (B,) which augmentation each sample is
+    lam: torch.Tensor | None = None  # (B,) per-sample λ (--train-lam uniform), else the adapter's own
+
+
+def autocast(setup: TrainingSetup):
+    return torch.autocast(setup.device.type, dtype=setup.amp_dtype, enabled=setup.amp_dtype is not None)
+
+
+def text_context(setup: TrainingSetup) -> Conditioning:
+    """The training prompt's text conditioning, with the live e* injected (SDXL: without the time ids)."""
+    if setup.cached_context is not None:
+        return setup.cached_context
+    return setup.prompts.encode(setup.input_ids)
+
+
+def unet_conditioning(setup: TrainingSetup, batch: int, pick: torch.Tensor | None = None) -> Conditioning:
+    """The conditioning of `batch` samples: the prompt's, and on SDXL each sample's augmentation's time ids
+    (`pick`; None: the first augmentation's)."""
+    cond = text_context(setup).expand(batch)
+    if setup.time_ids is None:
+        return cond
+    time_ids = setup.time_ids[pick] if pick is not None else setup.time_ids[:1].expand(batch, -1)
+    # confined: the token learns only through the adapter's cross-attentions, so not through SDXL's pooled
+    # embedding either (it enters every resnet through the time embedding)
+    pooled = cond.pooled.detach() if setup.config.token_grad == "confined" else cond.pooled
+    return replace(cond, pooled=pooled, time_ids=time_ids)
+
+
+def noise_target(scheduler: DDPMScheduler, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """What the U-Net is trained to predict: the noise (ε) or the velocity (v-prediction)."""
+    return noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, t)
