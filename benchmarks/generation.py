@@ -65,7 +65,8 @@ def main() -> int:
     import numpy as np
     from PIL import Image
 
-    from ostaf.generate import Mechanisms, Sample, run_batch, set_scheduler
+    from ostaf.conditioning import PromptEncoder
+    from ostaf.generate import GenerationOptions, Sample, run_batch, set_scheduler
     from ostaf.mechanisms.dual_path import VanillaPrompts
     from ostaf.mechanisms.reference_attention import ReferenceAttention
     from ostaf.models import load_pipeline
@@ -90,14 +91,14 @@ def main() -> int:
     adapter = OffsetsAdapter.install(pipe.unet, OffsetsConfig(parts=("decoder",)), "*a")
     with_offsets = dict(pipe.unet.attn_processors)
     add_placeholder(pipe.tokenizer, pipe.text_encoder, "*a", word_embedding(pipe.tokenizer, pipe.text_encoder, "ball"))
-    dual = Mechanisms(0.5, VanillaPrompts(pipe.tokenizer, pipe.text_encoder, ["*a"]))
+    dual = GenerationOptions(0.5, VanillaPrompts(PromptEncoder(pipe), ["*a"]))
     image = Image.fromarray(np.full((args.resolution, args.resolution, 3), 128, np.uint8))
     square = np.zeros((args.resolution, args.resolution), bool)
     square[args.resolution // 4 : -args.resolution // 4, args.resolution // 4 : -args.resolution // 4] = True
     reference = ReferenceAttention(pipe, [adapter], image, square, 1.0, "decoder", args.resolution)
     reference.remove()  # installed per run below: the configurations share one pipeline
 
-    def generate(batch: list[Sample], adapters: list, mechanisms: Mechanisms | None = None) -> None:
+    def generate(batch: list[Sample], adapters: list, mechanisms: GenerationOptions | None = None) -> None:
         run_batch(pipe, adapters, batch, args.num_steps, 7.5, args.resolution, mechanisms)
 
     def base() -> None:
@@ -132,7 +133,8 @@ def main() -> int:
     def reference_attention(images: int = 1) -> None:  # ω = 1 on the decoder's self-attention: one reference pass
         reference.install()  # per step, whatever the batch
         try:
-            generate([Sample(PROMPT, 1.0, seed) for seed in range(images)], [adapter], Mechanisms(reference=reference))
+            samples = [Sample(PROMPT, 1.0, seed) for seed in range(images)]
+            generate(samples, [adapter], GenerationOptions(reference=reference))
         finally:
             reference.remove()
 

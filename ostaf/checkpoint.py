@@ -30,6 +30,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ostaf.checkpoint_format import CARD, CHECKPOINT_FORMAT, TENSORS, checkpoint_card
 from ostaf.conditioning import PromptEncoder
 from ostaf.config import OFFSET_TRAINABLES, default_of
 from ostaf.errors import OstafError
@@ -37,7 +38,6 @@ from ostaf.io import atomic_write, write_json
 from ostaf.lora import LoraAdapter, LoraSpec
 from ostaf.models import BaseModel, Pipeline, architecture, base_of, load_pipeline
 from ostaf.offsets import OffsetsAdapter, OffsetsConfig
-from ostaf.preflight import CARD, CHECKPOINT_FORMAT, TENSORS, checkpoint_card
 from ostaf.strength import FixedStrength, Strength, TokenStrength
 
 if TYPE_CHECKING:  # type hints only: the training setup imports what this module imports

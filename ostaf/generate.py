@@ -23,7 +23,6 @@ from diffusers import (
 )
 from PIL import Image
 
-from ostaf.attributes import check_prompt
 from ostaf.checkpoint import apply, load_base_pipeline, load_checkpoint
 from ostaf.conditioning import PromptEncoder
 from ostaf.config import ADAPTER_OF, DEFAULT_MODEL, SCHEDULERS, TRAINABLE, GenerateConfig
@@ -56,8 +55,9 @@ class Sample:
 
 
 @dataclass
-class Mechanisms:
-    """The generation-time mechanisms that are on (ostaf.mechanisms); the default is none, today's generation."""
+class GenerationOptions:
+    """What one generation call adds to a plain pipeline call: a strength per checkpoint (--lam-per-ckpt) and
+    the generation-time mechanisms that are on (ostaf.mechanisms); the default is none, today's generation."""
 
     dual_path: float = 1.0  # β; < 1 needs `vanilla`
     vanilla: VanillaPrompts | None = None
@@ -80,10 +80,10 @@ class Mechanisms:
         adapters: list,
         reference: str,
         attributes: list[str] | None = None,
-    ) -> Mechanisms:
-        mechanisms = cls(strengths=list(config.lam_per_ckpt) or None, reference_lambda=config.reference_lambda)
+    ) -> GenerationOptions:
+        options = cls(strengths=list(config.lam_per_ckpt) or None, reference_lambda=config.reference_lambda)
         if config.compose_switch:
-            mechanisms.compose = ComposeSwitch(
+            options.compose = ComposeSwitch(
                 pipe.unet,
                 PromptEncoder(pipe),
                 adapters,
@@ -95,12 +95,12 @@ class Mechanisms:
         if config.dual_path < 1.0:
             if not tokens:
                 raise OstafError("--dual-path blends a checkpoint's offsets with the base model: pass --ckpt DIR")
-            mechanisms.dual_path = config.dual_path
-            mechanisms.vanilla = VanillaPrompts(PromptEncoder(pipe), tokens)
-            log.info("dual path: the vanilla path reads %s", mechanisms.vanilla.words)
+            options.dual_path = config.dual_path
+            options.vanilla = VanillaPrompts(PromptEncoder(pipe), tokens)
+            log.info("dual path: the vanilla path reads %s", options.vanilla.words)
         if config.reference_attention > 0:
             image, mask = load_reference_image(reference)
-            mechanisms.reference = ReferenceAttention(
+            options.reference = ReferenceAttention(
                 pipe,
                 adapters,
                 image,
@@ -109,7 +109,7 @@ class Mechanisms:
                 resolve_blocks(config.reference_blocks, tokens),
                 config.resolution or None,
             )
-        return mechanisms
+        return options
 
     def close(self) -> None:
         if self.reference is not None:
@@ -140,14 +140,14 @@ def sweep(
     resolution: int | None = None,
     batch_size: int = 8,
     progress: bool = True,
-    mechanisms: Mechanisms | None = None,
+    options: GenerationOptions | None = None,
 ) -> PromptResult:
     """Images of one prompt for every (λ, seed), in batches of up to `batch_size` samples."""
     samples = [Sample(prompt, lam, seed) for seed in seeds for lam in lams]
     images: dict[tuple[float, int], Image.Image] = {}
     batches = [samples[i : i + batch_size] for i in range(0, len(samples), batch_size)]
     for batch in progress_bar(batches, disable=not progress, desc=prompt[:40], unit="batch"):
-        made = run_batch(pipe, adapters, batch, num_steps, guidance, resolution, mechanisms)
+        made = run_batch(pipe, adapters, batch, num_steps, guidance, resolution, options)
         for sample, image in zip(batch, made, strict=True):
             images[(sample.lam, sample.seed)] = image
     rows = [[images[(lam, seed)] for lam in lams] for seed in seeds]
@@ -162,15 +162,15 @@ def run_batch(
     num_steps: int,
     guidance: float,
     resolution: int | None,
-    mechanisms: Mechanisms | None = None,
+    options: GenerationOptions | None = None,
 ) -> list[Image.Image]:
     """One denoising batch; each sample gets its own seed's noise and its own λ."""
-    mechanisms = mechanisms or Mechanisms()
+    options = options or GenerationOptions()
     if len({s.lam for s in batch}) > 1 and not all(a.per_sample for a in adapters):
         made: dict[int, Image.Image] = {}  # LoRA: one λ per forward, so one batch per λ, in the batch's order
         for lam in sorted({s.lam for s in batch}):
             part = [s for s in batch if s.lam == lam]
-            images = run_batch(pipe, adapters, part, num_steps, guidance, resolution, mechanisms)
+            images = run_batch(pipe, adapters, part, num_steps, guidance, resolution, options)
             made.update({id(s): image for s, image in zip(part, images, strict=True)})
         return [made[id(s)] for s in batch]
     size = resolution or native_resolution(pipe)
@@ -184,8 +184,8 @@ def run_batch(
         height=size,
         width=size,
     )
-    strengths = mechanisms.strengths or [1.0] * len(adapters)
-    if len(lams) == 1 and not mechanisms.unmerged:  # one λ: fold it into the weights
+    strengths = options.strengths or [1.0] * len(adapters)
+    if len(lams) == 1 and not options.unmerged:  # one λ: fold it into the weights
         lam = lams.pop()
         with ExitStack() as stack:
             for adapter, strength in zip(adapters, strengths, strict=True):
@@ -194,19 +194,19 @@ def run_batch(
             return pipe(**kwargs).images
     scale = torch.tensor([s.lam for s in batch], dtype=torch.float32) if len(lams) > 1 else float(next(iter(lams)))
     with ExitStack() as stack:
-        if mechanisms.reference is not None and mechanisms.reference_lambda:
-            mechanisms.reference.state.lam = scale
-            stack.callback(setattr, mechanisms.reference.state, "lam", None)
+        if options.reference is not None and options.reference_lambda:
+            options.reference.state.lam = scale
+            stack.callback(setattr, options.reference.state, "lam", None)
         for adapter, strength in zip(adapters, strengths, strict=True):
             stack.enter_context(adapter.at(scale * strength))
             stack.enter_context(adapter.caching())  # W ⊙ ΔW once per sweep, not once per step
-        if mechanisms.dual_path < 1.0:
-            context = mechanisms.vanilla.context(kwargs["prompt"], guidance)
+        if options.dual_path < 1.0:
+            context = options.vanilla.context(kwargs["prompt"], guidance)
             for adapter in adapters:
-                stack.enter_context(adapter.dual_path(mechanisms.dual_path, context))
-        if mechanisms.compose is not None:
+                stack.enter_context(adapter.dual_path(options.dual_path, context))
+        if options.compose is not None:
             scales = [scale * strength for strength in strengths]
-            stack.enter_context(mechanisms.compose.active(kwargs["prompt"], guidance, scales))
+            stack.enter_context(options.compose.active(kwargs["prompt"], guidance, scales))
         return pipe(**kwargs).images
 
 
@@ -274,9 +274,6 @@ def generate(config: GenerateConfig, pipe: Pipeline | None = None, progress: boo
     check_adapters_can(config, checkpoints)
     if len(set(tokens)) != len(tokens):
         raise OstafError(f"two checkpoints learned the same token ({tokens}): compose different attributes")
-    if checkpoints:
-        for prompt in config.prompt:
-            check_prompt(prompt, tokens)
     device = resolve_device(config.device)
     dtype = autocast_dtype(config.precision, device) or torch.float32
     if pipe is None:
@@ -305,7 +302,7 @@ def generate(config: GenerateConfig, pipe: Pipeline | None = None, progress: boo
         check_length(pipe.tokenizer, prompt, tokens)
     reference = config.reference_image or (checkpoints[0].card["train"]["image"] if checkpoints else "")
     attributes = [c.card.get("attribute", "") for c in checkpoints]
-    mechanisms = Mechanisms.from_config(config, pipe, tokens, adapters, reference, attributes)
+    options = GenerationOptions.from_config(config, pipe, tokens, adapters, reference, attributes)
     try:
         results = [
             sweep(
@@ -319,11 +316,11 @@ def generate(config: GenerateConfig, pipe: Pipeline | None = None, progress: boo
                 config.resolution or None,
                 config.batch_size,
                 progress,
-                mechanisms,
+                options,
             )
             for prompt in config.prompt
         ]
     finally:
-        mechanisms.close()
+        options.close()
     write_sweep(config.out, results, config.to_dict())
     return results

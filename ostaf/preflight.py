@@ -8,11 +8,11 @@ checks first, so the Python API and the pipeline's steps answer the same way.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ostaf.attributes import check_prompt
+from ostaf.checkpoint_format import checkpoint_card
 from ostaf.errors import OstafError
 from ostaf.images import load_image
 from ostaf.io import check_output_dir
@@ -21,9 +21,6 @@ from ostaf.presets import PRESETS, TRAINED_PRESETS
 if TYPE_CHECKING:
     from ostaf.config import GenerateConfig, TrainConfig
 
-CARD = "ostaf.json"
-TENSORS = "ostaf.safetensors"
-CHECKPOINT_FORMAT = "ostaf-checkpoint/1"
 WEIGHT_FILES = (".safetensors", ".ckpt", ".bin", ".pt", ".pth")
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")  # what `--model FILE` loads (`ostaf.single_file`)
 PRESET_NAMES = ", ".join([*TRAINED_PRESETS, *PRESETS])
@@ -54,24 +51,6 @@ def check_model_location(model: str) -> None:
             "that holds model_index.json, unet/, vae/, text_encoder/, scheduler/ (SDXL: also text_encoder_2/; the "
             "tokenizers are optional)"
         )
-
-
-def checkpoint_card(folder: str | Path) -> dict[str, Any]:
-    """The card of an OSTAF checkpoint folder, after checking that both of its files are there."""
-    folder = Path(folder)
-    card_path, tensor_path = folder / CARD, folder / TENSORS
-    if not card_path.is_file() or not tensor_path.is_file():
-        raise OstafError(
-            f"{folder} is not an OSTAF checkpoint (needs {CARD} and {TENSORS}): pass the --out folder of "
-            "`ostaf train` or one of its checkpoints/step-* folders"
-        )
-    try:
-        card = json.loads(card_path.read_text())
-    except (ValueError, OSError) as err:
-        raise OstafError(f"checkpoint {folder} is damaged ({err}); use another step's checkpoint") from None
-    if card.get("format") != CHECKPOINT_FORMAT:
-        raise OstafError(f"checkpoint {folder} has format {card.get('format')!r}, this ostaf reads {CHECKPOINT_FORMAT}")
-    return card
 
 
 def _check_image_or_folder(path: str) -> None:

@@ -214,11 +214,6 @@ def _swept(rows: list[dict]) -> bool:
     return len({row["lam"] for row in rows}) > 1
 
 
-def curve_step(lam: float) -> int:
-    """A λ as a metric-history step (100·λ), so MLflow's charts draw metric-vs-λ curves."""
-    return round(100 * lam)
-
-
 NOT_COMPUTED = (
     "CLIP-T, DINO, Gram and IoU: n/a (no weights for them here, see `ostaf doctor`; `--metric-models tiny` "
     "computes them with random stand-ins, whose numbers mean nothing)"

@@ -45,7 +45,6 @@ from ostaf.report import (
     best_lambda,
     best_lambdas,
     by_lambda,
-    curve_step,
     item_table,
     missing_paper_metrics,
     paper_table,
@@ -284,8 +283,7 @@ def evaluate_item(
         with tracking.active(tracking.RunLogger(run_id), reopen=True) as logger:
             for index, (lam, metrics) in enumerate(means.items()):
                 logger.log_metrics({f"{k}/lam_{lam:g}": v for k, v in metrics.items()}, step=index)
-                # the same as λ curves: one history per metric, step = 100·λ (MLflow's charts draw them)
-                logger.log_metrics({f"{k}_vs_lambda": v for k, v in metrics.items()}, step=curve_step(lam))
+            tracking.log_lambda_curves(logger, means)  # the same as λ curves (MLflow's charts draw them)
             if best is not None:  # the table's rule: strongest attribute that keeps the prompt (report.best_lambda)
                 logger.log_metrics({"best_lam": best[0], f"{best[1]}/best_lam": means[best[0]][best[1]]}, step=0)
             if plot:
@@ -330,10 +328,18 @@ def aggregate(score_dirs: list[str], parent_run_id: str, dest: str, lam: float |
                 logger.log_metrics({f"{item}/{k}": v for k, v in row.items() if k not in ("attribute", "n")}, 0)
         for attribute, run_id in best_runs(by_dir).items():  # `models:/ostaf-<attribute>@best-<attribute>`
             tracking.set_best_alias(attribute, run_id)
-        for sweep_lam in sorted({r["lam"] for r in rows}):  # the table at every λ, as λ curves (step = 100·λ)
-            for row in paper_table(rows, lam=sweep_lam):
-                curves = {f"{row['attribute']}/{k}_vs_lambda": v for k, v in row.items() if k not in ("attribute", "n")}
-                logger.log_metrics(curves, curve_step(sweep_lam))
+        tracking.log_lambda_curves(  # the table at every λ, as λ curves
+            logger,
+            {
+                sweep_lam: {
+                    f"{row['attribute']}/{k}": v
+                    for row in paper_table(rows, lam=sweep_lam)
+                    for k, v in row.items()
+                    if k not in ("attribute", "n")
+                }
+                for sweep_lam in {r["lam"] for r in rows}
+            },
+        )
     return markdown
 
 

@@ -16,7 +16,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -321,6 +321,18 @@ def experiment_id(name: str = EXPERIMENT) -> str:
         if key not in found.tags:
             c.set_experiment_tag(found.experiment_id, key, value)
     return found.experiment_id
+
+
+def curve_step(lam: float) -> int:
+    """A λ as a metric-history step (100·λ), so MLflow's charts draw metric-vs-λ curves."""
+    return round(100 * lam)
+
+
+def log_lambda_curves(logger, by_lam: Mapping[float, Mapping[str, float]]) -> None:
+    """Each metric's λ curve as the history `<metric>_vs_lambda` with step 100·λ: one convention for the
+    pipeline's runs, the world experiment's and the tuning's."""
+    for lam, metrics in sorted(by_lam.items()):
+        logger.log_metrics({f"{k}_vs_lambda": v for k, v in metrics.items()}, step=curve_step(lam))
 
 
 def start_run(

@@ -9,9 +9,8 @@ from ostaf.config import GenerateConfig
 from ostaf.errors import OstafError
 from ostaf.generate import generate
 from ostaf.lora import LoraAdapter
-from ostaf.mechanisms import schedule
 from ostaf.models import load_pipeline
-from ostaf.train import denoising_loss, prepare, sample_batch, train
+from ostaf.train import denoising_loss, enter_step, prepare, sample_batch, train
 from tests.conftest import on_both_models, tiny_config, unet_inputs
 
 
@@ -94,7 +93,7 @@ def test_a_lora_run_installs_no_offsets_and_its_lambda_is_the_loras(reference, t
     setup = prepare(tiny_config(reference, tmp_path / "run", trainable="lora", token_steps=1))
     assert isinstance(setup.adapter, LoraAdapter)
     assert not any(isinstance(p, OffsetsAttnProcessor) for p in setup.unet.attn_processors.values())
-    schedule.enter_step(setup, 0)  # the token phase: the LoRA at λ = 0 for the forward, 1 after it
+    enter_step(setup, 0)  # the token phase: the LoRA at λ = 0 for the forward, 1 after it
     seen = []
     layer = next(setup.adapter.layers())
     hook = layer.register_forward_pre_hook(lambda m, a: seen.append(m.scaling[setup.adapter.name]))

@@ -416,10 +416,10 @@ def test_reference_attention_with_a_checkpoint_serves_a_lambda_sweep_and_leaves_
 
 def test_reference_attention_off_installs_nothing(tiny_pipe):
     from ostaf.config import GenerateConfig
-    from ostaf.generate import Mechanisms
+    from ostaf.generate import GenerationOptions
 
     config = GenerateConfig(ckpt=["c"], prompt=["a *a"])
-    mechanisms = Mechanisms.from_config(config, tiny_pipe, [], [], "")
+    mechanisms = GenerationOptions.from_config(config, tiny_pipe, [], [], "")
     assert mechanisms.reference is None and not mechanisms.unmerged and not tiny_pipe.unet._forward_pre_hooks
 
 

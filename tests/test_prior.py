@@ -95,8 +95,8 @@ def test_several_class_prompts_share_the_images_and_each_image_keeps_its_prompt(
             pick, own = loss_under(texts[0], torch.Generator().manual_seed(seed))
             _, other = loss_under(texts[1], torch.Generator().manual_seed(seed))
             mine, not_mine = (own, other) if int(pick) == 0 else (other, own)
-            assert float(got) == pytest.approx(float(mine), rel=1e-5)
-            assert float(got) != pytest.approx(float(not_mine), rel=1e-3)
+            # random tiny weights: the prompts change the loss by ~1e-5 only, float noise is ~1e-7
+            assert abs(float(got) - float(mine)) < 1e-6 < abs(float(got) - float(not_mine))
 
 
 def test_varied_class_prompts_name_other_values_of_the_attributes_not_learned():

@@ -314,3 +314,32 @@ def test_a_table_lambda_outside_the_sweep_is_one_error_before_any_work(tmp_path)
     with pytest.raises(OstafError, match="add them to --lams"):
         run(config, log_to_mlflow=False, progress=False)
     assert not any(tmp_path.iterdir())
+
+
+def test_a_switched_composition_is_its_own_row_and_its_switch_reaches_generation(tmp_path, monkeypatch):
+    """`--compose-switches 0 0.5`: the switched composition is a row of its own (`compose@0.5/<method>`), the
+    switch reaches the generation config, and λ reaches it where the method reads λ."""
+    from PIL import Image
+
+    from ostaf.sweep import PromptResult
+    from ostaf.world import experiment
+    from ostaf.world.references import references
+
+    asked = []
+
+    def fake_generate(gen, pipe=None, progress=True):
+        asked.append(gen)
+        image = Image.new("RGB", (64, 64))
+        return [PromptResult(gen.prompt[0], {(lam, s): image for lam in gen.lam for s in gen.seeds}, image)]
+
+    monkeypatch.setattr("ostaf.generate.generate", fake_generate)
+    monkeypatch.setattr("ostaf.models.load_pipeline", lambda *a, **k: None)
+    config = experiment.ExperimentConfig(out=str(tmp_path), seeds=[0], lams=[0.0, 1.0], compose_switches=[0.0, 0.5])
+    shape, look = (references(1, "test", 0, (a,), "named")[0] for a in ("shape", "appearance"))
+    rows = experiment.run_compose(config, "lora", shape, look, 0.5)
+    assert {r["method"] for r in rows} == {"compose@0.5/lora"} and {r["lam"] for r in rows} == {0.0, 1.0}
+    assert asked[-1].compose_switch == 0.5 and asked[-1].lam == [0.0, 1.0]  # LoRA reads λ: both rendered
+    experiment.run_compose(config, "token", shape, look, 0.0)
+    assert asked[-1].compose_switch == 0.0 and asked[-1].lam == [1.0]  # a token: one λ rendered
+    assert experiment.reads_lambda("compose@0.5/lora") and not experiment.reads_lambda("compose@0.5/token")
+    assert experiment.is_compose("compose@0.5/lora") and (tmp_path / "runs" / "compose@0.5" / "lora").is_dir()

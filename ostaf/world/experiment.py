@@ -749,9 +749,11 @@ def _log(config: ExperimentConfig, table: list[dict], curves: dict, out: Path, s
                 intervals = {f"{k}_low": ci[0] for k, ci in row.items() if k.endswith("_ci")}
                 intervals |= {f"{k}_high": ci[1] for k, ci in row.items() if k.endswith("_ci")}
                 child.log_metrics({k: v for k, v in row.items() if isinstance(v, float)} | intervals, step=0)
-                for metric, by_lam in curves.get(name, {}).items():
-                    for lam, value in by_lam.items():  # the λ curve as a metric history (step = 100·λ)
-                        child.log_metrics({f"{metric}_vs_lambda": value}, step=int(round(lam * 100)))
+                by_lam: dict[float, dict[str, float]] = defaultdict(dict)
+                for metric, values in curves.get(name, {}).items():
+                    for lam, value in values.items():
+                        by_lam[lam][metric] = value
+                tracking.log_lambda_curves(child, by_lam)
         parent.log_metrics({"seconds": seconds}, step=0)
         for name in ("table.md", "results.json", "curves.png"):
             parent.log_artifact(out / name)

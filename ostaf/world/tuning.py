@@ -171,11 +171,13 @@ def _log(config: TuneConfig, trials: list[dict], out: Path, report: dict, tags: 
                 name = f"{method} lr={trial['lr']:g} steps={trial['steps']}"
                 params = {"method": method, **trial}
                 with tracking.active(tracking.start_run(name, parent_run_id=parent.run_id, params=params)) as child:
+                    by_lam: dict[float, dict[str, float]] = {}
                     for t in trials:
                         if t["method"] == method and (t["lr"], t["steps"]) == (trial["lr"], trial["steps"]):
-                            metrics = {f"{t['attribute']}_match_vs_lambda": t["match"]}
-                            metrics[f"{t['attribute']}_text_vs_lambda"] = t["text"]
-                            child.log_metrics(metrics, step=int(round(t["lam"] * 100)))
+                            by_lam.setdefault(t["lam"], {}).update(
+                                {f"{t['attribute']}_match": t["match"], f"{t['attribute']}_text": t["text"]}
+                            )
+                    tracking.log_lambda_curves(child, by_lam)
         parent.log_metrics({"seconds": report["seconds"]}, step=0)
         for name in ("chosen.json", "trials.md"):
             parent.log_artifact(out / name)
