@@ -99,7 +99,7 @@ def resolve_options(
 
 
 @timed_step
-def start_run(
+def resolve_options_and_open_run(
     pipeline: str,
     model: str,
     recipe: list[str],
@@ -126,7 +126,7 @@ def start_run(
 
 
 def read_options(path: str) -> dict[str, dict[str, Any]]:
-    """The resolved options a run's steps share (written by `start_run`)."""
+    """The resolved options a run's steps share (written by `resolve_options_and_open_run`)."""
     import json
 
     with open(path) as f:

@@ -35,11 +35,11 @@ def start_tracking(
     Both travel as artifacts to the later steps, not as string outputs, on purpose: kfp 2.17's local runner
     replaces every task-output *parameter* that enters a ParallelFor with the loop item.
     """
-    from components.options import start_run
+    from components.options import resolve_options_and_open_run
 
     typed_values = {"trainable": trainable, "steps": steps, "lr": lr, "lam": lam, "seeds": seeds}
     typed_values |= {"num_steps": num_steps}
-    run_id = start_run(
+    run_id = resolve_options_and_open_run(
         pipeline, model, recipe, extra_options, compiled_defaults, kfp_run_id, provenance, typed_values, options.path
     )
     with open(tracking.path, "w") as f:
