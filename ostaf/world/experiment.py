@@ -131,6 +131,8 @@ METHODS: dict[str, dict[str, Any]] = {
     "lite+varied-prior": dict(trainable="lite", prior_images=8),
     "lora+varied-prior": dict(trainable="lora", prior_images=8),
     "finetune+varied-prior": dict(trainable="blocks", prior_images=8),
+    "finetune+varied-prior-0.3": dict(trainable="blocks", prior_images=8, prior_loss_weight=0.3),
+    "lora+varied-prior-0.3": dict(trainable="lora", prior_images=8, prior_loss_weight=0.3),
     # --hyper-rank: the hypernetwork's square matrices as rank-R factors (issue 17: does quality change?)
     "lite+hyper16": dict(trainable="lite", hyper_rank=16),
     "lite+hyper4": dict(trainable="lite", hyper_rank=4),
@@ -139,7 +141,7 @@ METHODS: dict[str, dict[str, Any]] = {
 REFERENCE_OPTIONS: dict[str, Callable[[Reference], dict[str, Any]]] = {
     m: lambda ref: {"prior_prompt": varied_class_prompts(ref.attribute, ref.world().factors)}
     for m in METHODS
-    if m.endswith("+varied-prior")
+    if "+varied-prior" in m
 }
 # generation options of a method (GenerateConfig overrides), where it has any
 GENERATE_METHODS: dict[str, dict[str, Any]] = {
