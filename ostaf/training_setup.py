@@ -65,6 +65,11 @@ class TrainingSetup:
     def prompts(self) -> PromptEncoder:
         return PromptEncoder(self.pipe)
 
+    @property
+    def latent_size(self) -> tuple[int, int]:
+        """(h, w) of the reference's latents: the grid masks and attention maps are read on."""
+        return tuple(self.latent_mean.shape[-2:])
+
     def mechanism(self, kind: type[M]) -> M | None:
         """The mechanism of class `kind` when it is on, else None (tests and reports read their state)."""
         return next((m for m in self.mechanisms if isinstance(m, kind)), None)

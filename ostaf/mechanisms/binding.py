@@ -144,13 +144,12 @@ class AttentionBinding(Mechanism):
         return cls(config, base.reference) if config.attn_binding else None
 
     def attach(self, setup: TrainingSetup) -> None:
-        latent_size = tuple(setup.latent_mean.shape[-2:])
         if not self.reference.mask.all():  # segmented: bind to the mask; else to the class word's map
-            self.masks = latent_masks(self.reference, latent_size, 0).to(setup.device)
+            self.masks = latent_masks(self.reference, setup.latent_size, 0).to(setup.device)
         ids = setup.input_ids[0, 0].tolist()
         class_ids = setup.pipe.tokenizer(self.config.class_name, add_special_tokens=False).input_ids
         positions = [ids.index(setup.token_id), 1 + len(class_ids)]  # the placeholder; the class name's last word
-        resolution = self.config.attn_binding_res or middle_resolution(setup.unet, latent_size[-1])
+        resolution = self.config.attn_binding_res or middle_resolution(setup.unet, setup.latent_size[-1])
         self.record = AttentionRecord(positions, resolution)
         install_probes(setup.unet, self.record)
 

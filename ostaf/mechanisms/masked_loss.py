@@ -32,8 +32,7 @@ class MaskedLoss(Mechanism):
         return cls(base.reference, config.mask_dilation) if config.masked_loss else None
 
     def attach(self, setup: TrainingSetup) -> None:
-        latent_size = tuple(setup.latent_mean.shape[-2:])
-        self.masks = latent_masks(self.reference, latent_size, self.dilation).to(setup.device)
+        self.masks = latent_masks(self.reference, setup.latent_size, self.dilation).to(setup.device)
 
     def reduce(
         self, pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None, batch: Batch

@@ -137,12 +137,15 @@ METHODS: dict[str, dict[str, Any]] = {
     "lite+hyper16": dict(trainable="lite", hyper_rank=16),
     "lite+hyper4": dict(trainable="lite", hyper_rank=4),
 }
-# training options a method takes from its reference (TrainConfig overrides)
-REFERENCE_OPTIONS: dict[str, Callable[[Reference], dict[str, Any]]] = {
-    m: lambda ref: {"prior_prompt": varied_class_prompts(ref.attribute, ref.world().factors)}
-    for m in METHODS
-    if "+varied-prior" in m
-}
+
+
+def reference_options(method: str, ref: Reference) -> dict[str, Any]:
+    """Training options a method takes from its reference (TrainConfig overrides): the varied prior's prompts."""
+    if "+varied-prior" not in method:
+        return {}
+    return {"prior_prompt": varied_class_prompts(ref.attribute, ref.world().factors)}
+
+
 # generation options of a method (GenerateConfig overrides), where it has any
 GENERATE_METHODS: dict[str, dict[str, Any]] = {
     "reference-attention": dict(reference_attention=2.0),
@@ -384,7 +387,7 @@ def _run_job(config: ExperimentConfig, method: str, ref: Reference) -> list[dict
         **(WORLD.train | {"checkpoint_every": 0, "device": "cpu"})
         | {k: v for k, v in config.settings(method, ref.attribute).items() if k != "lam"}
         | METHODS[method]
-        | REFERENCE_OPTIONS.get(method, lambda ref: {})(ref),
+        | reference_options(method, ref),
     )
     with torch.random.fork_rng(devices=[]):
         train(train_config, pipe=load_pipeline(config.model), progress=False)
