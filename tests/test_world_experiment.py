@@ -343,3 +343,26 @@ def test_a_switched_composition_is_its_own_row_and_its_switch_reaches_generation
     assert asked[-1].compose_switch == 0.0 and asked[-1].lam == [1.0]  # a token: one λ rendered
     assert experiment.reads_lambda("compose@0.5/lora") and not experiment.reads_lambda("compose@0.5/token")
     assert experiment.is_compose("compose@0.5/lora") and (tmp_path / "runs" / "compose@0.5" / "lora").is_dir()
+
+
+def test_a_generation_variant_takes_the_tuned_settings_of_the_method_it_trains_as(tmp_path):
+    """The DreamTuner path trains the token row's token: with `--tuned` it takes the token's steps, lr and λ
+    (a search that tuned it itself wins); an untuned method keeps the shared settings."""
+    from ostaf.world.experiment import ExperimentConfig
+
+    chosen = {"token": {"shape": {"steps": 321, "lr": 0.007, "lam": 0.5}}}
+    path = tmp_path / "chosen.json"
+    path.write_text(json.dumps({"chosen": chosen}))
+    config = ExperimentConfig(tuned=str(path), steps=50, lr=1e-4)
+    assert config.settings("reference-attention", "shape") == config.settings("token", "shape")
+    assert config.settings("reference-attention", "shape") | {"token_lr": 0} == {
+        "steps": 321,
+        "lr": 0.007,
+        "lam": 0.5,
+        "token_lr": 0,
+    }
+    assert config.settings("lora", "shape")["steps"] == 50  # not tuned, not an alias: the shared settings
+    chosen["reference-attention"] = {"shape": {"steps": 99, "lr": 0.002, "lam": 1.0}}
+    (tmp_path / "itself.json").write_text(json.dumps({"chosen": chosen}))
+    tuned_itself = ExperimentConfig(tuned=str(tmp_path / "itself.json"))
+    assert tuned_itself.settings("reference-attention", "shape")["steps"] == 99

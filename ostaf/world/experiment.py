@@ -154,6 +154,14 @@ GENERATE_METHODS: dict[str, dict[str, Any]] = {
     "reference-attention-lambda": dict(reference_attention=2.0, reference_blocks="auto", reference_lambda=True),
     "disentangled+lambda": dict(token_lambda=True),
 }
+# methods that train exactly as another and differ only at generation: they take its tuned steps, lr and λ
+# (`--tuned`) when the search did not tune them itself (the DreamTuner path trains the token the token row trains)
+TUNED_AS: dict[str, str] = {
+    "reference-attention": "token",
+    "reference-attention-lambda": "token",
+    "lite+reference-attention": "ostaf-lite",
+    "disentangled+lambda": "disentangled",
+}
 # the v1 table's methods: each tuning on a fixed part, to test which part carries which attribute
 PAPER_METHODS = (
     "token",
@@ -251,7 +259,8 @@ class ExperimentConfig:
         shared = {"steps": self.steps, "lr": self.lr, "token_lr": self.token_lr, "lam": self.table_lam}
         if not self.tuned:
             return shared
-        chosen = _chosen(self.tuned).get(method, {}).get(attribute, {})
+        tuned = _chosen(self.tuned)
+        chosen = tuned.get(method, tuned.get(TUNED_AS.get(method, method), {})).get(attribute, {})
         return shared | {k: v for k, v in chosen.items() if k in shared}
 
 
