@@ -15,6 +15,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, TypeVar
 
 from ostaf.attributes import get_attribute
+from ostaf.colours import PALETTE
 from ostaf.errors import OstafError
 from ostaf.offsets import OffsetsConfig
 from ostaf.offsets.config import PROJECTIONS, parse_block_scales, parse_targets
@@ -368,6 +369,15 @@ class TrainConfig(_Config):
         "plain object'), so the weights keep following those words",
         repeatable=True,
     )
+    views: int = opt(
+        0,
+        "captioned views (shape): N copies of the reference with its silhouette filled by a named colour, each "
+        "trained with its colour in the prompt, so the silhouette is all the views share; 0 = off",
+    )
+    view_class: str = opt(
+        "{colour} object", "each view's class in its prompt, {colour} its fill's word (--views), e.g. '{colour} vase'"
+    )
+    view_loss_weight: float = opt(1.0, "weight of the views' denoising loss (--views)")
     timestep_range: list[float] = opt(
         [0.0, 1.0],
         "the band of the noise schedule training draws t from, as fractions [a, b] of it (e.g. 0.25 1: skip the "
@@ -399,10 +409,13 @@ class TrainConfig(_Config):
             )
         if values["lr"] <= 0:
             raise OstafError(f"lr must be > 0, got {values['lr']}")
-        _non_negative(token_lr=values["token_lr"], prior_images=values["prior_images"])
+        _non_negative(token_lr=values["token_lr"], prior_images=values["prior_images"], views=values["views"])
+        _finite(view_loss_weight=values["view_loss_weight"])
+        _non_negative(view_loss_weight=values["view_loss_weight"])
 
     def check_item(self) -> None:
         attribute = get_attribute(self.attribute)
+        check_views(attribute.name, self.views, self.view_class)
         if not self.class_name.strip():
             raise OstafError("class name is empty: say what the reference shows, e.g. --class-name dog")
         if attribute.token in self.class_name:
@@ -620,6 +633,25 @@ def _band(**values: list[float]) -> None:
     for name, value in values.items():
         if len(value) != 2 or not all(isinstance(v, (int, float)) for v in value) or not 0 <= value[0] < value[1] <= 1:
             raise OstafError(f"{name} must be two fractions a < b in [0, 1] (e.g. 0.25 1), got {value!r}")
+
+
+def check_views(attribute: str, views: int, view_class: str) -> None:
+    """One error before any work for settings the views cannot follow."""
+    if not views:
+        return
+    if attribute != "shape":
+        raise OstafError(
+            f"--views recolours the reference's silhouette, which teaches a shape; {attribute} is not built "
+            "for it: drop --views"
+        )
+    if views > len(PALETTE):
+        raise OstafError(
+            f"--views {views}: there are {len(PALETTE)} colours ({', '.join(PALETTE)}); use ≤ {len(PALETTE)}"
+        )
+    if "{colour}" not in view_class:
+        raise OstafError(
+            f"--view-class {view_class!r} has no {{colour}}: write where the view's colour goes, e.g. '{{colour}} vase'"
+        )
 
 
 def _positive(**values: int) -> None:

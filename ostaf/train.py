@@ -28,25 +28,25 @@ from ostaf.conditioning import PromptEncoder, micro_conditioning
 from ostaf.config import TRAINABLE, TrainConfig
 from ostaf.errors import OstafError
 from ostaf.image_encoder import ImageEncoder, load_image_encoder, saved_image_embedding
-from ostaf.images import to_tensor
 from ostaf.lora import LoraAdapter, LoraSpec
 from ostaf.mechanisms import schedule, timesteps
 from ostaf.mechanisms.base import BaseModel
 from ostaf.mechanisms.registry import build_mechanisms
-from ostaf.models import Pipeline, base_of, load_pipeline, native_resolution, vae_encode
+from ostaf.models import Pipeline, base_of, load_pipeline, native_resolution
 from ostaf.offsets import OffsetsAdapter, OffsetsConfig
 from ostaf.offsets.config import block_of
 from ostaf.offsets.inject import check_targets
 from ostaf.offsets.processor import DetachedContextProcessor
 from ostaf.placeholder import PlaceholderEmbedding
 from ostaf.preflight import check_train_inputs
-from ostaf.preprocess import Preprocessed, augment, load_reference
+from ostaf.preprocess import Preprocessed, load_reference
 from ostaf.processors import attention_layers, unwrap, wrap
 from ostaf.runtime import autocast_dtype, progress_bar, resolve_device, seed_everything, seeded
 from ostaf.training_setup import (  # noqa: F401 (text_context: read by tests and benchmarks from here)
     Batch,
     TrainingSetup,
     autocast,
+    encode_reference,
     noise_target,
     text_context,
     unet_conditioning,
@@ -360,18 +360,6 @@ def reference_time_ids(reference: Preprocessed) -> torch.Tensor:
             for r in reference.recipes
         ]
     )
-
-
-@torch.no_grad()
-def encode_reference(pipe: Pipeline, reference: Preprocessed) -> tuple[torch.Tensor, torch.Tensor]:
-    """VAE posteriors (mean, std), each (K, 4, h, w), of the K augmentations: encoded once per run."""
-    means, stds = [], []
-    for recipe in reference.recipes:
-        pixels = to_tensor(augment(reference.image, recipe, reference.attribute))
-        posterior = vae_encode(pipe.vae, pixels)
-        means.append(posterior.mean.float())
-        stds.append(posterior.std.float())
-    return torch.cat(means), torch.cat(stds)
 
 
 def param_groups(setup: TrainingSetup) -> list[dict]:

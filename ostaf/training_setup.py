@@ -19,10 +19,12 @@ from torch.utils.hooks import RemovableHandle
 from ostaf.attributes import Attribute
 from ostaf.conditioning import Conditioning, PromptEncoder
 from ostaf.config import TrainConfig
+from ostaf.images import to_tensor
 from ostaf.lora import LoraAdapter
-from ostaf.models import Pipeline
+from ostaf.models import Pipeline, vae_encode
 from ostaf.offsets import OffsetsAdapter, OffsetsConfig
 from ostaf.placeholder import PlaceholderEmbedding
+from ostaf.preprocess import Preprocessed, augment
 
 if TYPE_CHECKING:
     from ostaf.mechanisms.base import Mechanism
@@ -119,3 +121,15 @@ def unet_conditioning(setup: TrainingSetup, batch: int, pick: torch.Tensor | Non
 def noise_target(scheduler: DDPMScheduler, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """What the U-Net is trained to predict: the noise (ε) or the velocity (v-prediction)."""
     return noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, t)
+
+
+@torch.no_grad()
+def encode_reference(pipe: Pipeline, reference: Preprocessed) -> tuple[torch.Tensor, torch.Tensor]:
+    """VAE posteriors (mean, std), each (K, 4, h, w), of the K augmentations: encoded once per run."""
+    means, stds = [], []
+    for recipe in reference.recipes:
+        pixels = to_tensor(augment(reference.image, recipe, reference.attribute))
+        posterior = vae_encode(pipe.vae, pixels)
+        means.append(posterior.mean.float())
+        stds.append(posterior.std.float())
+    return torch.cat(means), torch.cat(stds)

@@ -16,6 +16,7 @@ from ostaf.mechanisms.dual_path import DualPathTraining
 from ostaf.mechanisms.masked_loss import MaskedLoss
 from ostaf.mechanisms.prior import PriorPreservation
 from ostaf.mechanisms.schedule import TokenPhases
+from ostaf.mechanisms.views import CaptionedViews
 from ostaf.mechanisms.word_search import WordSearch
 
 if TYPE_CHECKING:
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 
 REGISTRY: tuple[type[Mechanism], ...] = (
     PriorPreservation,  # first: it draws the base model's class images before anything else exists
+    CaptionedViews,  # encodes its views on the base model too
     MaskedLoss,
     TokenPhases,
     DualPathTraining,

@@ -133,6 +133,12 @@ METHODS: dict[str, dict[str, Any]] = {
     "finetune+varied-prior": dict(trainable="blocks", prior_images=8),
     "finetune+varied-prior-0.3": dict(trainable="blocks", prior_images=8, prior_loss_weight=0.3),
     "lora+varied-prior-0.3": dict(trainable="lora", prior_images=8, prior_loss_weight=0.3),
+    # captioned views (`--views`, shape): the silhouette in four named colours, each view's prompt naming it
+    "token+views": dict(trainable="token", views=4),
+    "disentangled+views": dict(DISENTANGLED.train, views=4),
+    "lite+views": dict(trainable="lite", views=4),
+    "lora+views": dict(trainable="lora", views=4),
+    "finetune+views": dict(trainable="blocks", views=4),
     # --hyper-rank: the hypernetwork's square matrices as rank-R factors (issue 17: does quality change?)
     "lite+hyper16": dict(trainable="lite", hyper_rank=16),
     "lite+hyper4": dict(trainable="lite", hyper_rank=4),
@@ -140,10 +146,14 @@ METHODS: dict[str, dict[str, Any]] = {
 
 
 def reference_options(method: str, ref: Reference) -> dict[str, Any]:
-    """Training options a method takes from its reference (TrainConfig overrides): the varied prior's prompts."""
-    if "+varied-prior" not in method:
-        return {}
-    return {"prior_prompt": varied_class_prompts(ref.attribute, ref.world().factors)}
+    """Training options a method takes from its reference (TrainConfig overrides): the varied prior's prompts,
+    the views' class in the world's words (a flat fill is the texture the world calls plain)."""
+    options: dict[str, Any] = {}
+    if "+varied-prior" in method:
+        options["prior_prompt"] = varied_class_prompts(ref.attribute, ref.world().factors)
+    if METHODS.get(method, {}).get("views"):
+        options["view_class"] = "{colour} plain object"
+    return options
 
 
 # generation options of a method (GenerateConfig overrides), where it has any

@@ -25,21 +25,13 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ostaf.colours import PALETTE
 from ostaf.world import unnamed as un
 
 SIZE = 64
 BACKGROUND = (222, 208, 176)  # pale beige: far from every palette colour and from white
 SHAPES = ("circle", "square", "triangle", "star", "heart", "cross", "ring", "crescent", "diamond", "hexagon")
-COLOURS = {
-    "red": (200, 30, 30),
-    "green": (30, 150, 50),
-    "blue": (30, 60, 200),
-    "yellow": (225, 200, 20),
-    "purple": (130, 40, 160),
-    "orange": (235, 120, 20),
-    "cyan": (20, 180, 200),
-    "black": (25, 25, 25),
-}
+COLOURS = PALETTE  # the colour words and their sRGB (`ostaf.colours`: `--views` paints with them too)
 TEXTURES = ("solid", "striped", "dotted", "checkered")
 TEXTURE_WORDS = {"solid": "plain", "striped": "striped", "dotted": "dotted", "checkered": "checkered"}
 STYLES = ("flat", "outlined", "shadowed", "framed")

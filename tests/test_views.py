@@ -1,0 +1,124 @@
+"""Captioned views (`--views`): the reference's silhouette in named colours, each under its own prompt."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ostaf.colours import PALETTE
+from ostaf.errors import OstafError
+from ostaf.mechanisms import views
+from ostaf.preprocess import Preprocessed, sample_recipes
+from ostaf.train import make_optimizer, optimizer_step, prepare
+from ostaf.world.generator import BACKGROUND, Factors, render
+from tests.conftest import tiny_config
+
+
+@pytest.fixture
+def star(tmp_path):
+    """A world star (red, striped, flat) on the world's plain background, and its exact silhouette."""
+    world = render(Factors("star", "red", "striped", "flat", 0.5, 0.5, 0.3))
+    path = tmp_path / "star.png"
+    Image.fromarray(world.image).save(path)
+    return path, world.mask
+
+
+def shape_config(path, out, **overrides):
+    return tiny_config(path, out, attribute="shape", class_name="red striped object", grad_accum=1, **overrides)
+
+
+def step_loss(setup) -> float:
+    return optimizer_step(setup, make_optimizer(setup), torch.amp.GradScaler("cuda", enabled=False), torch.Generator())
+
+
+def test_the_foreground_is_the_mask_or_what_differs_from_a_plain_border(star):
+    path, silhouette = star
+    image = Image.open(path).convert("RGB")
+    unsegmented = Preprocessed(image, np.ones(silhouette.shape, bool), [], "shape")
+    assert np.array_equal(views.foreground(unsegmented), silhouette)  # the world's object on its background
+    given = np.zeros_like(silhouette)
+    given[4:9, 4:9] = True
+    assert np.array_equal(views.foreground(Preprocessed(image, given, [], "shape")), given)  # a mask wins
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    with pytest.raises(OstafError, match="segment it"):
+        views.foreground(Preprocessed(noise, np.ones((64, 64), bool), [], "shape"))
+
+
+def test_each_view_is_the_silhouette_in_its_colour_under_a_prompt_naming_it(star, tmp_path):
+    path, silhouette = star
+    setup = prepare(shape_config(path, tmp_path / "v", views=3, view_class="{colour} plain object"))
+    made = setup.mechanism(views.CaptionedViews).views
+    assert made.colours == ["red", "green", "blue"]
+    assert made.prompts == [f"a {c} plain object in the shape of *m" for c in ("red", "green", "blue")]
+    pixels = np.asarray(Image.open(path).convert("RGB"))
+    blue = views.recolour(Image.open(path), silhouette, PALETTE["blue"])
+    expected = pixels.copy()
+    expected[silhouette] = PALETTE["blue"]
+    assert np.array_equal(np.asarray(blue), expected)
+    assert (expected[~silhouette] == BACKGROUND).all()  # outside the silhouette nothing changed
+    # the third view's latent is the VAE's encoding of exactly that image
+    from ostaf.models import native_resolution
+    from ostaf.training_setup import encode_reference
+
+    size = native_resolution(setup.pipe)
+    reference = Preprocessed(blue, silhouette, sample_recipes(blue.size, "shape", size, 1, 42), "shape")
+    mean, _ = encode_reference(setup.pipe, reference)
+    assert torch.allclose(made.mean[2:3], mean.to(made.mean.device), atol=1e-6)
+
+
+def test_the_views_loss_enters_every_step_at_its_weight(star, tmp_path):
+    """The step's loss is the reference's plus weight × the views' (exactly nothing with the weight at 0)."""
+    path, _ = star
+    off = step_loss(prepare(shape_config(path, tmp_path / "off")))
+    losses = {
+        w: step_loss(prepare(shape_config(path, tmp_path / f"w{w}", views=2, view_loss_weight=w)))
+        for w in (0.0, 1.0, 2.5)
+    }
+    assert losses[0.0] == pytest.approx(off, rel=1e-6)
+    term = losses[1.0] - losses[0.0]
+    assert term > 0 and losses[2.5] - losses[0.0] == pytest.approx(2.5 * term, rel=1e-4)
+
+
+def test_each_drawn_view_is_scored_under_its_own_prompt_with_the_live_token(star, tmp_path):
+    """`views_loss` equals the MSE recomputed here from its draws with the drawn view's prompt, not another's;
+    and the placeholder gets a gradient from it (the views teach the token, not only the weights)."""
+    path, _ = star
+    setup = prepare(shape_config(path, tmp_path / "own", views=2, trainable="token"))
+    mechanism = setup.mechanism(views.CaptionedViews)
+    made, ids = mechanism.views, mechanism.input_ids
+
+    def loss_under(prompt: str, generator: torch.Generator):
+        pick = torch.randint(0, 2, (1,), generator=generator)
+        eps = torch.randn((1, *made.mean.shape[1:]), generator=generator)
+        noise = torch.randn((1, *made.mean.shape[1:]), generator=generator)
+        t = torch.randint(0, 1000, (1,), generator=generator)
+        latents = (made.mean[pick] + made.std[pick] * eps) * setup.pipe.vae.config.scaling_factor
+        states = setup.prompts.encode(setup.prompts.ids([prompt])).states
+        noisy = setup.noise_scheduler.add_noise(latents, noise, t)
+        pred = setup.unet(noisy, t, encoder_hidden_states=states).sample
+        return int(pick), torch.nn.functional.mse_loss(pred, noise)
+
+    with torch.no_grad():
+        for seed in range(6):  # both views get drawn
+            got = views.views_loss(setup, made, ids, torch.Generator().manual_seed(seed))
+            pick, first = loss_under(made.prompts[0], torch.Generator().manual_seed(seed))
+            _, second = loss_under(made.prompts[1], torch.Generator().manual_seed(seed))
+            mine, other = (first, second) if pick == 0 else (second, first)
+            assert abs(float(got) - float(mine)) < 1e-6 < abs(float(got) - float(other))
+    setup.token.zero_grad()
+    views.views_loss(setup, made, ids, torch.Generator().manual_seed(0)).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in setup.token.parameters())
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (dict(attribute="appearance", views=2), "teaches a shape"),
+        (dict(views=len(PALETTE) + 1), "use ≤"),
+        (dict(views=2, view_class="object"), "has no {colour}"),
+        (dict(views=-1), "views must be ≥ 0"),
+    ],
+)
+def test_views_it_cannot_follow_are_one_error_before_any_work(reference, tmp_path, overrides, message):
+    with pytest.raises(OstafError, match=message):
+        tiny_config(reference, tmp_path / "x", **({"attribute": "shape"} | overrides))
