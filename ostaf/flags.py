@@ -13,6 +13,9 @@ from ostaf.config import default_of, per_item_fields
 T = TypeVar("T")
 
 
+LONG_CHOICES = 8  # past this many choices, the usage line shows a placeholder, not every choice
+
+
 def add_config_arguments(
     parser: argparse.ArgumentParser,
     cls: type,
@@ -36,7 +39,10 @@ def add_config_arguments(
         flag = "--" + prefix + f.name.replace("_", "-")
         kwargs: dict[str, Any] = {"help": f.metadata.get("help", ""), "dest": prefix + f.name}
         if "choices" in f.metadata:
-            kwargs["choices"] = f.metadata["choices"]
+            kwargs["choices"] = choices = f.metadata["choices"]
+            if len(choices) > LONG_CHOICES:  # a placeholder in the usage line, the list once in the help
+                kwargs["metavar"] = f.name.removesuffix("s").upper()
+                kwargs["help"] += f"; one of: {', '.join(map(str, choices))}"
         if (f.default is MISSING and f.default_factory is MISSING) or f.name in required:
             kwargs["required"] = True
         else:

@@ -42,3 +42,24 @@ def test_the_end_of_a_local_run_links_its_parent_run_not_the_experiment_page(tmp
     assert url == f"http://127.0.0.1:5000/#/experiments/{tracking.experiment_id()}/runs/{newer}" and older not in url
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens: no link, no failure
     assert parent_run_url("attribute-benchmark") == ""
+
+
+def test_a_long_choice_list_is_a_placeholder_in_the_usage_and_listed_once_in_the_help():
+    """`--methods` of the world experiment has ~60 choices: the usage line names METHOD, not every choice
+    twice; the help still lists each, and a wrong one is still refused by name."""
+    import argparse
+
+    from ostaf.flags import add_config_arguments
+    from ostaf.world.experiment import METHODS, ExperimentConfig
+
+    parser = argparse.ArgumentParser(prog="attribute_world")
+    add_config_arguments(parser, ExperimentConfig)
+    usage, text = parser.format_usage(), parser.format_help()
+    assert "[--methods METHOD [METHOD ...]]" in usage and "lite+hyper4" not in usage
+    flat = "".join(text.split())  # the help wraps lines, also at hyphens
+    assert all(m in flat for m in ("lite+hyper4", "ostaf-paper", "token+views"))
+    assert "{token," not in text
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--methods", "no-such-method"])
+    assert parser.parse_args(["--methods", "token", "lora"]).methods == ["token", "lora"]
+    assert len(METHODS) > 8
