@@ -15,11 +15,11 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, TypeVar
 
 from ostaf.attributes import get_attribute
-from ostaf.colours import PALETTE
 from ostaf.errors import OstafError
 from ostaf.offsets import OffsetsConfig
 from ostaf.offsets.config import PROJECTIONS, parse_block_scales, parse_targets
 from ostaf.strength import DUAL_PATH, PER_SAMPLE, refusal
+from ostaf.view_words import check_views
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 TOKEN_INITS = ("clip", "word")
@@ -371,11 +371,15 @@ class TrainConfig(_Config):
     )
     views: int = opt(
         0,
-        "captioned views (shape): N copies of the reference with its silhouette filled by a named colour, each "
-        "trained with its colour in the prompt, so the silhouette is all the views share; 0 = off",
+        "captioned views: N copies of the reference in which only the attribute is kept — a shape's silhouette "
+        "filled with a named colour, an appearance cut to a named primitive — each trained under a prompt naming "
+        "what changed, so the attribute is all the views share; 0 = off (shape and appearance)",
+        pairwise=(0, 2),
     )
     view_class: str = opt(
-        "{colour} object", "each view's class in its prompt, {colour} its fill's word (--views), e.g. '{colour} vase'"
+        "",
+        "the class of each view's prompt: {colour} (shape) or {shape} (appearance) is the view's word "
+        "(default: '{colour} object', '{shape}'), e.g. '{colour} vase'",
     )
     view_loss_weight: float = opt(1.0, "weight of the views' denoising loss (--views)")
     timestep_range: list[float] = opt(
@@ -633,25 +637,6 @@ def _band(**values: list[float]) -> None:
     for name, value in values.items():
         if len(value) != 2 or not all(isinstance(v, (int, float)) for v in value) or not 0 <= value[0] < value[1] <= 1:
             raise OstafError(f"{name} must be two fractions a < b in [0, 1] (e.g. 0.25 1), got {value!r}")
-
-
-def check_views(attribute: str, views: int, view_class: str) -> None:
-    """One error before any work for settings the views cannot follow."""
-    if not views:
-        return
-    if attribute != "shape":
-        raise OstafError(
-            f"--views recolours the reference's silhouette, which teaches a shape; {attribute} is not built "
-            "for it: drop --views"
-        )
-    if views > len(PALETTE):
-        raise OstafError(
-            f"--views {views}: there are {len(PALETTE)} colours ({', '.join(PALETTE)}); use ≤ {len(PALETTE)}"
-        )
-    if "{colour}" not in view_class:
-        raise OstafError(
-            f"--view-class {view_class!r} has no {{colour}}: write where the view's colour goes, e.g. '{{colour}} vase'"
-        )
 
 
 def _positive(**values: int) -> None:

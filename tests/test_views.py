@@ -1,15 +1,16 @@
-"""Captioned views (`--views`): the reference's silhouette in named colours, each under its own prompt."""
+"""Captioned views (`--views`): a shape in named colours, an appearance cut to named primitives, each view under
+its own prompt."""
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from ostaf.colours import PALETTE
 from ostaf.errors import OstafError
 from ostaf.mechanisms import views
 from ostaf.preprocess import Preprocessed, sample_recipes
 from ostaf.train import make_optimizer, optimizer_step, prepare
+from ostaf.view_words import PALETTE, PRIMITIVES
 from ostaf.world.generator import BACKGROUND, Factors, render
 from tests.conftest import tiny_config
 
@@ -48,7 +49,7 @@ def test_each_view_is_the_silhouette_in_its_colour_under_a_prompt_naming_it(star
     path, silhouette = star
     setup = prepare(shape_config(path, tmp_path / "v", views=3, view_class="{colour} plain object"))
     made = setup.mechanism(views.CaptionedViews).views
-    assert made.colours == ["red", "green", "blue"]
+    assert made.words == ["red", "green", "blue"]
     assert made.prompts == [f"a {c} plain object in the shape of *m" for c in ("red", "green", "blue")]
     pixels = np.asarray(Image.open(path).convert("RGB"))
     blue = views.recolour(Image.open(path), silhouette, PALETTE["blue"])
@@ -113,12 +114,42 @@ def test_each_drawn_view_is_scored_under_its_own_prompt_with_the_live_token(star
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (dict(attribute="appearance", views=2), "teaches a shape"),
-        (dict(views=len(PALETTE) + 1), "use ≤"),
+        (dict(attribute="style", views=2), "style has no views"),
+        (dict(views=len(PALETTE) + 1), "use ≤ 8"),
+        (dict(attribute="appearance", views=len(PRIMITIVES) + 1), "use ≤ 4"),
         (dict(views=2, view_class="object"), "has no {colour}"),
+        (dict(attribute="appearance", views=2, view_class="{colour} vase"), "has no {shape}"),
         (dict(views=-1), "views must be ≥ 0"),
     ],
 )
 def test_views_it_cannot_follow_are_one_error_before_any_work(reference, tmp_path, overrides, message):
     with pytest.raises(OstafError, match=message):
         tiny_config(reference, tmp_path / "x", **({"attribute": "shape"} | overrides))
+
+
+def test_an_appearance_view_is_the_surface_cut_to_a_primitive_inside_the_object(tmp_path):
+    """The deepest disc of the silhouette holds the primitive; inside it every pixel is the reference's own,
+    outside it the plain background; the prompt names the primitive."""
+    world = render(Factors("circle", "blue", "striped", "flat", 0.5, 0.5, 0.35))
+    image = Image.fromarray(world.image)
+    centre, radius = views.largest_disc(world.mask)
+    assert abs(centre[0] - 32) <= 1.5 and abs(centre[1] - 32) <= 1.5  # the circle's own centre
+    assert abs(radius - 0.35 * 64) <= 1.5  # and its radius
+    for shape in PRIMITIVES:
+        view = np.asarray(views.cut_to(image, world.mask, shape))
+        keep = views.primitive(shape, world.mask.shape, centre, radius) & world.mask
+        assert keep.sum() > 0.3 * np.pi * radius**2  # a primitive of the disc's size, not a sliver
+        assert np.array_equal(view[keep], world.image[keep])
+        assert (view[~keep] == BACKGROUND).all()
+    square = views.primitive("square", (64, 64), (32, 32), 20)
+    assert square.sum() == pytest.approx((2 * 0.7071 * 20) ** 2, rel=0.1)
+    assert not views.primitive("diamond", (64, 64), (32, 32), 20)[32, 32 + 21]  # inside its disc
+
+
+def test_appearance_views_train_under_prompts_naming_their_primitives(reference, tmp_path):
+    setup = prepare(tiny_config(reference, tmp_path / "a", views=2, grad_accum=1))
+    made = setup.mechanism(views.CaptionedViews).views
+    assert made.words == ["circle", "square"]
+    assert made.prompts == ["a circle in the appearance of *a", "a square in the appearance of *a"]
+    assert made.mean.shape[0] == 2
+    assert step_loss(setup) > 0

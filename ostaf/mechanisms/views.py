@@ -1,16 +1,21 @@
-"""Captioned views (`--views N`): the reference's silhouette recoloured, each view trained with its colour named.
+"""Captioned views (`--views N`): copies of the reference that keep only the attribute, each under a prompt naming
+what changed.
 
 One image of a shape is also one colour, one texture, one style: a placeholder (or weights) trained on it alone
-learns them together, and at generation the reference's look leaks into prompts that name another one, or
-the weights stop following the prompt's words. N views of the same reference with its foreground filled by a
-flat named colour, each trained with its prompt naming that colour (``a blue object in the shape of *m``,
-the class from `--view-class`), make the silhouette the only thing every view shares: what is common to them
-is what the placeholder and the weights can learn, and the colour word keeps working beside them, because
-the views teach exactly that composition. Every step adds `--view-loss-weight` × the denoising loss of a batch
-of views (the placeholder's live e*, the weights at their training strength) to the reference's own loss.
+learns them together, and at generation the reference's look leaks into prompts that name another one, or the
+weights stop following the prompt's words. Views make the attribute the only thing the training images share:
 
-The views are made from the reference and its foreground mask (SAM's, a preprocessed folder's, or, without
-either, the pixels that differ from the plain background its border shows), encoded once by the VAE.
+    shape        the silhouette filled with a flat named colour      "a blue object in the shape of *m"
+    appearance   the surface cut to a named primitive inside the     "a circle in the appearance of *a"
+                 object (no pixel invented: the primitive is scaled
+                 to the largest disc the silhouette holds)
+
+Each view is trained under its own prompt (the class from `--view-class`, its slot filled with the view's
+word), so the words beside the placeholder keep working: the views teach exactly that composition. Every step
+adds `--view-loss-weight` × the denoising loss of a batch of views (the placeholder's live e*, the weights at
+their training strength) to the reference's own loss. The views come from the reference and its foreground
+(SAM's mask, a preprocessed folder's, or, without either, the pixels that differ from the plain background its
+border shows), encoded once by the VAE.
 """
 
 from __future__ import annotations
@@ -23,12 +28,12 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
-from ostaf.colours import PALETTE
 from ostaf.errors import OstafError
 from ostaf.mechanisms import timesteps
 from ostaf.mechanisms.base import BaseModel, Mechanism
 from ostaf.preprocess import Preprocessed
 from ostaf.training_setup import Batch, autocast, encode_reference, noise_target
+from ostaf.view_words import PALETTE, PRIMITIVES, VIEW_SLOTS, view_class_of
 
 if TYPE_CHECKING:
     from ostaf.config import TrainConfig
@@ -37,14 +42,19 @@ if TYPE_CHECKING:
 BORDER_TOLERANCE = 40.0  # RGB distance from the border's colour past which a pixel is foreground (no mask given)
 
 
+def border_colour(image: Image.Image) -> np.ndarray:
+    """The median colour of the image's one-pixel border: its background, when it is plain."""
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+    return np.median(np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]]), axis=0)
+
+
 def foreground(reference: Preprocessed) -> np.ndarray:
     """The reference's foreground: its mask when segmented (not all True), else the pixels that differ from
-    the median colour of its one-pixel border (a plain background); one clear error when neither finds one."""
+    its border's colour (a plain background); one clear error when neither finds one."""
     if not reference.mask.all():
         return reference.mask
     pixels = np.asarray(reference.image.convert("RGB"), dtype=np.float32)
-    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
-    mask = np.linalg.norm(pixels - np.median(border, axis=0), axis=-1) > BORDER_TOLERANCE
+    mask = np.linalg.norm(pixels - border_colour(reference.image), axis=-1) > BORDER_TOLERANCE
     share = mask.mean()
     if not 0.005 < share < 0.95:
         raise OstafError(
@@ -62,16 +72,63 @@ def recolour(image: Image.Image, mask: np.ndarray, colour: tuple[int, int, int])
     return Image.fromarray(pixels)
 
 
-def view_prompts(attribute, view_class: str, colours: list[str]) -> list[str]:
-    """Each view's training prompt: ``a {view class with its colour} in the {attribute} of {token}``."""
-    return [attribute.training_prompt(view_class.format(colour=colour)) for colour in colours]
+def primitive(name: str, size: tuple[int, int], centre: tuple[float, float], radius: float) -> np.ndarray:
+    """Boolean (H, W) mask of a named primitive inscribed in the disc of `radius` px around `centre` (x, y)."""
+    height, width = size
+    yy, xx = np.mgrid[:height, :width] + 0.5
+    x, y = (xx - centre[0]) / radius, (yy - centre[1]) / radius  # the disc is the unit disc
+    if name == "circle":
+        return np.hypot(x, y) <= 1
+    if name == "square":
+        return (np.abs(x) <= 0.7071) & (np.abs(y) <= 0.7071)
+    if name == "triangle":  # apex up, vertices on the circle
+        return (y <= 0.5) & (y >= -1 + 1.7321 * np.abs(x))
+    if name == "diamond":
+        return np.abs(x) + np.abs(y) <= 1
+    raise ValueError(f"unknown primitive {name!r}; known: {', '.join(PRIMITIVES)}")
+
+
+def largest_disc(mask: np.ndarray) -> tuple[tuple[float, float], float]:
+    """Centre (x, y) and radius in px of the largest disc inside `mask` (its deepest point)."""
+    from scipy.ndimage import distance_transform_edt
+
+    depth = distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]  # outside the image counts as background
+    row, col = np.unravel_index(int(depth.argmax()), depth.shape)
+    return (col + 0.5, row + 0.5), float(depth[row, col]) - 0.5
+
+
+def cut_to(image: Image.Image, mask: np.ndarray, shape: str) -> Image.Image:
+    """The surface of `mask` cut to the primitive `shape` inside it, on the plain background."""
+    centre, radius = largest_disc(mask)
+    if radius < 2:
+        raise OstafError(
+            f"--views: the reference's object holds no disc wider than {2 * radius:.0f} px to cut a {shape} from; "
+            "use a larger image of the surface, or drop --views"
+        )
+    keep = primitive(shape, mask.shape, centre, radius) & mask
+    pixels = np.asarray(image.convert("RGB")).copy()
+    pixels[~keep] = border_colour(image).round().astype(np.uint8)
+    return Image.fromarray(pixels)
+
+
+def make_view(attribute: str, image: Image.Image, mask: np.ndarray, word: str) -> Image.Image:
+    """One view of `attribute`: the reference with what is not the attribute changed to `word`."""
+    if attribute == "shape":
+        return recolour(image, mask, PALETTE[word])
+    return cut_to(image, mask, word)
+
+
+def view_prompts(attribute, view_class: str, words: list[str]) -> list[str]:
+    """Each view's training prompt: ``a {view class with its word} in the {attribute} of {token}``."""
+    slot = VIEW_SLOTS[attribute.name][0]
+    return [attribute.training_prompt(view_class.format(**{slot: word})) for word in words]
 
 
 @dataclass
 class Views:
     """The views as VAE posteriors, and what their prompts are."""
 
-    colours: list[str]
+    words: list[str]  # what each view changed to: its colour (shape) or primitive (appearance)
     mean: torch.Tensor  # (N, 4, h, w)
     std: torch.Tensor
     prompts: list[str]
@@ -91,13 +148,14 @@ class CaptionedViews(Mechanism):
         from ostaf.attributes import get_attribute
 
         attribute = get_attribute(config.attribute)
-        colours = list(PALETTE)[: config.views]
+        words = list(VIEW_SLOTS[attribute.name][1])[: config.views]
         mask = foreground(base.reference)
-        images = [recolour(base.reference.image, mask, PALETTE[c]) for c in colours]
-        posteriors = [encode_reference(base.pipe, replace(base.reference, image=image)) for image in images]
-        mean = torch.cat([m[:1] for m, _ in posteriors])  # shape's one augmentation (pad to square)
-        std = torch.cat([s[:1] for _, s in posteriors])
-        views = Views(colours, mean, std, view_prompts(attribute, config.view_class, colours))
+        images = [make_view(attribute.name, base.reference.image, mask, word) for word in words]
+        first = base.reference.recipes[:1]  # one augmentation per view: a crop could cut its primitive
+        posteriors = [encode_reference(base.pipe, replace(base.reference, image=i, recipes=first)) for i in images]
+        mean, std = (torch.cat(parts) for parts in zip(*posteriors, strict=True))
+        template = view_class_of(attribute.name, config.view_class)
+        views = Views(words, mean, std, view_prompts(attribute, template, words))
         return cls(views, config.view_loss_weight)
 
     def attach(self, setup: TrainingSetup) -> None:

@@ -133,12 +133,16 @@ METHODS: dict[str, dict[str, Any]] = {
     "finetune+varied-prior": dict(trainable="blocks", prior_images=8),
     "finetune+varied-prior-0.3": dict(trainable="blocks", prior_images=8, prior_loss_weight=0.3),
     "lora+varied-prior-0.3": dict(trainable="lora", prior_images=8, prior_loss_weight=0.3),
-    # captioned views (`--views`, shape): the silhouette in four named colours, each view's prompt naming it
+    # captioned views (`--views`): the silhouette in four named colours (shape), the surface cut to four named
+    # primitives (appearance), each view's prompt naming its word
     "token+views": dict(trainable="token", views=4),
     "disentangled+views": dict(DISENTANGLED.train, views=4),
     "lite+views": dict(trainable="lite", views=4),
     "lora+views": dict(trainable="lora", views=4),
     "finetune+views": dict(trainable="blocks", views=4),
+    "finetune+views8": dict(trainable="blocks", views=8),  # every palette colour (shape; appearance has 4)
+    "lora+views+varied-prior": dict(trainable="lora", views=4, prior_images=8),
+    "finetune+views+varied-prior": dict(trainable="blocks", views=4, prior_images=8),
     # --hyper-rank: the hypernetwork's square matrices as rank-R factors (issue 17: does quality change?)
     "lite+hyper16": dict(trainable="lite", hyper_rank=16),
     "lite+hyper4": dict(trainable="lite", hyper_rank=4),
@@ -151,8 +155,8 @@ def reference_options(method: str, ref: Reference) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if "+varied-prior" in method:
         options["prior_prompt"] = varied_class_prompts(ref.attribute, ref.world().factors)
-    if METHODS.get(method, {}).get("views"):
-        options["view_class"] = "{colour} plain object"
+    if METHODS.get(method, {}).get("views") and ref.attribute == "shape":
+        options["view_class"] = "{colour} plain object"  # the world's word for a flat fill
     return options
 
 
@@ -611,6 +615,21 @@ def check_lambdas(config: ExperimentConfig) -> None:
         )
 
 
+def check_methods(config: ExperimentConfig) -> None:
+    """Every method must train on every asked attribute (views exist for shape and appearance only): one error
+    before any work."""
+    from ostaf.view_words import VIEW_SLOTS
+
+    refused = [
+        f"{m}/{a}" for m in config.methods for a in config.attributes if METHODS[m].get("views") and a not in VIEW_SLOTS
+    ]
+    if refused:
+        raise OstafError(
+            f"{', '.join(refused)}: views exist for {' and '.join(VIEW_SLOTS)} only; pass --attributes "
+            f"{' '.join(VIEW_SLOTS)} with these methods"
+        )
+
+
 def run(
     config: ExperimentConfig, log_to_mlflow: bool = True, progress: bool = True, tags: dict | None = None
 ) -> dict[str, Any]:
@@ -628,6 +647,7 @@ def run_many(
     started = time.perf_counter()
     for config in configs:
         check_lambdas(config)
+        check_methods(config)
     refs = [config.draw() for config in configs]
     tasks = [(i, task) for i, config in enumerate(configs) for task in jobs(config, refs[i])]
     for i, config in enumerate(configs):

@@ -25,13 +25,13 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ostaf.colours import PALETTE
+from ostaf.view_words import PALETTE
 from ostaf.world import unnamed as un
 
 SIZE = 64
 BACKGROUND = (222, 208, 176)  # pale beige: far from every palette colour and from white
 SHAPES = ("circle", "square", "triangle", "star", "heart", "cross", "ring", "crescent", "diamond", "hexagon")
-COLOURS = PALETTE  # the colour words and their sRGB (`ostaf.colours`: `--views` paints with them too)
+COLOURS = PALETTE  # the colour words and their sRGB (`ostaf.view_words`: `--views` paints with them)
 TEXTURES = ("solid", "striped", "dotted", "checkered")
 TEXTURE_WORDS = {"solid": "plain", "striped": "striped", "dotted": "dotted", "checkered": "checkered"}
 STYLES = ("flat", "outlined", "shadowed", "framed")
