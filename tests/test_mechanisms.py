@@ -511,3 +511,46 @@ def test_the_training_loop_names_no_mechanism_and_no_trainable():
         assert f"mechanisms.{module}" not in source and f"import {module}" not in source
     assert not re.search(r"trainable\s*(==|!=|\bin\b)", source), "train.py branches on --trainable's name"
     assert set(TRAINABLE) == set(TRAINABLES)  # every trainable is a row of the table train.py reads
+
+
+def _stack(unet, layer: str) -> list[str]:
+    processor, kinds = unet.get_submodule(layer).processor, []
+    while processor is not None:
+        kinds.append(type(processor).__name__)
+        processor = getattr(processor, "inner", None)
+    return kinds
+
+
+@pytest.mark.parametrize("dual_first", [True, False])
+def test_the_dual_path_runs_both_of_its_paths_through_the_reference_attention(tiny_pipe, dual_first):
+    """Whatever is installed first, the stack is dual path → reference attention → offsets; so with β = 0 and
+    the prompt's own context as the vanilla one, the U-Net is exactly the reference-attended model at λ = 0
+    (a dual path inside the reference attention would never run in its self-attention layers)."""
+    from PIL import Image
+
+    from ostaf.mechanisms.reference_attention import ReferenceAttention
+    from ostaf.offsets import OffsetsAdapter, OffsetsConfig
+
+    unet = tiny_pipe.unet
+    sample, t, context = dual_inputs()
+    adapter = OffsetsAdapter.install(unet, OffsetsConfig(parts=("decoder",)), "*a")
+    image = Image.fromarray(np.full((32, 32, 3), (200, 40, 40), np.uint8))
+    mask = np.ones((32, 32), bool)
+    if dual_first:
+        adapter.set_dual_path(0.0, context)
+    reference = ReferenceAttention(tiny_pipe, [adapter], image, mask, omega=2.0, blocks="decoder")
+    adapter.set_dual_path(0.0, context)
+    layer = next(name for name in adapter.processors if name.endswith("attn1"))
+    assert _stack(unet, layer) == ["DualPathProcessor", "SubjectAttentionProcessor", "OffsetsAttnProcessor"]
+    with torch.no_grad():
+        only_vanilla = unet(sample, t, context).sample
+        adapter.set_dual_path(1.0, None)
+        assert _stack(unet, layer) == ["SubjectAttentionProcessor", "OffsetsAttnProcessor"]
+        personalised = unet(sample, t, context).sample
+        adapter.set_scale(0.0)
+        at_zero = unet(sample, t, context).sample
+    reference.remove()
+    adapter.uninstall()
+    assert _stack(unet, layer) == ["AttnProcessor2_0"]
+    torch.testing.assert_close(only_vanilla, at_zero, rtol=0, atol=1e-6)
+    assert not torch.allclose(personalised, at_zero, atol=1e-4)  # λ matters here: the check has teeth

@@ -57,6 +57,8 @@ def recording(record: AttentionRecord) -> Iterator[AttentionRecord]:
 class AttentionProbe:
     """Wraps a cross-attention processor: records the watched tokens' attention, then runs the processor unchanged."""
 
+    stack_order = 30  # outermost: it records what the layer computes, once per forward
+
     def __init__(self, inner, record: AttentionRecord, name: str) -> None:
         self.inner, self.record, self.name = inner, record, name
 

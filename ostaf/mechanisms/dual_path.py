@@ -2,9 +2,11 @@
 
 Each targeted attention layer computes its output twice — the personalised path (offsets at λ, the learned
 token) and the vanilla path (no offsets; in cross-attention, the prompt with every placeholder replaced by
-its nearest vocabulary word) — and blends β·personalised + (1 − β)·vanilla (`OffsetsAttnProcessor`).
-β = 1 is exactly the model without it. The vanilla context carries no gradient: only the personalised path
-trains. Cost: a second attention in every targeted layer, and one text-encoder pass for the hard prompt.
+its nearest vocabulary word) — and blends β·personalised + (1 − β)·vanilla: `DualPathProcessor`, a wrapper
+around each targeted layer's stack (`ostaf.processors`), installed and removed by the offsets adapter's
+`dual_path(β, context)` (the strength protocol). β = 1 is exactly the model without it. The vanilla context
+carries no gradient: only the personalised path trains. Cost: a second attention in every targeted layer,
+and one text-encoder pass for the hard prompt.
 """
 
 from __future__ import annotations
@@ -38,6 +40,34 @@ def hard_ids(input_ids: torch.Tensor, replace: dict[int, int]) -> torch.Tensor:
     for token_id, word_id in replace.items():
         out[input_ids == token_id] = word_id
     return out
+
+
+class DualPathProcessor:
+    """β · (the stack it wraps) + (1 − β) · (the same stack with its offsets at λ = 0 and, in cross-attention,
+    the vanilla context). Outside a reference attention (both paths see the reference), inside a probe."""
+
+    stack_order = 20
+
+    def __init__(self, inner, beta: float, vanilla_context: torch.Tensor | None) -> None:
+        self.inner, self.beta, self.vanilla_context = inner, beta, vanilla_context
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        from ostaf.errors import OstafError
+        from ostaf.processors import innermost
+
+        out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
+        offsets = innermost(self.inner)
+        if offsets.merged_scale is not None:
+            raise OstafError("the dual path needs unmerged offsets (its vanilla path has none): unmerge() first")
+        context = None
+        if encoder_hidden_states is not None:  # cross-attention: the hard prompt's context
+            if self.vanilla_context is None:
+                raise OstafError("the dual path needs the vanilla prompt's context: OffsetsAdapter.set_dual_path")
+            context = self.vanilla_context.to(encoder_hidden_states.dtype)
+            context = context.expand(encoder_hidden_states.shape[0], -1, -1) if context.shape[0] == 1 else context
+        with offsets.at_zero():
+            vanilla = self.inner(attn, hidden_states, context, attention_mask, temb, **kwargs)
+        return self.beta * out + (1 - self.beta) * vanilla
 
 
 class VanillaPrompts:

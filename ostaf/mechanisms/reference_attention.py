@@ -66,6 +66,8 @@ def reference_weight(state: ReferenceState, batch: int) -> torch.Tensor:
 class SubjectAttentionProcessor:
     """Self-attention whose queries also see the reference's keys/values (AttnProcessor2_0's steps otherwise)."""
 
+    stack_order = 10  # around the processor that attends; inside the dual path, which runs it twice
+
     def __init__(self, inner, state: ReferenceState, name: str) -> None:
         self.inner, self.state, self.name = inner, state, name
 
@@ -77,12 +79,7 @@ class SubjectAttentionProcessor:
             state.keys[self.name] = attn.to_k(hidden_states)  # base weights: the reference pass runs at λ = 0
             state.values[self.name] = attn.to_v(hidden_states)
             return self.inner(attn, hidden_states, encoder_hidden_states, *args, **kwargs)
-        beta = getattr(self.inner, "dual_beta", 1.0)
-        scale = getattr(self.inner, "scale", 0.0)
-        out = self.attend(attn, hidden_states, scale)
-        if beta < 1.0:  # the dual path's vanilla half: no offsets
-            out = beta * out + (1 - beta) * self.attend(attn, hidden_states, 0.0)
-        return out
+        return self.attend(attn, hidden_states, getattr(self.inner, "scale", 0.0))
 
     def project(self, attn: Attention, name: str, x: torch.Tensor, scale) -> torch.Tensor:
         project = getattr(self.inner, "project", None)

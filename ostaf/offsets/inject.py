@@ -18,6 +18,7 @@ from torch import nn
 from ostaf.errors import OstafError
 from ostaf.offsets.config import OffsetsConfig, block_of, is_target_attention, unmatched_targets
 from ostaf.offsets.processor import OffsetsAttnProcessor, Scale
+from ostaf.processors import unwrap, wrap
 from ostaf.strength import HoldsStrength
 
 
@@ -89,9 +90,13 @@ class OffsetsAdapter(HoldsStrength):
             proc.scale = scale * self.block_scale(layer) if self.block_scales else scale
 
     def _write_dual_path(self, beta: float, vanilla_context: torch.Tensor | None) -> None:
-        for proc in self.processors.values():
-            proc.dual_beta = beta
-            proc.vanilla_context = vanilla_context
+        """β < 1: a `DualPathProcessor` in each of this adapter's layers (updated where one is); β = 1: none."""
+        from ostaf.mechanisms.dual_path import DualPathProcessor
+
+        layers = list(self.processors)
+        unwrap(self.unet, DualPathProcessor, layers)
+        if beta < 1.0:
+            wrap(self.unet, layers, lambda inner, _: DualPathProcessor(inner, beta, vanilla_context))
 
     @torch.no_grad()
     def merge(self, scale: float) -> None:

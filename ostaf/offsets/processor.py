@@ -10,6 +10,9 @@ stock processor bit for bit) and changes only how `to_q/to_k/to_v` are applied:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from diffusers.models.attention_processor import Attention
 from torch import nn
@@ -54,10 +57,6 @@ class OffsetsAttnProcessor(nn.Module):
         self.adapter = adapter
         self.scale: Scale = 1.0
         self.merged_scale: float | None = None
-        # Dual path (Domain-Agnostic Tuning-Encoder): β·personalised + (1−β)·vanilla, where the vanilla path has
-        # no offsets and, in cross-attention, the context with the placeholder replaced by its nearest word.
-        self.dual_beta: float = 1.0
-        self.vanilla_context: torch.Tensor | None = None  # (B | 1, T, D), set by `OffsetsAdapter.set_dual_path`
         # The processor this one replaced, restored on uninstall. A list so that an
         # nn.Module processor is not registered as our child.
         self.replaced: list = [attn.processor]
@@ -128,20 +127,16 @@ class OffsetsAttnProcessor(nn.Module):
         temb: torch.Tensor | None = None,
         **kwargs,
     ) -> torch.Tensor:
-        scale = self.scale
-        out = self.attend(attn, hidden_states, encoder_hidden_states, attention_mask, temb, scale)
-        if self.dual_beta >= 1.0:
-            return out
-        if self.merged_scale is not None:
-            raise OstafError("the dual path needs unmerged offsets (its vanilla path has none): unmerge() first")
-        context = None
-        if encoder_hidden_states is not None:  # cross-attention: the hard prompt's context
-            if self.vanilla_context is None:
-                raise OstafError("the dual path needs the vanilla prompt's context: OffsetsAdapter.set_dual_path")
-            context = self.vanilla_context.to(encoder_hidden_states.dtype)
-            context = context.expand(encoder_hidden_states.shape[0], -1, -1) if context.shape[0] == 1 else context
-        vanilla = self.attend(attn, hidden_states, context, attention_mask, temb, 0.0)
-        return self.dual_beta * out + (1 - self.dual_beta) * vanilla
+        return self.attend(attn, hidden_states, encoder_hidden_states, attention_mask, temb, self.scale)
+
+    @contextmanager
+    def at_zero(self) -> Iterator[None]:
+        """λ = 0 in this layer for one call (a wrapper's vanilla path, `DualPathProcessor`); restored after."""
+        previous, self.scale = self.scale, 0.0
+        try:
+            yield
+        finally:
+            self.scale = previous
 
     def attend(
         self,
@@ -229,6 +224,7 @@ class DetachedContextProcessor:
     """
 
     detaches_context = True  # what an attention probe wrapped around it must do as well
+    stack_order = 10  # around the processor that attends (`ostaf.processors`)
 
     def __init__(self, inner) -> None:
         self.inner = inner
