@@ -126,7 +126,14 @@ class PromptEncoder:
     def at_size(self, prompts: str | Sequence[str], size: int) -> Conditioning:
         """What a generation of `size` × `size` px conditions on for `prompts` (SDXL: the pipeline's default
         micro-conditioning, original = target = the image size, no crop)."""
-        cond = self.encode(self.ids(prompts))
+        return self._sized(self.encode(self.ids(prompts)), size)
+
+    def unconditional_at(self, size: int, batch: int = 1) -> Conditioning:
+        """The unconditional half of a `size` × `size` px generation, as the pipeline makes it (SDXL's base
+        model: zeros, `force_zeros_for_empty_prompt`)."""
+        return self._sized(self.unconditional(batch), size)
+
+    def _sized(self, cond: Conditioning, size: int) -> Conditioning:
         if self.xl:
             cond.time_ids = micro_conditioning((size, size), (0, 0), (size, size)).expand(cond.pooled.shape[0], -1)
         return cond

@@ -554,3 +554,27 @@ def test_the_dual_path_runs_both_of_its_paths_through_the_reference_attention(ti
     assert _stack(unet, layer) == ["AttnProcessor2_0"]
     torch.testing.assert_close(only_vanilla, at_zero, rtol=0, atol=1e-6)
     assert not torch.allclose(personalised, at_zero, atol=1e-4)  # λ matters here: the check has teeth
+
+
+@pytest.mark.parametrize("model", ["tiny", "tiny-sdxl"])
+def test_the_reference_pass_conditions_on_the_pipelines_own_unconditional_input(model):
+    """SDXL's base model generates its unconditional half from zeros (`force_zeros_for_empty_prompt`); the
+    reference pass reads the reference as that half does, not the encoded empty prompt. SD-1.x encodes ''."""
+    from PIL import Image
+
+    from ostaf.conditioning import PromptEncoder
+    from ostaf.mechanisms.reference_attention import ReferenceAttention
+    from ostaf.models import load_pipeline
+
+    pipe = load_pipeline(model, seed=0)
+    image = Image.fromarray(np.full((32, 32, 3), (200, 40, 40), np.uint8))
+    reference = ReferenceAttention(pipe, [], image, np.ones((32, 32), bool), omega=1.0, blocks="decoder")
+    states = reference.context.states
+    empty = PromptEncoder(pipe).encode(PromptEncoder(pipe).ids([""])).states
+    if model == "tiny-sdxl":
+        assert pipe.config.force_zeros_for_empty_prompt
+        assert not states.any() and not reference.context.pooled.any() and empty.any()
+        assert reference.context.time_ids is not None
+    else:
+        torch.testing.assert_close(states, empty, rtol=0, atol=0)
+    reference.remove()

@@ -2,12 +2,13 @@
 
 At every denoising step a forward pre-hook on the U-Net (torch's public hook, not a patch) first passes the
 reference's latent, noised to the same timestep, through the U-Net once (base weights: λ = 0, no dual path,
-the unconditional prompt). Wrapped self-attention processors of the chosen blocks record the reference's
-keys and values there; in the generation pass the generated image's queries attend to their own keys *and*
-the reference's, with the reference logits weighted by ω (log ω added, as in the paper) and the reference's
-background masked out. The reference is cut out onto a plain background before encoding, so nothing outside
-its mask reaches the generated image. One reference pass per step serves the whole batch and both
-classifier-free-guidance halves. ω = 0 installs nothing: exactly today's generation.
+the unconditional prompt as the pipeline makes it: zeros on SDXL's base model). Wrapped self-attention
+processors of the chosen blocks record the reference's keys and values there; in the generation pass the
+generated image's queries attend to their own keys *and* the reference's, with the reference logits weighted
+by ω (log ω added, as in the paper) and the reference's background masked out. The reference is cut out onto a
+plain background before encoding, so nothing outside its mask reaches the generated image. One reference pass
+per step serves the whole batch and both classifier-free-guidance halves. ω = 0 installs nothing: exactly
+today's generation.
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ class ReferenceAttention:
             latent = vae_encode(vae, to_tensor(plain)).mean.to(vae.dtype)  # SDXL fp16: encoded in fp32
             self.latent = latent * vae.config.scaling_factor  # (1, 4, h, w)
             self.noise = torch.randn(self.latent.shape, generator=torch.Generator().manual_seed(seed)).to(self.latent)
-            self.context = PromptEncoder(pipe).at_size([""], size)  # the unconditional prompt
+            self.context = PromptEncoder(pipe).unconditional_at(size)  # the pipeline's own (SDXL base: zeros)
         side = self.latent.shape[-1]
         grid = torch.from_numpy(np.asarray(Image.fromarray(mask).resize((size, size)), bool).astype(np.float32))
         masks = {}
