@@ -10,8 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-SCORE = {"shape": "shape_iou", "appearance": "appearance_dist", "style": "style_dist"}
-MATCH = {"shape": "shape_match", "appearance": "appearance_match", "style": "style_match"}
+from ostaf.world.references import STRENGTH
 
 
 def cell(row: dict, key: str, interval: bool = False) -> str:
@@ -34,8 +33,9 @@ def summarise(folders: list[Path]) -> str:
         kind = report["config"].get("kind", "named")
         for attribute in ("shape", "appearance", "style"):
             for row in (r for r in report["table"] if r["attribute"] == attribute):
-                keys = ("lam", MATCH[attribute], SCORE[attribute], "gap_closed", "text_control", "lam_rho", "text_drop")
-                cells = [cell(row, k, interval=k in (MATCH[attribute], "gap_closed")) for k in keys]
+                match, score = STRENGTH[attribute].match, STRENGTH[attribute].score
+                keys = ("lam", match, score, "gap_closed", "text_control", "lam_rho", "text_drop")
+                cells = [cell(row, k, interval=k in (match, "gap_closed")) for k in keys]
                 lines.append(f"| {kind} | {attribute} | {row['method']} | " + " | ".join(cells) + " |")
         for row in (r for r in report["table"] if r["attribute"] == "shape+appearance"):
             both = f"{cell(row, 'shape_match')} / {cell(row, 'appearance_match')}"

@@ -11,7 +11,7 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 # Modules that register a group when imported. Imported on first lookup, not here: they import
 # the benchmark schema, which itself resolves sources through this registry.
@@ -21,6 +21,14 @@ _GROUPS: dict[str, Group] = {}
 Scores = dict[tuple[str, float], dict[str, float]]  # (prompt, λ) → metric → mean over seeds
 
 
+class Strength(NamedTuple):
+    """How an attribute's strength is read: its continuous score, its match, and the score's direction."""
+
+    score: str
+    match: str
+    sign: float = 1.0  # +1: a higher score is a stronger attribute; −1: the score is a distance
+
+
 @dataclass(frozen=True)
 class Group:
     name: str  # the `group` of its items in a manifest
@@ -28,8 +36,8 @@ class Group:
     write_benchmark: Callable[[Path], Path]  # fills a folder with manifest.yaml + images
     score_sweep: Callable[[Any, dict, str], Scores]  # (SweepIndex, manifest item, model) → exact metrics
     columns: dict[str, tuple[str, ...]] = field(default_factory=dict)  # attribute → exact metric columns
-    # attribute → (its continuous score, its match): the per-item table's `score` and `match`
-    strength: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # attribute → its strength metrics: the per-item table's `score` and `match`, what λ should raise
+    strength: dict[str, Strength] = field(default_factory=dict)
     models: tuple[str, ...] = ()  # models whose default benchmark source this group is
     version: str = "1"  # bumped when the references change: a folder written by another version is not reused
 
@@ -63,6 +71,6 @@ def columns(attribute: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(c for g in registered().values() for c in g.columns.get(attribute, ())))
 
 
-def strength(attribute: str) -> tuple[str, str] | None:
-    """(score metric, match metric) of `attribute` in the first group that scores it, if any."""
+def strength(attribute: str) -> Strength | None:
+    """The strength metrics of `attribute` in the first group that scores it, if any."""
     return next((g.strength[attribute] for g in registered().values() if attribute in g.strength), None)

@@ -75,10 +75,10 @@ def item_table(rows: list[dict], lam: float) -> list[dict]:
     attribute_of: dict[str, str] = {}
     for row in rows:
         metrics = groups.strength(row["attribute"])
-        if row["lam"] != lam or metrics is None or metrics[0] not in row:
+        if row["lam"] != lam or metrics is None or metrics.score not in row:
             continue
         attribute_of[row["item"]] = row["attribute"]
-        named = {"score": metrics[0], "match": metrics[1]} | {k: k for k in ITEM_KEYS[4:]}
+        named = {"score": metrics.score, "match": metrics.match} | {k: k for k in ITEM_KEYS[4:]}
         for key, metric in named.items():
             if row.get(metric) is not None:
                 values[row["item"]][key].append(float(row[metric]))
@@ -157,13 +157,22 @@ def plot_lambda_curves(curves: Curves, metrics: Iterable[str], path: str | Path,
     return out
 
 
-# per attribute: the metric λ should raise (sign +1) or lower (−1), and the prompt-following metric that must hold,
-# the exact world metrics first, then the paper's (the first pair a row holds is the one used)
-STRENGTH = {
-    "shape": (("shape_match", 1.0), ("iou", 1.0)),
-    "appearance": (("appearance_match", 1.0), ("dino", 1.0), ("gram", -1.0)),
-    "style": (("style_match", 1.0), ("dino", 1.0), ("gram", -1.0)),
+# per attribute: the paper's metrics λ should raise (sign +1) or lower (−1); an item group's exact match comes
+# before them (`strength_metrics`: the first a row holds is the one used)
+PAPER_STRENGTH = {
+    "shape": (("iou", 1.0),),
+    "appearance": (("dino", 1.0), ("gram", -1.0)),
+    "style": (("dino", 1.0), ("gram", -1.0)),
 }
+
+
+def strength_metrics(attribute: str) -> tuple[tuple[str, float], ...]:
+    """(metric, sign) pairs that measure `attribute`'s strength, best first: the exact match of the item group
+    that scores it (`ostaf.groups`), then the paper's metrics."""
+    exact = groups.strength(attribute)
+    return (((exact.match, 1.0),) if exact else ()) + PAPER_STRENGTH[attribute]
+
+
 TEXT = ("text_control", "clip_t")
 KEEP_TEXT = 0.9  # the best λ keeps ≥ 90 % of the prompt-following it has at the smallest λ
 
@@ -173,7 +182,7 @@ def best_lambda(means: dict[float, dict[str, float]], attribute: str) -> tuple[f
     value at the smallest λ (the whole sweep when no text metric was computed); None when no metric is there."""
     lams = sorted(means)
     held = {k for m in means.values() for k in m}
-    found = next(((name, sign) for name, sign in STRENGTH[attribute] if name in held), None)
+    found = next(((name, sign) for name, sign in strength_metrics(attribute) if name in held), None)
     if found is None:
         return None
     name, sign = found

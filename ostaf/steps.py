@@ -41,7 +41,6 @@ from ostaf.report import (
     ITEM_KEYS,
     ITEM_NOTE,
     NOT_COMPUTED,
-    STRENGTH,
     best_lambda,
     best_lambdas,
     by_lambda,
@@ -49,6 +48,7 @@ from ostaf.report import (
     missing_paper_metrics,
     paper_table,
     plot_curves,
+    strength_metrics,
     table_metrics,
     to_markdown,
     write_table,
@@ -355,7 +355,7 @@ def best_runs(by_dir: dict[str, list[dict]]) -> dict[str, str]:
         if found is None:
             continue
         lam, metric = found
-        sign = next(sign for name, sign in STRENGTH[rows[0]["attribute"]] if name == metric)
+        sign = next(sign for name, sign in strength_metrics(rows[0]["attribute"]) if name == metric)
         score = sign * means[lam][metric]
         if rows[0]["attribute"] not in best or score > best[rows[0]["attribute"]][0]:
             best[rows[0]["attribute"]] = (score, run_id)

@@ -132,7 +132,24 @@ def test_item_groups_are_found_through_the_registry():
     assert columns("style") == (
         *("clip_t", "dino", "gram", "style_dist", "style_match", "gap_closed", "text_control", "leakage"),
     )
-    assert groups.strength("appearance") == ("appearance_dist", "appearance_match") and not groups.strength("x")
+    assert groups.strength("appearance") == ("appearance_dist", "appearance_match", -1.0) and not groups.strength("x")
+
+
+def test_an_attributes_strength_metric_is_registered_once_and_every_table_reads_it(monkeypatch):
+    """The world registers (score, match, sign) per attribute on its item group; the experiment's λ metric, the
+    tuning's match and the report's best λ all agree with that one entry, and the report follows a change to it."""
+    from ostaf import groups
+    from ostaf.report import best_lambda, strength_metrics
+    from ostaf.world import experiment, tuning
+
+    world = groups.of_item({"group": "attribute-world"})
+    assert experiment.LAMBDA_METRIC == {a: (s.score, s.sign) for a, s in world.strength.items()}
+    assert tuning.MATCH == {a: s.match for a, s in world.strength.items()}
+    assert strength_metrics("shape") == (("shape_match", 1.0), ("iou", 1.0))
+    means = {0.0: {"shape_match": 0.0, "text_control": 1.0}, 1.0: {"shape_match": 1.0, "text_control": 1.0}}
+    assert best_lambda(means, "shape") == (1.0, "shape_match")
+    monkeypatch.setitem(world.strength, "shape", groups.Strength("shape_iou", "shape_iou_match", 1.0))
+    assert strength_metrics("shape")[0] == ("shape_iou_match", 1.0)
 
 
 def test_the_manifest_schema_does_not_import_the_world():

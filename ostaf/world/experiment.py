@@ -54,6 +54,7 @@ from ostaf.world.references import (
     ATTRIBUTES,
     KINDS,
     SPLITS,
+    STRENGTH,
     Reference,
     chance,
     gap_closed,
@@ -207,7 +208,7 @@ METRICS = (
 # rows no training made: the wrong-word average, the nearest-word floor, the words prompt, the VAE's limit
 UNTRAINED = ("words", "chance", "floor", "limit")
 # the continuous metric λ should raise (sign +1) or lower (-1), per attribute: `lam_rho` follows it
-LAMBDA_METRIC = {"shape": ("shape_iou", 1.0), "appearance": ("appearance_dist", -1.0), "style": ("style_dist", -1.0)}
+LAMBDA_METRIC = {attribute: (s.score, s.sign) for attribute, s in STRENGTH.items()}
 COLUMNS = {  # the table's columns per attribute, the attribute's match first
     "shape": ("shape_match", "shape_iou", "gap_closed", "text_control", "leakage"),
     "appearance": ("appearance_match", "appearance_dist", "gap_closed", "text_control", "leakage"),

@@ -328,10 +328,11 @@ def unnamed_strength(image: np.ndarray, mask: np.ndarray, attribute: str, world:
     return gap, gap <= measure.STYLE_MATCH
 
 
+# the one place that says which metric is an attribute's strength (registered on the group: every table reads it)
 STRENGTH = {
-    "shape": ("shape_iou", "shape_match"),
-    "appearance": ("appearance_dist", "appearance_match"),
-    "style": ("style_dist", "style_match"),
+    "shape": groups.Strength("shape_iou", "shape_match", 1.0),
+    "appearance": groups.Strength("appearance_dist", "appearance_match", -1.0),
+    "style": groups.Strength("style_dist", "style_match", -1.0),
 }
 
 
@@ -346,7 +347,7 @@ def score(image: np.ndarray, attribute: str, prompt: str, world: WorldImage) -> 
     colour_is_ref, texture_is_ref = _appearance_is(image, mask, f.colour, f.texture)
     if un.is_unnamed({"shape": f.shape, "appearance": f.colour, "style": f.style}[attribute]):
         value, match = unnamed_strength(image, mask, attribute, world)
-        strength = dict(zip(STRENGTH[attribute], (value, float(match and found)), strict=True))
+        strength = {STRENGTH[attribute].score: value, STRENGTH[attribute].match: float(match and found)}
     elif attribute == "shape":
         strength = {"shape_iou": shape_iou(image, world.mask), "shape_match": float(shape == f.shape)}
     elif attribute == "appearance":
@@ -394,7 +395,7 @@ def chance(ref: Reference) -> dict[str, float]:
     f = world.factors
     if ref.value:
         answers = list(named_answers(ref.attribute, world, ref.prompt).values())
-        value, match = STRENGTH[ref.attribute]
+        value, match, _ = STRENGTH[ref.attribute]
         return {value: float(np.mean([a[0] for a in answers])), match: float(np.mean([a[1] for a in answers]))}
     if ref.attribute == "shape":
         others = [s for s in SHAPES if s != f.shape]
@@ -417,7 +418,7 @@ def word_floor(ref: Reference) -> dict[str, float]:
     """The nearest-word floor of an unnamed reference: the best any named value scores (rendered exactly as
     the prompt asks) — what a perfect textual inversion that finds a word could reach."""
     answers = named_answers(ref.attribute, ref.world(), ref.prompt)
-    value, match = STRENGTH[ref.attribute]
+    value, match, _ = STRENGTH[ref.attribute]
     best = answers[_best(ref.attribute, answers)]
     return {value: float(best[0]), match: float(best[1])}
 
@@ -433,7 +434,7 @@ def reconstruction_limit(ref: Reference, vae) -> dict[str, float]:
         latents = vae.encode(pixels.to(vae.dtype)).latent_dist.mean
         decoded = vae.decode(latents).sample.float()
     image = ((decoded[0].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().byte().numpy()
-    value, match = STRENGTH[ref.attribute]
+    value, match, _ = STRENGTH[ref.attribute]
     scored = score(image, ref.attribute, ref.prompt.replace(PLACEHOLDERS[ref.attribute], ""), world)
     return {value: scored[value], match: scored[match]}
 
@@ -515,7 +516,7 @@ def score_sweep(sweep: SweepIndex, item: dict, model: str) -> dict[tuple[str, fl
     means = {key: {m: float(np.mean([s[m] for s in per])) for m in per[0]} for key, per in scores.items()}
     if not value_of(item["id"]):
         return means
-    metric = STRENGTH[item["attribute"]][0]
+    metric = STRENGTH[item["attribute"]].score
     limit = reconstruction_limit(reference_of(item, item["prompts"][0]), _vae(model))[metric]
     floors = {prompt: word_floor(reference_of(item, prompt))[metric] for prompt, _ in means}
     for (prompt, _), metrics in means.items():

@@ -28,9 +28,9 @@ from ostaf.io import atomic_write, write_json
 from ostaf.recipes import WORLD
 from ostaf.report import to_markdown
 from ostaf.world.experiment import LAMBDA_METRIC, METHODS, TABLE_METHODS, ExperimentConfig, run_many
-from ostaf.world.references import ATTRIBUTES, KINDS
+from ostaf.world.references import ATTRIBUTES, KINDS, STRENGTH
 
-MATCH = {"shape": "shape_match", "appearance": "appearance_match", "style": "style_match"}
+MATCH = {attribute: s.match for attribute, s in STRENGTH.items()}
 
 
 @dataclass
