@@ -108,8 +108,8 @@ def how_to_load(report) -> str:
 
 
 def run_preprocess(args: argparse.Namespace) -> None:
+    from ostaf.model_spec import model_resolution
     from ostaf.preprocess import preprocess_reference
-    from ostaf.presets import model_resolution
 
     resolution = args.resolution or model_resolution(args.model)
     sam = args.sam if args.segment else None

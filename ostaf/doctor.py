@@ -7,7 +7,8 @@ from pathlib import Path
 
 from ostaf.image_encoder import CLIP_HUB_ID, CLIP_WEIGHTS_ENV, cached_hub_weights
 from ostaf.metric_models import Location, locate_dino, locate_vgg
-from ostaf.presets import TRAINED_PRESETS, is_preset
+from ostaf.model_spec import is_preset
+from ostaf.presets import TRAINED_PRESETS
 from ostaf.segment import SAM_WEIGHTS_ENV, sam_weights_path
 
 
@@ -37,7 +38,7 @@ def locate_sd(model: str) -> Location:
 
 def _single_file_found(path: Path) -> str | None:
     from ostaf.errors import OstafError
-    from ostaf.preflight import is_single_file
+    from ostaf.model_spec import is_single_file
     from ostaf.single_file import single_file_preset
 
     if not is_single_file(str(path)):

@@ -11,8 +11,8 @@ import numpy as np
 from ostaf.config import EvaluateConfig
 from ostaf.images import load_image
 from ostaf.metrics import clip_t, dino_similarity, gram_distance, gram_matrices, mask_iou
+from ostaf.model_spec import is_any_preset
 from ostaf.preprocess import Preprocessed
-from ostaf.presets import is_any_preset
 from ostaf.report import COLUMNS
 from ostaf.sweep import SweepIndex
 

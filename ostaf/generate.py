@@ -31,11 +31,11 @@ from ostaf.images import load_image, make_grid
 from ostaf.mechanisms.compose_switch import ComposeSwitch, check_attributes
 from ostaf.mechanisms.dual_path import VanillaPrompts
 from ostaf.mechanisms.reference_attention import ReferenceAttention, resolve_blocks
+from ostaf.model_spec import is_preset
 from ostaf.models import Pipeline, base_of, load_pipeline, native_resolution
 from ostaf.offsets.config import parse_block_scales
 from ostaf.preflight import check_generate_inputs
 from ostaf.preprocess import load_preprocessed
-from ostaf.presets import is_preset
 from ostaf.runtime import autocast_dtype, progress_bar, resolve_device
 from ostaf.strength import DUAL_PATH, Strength, refusal
 from ostaf.sweep import PromptResult, write_sweep

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from ostaf.errors import OstafError
+from ostaf.model_spec import is_preset
 from ostaf.presets import PRESETS
 from ostaf.runtime import seeded
 
@@ -48,7 +49,7 @@ def load_image_encoder(model: str, seed: int = 0) -> ImageEncoder:
     """The CLIP image encoder that belongs with `model` (a preset name or real SD weights)."""
     import open_clip
 
-    if model in PRESETS:
+    if is_preset(model):
         kwargs = PRESETS[model].clip_vision or open_clip.get_model_config(CLIP_ARCH)
         with seeded(seed):
             return ImageEncoder(open_clip.CLIP(**kwargs))

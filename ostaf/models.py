@@ -38,8 +38,8 @@ from diffusers.utils import logging as diffusers_logging
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from ostaf.errors import OstafError
-from ostaf.preflight import check_model_location
-from ostaf.presets import PRESETS, SD_SCHEDULER, SDXL_SCHEDULER, Preset, is_preset, resolve_model
+from ostaf.model_spec import check_model_location, is_preset, resolve_model
+from ostaf.presets import PRESETS, SD_SCHEDULER, SDXL_SCHEDULER, Preset
 from ostaf.runtime import seeded
 from ostaf.tokenizer import SDXL_PAD_TOKEN, clip_tokenizer
 

@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ostaf.errors import OstafError
-
 SD_SCHEDULER = dict(
     beta_start=0.00085,
     beta_end=0.012,
@@ -208,48 +206,3 @@ def world_model_path() -> Path:
 
 
 TRAINED_PRESETS: dict[str, Callable[[], Path]] = {"attribute-world": world_model_path}
-
-
-def is_preset(model: str) -> bool:
-    """A random-weight preset (`tiny`, `sd14-random`, `tiny-sdxl`, `sdxl-random`); trained presets load through
-    `load_pipeline` too."""
-    return model in PRESETS
-
-
-def is_any_preset(model: str) -> bool:
-    """A preset of either kind: random weights, or trained weights shipped with the package."""
-    return model in PRESETS or model in TRAINED_PRESETS
-
-
-def resolve_model(model: str) -> str:
-    """The folder behind a trained preset's name, or `model` unchanged."""
-    if model not in TRAINED_PRESETS:
-        return model
-    path = TRAINED_PRESETS[model]()
-    if not (path / "model_index.json").is_file():
-        raise OstafError(
-            f"the {model} model is not at {path}: it ships inside the ostaf package (reinstall it), or rebuild it "
-            f"with `python -m ostaf.world.pretrain --out {path}` (about 30 min on 2 cores), or point "
-            f"${WORLD_MODEL_ENV} at a copy"
-        )
-    return str(path)
-
-
-def model_resolution(model: str) -> int:
-    """The native image size of `model` without loading weights (presets, local folders; else SD's 512)."""
-    import json
-
-    if model in PRESETS:
-        return PRESETS[model].resolution
-    folder = Path(resolve_model(model)).expanduser()
-    if folder.is_file():
-        from ostaf.preflight import is_single_file
-        from ostaf.single_file import single_file_resolution
-
-        return single_file_resolution(folder) if is_single_file(model) else 512
-    try:
-        unet = json.loads((folder / "unet" / "config.json").read_text())
-        vae = json.loads((folder / "vae" / "config.json").read_text())
-    except (OSError, ValueError):
-        return 512
-    return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)

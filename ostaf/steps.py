@@ -194,8 +194,8 @@ def import_reference(image: str, attribute: str, class_name: str, prompts: list[
 @timed_step
 def preprocess_item(benchmark: str, item_id: str, model: str, train_options: dict, dest: str) -> None:
     """SAM foreground + augmentation plan of one item, with its metadata in item.json."""
+    from ostaf.model_spec import model_resolution
     from ostaf.preprocess import load_reference
-    from ostaf.presets import model_resolution
 
     item = load_manifest(benchmark).item(item_id).model_dump(mode="json")
     image = str(Path(benchmark) / item["image"])

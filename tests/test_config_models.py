@@ -13,8 +13,9 @@ from ostaf.config import GenerateConfig, TrainConfig
 from ostaf.errors import OstafError
 from ostaf.flags import add_config_arguments, config_from_args
 from ostaf.image_encoder import load_image_encoder
+from ostaf.model_spec import model_resolution
 from ostaf.models import load_pipeline, native_resolution, vae_encode
-from ostaf.presets import PRESETS, model_resolution
+from ostaf.presets import PRESETS
 from tests.conftest import on_both_models
 
 

@@ -18,8 +18,9 @@ from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from ostaf.errors import OstafError
+from ostaf.model_spec import model_resolution
 from ostaf.models import load_pipeline
-from ostaf.presets import PRESETS, model_resolution
+from ostaf.presets import PRESETS
 from ostaf.single_file import preset_for_shapes
 from ostaf.train import train
 from tests.conftest import tiny_config
@@ -122,3 +123,16 @@ def test_a_pickled_ckpt_is_refused_not_run(tmp_path):
     torch.save({"state_dict": {"x": torch.ones(1)}, "callback": Payload()}, ckpt)
     with pytest.raises(OstafError, match="weights_only=True"):
         load_pipeline(str(ckpt))
+
+
+def test_what_a_model_string_means_is_decided_in_one_place(tmp_path, tiny_file):
+    """`model_kind`: random presets, trained presets, single files, folders and hub ids, without torch."""
+    from ostaf.model_spec import model_kind
+
+    folder = tmp_path / "sd"
+    folder.mkdir()
+    assert model_kind("tiny") == "preset" and model_kind("tiny-sdxl") == "preset"
+    assert model_kind("attribute-world") == "trained"
+    assert model_kind(str(tiny_file)) == "single-file"
+    assert model_kind(str(folder)) == "folder"
+    assert model_kind("runwayml/stable-diffusion-v1-5") == "hub"

@@ -25,8 +25,8 @@ def heavy_modules_after(code: str) -> dict:
 
 
 def test_importing_the_cli_and_the_step_modules_loads_no_heavy_library():
-    modules = "ostaf, ostaf.cli, ostaf.steps, ostaf.preflight, ostaf.presets, components.options"
-    assert heavy_modules_after(f"import {modules}\nostaf.presets.model_resolution('tiny')") == []
+    modules = "ostaf, ostaf.cli, ostaf.steps, ostaf.preflight, ostaf.presets, ostaf.model_spec, components.options"
+    assert heavy_modules_after(f"import {modules}\nostaf.model_spec.model_resolution('tiny')") == []
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from ostaf.errors import OstafError
+from ostaf.model_spec import model_resolution
 from ostaf.models import load_pipeline
-from ostaf.presets import model_resolution, world_model_path
+from ostaf.presets import world_model_path
 from ostaf.world.pretrain import (
     LOSS_HEAD,
     WorldRecipe,
