@@ -142,6 +142,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "lora+views": dict(trainable="lora", views=4),
     "finetune+views": dict(trainable="blocks", views=4),
     "finetune+views8": dict(trainable="blocks", views=8),  # every palette colour (shape; appearance has 4)
+    "finetune+views-w3": dict(trainable="blocks", views=4, view_loss_weight=3.0),  # the views outweigh the image
     "lora+views+varied-prior": dict(trainable="lora", views=4, prior_images=8),
     "finetune+views+varied-prior": dict(trainable="blocks", views=4, prior_images=8),
     # --hyper-rank: the hypernetwork's square matrices as rank-R factors (issue 17: does quality change?)
