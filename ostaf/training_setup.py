@@ -118,6 +118,20 @@ def unet_conditioning(setup: TrainingSetup, batch: int, pick: torch.Tensor | Non
     return replace(cond, pooled=pooled, time_ids=time_ids)
 
 
+def frame_mse(setup: TrainingSetup, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, cond: Conditioning):
+    """The noise-prediction MSE of unscaled `latents` under `cond`, for an extra loss term whose images are whole
+    frames at the training size (prior images, views: SDXL reads the first augmentation's time ids)."""
+    scheduler = setup.noise_scheduler
+    latents = latents * setup.pipe.vae.config.scaling_factor
+    noisy = scheduler.add_noise(latents, noise, t)
+    target = noise_target(scheduler, latents, noise, t)
+    if setup.time_ids is not None:
+        cond = replace(cond, time_ids=setup.time_ids[:1].expand(latents.shape[0], -1))
+    with autocast(setup):
+        pred = setup.unet(noisy.to(setup.unet.dtype), t, **cond.unet_kwargs()).sample
+    return F.mse_loss(pred.float(), target.float())
+
+
 def noise_target(scheduler: DDPMScheduler, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """What the U-Net is trained to predict: the noise (ε) or the velocity (v-prediction)."""
     return noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, t)

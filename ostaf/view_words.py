@@ -7,6 +7,8 @@ The attribute world draws the palette's words with these very sRGB values (it im
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from ostaf.errors import OstafError
 
 PALETTE: dict[str, tuple[int, int, int]] = {
@@ -21,16 +23,24 @@ PALETTE: dict[str, tuple[int, int, int]] = {
 }
 PRIMITIVES = ("circle", "square", "triangle", "diamond")  # drawn by `ostaf.mechanisms.views.primitive`
 
-# attribute → (the slot its view class fills, the words of that slot, the default view class)
-VIEW_SLOTS: dict[str, tuple[str, tuple[str, ...], str]] = {
-    "shape": ("colour", tuple(PALETTE), "{colour} object"),
-    "appearance": ("shape", PRIMITIVES, "{shape}"),
+
+class ViewSlot(NamedTuple):
+    """What an attribute's views change: the slot its view class fills, that slot's words, the default class."""
+
+    slot: str
+    words: tuple[str, ...]
+    default_class: str
+
+
+VIEW_SLOTS: dict[str, ViewSlot] = {
+    "shape": ViewSlot("colour", tuple(PALETTE), "{colour} object"),
+    "appearance": ViewSlot("shape", PRIMITIVES, "{shape}"),
 }
 
 
 def view_class_of(attribute: str, view_class: str) -> str:
     """The class template of `attribute`'s views: `view_class`, or the attribute's default when empty."""
-    return view_class or VIEW_SLOTS[attribute][2]
+    return view_class or VIEW_SLOTS[attribute].default_class
 
 
 def check_views(attribute: str, views: int, view_class: str) -> None:
@@ -49,5 +59,5 @@ def check_views(attribute: str, views: int, view_class: str) -> None:
     if "{" + slot + "}" not in template:
         raise OstafError(
             f"--view-class {template!r} has no {{{slot}}}: write where each view's {slot} goes, "
-            f"e.g. '{VIEW_SLOTS[attribute][2]}'"
+            f"e.g. '{VIEW_SLOTS[attribute].default_class}'"
         )

@@ -19,18 +19,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
-from torch.nn import functional as F
 
 from ostaf.io import atomic_dir, write_json
 from ostaf.mechanisms import schedule, timesteps
 from ostaf.mechanisms.base import BaseModel, Mechanism
-from ostaf.training_setup import Batch, autocast, noise_target
+from ostaf.training_setup import Batch, frame_mse
 
 if TYPE_CHECKING:
     from ostaf.conditioning import Conditioning, PromptEncoder
@@ -145,13 +144,5 @@ def prior_loss(setup: TrainingSetup, prior: PriorImages, generator: torch.Genera
     pick = torch.randint(0, prior.latents.shape[0], (batch,), generator=generator)
     noise = torch.randn((batch, *prior.latents.shape[1:]), generator=generator).to(setup.device)
     t = timesteps.sample_timesteps(setup, batch, generator).to(setup.device)
-    scheduler = setup.noise_scheduler
-    latents = prior.latents[pick] * setup.pipe.vae.config.scaling_factor
-    noisy = scheduler.add_noise(latents, noise, t)
-    target = noise_target(scheduler, latents, noise, t)
     cond = prior.context.select(pick % len(prior.prompts))  # each image's own prompt
-    if setup.time_ids is not None:  # SDXL: the class images are whole frames at the training size
-        cond = replace(cond, time_ids=setup.time_ids[:1].expand(batch, -1))
-    with autocast(setup):
-        pred = setup.unet(noisy.to(setup.unet.dtype), t, **cond.unet_kwargs()).sample
-    return F.mse_loss(pred.float(), target.float())
+    return frame_mse(setup, prior.latents[pick], noise, t, cond)

@@ -26,13 +26,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from PIL import Image
-from torch.nn import functional as F
 
 from ostaf.errors import OstafError
 from ostaf.mechanisms import timesteps
 from ostaf.mechanisms.base import BaseModel, Mechanism
 from ostaf.preprocess import Preprocessed
-from ostaf.training_setup import Batch, autocast, encode_reference, noise_target
+from ostaf.training_setup import Batch, autocast, encode_reference, frame_mse
 from ostaf.view_words import PALETTE, PRIMITIVES, VIEW_SLOTS, view_class_of
 
 if TYPE_CHECKING:
@@ -120,7 +119,7 @@ def make_view(attribute: str, image: Image.Image, mask: np.ndarray, word: str) -
 
 def view_prompts(attribute, view_class: str, words: list[str]) -> list[str]:
     """Each view's training prompt: ``a {view class with its word} in the {attribute} of {token}``."""
-    slot = VIEW_SLOTS[attribute.name][0]
+    slot = VIEW_SLOTS[attribute.name].slot
     return [attribute.training_prompt(view_class.format(**{slot: word})) for word in words]
 
 
@@ -148,7 +147,7 @@ class CaptionedViews(Mechanism):
         from ostaf.attributes import get_attribute
 
         attribute = get_attribute(config.attribute)
-        words = list(VIEW_SLOTS[attribute.name][1])[: config.views]
+        words = list(VIEW_SLOTS[attribute.name].words)[: config.views]
         mask = foreground(base.reference)
         images = [make_view(attribute.name, base.reference.image, mask, word) for word in words]
         first = base.reference.recipes[:1]  # one augmentation per view: a crop could cut its primitive
@@ -175,13 +174,6 @@ def views_loss(setup: TrainingSetup, views: Views, input_ids: torch.Tensor, gene
     eps = torch.randn((batch, *views.mean.shape[1:]), generator=generator).to(setup.device)
     noise = torch.randn((batch, *views.mean.shape[1:]), generator=generator).to(setup.device)
     t = timesteps.sample_timesteps(setup, batch, generator).to(setup.device)
-    scheduler = setup.noise_scheduler
-    latents = (views.mean[pick] + views.std[pick] * eps) * setup.pipe.vae.config.scaling_factor
-    noisy = scheduler.add_noise(latents, noise, t)
-    target = noise_target(scheduler, latents, noise, t)
-    with autocast(setup):
-        cond = setup.prompts.encode(input_ids).select(pick.to(setup.device))
-        if setup.time_ids is not None:  # SDXL: the views are the reference's frame
-            cond = replace(cond, time_ids=setup.time_ids[:1].expand(batch, -1))
-        pred = setup.unet(noisy.to(setup.unet.dtype), t, **cond.unet_kwargs()).sample
-    return F.mse_loss(pred.float(), target.float())
+    with autocast(setup):  # only the drawn views' prompts, each with the live e*
+        cond = setup.prompts.encode(input_ids[:, pick.to(input_ids.device)])
+    return frame_mse(setup, views.mean[pick] + views.std[pick] * eps, noise, t, cond)

@@ -170,14 +170,6 @@ GENERATE_METHODS: dict[str, dict[str, Any]] = {
     "reference-attention-lambda": dict(reference_attention=2.0, reference_blocks="auto", reference_lambda=True),
     "disentangled+lambda": dict(token_lambda=True),
 }
-# methods that train exactly as another and differ only at generation: they take its tuned steps, lr and λ
-# (`--tuned`) when the search did not tune them itself (the DreamTuner path trains the token the token row trains)
-TUNED_AS: dict[str, str] = {
-    "reference-attention": "token",
-    "reference-attention-lambda": "token",
-    "lite+reference-attention": "ostaf-lite",
-    "disentangled+lambda": "disentangled",
-}
 # the v1 table's methods: each tuning on a fixed part, to test which part carries which attribute
 PAPER_METHODS = (
     "token",
@@ -276,8 +268,17 @@ class ExperimentConfig:
         if not self.tuned:
             return shared
         tuned = _chosen(self.tuned)
-        chosen = tuned.get(method, tuned.get(TUNED_AS.get(method, method), {})).get(attribute, {})
+        chosen = next((tuned[m] for m in (method, *trains_as(method)) if m in tuned), {}).get(attribute, {})
         return shared | {k: v for k, v in chosen.items() if k in shared}
+
+
+def trains_as(method: str) -> list[str]:
+    """The methods without generation options whose training is exactly `method`'s, when `method` has some: a
+    generation variant (the DreamTuner path, `disentangled+lambda`) takes their tuned steps, lr and λ unless the
+    search tuned it itself."""
+    if method not in GENERATE_METHODS:
+        return []
+    return [m for m in METHODS if m not in GENERATE_METHODS and METHODS[m] == METHODS[method]]
 
 
 @lru_cache(maxsize=4)
