@@ -381,6 +381,12 @@ class TrainConfig(_Config):
         "the class of each view's prompt: {colour} (shape) or {shape} (appearance) is the view's word "
         "(default: '{colour} object', '{shape}'), e.g. '{colour} vase'",
     )
+    view_textures: bool = opt(
+        False,
+        "fill a shape's views with a named texture as well as a colour (plain, striped, dotted, checkered: 'a blue "
+        "striped object'), so the weights keep following texture words too; the class gains {texture}",
+        pairwise=(False, True),
+    )
     view_loss_weight: float = opt(1.0, "weight of the views' denoising loss (--views)")
     timestep_range: list[float] = opt(
         [0.0, 1.0],
@@ -419,7 +425,7 @@ class TrainConfig(_Config):
 
     def check_item(self) -> None:
         attribute = get_attribute(self.attribute)
-        check_views(attribute.name, self.views, self.view_class)
+        check_views(attribute.name, self.views, self.view_class, self.view_textures)
         if not self.class_name.strip():
             raise OstafError("class name is empty: say what the reference shows, e.g. --class-name dog")
         if attribute.token in self.class_name:

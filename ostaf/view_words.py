@@ -1,13 +1,16 @@
 """The words of captioned views (`--views`), torch-free: what each attribute's views change, and how it is named.
 
-A shape's views keep its silhouette and fill it with a named colour (``a blue object in the shape of *m``);
-an appearance's views keep its surface and cut it to a named primitive (``a circle in the appearance of *a``).
-The attribute world draws the palette's words with these very sRGB values (it imports them from here).
+A shape's views keep its silhouette and fill it with a named colour (``a blue object in the shape of *m``), or,
+with `--view-textures`, a named colour and texture (``a blue striped object in the shape of *m``); an
+appearance's views keep its surface and cut it to a named primitive (``a circle in the appearance of *a``).
+The attribute world draws the palette's and the textures' words with these very values (it imports them).
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
+
+import numpy as np
 
 from ostaf.errors import OstafError
 
@@ -22,6 +25,28 @@ PALETTE: dict[str, tuple[int, int, int]] = {
     "black": (25, 25, 25),
 }
 PRIMITIVES = ("circle", "square", "triangle", "diamond")  # drawn by `ostaf.mechanisms.views.primitive`
+TEXTURES = ("plain", "striped", "dotted", "checkered")  # a fill's texture words (plain: one flat colour)
+TEXTURE_SECOND = (250, 250, 250)  # every texture's second colour: white stripes, dots and squares
+TEXTURE_REPEATS = 8  # a texture's periods across the image (the world: 8 px at 64 px)
+
+
+def texture_mask(texture: str, height: int, width: int, period: int) -> np.ndarray:
+    """Boolean (H, W): True where `texture`'s second colour goes, anchored to the image's top-left corner."""
+    yy, xx = np.mgrid[:height, :width]
+    if texture == "plain":
+        return np.zeros((height, width), bool)
+    if texture == "striped":  # horizontal bands, half a period each
+        return (yy % period) >= period // 2
+    if texture == "dotted":  # one dot per period cell, 1.6 px across at the world's period of 8
+        return np.hypot((xx % period) - period / 2 + 0.5, (yy % period) - period / 2 + 0.5) <= period * 1.6 / 8
+    if texture == "checkered":
+        return ((xx // (period // 2)) + (yy // (period // 2))) % 2 == 1
+    raise ValueError(f"unknown texture {texture!r}; known: {', '.join(TEXTURES)}")
+
+
+def texture_period(height: int, width: int) -> int:
+    """The period in px of a view's texture: `TEXTURE_REPEATS` across the shorter side (at least 2)."""
+    return max(2, min(height, width) // TEXTURE_REPEATS)
 
 
 class ViewSlot(NamedTuple):
@@ -36,15 +61,28 @@ VIEW_SLOTS: dict[str, ViewSlot] = {
     "shape": ViewSlot("colour", tuple(PALETTE), "{colour} object"),
     "appearance": ViewSlot("shape", PRIMITIVES, "{shape}"),
 }
+TEXTURED_CLASS = "{colour} {texture} object"  # a shape's default view class with --view-textures
 
 
-def view_class_of(attribute: str, view_class: str) -> str:
+def view_fills(attribute: str, views: int, textures: bool = False) -> list[dict[str, str]]:
+    """What each of the `views` views is filled with, by slot: its colour, or its colour and texture (every
+    colour once before any repeats, each with the next texture, so all 32 pairs are distinct), or its primitive."""
+    slot, words, _ = VIEW_SLOTS[attribute]
+    if not textures:
+        return [{slot: word} for word in words[:views]]
+    n = len(words)
+    return [{slot: words[i % n], "texture": TEXTURES[(i + i // n) % len(TEXTURES)]} for i in range(views)]
+
+
+def view_class_of(attribute: str, view_class: str, textures: bool = False) -> str:
     """The class template of `attribute`'s views: `view_class`, or the attribute's default when empty."""
-    return view_class or VIEW_SLOTS[attribute].default_class
+    return view_class or (TEXTURED_CLASS if textures else VIEW_SLOTS[attribute].default_class)
 
 
-def check_views(attribute: str, views: int, view_class: str) -> None:
+def check_views(attribute: str, views: int, view_class: str, textures: bool = False) -> None:
     """One error before any work for views the attribute cannot have."""
+    if textures and not views:
+        raise OstafError("--view-textures fills the captioned views with textures: add --views N (e.g. 8)")
     if not views:
         return
     if attribute not in VIEW_SLOTS:
@@ -52,12 +90,22 @@ def check_views(attribute: str, views: int, view_class: str) -> None:
             f"--views changes what the reference shares with nothing else: a shape's colour, an appearance's "
             f"outline; {attribute} has no views: drop --views"
         )
-    slot, words, _ = VIEW_SLOTS[attribute]
-    if views > len(words):
-        raise OstafError(f"--views {views}: {attribute} has {len(words)} ({', '.join(words)}); use ≤ {len(words)}")
-    template = view_class_of(attribute, view_class)
-    if "{" + slot + "}" not in template:
+    if textures and attribute != "shape":
         raise OstafError(
-            f"--view-class {template!r} has no {{{slot}}}: write where each view's {slot} goes, "
-            f"e.g. '{VIEW_SLOTS[attribute].default_class}'"
+            f"--view-textures fills a shape's silhouette; {attribute}'s views keep the reference's own surface: "
+            "drop --view-textures"
         )
+    slot, words, _ = VIEW_SLOTS[attribute]
+    most = len(words) * (len(TEXTURES) if textures else 1)
+    if views > most:
+        kinds = f"{len(words)} colours × {len(TEXTURES)} textures" if textures else ", ".join(words)
+        raise OstafError(f"--views {views}: {attribute} has {most} ({kinds}); use ≤ {most}")
+    template = view_class_of(attribute, view_class, textures)
+    if not textures and "{texture}" in template:
+        raise OstafError(f"--view-class {template!r} names {{texture}}: add --view-textures, or drop it")
+    for needed in (slot, "texture") if textures else (slot,):
+        if "{" + needed + "}" not in template:
+            raise OstafError(
+                f"--view-class {template!r} has no {{{needed}}}: write where each view's {needed} goes, "
+                f"e.g. '{view_class_of(attribute, '', textures)}'"
+            )

@@ -10,7 +10,7 @@ from ostaf.errors import OstafError
 from ostaf.mechanisms import views
 from ostaf.preprocess import Preprocessed, sample_recipes
 from ostaf.train import make_optimizer, optimizer_step, prepare
-from ostaf.view_words import PALETTE, PRIMITIVES
+from ostaf.view_words import PALETTE, PRIMITIVES, TEXTURES, view_fills
 from ostaf.world.generator import BACKGROUND, Factors, render
 from tests.conftest import tiny_config
 
@@ -111,6 +111,32 @@ def test_each_drawn_view_is_scored_under_its_own_prompt_with_the_live_token(star
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in setup.token.parameters())
 
 
+def test_textured_views_draw_what_the_world_means_by_each_texture_word(star, tmp_path):
+    """`--view-textures`: each view is the silhouette in its colour and texture — pixel for pixel the world's own
+    render of that shape in that look (so "a blue dotted object" is trained on what the model calls dotted) —
+    under a prompt naming both."""
+    path, silhouette = star
+    setup = prepare(shape_config(path, tmp_path / "t", views=4, view_textures=True))
+    made = setup.mechanism(views.CaptionedViews).views
+    assert made.words == ["red plain", "green striped", "blue dotted", "yellow checkered"]
+    assert made.prompts == [f"a {w} object in the shape of *m" for w in made.words]
+    image = Image.open(path)
+    for colour, texture in (("green", "dotted"), ("blue", "checkered"), ("yellow", "striped"), ("cyan", "solid")):
+        view = views.recolour(image, silhouette, PALETTE[colour], {"solid": "plain"}.get(texture, texture))
+        world = render(Factors("star", colour, texture, "flat", 0.5, 0.5, 0.3))
+        assert np.array_equal(np.asarray(view), world.image), (colour, texture)
+    assert made.mean.shape[0] == 4 and step_loss(setup) > 0
+
+
+def test_textured_views_give_every_colour_before_a_repeat_and_no_pair_twice():
+    fills = view_fills("shape", len(PALETTE) * len(TEXTURES), textures=True)
+    pairs = [(f["colour"], f["texture"]) for f in fills]
+    assert len(set(pairs)) == len(pairs) == 32
+    assert [c for c, _ in pairs[: len(PALETTE)]] == list(PALETTE)
+    assert {t for _, t in pairs[:4]} == set(TEXTURES)
+    assert view_fills("shape", 3) == [{"colour": c} for c in ("red", "green", "blue")]
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -120,6 +146,11 @@ def test_each_drawn_view_is_scored_under_its_own_prompt_with_the_live_token(star
         (dict(views=2, view_class="object"), "has no {colour}"),
         (dict(attribute="appearance", views=2, view_class="{colour} vase"), "has no {shape}"),
         (dict(views=-1), "views must be ≥ 0"),
+        (dict(view_textures=True), "add --views N"),
+        (dict(attribute="appearance", views=2, view_textures=True), "drop --view-textures"),
+        (dict(views=33, view_textures=True), "use ≤ 32"),
+        (dict(views=2, view_textures=True, view_class="{colour} vase"), "has no {texture}"),
+        (dict(views=2, view_class="{colour} {texture} vase"), "add --view-textures"),
     ],
 )
 def test_views_it_cannot_follow_are_one_error_before_any_work(reference, tmp_path, overrides, message):

@@ -6,6 +6,7 @@ learns them together, and at generation the reference's look leaks into prompts 
 weights stop following the prompt's words. Views make the attribute the only thing the training images share:
 
     shape        the silhouette filled with a flat named colour      "a blue object in the shape of *m"
+                 (or, with --view-textures, a colour and a texture:  "a blue striped object in the shape of *m")
     appearance   the surface cut to a named primitive inside the     "a circle in the appearance of *a"
                  object (no pixel invented: the primitive is scaled
                  to the largest disc the silhouette holds)
@@ -32,7 +33,15 @@ from ostaf.mechanisms import timesteps
 from ostaf.mechanisms.base import BaseModel, Mechanism
 from ostaf.preprocess import Preprocessed
 from ostaf.training_setup import Batch, autocast, encode_reference, frame_mse
-from ostaf.view_words import PALETTE, PRIMITIVES, VIEW_SLOTS, view_class_of
+from ostaf.view_words import (
+    PALETTE,
+    PRIMITIVES,
+    TEXTURE_SECOND,
+    texture_mask,
+    texture_period,
+    view_class_of,
+    view_fills,
+)
 
 if TYPE_CHECKING:
     from ostaf.config import TrainConfig
@@ -64,10 +73,14 @@ def foreground(reference: Preprocessed) -> np.ndarray:
     return mask
 
 
-def recolour(image: Image.Image, mask: np.ndarray, colour: tuple[int, int, int]) -> Image.Image:
-    """`image` with the pixels of `mask` filled with one flat `colour` (the rest kept as it is)."""
+def recolour(image: Image.Image, mask: np.ndarray, colour: tuple[int, int, int], texture: str = "plain") -> Image.Image:
+    """`image` with the pixels of `mask` filled with `colour` in `texture` (its second colour white; the rest of
+    the image kept as it is)."""
     pixels = np.asarray(image.convert("RGB")).copy()
+    height, width = mask.shape
+    second = texture_mask(texture, height, width, texture_period(height, width))
     pixels[mask] = colour
+    pixels[mask & second] = TEXTURE_SECOND
     return Image.fromarray(pixels)
 
 
@@ -110,24 +123,23 @@ def cut_to(image: Image.Image, mask: np.ndarray, shape: str) -> Image.Image:
     return Image.fromarray(pixels)
 
 
-def make_view(attribute: str, image: Image.Image, mask: np.ndarray, word: str) -> Image.Image:
-    """One view of `attribute`: the reference with what is not the attribute changed to `word`."""
+def make_view(attribute: str, image: Image.Image, mask: np.ndarray, fill: dict[str, str]) -> Image.Image:
+    """One view of `attribute`: the reference with what is not the attribute changed to `fill`'s words."""
     if attribute == "shape":
-        return recolour(image, mask, PALETTE[word])
-    return cut_to(image, mask, word)
+        return recolour(image, mask, PALETTE[fill["colour"]], fill.get("texture", "plain"))
+    return cut_to(image, mask, fill["shape"])
 
 
-def view_prompts(attribute, view_class: str, words: list[str]) -> list[str]:
-    """Each view's training prompt: ``a {view class with its word} in the {attribute} of {token}``."""
-    slot = VIEW_SLOTS[attribute.name].slot
-    return [attribute.training_prompt(view_class.format(**{slot: word})) for word in words]
+def view_prompts(attribute, view_class: str, fills: list[dict[str, str]]) -> list[str]:
+    """Each view's training prompt: ``a {view class with its words} in the {attribute} of {token}``."""
+    return [attribute.training_prompt(view_class.format(**fill)) for fill in fills]
 
 
 @dataclass
 class Views:
     """The views as VAE posteriors, and what their prompts are."""
 
-    words: list[str]  # what each view changed to: its colour (shape) or primitive (appearance)
+    words: list[str]  # what each view changed to: its colour (and texture) for a shape, its primitive
     mean: torch.Tensor  # (N, 4, h, w)
     std: torch.Tensor
     prompts: list[str]
@@ -147,14 +159,15 @@ class CaptionedViews(Mechanism):
         from ostaf.attributes import get_attribute
 
         attribute = get_attribute(config.attribute)
-        words = list(VIEW_SLOTS[attribute.name].words)[: config.views]
+        fills = view_fills(attribute.name, config.views, config.view_textures)
         mask = foreground(base.reference)
-        images = [make_view(attribute.name, base.reference.image, mask, word) for word in words]
+        images = [make_view(attribute.name, base.reference.image, mask, fill) for fill in fills]
         first = base.reference.recipes[:1]  # one augmentation per view: a crop could cut its primitive
         posteriors = [encode_reference(base.pipe, replace(base.reference, image=i, recipes=first)) for i in images]
         mean, std = (torch.cat(parts) for parts in zip(*posteriors, strict=True))
-        template = view_class_of(attribute.name, config.view_class)
-        views = Views(words, mean, std, view_prompts(attribute, template, words))
+        template = view_class_of(attribute.name, config.view_class, config.view_textures)
+        words = [" ".join(fill.values()) for fill in fills]
+        views = Views(words, mean, std, view_prompts(attribute, template, fills))
         return cls(views, config.view_loss_weight)
 
     def attach(self, setup: TrainingSetup) -> None:

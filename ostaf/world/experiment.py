@@ -143,6 +143,8 @@ METHODS: dict[str, dict[str, Any]] = {
     "finetune+views": dict(trainable="blocks", views=4),
     "finetune+views8": dict(trainable="blocks", views=8),  # every palette colour (shape; appearance has 4)
     "finetune+views-w3": dict(trainable="blocks", views=4, view_loss_weight=3.0),  # the views outweigh the image
+    # the silhouette in 8 named colours, each in a named texture (plain, striped, dotted, checkered) in turn
+    "finetune+textured-views8": dict(trainable="blocks", views=8, view_textures=True),
     "lora+views+varied-prior": dict(trainable="lora", views=4, prior_images=8),
     "finetune+views+varied-prior": dict(trainable="blocks", views=4, prior_images=8),
     # --hyper-rank: the hypernetwork's square matrices as rank-R factors (issue 17: does quality change?)
@@ -157,7 +159,8 @@ def reference_options(method: str, ref: Reference) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if "+varied-prior" in method:
         options["prior_prompt"] = varied_class_prompts(ref.attribute, ref.world().factors)
-    if METHODS.get(method, {}).get("views") and ref.attribute == "shape":
+    views = METHODS.get(method, {})
+    if views.get("views") and not views.get("view_textures") and ref.attribute == "shape":
         options["view_class"] = "{colour} plain object"  # the world's word for a flat fill
     return options
 

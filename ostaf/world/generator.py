@@ -25,7 +25,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ostaf.view_words import PALETTE
+from ostaf.view_words import PALETTE, TEXTURE_SECOND, texture_mask
+from ostaf.view_words import TEXTURES as TEXTURE_FILLS
 from ostaf.world import unnamed as un
 
 SIZE = 64
@@ -33,10 +34,10 @@ BACKGROUND = (222, 208, 176)  # pale beige: far from every palette colour and fr
 SHAPES = ("circle", "square", "triangle", "star", "heart", "cross", "ring", "crescent", "diamond", "hexagon")
 COLOURS = PALETTE  # the colour words and their sRGB (`ostaf.view_words`: `--views` paints with them)
 TEXTURES = ("solid", "striped", "dotted", "checkered")
-TEXTURE_WORDS = {"solid": "plain", "striped": "striped", "dotted": "dotted", "checkered": "checkered"}
+TEXTURE_WORDS = dict(zip(TEXTURES, TEXTURE_FILLS, strict=True))  # the captions' words (solid: "plain")
 STYLES = ("flat", "outlined", "shadowed", "framed")
 PERIOD = 8  # texture period in px
-SECOND = (250, 250, 250)  # the second colour of every texture: white stripes, dots and squares
+SECOND = TEXTURE_SECOND  # the second colour of every texture: white stripes, dots and squares
 OUTLINE = (240, 0, 160)  # the rim of the outlined style: magenta, far from the palette, white and background
 OUTLINE_WIDTH = 2  # px (at 64 px)
 SHADOW = (90, 80, 60)  # the drop shadow: a dark version of the background
@@ -143,17 +144,10 @@ def dilate(mask: np.ndarray, steps: int) -> np.ndarray:
 
 
 def texture_pattern(texture: str, size: int = SIZE) -> np.ndarray:
-    """Boolean (H, W): True where the texture's second colour goes."""
-    yy, xx = np.mgrid[:size, :size]
-    if texture == "solid":
-        return np.zeros((size, size), bool)
-    if texture == "striped":
-        return (yy % PERIOD) >= PERIOD // 2
-    if texture == "dotted":
-        return np.hypot((xx % PERIOD) - PERIOD / 2 + 0.5, (yy % PERIOD) - PERIOD / 2 + 0.5) <= 1.6
-    if texture == "checkered":
-        return ((xx // (PERIOD // 2)) + (yy // (PERIOD // 2))) % 2 == 1
-    raise ValueError(f"unknown texture {texture!r}; known: {', '.join(TEXTURES)}")
+    """Boolean (H, W): True where the texture's second colour goes (drawn as `--view-textures` draws it)."""
+    if texture not in TEXTURE_WORDS:
+        raise ValueError(f"unknown texture {texture!r}; known: {', '.join(TEXTURES)}")
+    return texture_mask(TEXTURE_WORDS[texture], size, size, PERIOD)
 
 
 def frame_interior(size: int = SIZE) -> np.ndarray:
