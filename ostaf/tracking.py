@@ -19,7 +19,7 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from PIL import Image
 
@@ -333,6 +333,40 @@ def log_lambda_curves(logger, by_lam: Mapping[float, Mapping[str, float]]) -> No
     pipeline's runs, the world experiment's and the tuning's."""
     for lam, metrics in sorted(by_lam.items()):
         logger.log_metrics({f"{k}_vs_lambda": v for k, v in metrics.items()}, step=curve_step(lam))
+
+
+class TableRow(NamedTuple):
+    """One row of a results table as a child run: its params, its metrics at the table's λ, its λ curves."""
+
+    name: str
+    params: dict[str, Any]
+    metrics: dict[str, float]
+    curves: Mapping[float, Mapping[str, float]]
+
+
+def log_table(
+    name: str,
+    params: dict[str, Any],
+    rows: list[TableRow],
+    metrics: dict[str, float],
+    artifacts: list[tuple[Path, str | None]],
+    tags: dict[str, str] | None = None,
+) -> str:
+    """A results table as a parent run (its params, `metrics`, `artifacts` as (file, folder)) with one child run
+    per row (params, metrics, λ curves): one shape for the world experiment and the world search. Returns the
+    parent's run id."""
+    check_reachable()
+    parent = start_run(name, params=params, tags=tags)
+    with active(parent):
+        for row in rows:
+            with active(start_run(row.name, parent_run_id=parent.run_id, params=row.params)) as child:
+                if row.metrics:
+                    child.log_metrics(row.metrics, step=0)
+                log_lambda_curves(child, row.curves)
+        parent.log_metrics(metrics, step=0)
+        for path, folder in artifacts:
+            parent.log_artifact(path, folder)
+    return parent.run_id
 
 
 def start_run(

@@ -140,10 +140,10 @@ def test_an_attributes_strength_metric_is_registered_once_and_every_table_reads_
     tuning's match and the report's best λ all agree with that one entry, and the report follows a change to it."""
     from ostaf import groups
     from ostaf.report import best_lambda, strength_metrics
-    from ostaf.world import experiment, tuning
+    from ostaf.world import table, tuning
 
     world = groups.of_item({"group": "attribute-world"})
-    assert experiment.LAMBDA_METRIC == {a: (s.score, s.sign) for a, s in world.strength.items()}
+    assert table.LAMBDA_METRIC == {a: (s.score, s.sign) for a, s in world.strength.items()}
     assert tuning.MATCH == {a: s.match for a, s in world.strength.items()}
     assert strength_metrics("shape") == (("shape_match", 1.0), ("iou", 1.0))
     means = {0.0: {"shape_match": 0.0, "text_control": 1.0}, 1.0: {"shape_match": 1.0, "text_control": 1.0}}

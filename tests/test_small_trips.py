@@ -50,7 +50,8 @@ def test_a_long_choice_list_is_a_placeholder_in_the_usage_and_listed_once_in_the
     import argparse
 
     from ostaf.flags import add_config_arguments
-    from ostaf.world.experiment import METHODS, ExperimentConfig
+    from ostaf.world.experiment import ExperimentConfig
+    from ostaf.world.methods import METHODS
 
     parser = argparse.ArgumentParser(prog="attribute_world")
     add_config_arguments(parser, ExperimentConfig)

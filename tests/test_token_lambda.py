@@ -83,7 +83,7 @@ def test_a_token_sweep_dials_with_the_option_and_stays_flat_without_it(token_ckp
 
 
 def test_the_world_experiment_sweeps_lambda_only_where_it_acts():
-    from ostaf.world.experiment import reads_lambda
+    from ostaf.world.methods import reads_lambda
 
     assert not reads_lambda("disentangled") and not reads_lambda("token") and not reads_lambda("finetune")
     assert reads_lambda("disentangled+lambda") and reads_lambda("lora") and reads_lambda("compose/ostaf-lite")

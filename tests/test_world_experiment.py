@@ -99,7 +99,7 @@ def test_style_scores_are_exact_on_rendered_answers():
 
 
 def test_controllability_columns_follow_lambda():
-    from ostaf.world.experiment import summarise
+    from ostaf.world.table import summarise
 
     rows = [
         {"method": "ostaf-lite", "reference": f"r{r}", "attribute": "shape", "lam": lam, "seed": 0}
@@ -199,9 +199,9 @@ def test_reduced_experiment_runs_end_to_end_and_lands_in_mlflow(tmp_path, monkey
     assert {"style_match", "style_dist", "text_control", "leakage", "lam_rho", "text_drop"} <= set(style)
 
     # a rerun (after a kill, or with more methods) reads finished jobs back instead of training again
-    from ostaf.world import experiment
+    from ostaf.world import jobs
 
-    monkeypatch.setattr(experiment, "_run_job", lambda *a: (_ for _ in ()).throw(AssertionError("trained again")))
+    monkeypatch.setattr(jobs, "_run_job", lambda *a: (_ for _ in ()).throw(AssertionError("trained again")))
     assert run(config, log_to_mlflow=False, progress=False)["table"] == report["table"]
     assert (tmp_path / "out" / "curves.png").stat().st_size > 0
     client = mlflow.MlflowClient(uri)
@@ -322,7 +322,7 @@ def test_a_switched_composition_is_its_own_row_and_its_switch_reaches_generation
     from PIL import Image
 
     from ostaf.sweep import PromptResult
-    from ostaf.world import experiment
+    from ostaf.world import experiment, jobs, methods
     from ostaf.world.references import references
 
     asked = []
@@ -336,13 +336,13 @@ def test_a_switched_composition_is_its_own_row_and_its_switch_reaches_generation
     monkeypatch.setattr("ostaf.models.load_pipeline", lambda *a, **k: None)
     config = experiment.ExperimentConfig(out=str(tmp_path), seeds=[0], lams=[0.0, 1.0], compose_switches=[0.0, 0.5])
     shape, look = (references(1, "test", 0, (a,), "named")[0] for a in ("shape", "appearance"))
-    rows = experiment.run_compose(config, "lora", shape, look, 0.5)
+    rows = jobs.run_compose(config, "lora", shape, look, 0.5)
     assert {r["method"] for r in rows} == {"compose@0.5/lora"} and {r["lam"] for r in rows} == {0.0, 1.0}
     assert asked[-1].compose_switch == 0.5 and asked[-1].lam == [0.0, 1.0]  # LoRA reads λ: both rendered
-    experiment.run_compose(config, "token", shape, look, 0.0)
+    jobs.run_compose(config, "token", shape, look, 0.0)
     assert asked[-1].compose_switch == 0.0 and asked[-1].lam == [1.0]  # a token: one λ rendered
-    assert experiment.reads_lambda("compose@0.5/lora") and not experiment.reads_lambda("compose@0.5/token")
-    assert experiment.is_compose("compose@0.5/lora") and (tmp_path / "runs" / "compose@0.5" / "lora").is_dir()
+    assert methods.reads_lambda("compose@0.5/lora") and not methods.reads_lambda("compose@0.5/token")
+    assert methods.is_compose("compose@0.5/lora") and (tmp_path / "runs" / "compose@0.5" / "lora").is_dir()
 
 
 def test_a_generation_variant_takes_the_tuned_settings_of_the_method_it_trains_as(tmp_path):

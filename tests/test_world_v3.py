@@ -9,7 +9,6 @@ from PIL import Image
 
 from ostaf.world import unnamed as un
 from ostaf.world.evaluate import recover_mask
-from ostaf.world.experiment import LAMBDA_METRIC, with_gap_closed
 from ostaf.world.generator import render, with_value
 from ostaf.world.pretrain import WorldRecipe, caption_variant, dataset_factor
 from ostaf.world.references import (
@@ -23,6 +22,7 @@ from ostaf.world.references import (
     value_of,
     word_floor,
 )
+from ostaf.world.table import LAMBDA_METRIC, with_gap_closed
 
 ATTRIBUTES = ("shape", "appearance", "style")
 

@@ -27,8 +27,10 @@ from ostaf.config import opt
 from ostaf.io import atomic_write, write_json
 from ostaf.recipes import WORLD
 from ostaf.report import to_markdown
-from ostaf.world.experiment import LAMBDA_METRIC, METHODS, TABLE_METHODS, ExperimentConfig, run_many
+from ostaf.world.experiment import ExperimentConfig, run_many
+from ostaf.world.methods import METHODS, TABLE_METHODS
 from ostaf.world.references import ATTRIBUTES, KINDS, STRENGTH
+from ostaf.world.table import LAMBDA_METRIC
 
 MATCH = {attribute: s.match for attribute, s in STRENGTH.items()}
 
@@ -83,7 +85,7 @@ class TuneConfig:
 
 def trains_weights(method: str) -> bool:
     """Offsets, LoRA or fine-tuned blocks (the weight family), not the token alone."""
-    return METHODS[method]["trainable"] != "token"
+    return METHODS[method].train["trainable"] != "token"
 
 
 def curves(rows: list[dict], attribute: str) -> dict[float, dict[str, float]]:
@@ -163,24 +165,19 @@ def _rows(report: dict[str, Any]) -> list[dict]:
 def _log(config: TuneConfig, trials: list[dict], out: Path, report: dict, tags: dict) -> None:
     from ostaf import tracking
 
-    tracking.check_reachable()
-    parent = tracking.start_run("attribute-world-tuning", params=asdict(config), tags=tags)
-    with tracking.active(parent):
-        for method in config.methods:
-            for trial in config.trials(method):
-                name = f"{method} lr={trial['lr']:g} steps={trial['steps']}"
-                params = {"method": method, **trial}
-                with tracking.active(tracking.start_run(name, parent_run_id=parent.run_id, params=params)) as child:
-                    by_lam: dict[float, dict[str, float]] = {}
-                    for t in trials:
-                        if t["method"] == method and (t["lr"], t["steps"]) == (trial["lr"], trial["steps"]):
-                            by_lam.setdefault(t["lam"], {}).update(
-                                {f"{t['attribute']}_match": t["match"], f"{t['attribute']}_text": t["text"]}
-                            )
-                    tracking.log_lambda_curves(child, by_lam)
-        parent.log_metrics({"seconds": report["seconds"]}, step=0)
-        for name in ("chosen.json", "trials.md"):
-            parent.log_artifact(out / name)
+    rows = []
+    for method in config.methods:
+        for trial in config.trials(method):
+            by_lam: dict[float, dict[str, float]] = {}
+            for t in trials:
+                if t["method"] == method and (t["lr"], t["steps"]) == (trial["lr"], trial["steps"]):
+                    by_lam.setdefault(t["lam"], {}).update(
+                        {f"{t['attribute']}_match": t["match"], f"{t['attribute']}_text": t["text"]}
+                    )
+            name = f"{method} lr={trial['lr']:g} steps={trial['steps']}"
+            rows.append(tracking.TableRow(name, {"method": method, **trial}, {}, by_lam))
+    artifacts: list[tuple[Path, str | None]] = [(out / n, None) for n in ("chosen.json", "trials.md")]
+    tracking.log_table("attribute-world-tuning", asdict(config), rows, {"seconds": report["seconds"]}, artifacts, tags)
 
 
 def tuned_experiment(config: TuneConfig, chosen: str | Path, **changes: Any) -> ExperimentConfig:

@@ -1,0 +1,218 @@
+"""One job of the world experiment: train one method on one reference (or compose two checkpoints), generate the
+λ sweep, score it; a finished job is read back from its `rows.json` when its settings are the same."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image
+
+from ostaf.images import save_image
+from ostaf.io import write_json
+from ostaf.recipes import WORLD
+from ostaf.sweep import PromptResult, write_sweep
+from ostaf.world.generator import WorldImage
+from ostaf.world.methods import COMPOSE_PROMPT, METHODS, compose_name, is_compose, reads_lambda, reference_options
+from ostaf.world.references import Reference, score, score_composition
+
+if TYPE_CHECKING:
+    from ostaf.world.experiment import ExperimentConfig
+
+
+IMAGES = "images"  # each job's sweep folder (a `SweepIndex`) under runs/<method>/<reference>/
+
+
+def _generate(
+    config: ExperimentConfig,
+    pipe,
+    ckpts: list[str],
+    prompt: str,
+    lams,
+    job: Path,
+    method: str = "",
+    compose_switch: float = 0.0,
+):
+    """The λ sweep of `ckpts`; where λ cannot change the images (`reads_lambda`), one λ rendered and shown
+    at each λ of the sweep (the rows and curves keep their shape: flat, as they are)."""
+    from ostaf.config import GenerateConfig
+    from ostaf.generate import generate
+
+    rendered = list(lams) if reads_lambda(method) else [1.0]
+
+    gen = GenerateConfig(
+        **(METHODS[method].generate if method in METHODS else {}),
+        ckpt=ckpts,
+        prompt=[prompt],
+        lam=rendered,
+        seeds=list(config.seeds),
+        out=str(job / IMAGES),
+        num_steps=config.num_steps,
+        guidance=config.guidance,
+        batch_size=len(rendered) * len(config.seeds),
+        device="cpu",
+        compose_switch=compose_switch,
+    )
+    result = generate(gen, pipe=pipe, progress=False)[0]
+    if rendered == list(lams):
+        return result
+    images = {(lam, seed): result.images[(1.0, seed)] for lam in lams for seed in config.seeds}
+    return PromptResult(result.prompt, images, result.grid)
+
+
+def _rows(images: dict, ref: Reference, method: str, world: WorldImage, seconds: float = 0.0) -> list[dict]:
+    rows, scored = [], {}  # an image shown at several λ (`_generate`) is scored once
+    for (lam, seed), image in images.items():
+        if id(image) not in scored:
+            scored[id(image)] = score(np.asarray(image.convert("RGB")), ref.attribute, ref.prompt, world)
+        metrics = scored[id(image)]
+        rows.append(
+            {"method": method, "reference": ref.id, "attribute": ref.attribute, "lam": lam, "seed": seed}
+            | metrics
+            | {"train_seconds": seconds}
+        )
+    return rows
+
+
+# the fields that change what one job computes (the rest only choose which jobs run, and where)
+JOB_FIELDS = ("model", "lams", "seeds", "num_steps", "guidance")
+
+ROWS = "rows.json"  # a finished job's scored rows, beside its images: a rerun skips the job
+
+
+def job_key(config: ExperimentConfig, method: str, attribute: str) -> dict:
+    key = {k: getattr(config, k) for k in JOB_FIELDS}
+    if method != "words" and not is_compose(method):
+        settings = config.settings(method, attribute)
+        key |= {k: v for k, v in settings.items() if k != "lam" and (k != "token_lr" or v)}  # 0: as before it
+    return json.loads(json.dumps(key))  # as it reads back from JSON (tuples → lists)
+
+
+def finished_rows(config: ExperimentConfig, job: Path, method: str, attribute: str) -> list[dict] | None:
+    """The rows of a job this configuration already finished (None when not, or with other settings)."""
+    path = job / ROWS
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    return saved["rows"] if saved.get("key") == job_key(config, method, attribute) else None
+
+
+def save_rows(config: ExperimentConfig, job: Path, method: str, attribute: str, rows: list[dict]) -> list[dict]:
+    write_json(job / ROWS, {"key": job_key(config, method, attribute), "rows": rows})
+    return rows
+
+
+def run_job(config: ExperimentConfig, method: str, ref: Reference) -> list[dict]:
+    """Train `method` on `ref`, generate the λ sweep and score it; a job already done is read back."""
+    job = Path(config.out) / "runs" / method / ref.id
+    done = finished_rows(config, job, method, ref.attribute)
+    return done if done is not None else save_rows(config, job, method, ref.attribute, _run_job(config, method, ref))
+
+
+def _run_job(config: ExperimentConfig, method: str, ref: Reference) -> list[dict]:
+    import torch
+
+    from ostaf.checkpoint import load_base_pipeline, load_checkpoint
+    from ostaf.config import TrainConfig
+    from ostaf.models import load_pipeline
+    from ostaf.train import train
+
+    out = Path(config.out) / "runs" / method / ref.id
+    world = ref.world()
+    image = save_image(Image.fromarray(world.image), Path(config.out) / "references" / f"{ref.id}.png")
+    started = time.perf_counter()
+    if method == "words":
+        return _rows(_generate_words(config, ref, out), ref, method, world)
+    train_config = TrainConfig(
+        image=str(image),
+        class_name=ref.class_name,
+        attribute=ref.attribute,
+        model=config.model,
+        out=str(out / "ckpt"),
+        **(WORLD.train | {"checkpoint_every": 0, "device": "cpu"})
+        | {k: v for k, v in config.settings(method, ref.attribute).items() if k != "lam"}
+        | METHODS[method].train
+        | reference_options(method, ref),
+    )
+    with torch.random.fork_rng(devices=[]):
+        train(train_config, pipe=load_pipeline(config.model), progress=False)
+    seconds = time.perf_counter() - started
+    ckpt = str(out / "ckpt")
+    result = _generate(config, load_base_pipeline(load_checkpoint(ckpt)), [ckpt], ref.prompt, config.lams, out, method)
+    save_image(result.grid, out / "grid.png")
+    return _rows(result.images, ref, method, world, seconds)
+
+
+def _generate_words(config: ExperimentConfig, ref: Reference, out: Path) -> dict[tuple[float, int], Image.Image]:
+    """The base model with the attribute spelled out: no checkpoint, so the stock pipeline, one image per seed."""
+    from ostaf.generate import Sample, run_batch, set_scheduler
+    from ostaf.images import make_grid
+    from ostaf.models import load_pipeline
+
+    pipe = load_pipeline(config.model)
+    set_scheduler(pipe, "ddim")
+    batch = [Sample(ref.words, 1.0, seed) for seed in config.seeds]
+    images = {
+        (1.0, s.seed): image
+        for s, image in zip(batch, run_batch(pipe, [], batch, config.num_steps, config.guidance, None), strict=True)
+    }
+    grid = make_grid([[image] for image in images.values()], ["words"], [f"seed {s}" for s in config.seeds])
+    write_sweep(out / IMAGES, [PromptResult(ref.words, images, grid)], {"prompt": [ref.words]})
+    return images
+
+
+def run_compose(
+    config: ExperimentConfig, method: str, shape_ref: Reference, look_ref: Reference, switch: float = 0.0
+) -> list[dict]:
+    """`method`'s shape and appearance checkpoints in one prompt (`switch`: split by timestep): score the shape
+    and the look."""
+    from ostaf.models import load_pipeline
+
+    ckpts = [str(Path(config.out) / "runs" / method / r.id / "ckpt") for r in (shape_ref, look_ref)]
+    pair = f"{shape_ref.id}+{look_ref.id}"
+    name = compose_name(method, switch)
+    job = Path(config.out) / "runs" / name / pair
+    done = finished_rows(config, job, name, "shape+appearance")
+    if done is not None:
+        return done
+    pipe = load_pipeline(config.model)
+    result = _generate(config, pipe, ckpts, COMPOSE_PROMPT, config.lams, job, name, switch)
+    save_image(result.grid, job / "grid.png")
+    shape_world, look_world = shape_ref.world(), look_ref.world()
+    rows = [
+        {"method": name, "reference": pair, "attribute": "shape+appearance", "lam": lam, "seed": seed}
+        | score_composition(np.asarray(image.convert("RGB")), shape_world, look_world)
+        for (lam, seed), image in result.images.items()
+    ]
+    return save_rows(config, job, name, "shape+appearance", rows)
+
+
+def _job(args: tuple) -> list[dict]:
+    import torch
+
+    torch.set_num_threads(1)
+    kind, config, *rest = args
+    return run_compose(config, *rest) if kind == "compose" else run_job(config, *rest)
+
+
+def jobs(config: ExperimentConfig, refs: list[Reference]) -> Iterator[tuple]:
+    for method in ("words", *config.methods) if config.words else config.methods:
+        for ref in refs:
+            yield ("train", config, method, ref)
+
+
+class _Inline:
+    """`ProcessPoolExecutor`'s interface, run in this process (workers=1: easier to debug and profile)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def map(self, fn, items):
+        return map(fn, items)

@@ -1,0 +1,246 @@
+"""The world experiment's methods: each a `Recipe` (training options, generation options, what it is).
+
+A method is exactly what `ostaf train` and `ostaf generate` run with its options, so a row of the table can be
+reproduced from the CLI. `trainable`'s `part` defaults to the paper's part of each attribute (encoder for shape,
+decoder for appearance and style); the v1 methods fix it to test which part carries which attribute.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ostaf.config import ADAPTER_OF
+from ostaf.recipes import DISENTANGLED, Recipe
+
+
+def _method(name: str, description: str, generate: dict[str, Any] | None = None, **train: Any) -> Recipe:
+    return Recipe(name, description, train=train, generate=generate or {})
+
+
+_ZERO = "ΔW = 0 at step 0 (`--zero-init`) instead of the authors' random init (|ΔW| ≈ 0.2 here)"
+_SEARCH = "the word search (`--token-search`): e* starts at the vocabulary word that best denoises the reference"
+_BAND = "the noisy three quarters of the schedule only (`--timestep-range 0.25 1`)"
+_SNR = "min-SNR-γ loss weighting (`--snr-gamma 1`)"
+_PRIOR = "prior preservation: 8 class images of the base model in every step's loss (`--prior-images 8`)"
+_PIVOTAL = "pivotal tuning: the token first in the band (the weights at λ = 0), then the weights with the token frozen"
+_VARIED = "prior images of the class with other values of the attributes not learned (`varied_class_prompts`)"
+_VIEWS = (
+    "captioned views (`--views 4`): the silhouette in four named colours (shape), the surface cut to four named "
+    "primitives (appearance), each view's prompt naming its word"
+)
+_HYPER = "the hypernetwork's square matrices as rank-R factors (`--hyper-rank`; issue 17: does quality change?)"
+_REFERENCE = dict(reference_attention=2.0)
+
+METHODS: dict[str, Recipe] = {
+    r.name: r
+    for r in (
+        _method("token", "textual inversion: the placeholder token alone", trainable="token"),
+        # the v1 table: each part fixed, to test which part carries which attribute
+        _method("finetune-encoder", "the encoder's attention q/k/v fine-tuned", trainable="blocks", part="encoder"),
+        _method("finetune-decoder", "the decoder's attention q/k/v fine-tuned", trainable="blocks", part="decoder"),
+        _method("finetune-unet", "every U-Net weight fine-tuned", trainable="unet"),
+        _method("ostaf-encoder-lite", "OSTAF lite on the encoder", trainable="lite", part="encoder"),
+        _method("ostaf-decoder-lite", "OSTAF lite on the decoder", trainable="lite", part="decoder"),
+        _method("ostaf-encoder-paper", "OSTAF paper on the encoder", trainable="paper", part="encoder"),
+        _method("ostaf-decoder-paper", "OSTAF paper on the decoder", trainable="paper", part="decoder"),
+        _method("ostaf-encoder-lite-zero", _ZERO, trainable="lite", part="encoder", zero_init=True),
+        _method("ostaf-decoder-lite-zero", _ZERO, trainable="lite", part="decoder", zero_init=True),
+        # on the paper's part of each attribute
+        _method("finetune", "the attention q/k/v of the attribute's part fine-tuned", trainable="blocks"),
+        _method("lora", "peft LoRA (rank 4) on the q/k/v the offsets would modulate", trainable="lora"),
+        _method("lora-r16", "peft LoRA, rank 16", trainable="lora", lora_rank=16),
+        _method("ostaf-paper", "OSTAF with the authors' hypernetworks", trainable="paper"),
+        _method(
+            "reference-attention",
+            "the training-free DreamTuner path alone: the token, and the reference's features at generation",
+            generate=_REFERENCE,
+            trainable="token",
+        ),
+        # OSTAF lite alone and with each mechanism
+        _method("ostaf-lite", "OSTAF lite", trainable="lite"),
+        _method("ostaf-lite-zero", f"OSTAF lite, {_ZERO}: λ = 0 and 1 start equal", trainable="lite", zero_init=True),
+        _method(
+            "lite-zero+uniform-lambda",
+            "OSTAF lite from ΔW = 0, λ drawn per sample in training (`--train-lam uniform`)",
+            trainable="lite",
+            zero_init=True,
+            train_lam="uniform",
+        ),
+        _method("lite+binding", "OSTAF lite with the attention binding loss", trainable="lite", attn_binding=1.0),
+        _method(
+            "lite+contrastive",
+            "OSTAF lite with the nearest-word contrastive term",
+            trainable="lite",
+            nn_contrastive=0.1,
+        ),
+        _method(
+            "lite+dual-path",
+            "OSTAF lite with DisenDiff's dual path in training and generation (β = 0.5)",
+            generate=dict(dual_path=0.5),
+            trainable="lite",
+            dual_path=0.5,
+        ),
+        _method(
+            "lite+uniform-lambda", "OSTAF lite, λ drawn per sample in training", trainable="lite", train_lam="uniform"
+        ),
+        _method("lite+token-steps", "OSTAF lite, the token alone first", trainable="lite", token_steps=100),
+        _method("lite+masked-loss", "OSTAF lite, the loss inside the mask", trainable="lite", masked_loss=True),
+        _method(
+            "lite+reference-attention",
+            "OSTAF lite, and the reference's features at generation",
+            generate=_REFERENCE,
+            trainable="lite",
+        ),
+        _method("token+search", _SEARCH, trainable="token", token_search=32),
+        _method("lite+search", _SEARCH, trainable="lite", token_search=32),
+        _method("lite-zero+search", _SEARCH, trainable="lite", zero_init=True, token_search=32),
+        _method("token-long", "longer textual inversion", trainable="token", steps=400, lr=3e-3),
+        _method("token-800", "longer textual inversion", trainable="token", steps=800, lr=1e-3),
+        _method(
+            "lite-zero+token-first",
+            "OSTAF lite trained after textual inversion (the token first, then zero-init offsets at every λ)",
+            trainable="lite",
+            zero_init=True,
+            train_lam="uniform",
+            token_steps=400,
+            steps=500,
+            lr=3e-3,
+        ),
+        _method(
+            "reference-attention-lambda",
+            "the DreamTuner path on the checkpoint's own part (encoder for shape), its weight ω·λ: λ dials the "
+            "reference",
+            generate=dict(reference_attention=2.0, reference_blocks="auto", reference_lambda=True),
+            trainable="token",
+        ),
+        # where in the noise schedule the loss looks (ostaf/mechanisms/timesteps.py)
+        _method("token+snr", _SNR, trainable="token", snr_gamma=1.0),
+        _method("token+band", _BAND, trainable="token", timestep_range=[0.25, 1.0]),
+        _method("disentangled", "the shipped recipe (token+band as the recipe writes it)", **DISENTANGLED.train),
+        _method(
+            "disentangled+lambda",
+            "the shipped recipe, λ blending e* from its nearest word at generation",
+            generate=dict(token_lambda=True),
+            **DISENTANGLED.train,
+        ),
+        _method("token+band-half", "the noisy half of the schedule", trainable="token", timestep_range=[0.5, 1.0]),
+        _method("token+band+snr", f"{_BAND}; {_SNR}", trainable="token", timestep_range=[0.25, 1.0], snr_gamma=1.0),
+        _method("token+band-long", f"{_BAND}, 400 steps", trainable="token", timestep_range=[0.25, 1.0], steps=400),
+        _method("lite+snr", _SNR, trainable="lite", snr_gamma=1.0),
+        _method("lite+band", _BAND, trainable="lite", timestep_range=[0.25, 1.0]),
+        _method("lite+prior", _PRIOR, trainable="lite", prior_images=8),
+        _method("lora+prior", _PRIOR, trainable="lora", prior_images=8),
+        _method("finetune+prior", _PRIOR, trainable="blocks", prior_images=8),
+        _method("lite+pivotal", _PIVOTAL, trainable="lite", token_steps=100, timestep_range=[0.25, 1.0]),
+        _method("lora+pivotal", _PIVOTAL, trainable="lora", token_steps=100, timestep_range=[0.25, 1.0]),
+        _method("finetune+pivotal", _PIVOTAL, trainable="blocks", token_steps=100, timestep_range=[0.25, 1.0]),
+        _method(
+            "finetune+pivotal+prior",
+            f"{_PIVOTAL}; {_PRIOR}",
+            trainable="blocks",
+            token_steps=100,
+            timestep_range=[0.25, 1.0],
+            prior_images=8,
+        ),
+        _method("lite+varied-prior", _VARIED, trainable="lite", prior_images=8),
+        _method("lora+varied-prior", _VARIED, trainable="lora", prior_images=8),
+        _method("finetune+varied-prior", _VARIED, trainable="blocks", prior_images=8),
+        _method("finetune+varied-prior-0.3", _VARIED, trainable="blocks", prior_images=8, prior_loss_weight=0.3),
+        _method("lora+varied-prior-0.3", _VARIED, trainable="lora", prior_images=8, prior_loss_weight=0.3),
+        _method("token+views", _VIEWS, trainable="token", views=4),
+        _method("disentangled+views", _VIEWS, **DISENTANGLED.train, views=4),
+        _method("lite+views", _VIEWS, trainable="lite", views=4),
+        _method("lora+views", _VIEWS, trainable="lora", views=4),
+        _method("finetune+views", _VIEWS, trainable="blocks", views=4),
+        _method("finetune+views8", "every palette colour (shape; appearance has 4)", trainable="blocks", views=8),
+        _method(
+            "finetune+views-w3",
+            "the views' loss at weight 3: the views outweigh the image",
+            trainable="blocks",
+            views=4,
+            view_loss_weight=3.0,
+        ),
+        _method(
+            "finetune+textured-views8",
+            "the silhouette in 8 named colours, each in a named texture (plain, striped, dotted, checkered) in turn",
+            trainable="blocks",
+            views=8,
+            view_textures=True,
+        ),
+        _method("lora+views+varied-prior", f"{_VIEWS}; {_VARIED}", trainable="lora", views=4, prior_images=8),
+        _method("finetune+views+varied-prior", f"{_VIEWS}; {_VARIED}", trainable="blocks", views=4, prior_images=8),
+        _method("lite+hyper16", _HYPER, trainable="lite", hyper_rank=16),
+        _method("lite+hyper4", _HYPER, trainable="lite", hyper_rank=4),
+    )
+}
+# the v1 table's methods: each tuning on a fixed part, to test which part carries which attribute
+PAPER_METHODS = (
+    "token",
+    "finetune-encoder",
+    "finetune-decoder",
+    "finetune-unet",
+    "ostaf-encoder-lite",
+    "ostaf-decoder-lite",
+    "ostaf-encoder-paper",
+    "ostaf-decoder-paper",
+    "ostaf-encoder-lite-zero",
+    "ostaf-decoder-lite-zero",
+)
+# the v2 table's methods, each on the paper's part of each attribute
+TABLE_METHODS = ("token", "finetune", "lora", "ostaf-lite", "ostaf-paper", "reference-attention")
+MECHANISM_METHODS = ("ostaf-lite", *(m for m in METHODS if m.startswith("lite+")))
+COMPOSE_PROMPT = "an object in the shape of *m in the appearance of *a"
+
+
+def is_compose(method: str) -> bool:
+    return method.startswith("compose")
+
+
+def compose_name(method: str, switch: float = 0.0) -> str:
+    """A composition's row: `compose/<method>`, or `compose@<s>/<method>` with a timestep switch s."""
+    return f"compose@{switch:g}/{method}" if switch else f"compose/{method}"
+
+
+def trains_as(method: str) -> list[str]:
+    """The methods without generation options whose training is exactly `method`'s, when `method` has some: a
+    generation variant (the DreamTuner path, `disentangled+lambda`) takes their tuned steps, lr and λ unless the
+    search tuned it itself."""
+    if not METHODS[method].generate:
+        return []
+    return [m for m, r in METHODS.items() if not r.generate and r.train == METHODS[method].train]
+
+
+def reads_lambda(method: str) -> bool:
+    """Whether λ changes what `method` generates: an adapter scales with it, or the reference's weight does.
+    A token or fine-tuned weights are one model at every λ, so their sweep is rendered once."""
+    base = method.split("/", 1)[1] if is_compose(method) else method
+    if base not in METHODS:
+        return False
+    generation = METHODS[base].generate
+    return (
+        METHODS[base].train["trainable"] in ADAPTER_OF
+        or generation.get("reference_lambda", False)
+        or generation.get("token_lambda", False)
+    )
+
+
+def reference_options(method: str, ref) -> dict[str, Any]:
+    """Training options a method takes from its reference (TrainConfig overrides): the varied prior's prompts,
+    the views' class in the world's words (a flat fill is the texture the world calls plain)."""
+    from ostaf.world.references import varied_class_prompts
+
+    options: dict[str, Any] = {}
+    if "+varied-prior" in method:
+        options["prior_prompt"] = varied_class_prompts(ref.attribute, ref.world().factors)
+    train = METHODS[method].train if method in METHODS else {}
+    if train.get("views") and not train.get("view_textures") and ref.attribute == "shape":
+        options["view_class"] = "{colour} plain object"  # the world's word for a flat fill
+    return options
+
+
+def tracking_params(method: str) -> dict[str, Any]:
+    """A table row's MLflow params: its training options, and its generation options as `generate.<name>`."""
+    recipe = METHODS.get(method)
+    if recipe is None:
+        return {}
+    return dict(recipe.train) | {f"generate.{k}": v for k, v in recipe.generate.items()}
