@@ -27,6 +27,7 @@ def start_tracking(
     lam: list,
     seeds: list,
     num_steps: int,
+    metric_models: str,
     tracking: Output[Artifact],
     options: Output[Artifact],
 ):
@@ -38,7 +39,7 @@ def start_tracking(
     from components.options import resolve_options_and_open_run
 
     typed_values = {"trainable": trainable, "steps": steps, "lr": lr, "lam": lam, "seeds": seeds}
-    typed_values |= {"num_steps": num_steps}
+    typed_values |= {"num_steps": num_steps, "metric_models": metric_models}
     run_id = resolve_options_and_open_run(
         pipeline, model, recipe, extra_options, compiled_defaults, kfp_run_id, provenance, typed_values, options.path
     )
@@ -136,16 +137,17 @@ def evaluate(
     images: Input[Dataset],
     reference: Input[Dataset],
     model: str,
-    metric_models: str,
+    options: Input[Artifact],
     run_id: str,
     scores: Output[Dataset],
     metrics: Output[Metrics],
 ):
     """CLIP-T, DINO, Gram or IoU per (prompt, λ); the largest λ's means as KFP metrics."""
+    from components.options import read_options
     from ostaf.steps import evaluate_item
 
-    options = {"metric_models": metric_models}
-    for name, value in evaluate_item(images.path, reference.path, model, options, run_id, scores.path).items():
+    evaluate_options = read_options(options.path)["evaluate"]
+    for name, value in evaluate_item(images.path, reference.path, model, evaluate_options, run_id, scores.path).items():
         metrics.log_metric(name, value)
 
 

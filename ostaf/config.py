@@ -79,6 +79,7 @@ def opt(
     repeatable: bool = False,
     pipeline: bool = False,
     pairwise: tuple | None = None,
+    reference_input: bool = False,
     **kw: Any,
 ) -> Any:
     """A dataclass field with its CLI help attached.
@@ -87,13 +88,16 @@ def opt(
     manifest key that supplies it, if any); `repeatable`: the flag may be given more than once;
     `pipeline`: one of the options people change, a typed top-level parameter of the pipelines (the rest
     go through their `extra_options`); `pairwise`: the values the all-pairs combination test tries (a method
-    or mechanism option: a new one joins the test by declaring them; `choices` are tried when it says "choices").
+    or mechanism option: a new one joins the test by declaring them; `choices` are tried when it says "choices");
+    `reference_input`: one of a reference's own inputs (the personalization pipeline's parameters and the
+    pipeline CLI's item flags, `ostaf.options.reference_inputs`).
     """
     meta = {
         "help": help,
         "per_item": per_item or item_key is not None,
         "repeatable": repeatable,
         "pipeline": pipeline,
+        "reference_input": reference_input,
         **({"choices": choices} if choices else {}),
         **({"item_key": item_key} if item_key else {}),
         **({"pairwise": tuple(choices) if pairwise == "choices" else tuple(pairwise)} if pairwise else {}),
@@ -231,12 +235,22 @@ def _type_name(kind: Any) -> str:
 class TrainConfig(_Config):
     """One reference image, one attribute → one OSTAF checkpoint."""
 
-    image: str = opt(help="reference image (PNG/JPEG), or a folder written by `ostaf preprocess`", per_item=True)
+    image: str = opt(
+        help="reference image (PNG/JPEG), or a folder written by `ostaf preprocess`",
+        per_item=True,
+        reference_input=True,
+    )
     class_name: str = opt(
-        help="what the reference shows, e.g. 'dog'; goes into the training prompt", item_key="class_name"
+        help="what the reference shows, e.g. 'dog'; goes into the training prompt",
+        item_key="class_name",
+        reference_input=True,
     )
     attribute: str = opt(
-        "appearance", "attribute to learn", choices=("shape", "appearance", "style"), item_key="attribute"
+        "appearance",
+        "attribute to learn",
+        choices=("shape", "appearance", "style"),
+        item_key="attribute",
+        reference_input=True,
     )
     model: str = opt(
         DEFAULT_MODEL,
@@ -471,6 +485,7 @@ class GenerateConfig(_Config):
         "prompts using the placeholder(s), e.g. 'a vase in the appearance of *a'",
         item_key="prompts",
         repeatable=True,
+        reference_input=True,
     )
     lam: list[float] = opt(
         [0.0, 0.5, 1.0], "λ values (offset strength); 0 = no offsets (the learned token stays)", pipeline=True
@@ -591,6 +606,7 @@ class EvaluateConfig(_Config):
         "networks behind CLIP-T/DINO/Gram/IoU: real (local weights, see `ostaf doctor`), tiny (random stand-ins: "
         "the code path only, numbers without meaning), auto (real for real models; for presets n/a: not computed)",
         choices=METRIC_MODELS,
+        pipeline=True,
     )
 
 

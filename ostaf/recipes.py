@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ostaf.config import GenerateConfig, TrainConfig, validate_options
+from ostaf.config import EvaluateConfig, GenerateConfig, TrainConfig, validate_options
 from ostaf.errors import OstafError
 
 
@@ -20,10 +20,12 @@ class Recipe:
     description: str
     train: dict[str, Any] = field(default_factory=dict)
     generate: dict[str, Any] = field(default_factory=dict)
+    evaluate: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         validate_options(TrainConfig, self.train)
         validate_options(GenerateConfig, self.generate)
+        validate_options(EvaluateConfig, self.evaluate)
 
 
 WORLD = Recipe(
@@ -68,7 +70,9 @@ def layered(names: list[str] | tuple[str, ...]) -> Recipe | None:
     recipes = [get_recipe(n) for n in names]
     train: dict[str, Any] = {}
     generate: dict[str, Any] = {}
+    evaluate: dict[str, Any] = {}
     for r in recipes:
         train |= r.train
         generate |= r.generate
-    return Recipe("+".join(names), "; ".join(r.description for r in recipes), train, generate)
+        evaluate |= r.evaluate
+    return Recipe("+".join(names), "; ".join(r.description for r in recipes), train, generate, evaluate)

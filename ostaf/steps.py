@@ -116,18 +116,16 @@ def exit_without_teardown_in_kfp_task() -> None:
 def start_pipeline_run(
     pipeline: str,
     model: str,
-    train_options: dict,
-    generate_options: dict,
+    options: dict[str, dict],
     kfp_run_id: str = "",
     provenance: dict[str, str] | None = None,
 ) -> str:
-    """The parent MLflow run of one pipeline run, with the run's options as params; closed by `finish_pipeline_run`."""
+    """The parent MLflow run of one pipeline run, with the run's options (by section: train, generate, evaluate)
+    as params; closed by `finish_pipeline_run`."""
+    from ostaf.options import SECTIONS
+
     tracking.check_reachable()
-    params = {
-        "model": model,
-        "train": validate_options(TrainConfig, train_options),
-        "generate": validate_options(GenerateConfig, generate_options),
-    }
+    params = {"model": model} | {s: validate_options(cls, options.get(s, {})) for s, cls in SECTIONS.items()}
     tags = {**(provenance or {}), "kfp_run_id": kfp_run_id, "pipeline": pipeline}
     return tracking.start_run(pipeline, params=params, tags=tags).run_id
 

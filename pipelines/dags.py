@@ -24,13 +24,13 @@ from typing import Any
 from kfp import dsl
 
 from components import steps as c
-from components.options import EXTRA_HELP, typed_parameters
-from ostaf.config import EvaluateConfig, TrainConfig
+from components.options import EXTRA_HELP
+from ostaf.config import TrainConfig
+from ostaf.options import reference_inputs, typed_parameters
 from ostaf.recipes import RECIPES, layered
 from pipelines.cluster import on_cluster
 
 MODEL = TrainConfig.__dataclass_fields__["model"].default
-METRIC_MODELS = EvaluateConfig.__dataclass_fields__["metric_models"].default
 RETRIES = 2  # steps that write only their own output folder are retried on a cluster (pod loss, preemption)
 BACKOFF = "30s"
 EMPTY = inspect.Parameter.empty
@@ -40,7 +40,7 @@ def retried(task: dsl.PipelineTask, retries: int) -> dsl.PipelineTask:
     return task.set_retry(num_retries=retries, backoff_duration=BACKOFF) if retries else task
 
 
-def item_branch(benchmark, item_id, model, metric_models, options, tracking, retries: int):
+def item_branch(benchmark, item_id, model, options, tracking, retries: int):
     """preprocess → init-token → train → generate → evaluate for one item; returns the evaluate task."""
     pre = on_cluster(c.preprocess(benchmark=benchmark, item_id=item_id, model=model, options=options), weights=True)
     token = on_cluster(c.init_token(reference=pre.outputs["reference"], model=model, options=options), weights=True)
@@ -64,7 +64,7 @@ def item_branch(benchmark, item_id, model, metric_models, options, tracking, ret
             images=images.outputs["images"],
             reference=token.outputs["token"],
             model=model,
-            metric_models=metric_models,
+            options=options,
             run_id=trained.outputs["Output"],
         ),
         weights=True,
@@ -104,7 +104,6 @@ def fan_out(chosen: dsl.PipelineTask, args: dict, start: dsl.PipelineTask, paral
             chosen.outputs["benchmark"],
             item_id,
             args["model"],
-            args["metric_models"],
             start.outputs["options"],
             tracking,
             retries,
@@ -119,13 +118,12 @@ Param = tuple[str, type, Any, str]  # (name, annotation, default or EMPTY, descr
 
 
 def common_parameters(recipe: list[str], model: str) -> list[Param]:
-    """What both pipelines take after their own inputs: the model, metric models, recipe, the typed options,
-    `extra_options` and provenance."""
+    """What both pipelines take after their own inputs: the model, recipe, the typed options, `extra_options` and
+    provenance."""
     chosen = layered(recipe)
     typed = [(p.name, p.annotation, p.default, p.help) for p in typed_parameters(chosen)]
     return [
         ("model", str, model, TrainConfig.__dataclass_fields__["model"].metadata["help"]),
-        ("metric_models", str, METRIC_MODELS, EvaluateConfig.__dataclass_fields__["metric_models"].metadata["help"]),
         (
             "recipe",
             list,
@@ -166,20 +164,15 @@ def compiled_defaults(params: list[Param]) -> dict[str, Any]:
 
 
 def build_personalization(retries: int = RETRIES, recipe: list[str] | None = None, model: str = MODEL):
-    params: list[Param] = [
-        ("image", str, EMPTY, "the reference image (a path the cluster's pods can read)"),
-        ("attribute", str, EMPTY, "shape, appearance or style"),
-        ("class_name", str, EMPTY, "what the reference shows, e.g. dog (goes into the training prompt)"),
-        ("prompts", list, EMPTY, "prompts with the attribute's placeholder (*m, *a or *s)"),
-        *common_parameters(recipe or [], model),
-    ]
+    own = [(i.name, i.annotation, EMPTY, i.help) for i in reference_inputs()]  # required: no run without them
+    params: list[Param] = [*own, *common_parameters(recipe or [], model)]
     defaults = compiled_defaults(params)
 
     def body(args: dict[str, Any]) -> None:
         with dsl.ExitHandler(finish_tracking(), name="tracked"):
             start = start_tracking("attribute-personalization", args, defaults)
             ref = on_cluster(
-                c.import_reference(**{k: args[k] for k in ("image", "attribute", "class_name", "prompts")}),
+                c.import_reference(**{i.name: args[i.name] for i in reference_inputs()}),
                 weights=True,  # on a cluster the image is a path on the mounted volume,
                 object_store=True,  # or an s3:// URI (what `submit` uploads a local file to)
             )

@@ -6,7 +6,9 @@
 
 Option flags are generated from `TrainConfig` (`--steps`, `--lr`, …), `GenerateConfig`
 (`--gen-lam`, `--gen-seeds`, …) and `EvaluateConfig` (`--metric-models`); per-item fields come
-from the manifest instead. `--recipe NAME …` takes named recipes' values as the defaults (later ones win).
+from the manifest instead, or, for the personalization pipeline, from the reference's own flags (`--image`,
+`--class-name`, …: the fields marked `reference_input`). `--recipe NAME …` takes named recipes' values as the
+defaults (later ones win).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import MISSING
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,7 @@ from ostaf.errors import OstafError
 from ostaf.flags import add_config_arguments, options_from_args, set_recipe_defaults
 from ostaf.images import load_image
 from ostaf.objects import is_object_uri, upload
+from ostaf.options import SECTIONS, reference_inputs
 from ostaf.recipes import RECIPES, Recipe, layered
 from ostaf.steps import REPORT_HTML, reference_item
 from ostaf.tracking import provenance_tags, tracking_uri
@@ -156,10 +160,7 @@ def build_parser(recipe: Recipe | None = None) -> argparse.ArgumentParser:
         p.add_argument("--item-ids", nargs="*", default=[])
         p.add_argument("--per-attribute", type=int, default=1, help="items per attribute (0 = all)")
         p.add_argument("--all", action="store_true", help="every item of the benchmark (34)")
-        p.add_argument("--image", help="personalization pipeline: the reference image")
-        p.add_argument("--attribute", default="appearance", help="personalization pipeline: the attribute")
-        p.add_argument("--class-name", default="object", help="personalization pipeline: what the image shows")
-        p.add_argument("--prompts", nargs="*", default=[], help="personalization pipeline: prompts")
+        add_reference_arguments(p)
         p.add_argument(
             "--recipe", nargs="+", choices=list(RECIPES), help="take named recipes' option values as defaults (layered)"
         )
@@ -185,7 +186,22 @@ def build_parser(recipe: Recipe | None = None) -> argparse.ArgumentParser:
         if recipe is not None:
             set_recipe_defaults(p, recipe.train)
             set_recipe_defaults(p, recipe.generate, prefix="gen-")
+            set_recipe_defaults(p, recipe.evaluate)
     return parser
+
+
+def add_reference_arguments(parser: argparse.ArgumentParser) -> None:
+    """The personalization pipeline's own inputs as flags, from the configs (`ostaf.options.reference_inputs`):
+    the same names, help and defaults as its parameters; required there, so checked in `pipeline_params`."""
+    for i in reference_inputs():
+        kwargs: dict[str, Any] = {"dest": i.name, "help": f"personalization pipeline: {i.help}"}
+        if i.annotation is list:
+            kwargs |= {"nargs": "+", "default": []}
+        else:
+            kwargs["default"] = None if i.default is MISSING else i.default
+        if i.choices:  # listed, and checked with the rest of the reference (one error naming what to do)
+            kwargs["help"] += f" ({', '.join(i.choices)})"
+        parser.add_argument("--" + i.name.replace("_", "-"), **kwargs)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -199,17 +215,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def pipeline_params(args: argparse.Namespace, compiled_defaults: dict[str, Any] | None = None) -> dict[str, Any]:
     """Pipeline arguments from the flags (for a package with these typed defaults; default: one compiled with the
     flags' recipe); the options are validated before anything runs."""
-    train_options = validate_options(TrainConfig, options_from_args(TrainConfig, args))
-    generate_options = validate_options(GenerateConfig, options_from_args(GenerateConfig, args, prefix="gen-"))
+    prefixes = {"generate": "gen-"}
+    options = {
+        section: validate_options(cls, options_from_args(cls, args, prefix=prefixes.get(section, "")))
+        for section, cls in SECTIONS.items()
+    }
     common = {
         "model": args.model,
-        "metric_models": args.metric_models,
-        **arguments_for(train_options, generate_options, args.recipe, compiled_defaults),
+        **arguments_for(options, args.recipe, compiled_defaults),
         "provenance": provenance_tags(REPO),
     }
     if args.pipeline == "personalization":
-        if not args.image or not args.prompts:
-            raise OstafError("the personalization pipeline needs --image and --prompts")
+        missing = [i.name for i in reference_inputs() if getattr(args, i.name) in (None, [])]
+        if missing:
+            flags = ", ".join("--" + name.replace("_", "-") for name in missing)
+            raise OstafError(f"the personalization pipeline needs {flags}")
         # before the pipeline starts, as `ostaf train` does (not two minutes later inside its first task)
         reference_item(args.image, args.attribute, args.class_name, args.prompts)
         image = args.image
@@ -220,13 +240,7 @@ def pipeline_params(args: argparse.Namespace, compiled_defaults: dict[str, Any] 
                 print(f"uploaded {args.image} to {image}")
             else:
                 image = str(Path(image).resolve())
-        return {
-            **common,
-            "image": image,
-            "attribute": args.attribute,
-            "class_name": args.class_name,
-            "prompts": args.prompts,
-        }
+        return {**common, **{i.name: getattr(args, i.name) for i in reference_inputs()}, "image": image}
     return {
         **common,
         "source": args.source if args.source != "auto" else default_source(args.model, REPO),

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from components.options import typed
 from ostaf import tracking
 from ostaf.checkpoint import apply, load_checkpoint
 from ostaf.cli import main
 from ostaf.config import GenerateConfig, TrainConfig, per_item_fields, shared_defaults, validate_options
 from ostaf.errors import OstafError
 from ostaf.models import load_pipeline
+from ostaf.options import typed
 from tests.conftest import synthetic_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,7 +105,7 @@ def test_a_failing_step_marks_its_run_failed_and_the_exit_step_closes_the_parent
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    parent = start_pipeline_run("p", "tiny", {}, {}, kfp_run_id="kfp-42")
+    parent = start_pipeline_run("p", "tiny", {}, kfp_run_id="kfp-42")
     child = tracking.child_run(parent, "item-1", params={}, tags={})
     reference = tmp_path / "ref"
     reference.mkdir()

@@ -45,8 +45,8 @@ def test_single_image_pipeline_logs_everything_to_a_real_server(mlflow_server, t
             "class_name": "toy",
             "prompts": ["a vase in the appearance of *a"],
             "model": "tiny",
-            "metric_models": "tiny",
-            **arguments_for(train, generate),  # typed parameters + extra_options, as the CLI sends them
+            # typed parameters + extra_options, as the CLI sends them (the metric models: an evaluate option)
+            **arguments_for({"train": train, "generate": generate, "evaluate": {"metric_models": "tiny"}}),
             "provenance": provenance_tags(Path(__file__).resolve().parents[1]),
         },
         pipeline_root=tmp_path / "kfp",

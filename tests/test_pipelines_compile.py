@@ -6,9 +6,10 @@ from dataclasses import fields
 import pytest
 import yaml
 
-from components.options import package_defaults, resolve_options
+from components.options import package_defaults, unset_at_compiled
 from ostaf.config import EvaluateConfig, GenerateConfig, TrainConfig
 from ostaf.errors import OstafError
+from ostaf.options import UNSET, reference_inputs, resolve_options
 from pipelines.run import build_parser, compile_all, pipeline_params, submit
 
 BRANCH = ["preprocess", "init-token", "train", "generate", "evaluate"]
@@ -71,13 +72,13 @@ def test_steps_that_are_safe_to_retry_are_retried_on_a_cluster_only(specs, tmp_p
 def test_parameters_come_from_the_configs(specs):
     """The options people change are typed top-level parameters, one per `opt(pipeline=True)` field, with the field's
     help as description; the rest go in `extra_options`; the compiled defaults are a sensible world job."""
-    from components.options import typed_parameters
     from ostaf.config import pipeline_fields
+    from ostaf.options import typed_parameters
     from ostaf.recipes import WORLD
 
     params = specs["attribute_benchmark"]["root"]["inputDefinitions"]["parameters"]
-    typed = set(pipeline_fields(TrainConfig)) | set(pipeline_fields(GenerateConfig))
-    assert {"steps", "lr", "trainable", "lam", "seeds", "num_steps"} <= typed
+    typed = {name for cls in (TrainConfig, GenerateConfig, EvaluateConfig) for name in pipeline_fields(cls)}
+    assert {"steps", "lr", "trainable", "lam", "seeds", "num_steps", "metric_models"} <= typed
     assert (
         set(params)
         == {
@@ -86,7 +87,6 @@ def test_parameters_come_from_the_configs(specs):
             "item_ids",
             "per_attribute",
             "model",
-            "metric_models",
             "recipe",
             "extra_options",
             "provenance",
@@ -98,7 +98,9 @@ def test_parameters_come_from_the_configs(specs):
     for p in typed_parameters():  # described by the field's own help, defaulting to the compiled recipe's value
         assert (
             params[p.name]["description"]
-            == dict((f.name, f) for f in fields(TrainConfig) + fields(GenerateConfig))[p.name].metadata["help"]
+            == {f.name: f for c in (TrainConfig, GenerateConfig, EvaluateConfig) for f in fields(c)}[p.name].metadata[
+                "help"
+            ]
         )
     assert params["steps"]["defaultValue"] == WORLD.train["steps"] and params["lr"]["defaultValue"] == WORLD.train["lr"]
     assert params["lam"]["defaultValue"] == WORLD.generate["lam"]
@@ -109,6 +111,12 @@ def test_parameters_come_from_the_configs(specs):
     assert params["metric_models"]["defaultValue"] == EvaluateConfig.__dataclass_fields__["metric_models"].default
     single = specs["attribute_personalization"]["root"]["inputDefinitions"]["parameters"]
     assert {"image", "attribute", "class_name", "prompts", "recipe", "extra_options"} | typed <= set(single)
+    # the reference's own inputs come from the configs' `reference_input` fields, with their help, all required
+    own = {i.name: i for i in reference_inputs()}
+    assert set(own) == {"image", "attribute", "class_name", "prompts"}
+    assert all(single[n]["description"] == i.help and "defaultValue" not in single[n] for n, i in own.items())
+    imports = specs["attribute_personalization"]["components"]["comp-import-reference"]["inputDefinitions"]
+    assert set(imports["parameters"]) == set(own)
     # start-tracking spells the typed parameters out (KFP reads a component's source): exactly these, these types
     start = specs["attribute_benchmark"]["components"]["comp-start-tracking"]["inputDefinitions"]["parameters"]
     fixed = {"pipeline", "model", "recipe", "extra_options", "compiled_defaults", "kfp_run_id", "provenance"}
@@ -117,24 +125,33 @@ def test_parameters_come_from_the_configs(specs):
 
 
 def test_options_resolve_config_then_recipe_then_typed_then_extra():
-    from components.options import resolve_options, typed_parameters
+    from ostaf.options import typed_parameters
     from ostaf.recipes import WORLD
 
     defaults = {p.name: p.default for p in typed_parameters(WORLD)}  # compiled with the world recipe
-    at_default = resolve_options(["world"], {}, dict(defaults), defaults)
+    unset = dict.fromkeys(defaults, UNSET)
+    at_default = resolve_options(["world"], {}, unset)
     assert at_default["train"]["steps"] == WORLD.train["steps"] and at_default["train"]["segment"] is False
-    # a typed parameter left at its compiled default is not set (the run's recipe or the config default holds)
-    paper = resolve_options(["paper"], {}, dict(defaults), defaults)
+    # an unset typed parameter leaves the run's recipe or the config default; a set one wins, whatever its value
+    paper = resolve_options(["paper"], {}, unset)
     assert paper["train"]["steps"] == TrainConfig.__dataclass_fields__["steps"].default
-    changed = resolve_options(["world"], {}, defaults | {"steps": 7, "lam": [0.0, 2.0]}, defaults)
+    assert resolve_options(["paper"], {}, unset | {"steps": WORLD.train["steps"]})["train"]["steps"] == 200
+    assert resolve_options(["paper"], {}, {})["train"] == paper["train"]  # a missing name is unset too
+    changed = resolve_options(["world"], {}, unset | {"steps": 7, "lam": [0.0, 2.0], "metric_models": "tiny"})
     assert changed["train"]["steps"] == 7 and changed["generate"]["lam"] == [0.0, 2.0]
+    assert changed["evaluate"] == {"metric_models": "tiny"}  # the evaluate options travel like the others
     extra = {"train": {"steps": 9, "trainable": "paper"}, "generate": {"guidance": 3.0}}
-    last = resolve_options(["world"], extra, defaults | {"steps": 7}, defaults)
+    last = resolve_options(["world"], extra, unset | {"steps": 7})
     assert last["train"]["steps"] == 9 and last["train"]["trainable"] == "paper" and last["generate"]["guidance"] == 3.0
     with pytest.raises(OstafError, match="extra_options must look like"):
-        resolve_options([], {"steps": 3}, dict(defaults), defaults)
+        resolve_options([], {"steps": 3}, unset)
     with pytest.raises(OstafError):  # an unknown option name is refused by the config, not ignored
-        resolve_options([], {"train": {"stepz": 3}}, dict(defaults), defaults)
+        resolve_options([], {"train": {"stepz": 3}}, unset)
+    with pytest.raises(OstafError, match="metric_models"):  # so is a bad evaluate option
+        resolve_options([], {"evaluate": {"metric_models": "big"}}, unset)
+    # at the KFP boundary a value equal to the package's compiled default is how a run says "not set"
+    marked = unset_at_compiled(defaults | {"steps": 7}, defaults)
+    assert marked["steps"] == 7 and all(v is UNSET for k, v in marked.items() if k != "steps")
 
 
 def test_train_and_generate_request_a_gpu(specs):
@@ -205,13 +222,17 @@ def test_submit_sends_the_compiled_spec_and_arguments(tmp_path):
     as_compiled = build_parser().parse_args(["submit", "--steps", "200", "--host", "h"])  # the world recipe's 200
     assert pipeline_params(as_compiled, package_defaults(package))["extra_options"] == {"train": {"steps": 200}}
     assert submit(package, params, "http://kfp.local", "team-a", "ostaf", client_factory=RecordingClient) == "run-123"
-    resolved = resolve_options(params["recipe"], params["extra_options"], params, package_defaults(package))
+    typed = {k: params[k] for k in package_defaults(package)}
+    resolved = resolve_options(
+        params["recipe"], params["extra_options"], unset_at_compiled(typed, package_defaults(package))
+    )
     from ostaf.config import validate_options
     from ostaf.flags import options_from_args
 
     asked = {  # what the run resolves to is exactly what the CLI asked for, whatever the package's defaults
         "train": validate_options(TrainConfig, options_from_args(TrainConfig, args)),
         "generate": validate_options(GenerateConfig, options_from_args(GenerateConfig, args, prefix="gen-")),
+        "evaluate": validate_options(EvaluateConfig, options_from_args(EvaluateConfig, args)),
     }
     assert resolved == asked and resolved["train"]["steps"] == 800
     call = RecordingClient.calls[-1]

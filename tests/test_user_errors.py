@@ -129,7 +129,8 @@ def test_a_reference_in_an_object_store_is_read_and_a_local_one_is_uploaded_on_s
     with mock_aws():
         boto3.client("s3").create_bucket(Bucket="ostaf-benchmark")
         argv = ["submit", "--pipeline", "personalization", "--image", str(tmp_path / "ref.png"), "--host", "h"]
-        argv += ["--attribute", "appearance", "--prompts", "a vase in the appearance of *a", "--package", str(tmp_path)]
+        argv += ["--attribute", "appearance", "--class-name", "toy", "--prompts", "a vase in the appearance of *a"]
+        argv += ["--package", str(tmp_path)]
         assert run.main(argv) == 0
         uri = sent["image"]
         assert uri.startswith("s3://ostaf-benchmark/references/") and uri.endswith(".png")

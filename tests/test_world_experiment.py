@@ -247,8 +247,8 @@ def test_benchmark_pipeline_runs_on_world_references_with_the_world_model_and_ev
             "item_ids": [],
             "per_attribute": 1,
             "model": model,
-            "metric_models": "tiny",
-            **arguments_for(train, generate),  # typed parameters + extra_options, as the CLI sends them
+            # typed parameters + extra_options, as the CLI sends them (the metric models: an evaluate option)
+            **arguments_for({"train": train, "generate": generate, "evaluate": {"metric_models": "tiny"}}),
         },
         pipeline_root=tmp_path / "kfp",
     )
