@@ -11,6 +11,7 @@ from typing import Any
 
 from ostaf.config import ADAPTER_OF
 from ostaf.recipes import DISENTANGLED, Recipe
+from ostaf.world.references import Reference, varied_class_prompts
 
 
 def _method(name: str, description: str, generate: dict[str, Any] | None = None, **train: Any) -> Recipe:
@@ -224,11 +225,9 @@ def reads_lambda(method: str) -> bool:
     )
 
 
-def reference_options(method: str, ref) -> dict[str, Any]:
+def reference_options(method: str, ref: Reference) -> dict[str, Any]:
     """Training options a method takes from its reference (TrainConfig overrides): the varied prior's prompts,
     the views' class in the world's words (a flat fill is the texture the world calls plain)."""
-    from ostaf.world.references import varied_class_prompts
-
     options: dict[str, Any] = {}
     if "+varied-prior" in method:
         options["prior_prompt"] = varied_class_prompts(ref.attribute, ref.world().factors)
