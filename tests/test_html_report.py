@@ -76,6 +76,53 @@ def test_the_report_is_one_self_contained_page_with_every_item(report):
     assert text.count("best λ = ") == len(prompts)  # per item, by the table's rule
 
 
+def test_every_embedded_image_is_its_file_and_the_table_is_the_aggregates(report):
+    """Pinned by value, not by count: each embedded PNG is byte for byte the file it stands for (reference, mask,
+    each prompt's grid under its own prompt's caption, the plot), shown at twice the size of a 64 px grid, and
+    every cell of the page's table is the aggregate's `table.csv` cell."""
+    import base64
+    import csv
+    import html
+
+    from ostaf.html_report import PLOT, PROMPTS, VISUALS, grid_name
+    from ostaf.sweep import SweepIndex
+
+    page, prompts = report
+    text = page.read_text()
+    images = {
+        alt: (width, src) for alt, width, src in re.findall(r'alt="([^"]*)"(?: width="(\d+)")? src="([^"]*)"', text)
+    }
+    for item in prompts:
+        scores = page.parent.parent / f"scores-{item}"
+        sweep = SweepIndex.read(page.parent.parent / f"images-{item}")
+        files = {f"{item} reference": scores / VISUALS / "reference.png", f"{item} mask": scores / VISUALS / "mask.png"}
+        files[f"{item} metrics vs λ"] = scores / PLOT
+        captions = json.loads((scores / VISUALS / PROMPTS).read_text())
+        for i, prompt in enumerate(captions):
+            files[f"{item} grid {i}"] = scores / VISUALS / grid_name(i)
+            # the grid shown as prompt i is that prompt's own sweep grid, and its caption names that prompt
+            grid_bytes = (page.parent.parent / f"images-{item}" / SweepIndex.grid_name(prompt)).read_bytes()
+            assert files[f"{item} grid {i}"].read_bytes() == grid_bytes
+            section = text.split(f'data-item="{item}"')[1].split("</section>")[0]
+            assert f'alt="{item} grid {i}"' in section.split(f"{i}: {html.escape(prompt)}")[0].rsplit("<figure>", 1)[1]
+            width = images[f"{item} grid {i}"][0]
+            assert int(width) == min(2 * Image.open(files[f"{item} grid {i}"]).width, 1200)
+        assert len(captions) == prompts[item] and len({e["prompt"] for e in sweep.entries}) == prompts[item]
+        for alt, path in files.items():
+            encoded = images[alt][1].removeprefix("data:image/png;base64,")
+            assert base64.b64decode(encoded) == path.read_bytes(), alt
+    table = text.split("<table>")[1].split("</table>")[0]
+    head = re.findall(r"<th>([^<]*)</th>", table)
+    cells = [re.findall(r"<td>([^<]*)</td>", row) for row in re.findall(r"<tr>((?:<td>.*?</td>)+)</tr>", table)]
+    with open(page.parent / "table.csv", newline="") as f:
+        expected = list(csv.DictReader(f))
+    assert head == list(expected[0]) and len(cells) == len(expected)
+    for row, want in zip(cells, expected, strict=True):
+        for cell, key in zip(row, head, strict=True):
+            value = html.unescape(cell)
+            assert value == want[key] or (want[key] == "" and value == "–") or float(value) == float(want[key]), key
+
+
 def test_the_best_lambda_is_the_strongest_attribute_that_keeps_the_prompt():
     means = {
         0.0: {"shape_match": 0.2, "text_control": 1.0},
