@@ -152,14 +152,24 @@ def recipe_of(argv: list[str] | None) -> Recipe | None:
     return layered([n for n in known.recipe if n in RECIPES])
 
 
+def from_recipe(message: str, recipe: Recipe | None) -> str:
+    """`message`, saying which flags it names came from the recipe (the user did not type them)."""
+    if recipe is None:
+        return message
+    options = {**recipe.train, **recipe.generate, **recipe.evaluate}
+    named = [flag for flag in ("--" + name.replace("_", "-") for name in options) if flag in message]
+    return f"{message} ({', '.join(named)}: set by --recipe {recipe.name})" if named else message
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser(recipe_of(argv)).parse_args(argv)
+    recipe = recipe_of(argv)
+    args = build_parser(recipe).parse_args(argv)
     tune_cpu_allocator()
     try:
         COMMANDS[args.command](args)
     except OstafError as err:
-        print(f"ostaf {args.command}: error: {err}", file=sys.stderr)
+        print(f"ostaf {args.command}: error: {from_recipe(str(err), recipe)}", file=sys.stderr)
         return 2
     return 0
 

@@ -50,8 +50,9 @@ def scored_item(tmp_path: Path, ref, prompts: int) -> Path:
     return dest
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def report(tmp_path_factory) -> tuple[Path, dict[str, int]]:
+    """Made for each test (2–3 s): a mutation tester maps each test to the report code it runs."""
     tmp_path = tmp_path_factory.mktemp("report")
     shape, look = references(1, attributes=("shape",))[0], references(1, attributes=("appearance",))[0]
     prompts = {shape.id: 2, look.id: 3}

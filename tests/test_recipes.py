@@ -1,5 +1,6 @@
 """The shipped recipes do what they say: `--recipe world disentangled` trains the placeholder alone, only on the
-noisy band of the schedule, and generates one λ."""
+noisy band of the schedule, and generates one λ; `--recipe world views` fine-tunes the encoder's blocks and the
+token with 8 textured captioned views, exactly as the world table measured it."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from ostaf.cli import build_parser, recipe_of
 from ostaf.config import GenerateConfig, TrainConfig
 from ostaf.flags import config_from_args
 from ostaf.train import prepare, sample_batch
+from ostaf.world.generator import Factors, render
 from tests.conftest import synthetic_image
 
 
@@ -35,3 +37,47 @@ def test_the_disentangled_recipe_trains_only_the_token_and_only_in_its_band(tmp_
     flags = ["generate", "--ckpt", str(tmp_path / "run"), "--prompt", "a cat in the shape of *m"]
     generate = config_from_args(GenerateConfig, parsed([*flags, "--recipe", "world", "disentangled"]))
     assert generate.lam == [1.0]  # a token: one λ is all there is to render
+
+
+def test_the_views_recipe_fine_tunes_the_encoder_with_eight_textured_views_as_measured(tmp_path):
+    """What the world table's `finetune+textured-views8` row measured is the recipe (one source), and the recipe
+    trains the encoder's attention weights (no token, no adapter) with 8 views, each a named colour and texture."""
+    from PIL import Image
+
+    from ostaf.mechanisms.views import CaptionedViews
+    from ostaf.recipes import VIEWS
+    from ostaf.world.methods import METHODS
+
+    assert METHODS["finetune+textured-views8"].train == VIEWS.train
+    image = tmp_path / "ref.png"
+    Image.fromarray(render(Factors("star", "red", "striped", "flat", 0.5, 0.5, 0.3)).image).save(image)
+    argv = ["train", "--image", str(image), "--class-name", "object", "--attribute", "shape", "--model", "tiny"]
+    argv += ["--out", str(tmp_path / "run"), "--device", "cpu", "--recipe", "world", "views"]
+    config = config_from_args(TrainConfig, parsed(argv))
+    assert (config.steps, config.lr, config.trainable, config.views, config.view_textures) == (
+        200,
+        1e-3,
+        "blocks",
+        8,
+        True,
+    )
+    setup = prepare(config)
+    names = {n for n, p in setup.unet.named_parameters() if p.requires_grad}
+    assert names and all(n.startswith("down_blocks.") for n in names)  # the encoder's blocks, nothing else
+    assert setup.adapter is None and all(p.requires_grad for p in setup.token.parameters())  # and the token
+    made = setup.mechanism(CaptionedViews).views
+    assert len(made.words) == 8 and len({w.split()[1] for w in made.words}) == 4  # 8 colours, every texture
+
+
+def test_a_recipe_for_another_attribute_is_one_error_naming_the_recipe(tmp_path, capsys):
+    """`--recipe views` on an appearance: refused before any work, and the error says the flag came from the
+    recipe (the user never typed --view-textures)."""
+    from ostaf.cli import main
+
+    image = tmp_path / "ref.png"
+    synthetic_image().save(image)
+    argv = ["train", "--image", str(image), "--class-name", "toy", "--attribute", "appearance", "--model", "tiny"]
+    assert main([*argv, "--out", str(tmp_path / "run"), "--recipe", "world", "views"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "drop --view-textures" in err and err.endswith("(--view-textures: set by --recipe world+views)")
+    assert not (tmp_path / "run").exists()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ostaf.config import ADAPTER_OF
-from ostaf.recipes import DISENTANGLED, Recipe
+from ostaf.recipes import DISENTANGLED, VIEWS, Recipe
 from ostaf.world.references import Reference, varied_class_prompts
 
 
@@ -37,9 +37,13 @@ METHODS: dict[str, Recipe] = {
     for r in (
         _method("token", "textual inversion: the placeholder token alone", trainable="token"),
         # the v1 table: each part fixed, to test which part carries which attribute
-        _method("finetune-encoder", "the encoder's attention q/k/v fine-tuned", trainable="blocks", part="encoder"),
-        _method("finetune-decoder", "the decoder's attention q/k/v fine-tuned", trainable="blocks", part="decoder"),
-        _method("finetune-unet", "every U-Net weight fine-tuned", trainable="unet"),
+        _method(
+            "finetune-encoder", "the encoder's blocks fine-tuned, with the token", trainable="blocks", part="encoder"
+        ),
+        _method(
+            "finetune-decoder", "the decoder's blocks fine-tuned, with the token", trainable="blocks", part="decoder"
+        ),
+        _method("finetune-unet", "every U-Net weight fine-tuned, with the token", trainable="unet"),
         _method("ostaf-encoder-lite", "OSTAF lite on the encoder", trainable="lite", part="encoder"),
         _method("ostaf-decoder-lite", "OSTAF lite on the decoder", trainable="lite", part="decoder"),
         _method("ostaf-encoder-paper", "OSTAF paper on the encoder", trainable="paper", part="encoder"),
@@ -47,7 +51,7 @@ METHODS: dict[str, Recipe] = {
         _method("ostaf-encoder-lite-zero", _ZERO, trainable="lite", part="encoder", zero_init=True),
         _method("ostaf-decoder-lite-zero", _ZERO, trainable="lite", part="decoder", zero_init=True),
         # on the paper's part of each attribute
-        _method("finetune", "the attention q/k/v of the attribute's part fine-tuned", trainable="blocks"),
+        _method("finetune", "the blocks of the attribute's part fine-tuned, with the token", trainable="blocks"),
         _method("lora", "peft LoRA (rank 4) on the q/k/v the offsets would modulate", trainable="lora"),
         _method("lora-r16", "peft LoRA, rank 16", trainable="lora", lora_rank=16),
         _method("ostaf-paper", "OSTAF with the authors' hypernetworks", trainable="paper"),
@@ -163,10 +167,8 @@ METHODS: dict[str, Recipe] = {
         ),
         _method(
             "finetune+textured-views8",
-            "the silhouette in 8 named colours, each in a named texture (plain, striped, dotted, checkered) in turn",
-            trainable="blocks",
-            views=8,
-            view_textures=True,
+            "the `views` recipe: the silhouette in 8 named colours, each in a named texture in turn",
+            **VIEWS.train,
         ),
         _method("lora+views+varied-prior", f"{_VIEWS}; {_VARIED}", trainable="lora", views=4, prior_images=8),
         _method("finetune+views+varied-prior", f"{_VIEWS}; {_VARIED}", trainable="blocks", views=4, prior_images=8),
