@@ -38,7 +38,7 @@ from ostaf.io import atomic_write, write_json
 from ostaf.lora import LoraAdapter, LoraSpec
 from ostaf.models import BaseModel, Pipeline, architecture, base_of, load_pipeline
 from ostaf.offsets import OffsetsAdapter, OffsetsConfig
-from ostaf.strength import FixedStrength, Strength, TokenStrength
+from ostaf.strength import FixedStrength, Strength, TokenStrength, WeightBlendStrength
 
 if TYPE_CHECKING:  # type hints only: the training setup imports what this module imports
     from ostaf.training_setup import TrainingSetup
@@ -124,7 +124,8 @@ def apply(pipe: Pipeline, ckpt: str | Path | Checkpoint, lam: float = 1.0, token
     (`ostaf.strength`): the offsets, the LoRA (`--trainable lora`), or for a token or
     fine-tuned checkpoint a `FixedStrength` (nothing for λ to scale: it says so when asked
     for per-block λ or the dual path), or with `token_lambda` a `TokenStrength` (λ blends its placeholder
-    from the nearest word to the learned one).
+    from the nearest word to the learned one; for fine-tuned weights a `WeightBlendStrength`, which blends
+    them from the base model's too).
     """
     ckpt = ckpt if isinstance(ckpt, Checkpoint) else load_checkpoint(ckpt)
     check_architecture(ckpt, pipe)
@@ -138,7 +139,11 @@ def apply(pipe: Pipeline, ckpt: str | Path | Checkpoint, lam: float = 1.0, token
             adapter.load_state_dict(offsets)
         if "lora" in ckpt.card:
             adapter = LoraAdapter.install(pipe.unet, LoraSpec.from_dict(ckpt.card["lora"]), ckpt.token)
-        load_unet_weights(pipe.unet, ckpt.section("unet."))
+        tuned = ckpt.section("unet.")
+        # λ blends fine-tuned weights from the base's (--token-lambda): keep W₀ of each weight before loading W₁
+        own = dict(pipe.unet.named_parameters()) if token_lambda and adapter is None else {}
+        base = {n: own[n].detach().float().clone() for n in tuned if n in own}
+        load_unet_weights(pipe.unet, tuned)
         token_id = PromptEncoder(pipe).add_token(ckpt.token, ckpt.tensors["token.embedding"])
     except BaseException:
         if isinstance(adapter, OffsetsAdapter):
@@ -147,6 +152,11 @@ def apply(pipe: Pipeline, ckpt: str | Path | Checkpoint, lam: float = 1.0, token
     trainable = ckpt.card.get("trainable", "token")
     if adapter is not None:
         driven = adapter
+    elif token_lambda and base:
+        weights = {n: (own[n], base[n].to(own[n].device), tuned[n].float().to(own[n].device)) for n in base}
+        driven = WeightBlendStrength(
+            ckpt.token, trainable, PromptEncoder(pipe), token_id, ckpt.tensors["token.embedding"], weights
+        )
     elif token_lambda:
         driven = TokenStrength(ckpt.token, trainable, PromptEncoder(pipe), token_id, ckpt.tensors["token.embedding"])
     else:

@@ -521,7 +521,8 @@ class GenerateConfig(_Config):
     token_lambda: bool = opt(
         False,
         "λ of a checkpoint without weight offsets (a token, fine-tuned weights) blends its placeholder from the "
-        "nearest vocabulary word (λ = 0: the hard prompt) to the learned e* (λ = 1), so λ is a strength there too",
+        "nearest vocabulary word (λ = 0: the hard prompt) to the learned e* (λ = 1), and fine-tuned U-Net weights "
+        "from the base model's to the tuned ones, so λ is a strength there too",
         pairwise=(False, True),
     )
     reference_lambda: bool = opt(

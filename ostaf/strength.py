@@ -254,3 +254,24 @@ class TokenStrength(FixedStrength):
     def unmerge(self) -> None:
         self._write_scale(self._scale)
         self.merged = False
+
+
+class WeightBlendStrength(TokenStrength):
+    """`--token-lambda` on a fine-tuned checkpoint (`blocks`, `unet`): λ blends the U-Net weights that trained
+    too, W(λ) = W₀ + λ·(W₁ − W₀) from the base model's W₀ to the tuned W₁, with the placeholder's blend — so
+    λ = 0 is the base model with the hard prompt, λ = 1 the fine-tuned model, in between a strength. One λ per
+    batch (the weights are shared by the batch)."""
+
+    def __init__(self, token: str, trainable: str, prompts, token_id: int, learned, weights: dict) -> None:
+        """`weights`: name → (the U-Net parameter, its base W₀, its tuned W₁)."""
+        super().__init__(token, trainable, prompts, token_id, learned)
+        self.weights = weights
+
+    def _write_scale(self, scale: Scale) -> None:
+        import torch
+
+        super()._write_scale(scale)
+        lam = float(scale.flatten()[0]) if torch.is_tensor(scale) else float(scale)
+        with torch.no_grad():
+            for param, base, tuned in self.weights.values():
+                param.copy_(torch.lerp(base, tuned, lam).to(param.dtype))

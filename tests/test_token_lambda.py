@@ -88,3 +88,36 @@ def test_the_world_experiment_sweeps_lambda_only_where_it_acts():
     assert not reads_lambda("disentangled") and not reads_lambda("token") and not reads_lambda("finetune")
     assert reads_lambda("disentangled+lambda") and reads_lambda("lora") and reads_lambda("compose/ostaf-lite")
     assert reads_lambda("reference-attention-lambda") and not reads_lambda("reference-attention")
+
+
+def test_lambda_blends_fine_tuned_weights_from_the_base_models_to_the_tuned_ones(tmp_path):
+    """A fine-tuned checkpoint with --token-lambda: at λ every weight that trained is W₀ + λ·(W₁ − W₀) (checked
+    at λ = 0.3, 0, 1.5 against the base model's and the checkpoint's tensors), the placeholder blends with it,
+    and weights that did not train stay the base's; without the option λ changes nothing."""
+    from ostaf.strength import WeightBlendStrength
+    from tests.conftest import synthetic_image
+
+    synthetic_image().save(tmp_path / "ref.png")
+    config = tiny_config(tmp_path / "ref.png", tmp_path / "run", steps=3, lr=5e-2, trainable="blocks")
+    ckpt = load_checkpoint(train(config, progress=False).out)
+    tuned = {n[len("unet.") :]: t.float() for n, t in ckpt.tensors.items() if n.startswith("unet.")}
+    base = dict(load_pipeline("tiny").unet.named_parameters())
+    pipe = load_pipeline("tiny")
+    blend = apply(pipe, ckpt, token_lambda=True)
+    assert isinstance(blend, WeightBlendStrength) and tuned
+    own = dict(pipe.unet.named_parameters())
+    moved = [n for n in tuned if not torch.equal(tuned[n], base[n].float())]
+    assert moved  # the fine-tuning changed weights, so the blend is not trivially equal at every λ
+    for lam in (0.3, 0.0, 1.5):
+        with blend.at(lam):
+            for n in tuned:
+                expected = base[n].float() + lam * (tuned[n] - base[n].float())
+                torch.testing.assert_close(own[n].float(), expected, atol=1e-6, rtol=0)
+            row = torch.cat([e.get_input_embeddings().weight[blend.token_id] for _, e in PromptEncoder(pipe).pairs])
+            torch.testing.assert_close(row.float(), blend.word + lam * (blend.learned - blend.word), atol=1e-5, rtol=0)
+    for n in tuned:  # λ put back: the tuned model
+        torch.testing.assert_close(own[n].float(), tuned[n], atol=1e-6, rtol=0)
+    untouched = [n for n in own if n not in tuned]
+    assert untouched and all(torch.equal(own[n], base[n]) for n in untouched)
+    fixed = apply(load_pipeline("tiny"), ckpt)  # without the option: the tuned weights at every λ
+    assert not isinstance(fixed, TokenStrength)

@@ -170,6 +170,13 @@ METHODS: dict[str, Recipe] = {
             "the `views` recipe: the silhouette in 8 named colours, each in a named texture in turn",
             **VIEWS.train,
         ),
+        _method(
+            "views+lambda",
+            "the `views` recipe, λ blending its fine-tuned weights from the base's and its placeholder from the "
+            "nearest word at generation (`--token-lambda`)",
+            generate=dict(token_lambda=True),
+            **VIEWS.train,
+        ),
         _method("lora+views+varied-prior", f"{_VIEWS}; {_VARIED}", trainable="lora", views=4, prior_images=8),
         _method("finetune+views+varied-prior", f"{_VIEWS}; {_VARIED}", trainable="blocks", views=4, prior_images=8),
         _method("lite+hyper16", _HYPER, trainable="lite", hyper_rank=16),
