@@ -124,6 +124,69 @@ def test_every_embedded_image_is_its_file_and_the_table_is_the_aggregates(report
             assert value == want[key] or (want[key] == "" and value == "–") or float(value) == float(want[key]), key
 
 
+def test_the_page_has_no_stray_text_and_each_item_says_what_it_is(report):
+    """Every piece of text sits in a heading, note, caption or table cell (nothing leaks between elements); each
+    item's heading names its attribute, its best-λ note quotes the table's rule, and only the grids are zoomed."""
+    import html
+    from html.parser import HTMLParser
+
+    from ostaf.report import BEST_LAM_NOTE
+
+    class Text(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stack: list[str] = []
+            self.stray: list[tuple[str, str]] = []
+
+        def handle_starttag(self, tag, attrs):
+            if tag not in ("img", "meta"):
+                self.stack.append(tag)
+
+        def handle_endtag(self, tag):
+            if self.stack and self.stack[-1] == tag:
+                self.stack.pop()
+
+        def handle_data(self, data):
+            if data.strip() and self.stack[-1] not in (
+                "title",
+                "style",
+                "script",
+                "h1",
+                "h2",
+                "p",
+                "figcaption",
+                "th",
+                "td",
+            ):
+                self.stray.append((self.stack[-1], data))
+
+    page, prompts = report
+    text = page.read_text()
+    parser = Text()
+    parser.feed(text)
+    assert parser.stray == [] and parser.stack == []  # and every element closed
+    for item in prompts:
+        section = text.split(f'data-item="{item}"')[1].split("</section>")[0]
+        attribute = json.loads((page.parent.parent / f"scores-{item}" / "scores.json").read_text())[0]["attribute"]
+        assert f"<h2>{item} ({attribute})</h2>" in section
+        assert f"({html.escape(BEST_LAM_NOTE[:-1])})</p>" in section
+        for alt in (f"{item} reference", f"{item} mask", f"{item} metrics vs λ"):
+            assert re.search(f'alt="{alt}" src=', section), alt  # shown at their own size: no width
+
+
+def test_the_missing_metrics_note_appears_only_when_they_are_missing(tmp_path):
+    from ostaf.html_report import write_html
+    from ostaf.report import COLUMNS, NOT_COMPUTED
+
+    folder = tmp_path / "scores-x"
+    folder.mkdir()
+    computed = {m: 0.5 for m in COLUMNS["shape"]}
+    for rows, shown in (([{"item": "x", "attribute": "shape", "lam": 1.0} | computed], False), ([], True)):
+        (folder / "scores.json").write_text(json.dumps(rows or [{"item": "x", "attribute": "shape", "lam": 1.0}]))
+        page = write_html([str(folder)], [], 1.0, tmp_path / "r.html").read_text()
+        assert (NOT_COMPUTED.split(":")[0] in page) is shown
+
+
 def test_the_best_lambda_is_the_strongest_attribute_that_keeps_the_prompt():
     means = {
         0.0: {"shape_match": 0.2, "text_control": 1.0},
