@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import fields
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -17,7 +18,7 @@ import pytest
 from allpairspy import AllPairs
 
 from ostaf import checkpoint, generate, train
-from ostaf.config import GenerateConfig, TrainConfig, shared_defaults
+from ostaf.config import GenerateConfig, TrainConfig
 from ostaf.errors import OstafError
 from tests.conftest import TINY_MODELS, synthetic_image, tiny_config
 
@@ -34,10 +35,11 @@ def pairwise_factors() -> OrderedDict[str, tuple]:
 
 def refusal(case: dict) -> str | None:
     """The error the configs give this case before any model loads (None: accepted). The checks are the
-    shipped ones: `TrainConfig.check_options` and generation's `check_adapters_can` on the card it would write."""
+    shipped ones: the test's own `TrainConfig` (its shared options and its item: an appearance reference) and
+    generation's `check_adapters_can` on the card it would write."""
     options = {k.split(".", 1)[1]: v for k, v in case.items() if k.startswith("train.")}
     try:
-        TrainConfig.check_options(shared_defaults(TrainConfig) | options)
+        tiny_config(Path("ref.png"), Path("ckpt"), model=case["model"], **options)
         wanted = {k.split(".", 1)[1]: v for k, v in case.items() if k.startswith("generate.")}
         card = {"trainable": options.get("trainable", "lite")} | (
             {"lora": {}} if options.get("trainable") == "lora" else {}
