@@ -49,6 +49,7 @@ def test_the_views_recipe_fine_tunes_the_encoder_with_eight_textured_views_as_me
     from ostaf.world.methods import METHODS
 
     assert METHODS["finetune+textured-views8"].train == VIEWS.train
+    assert (METHODS["views+lambda"].train, METHODS["views+lambda"].generate) == (VIEWS.train, VIEWS.generate)
     image = tmp_path / "ref.png"
     Image.fromarray(render(Factors("star", "red", "striped", "flat", 0.5, 0.5, 0.3)).image).save(image)
     argv = ["train", "--image", str(image), "--class-name", "object", "--attribute", "shape", "--model", "tiny"]
@@ -67,6 +68,9 @@ def test_the_views_recipe_fine_tunes_the_encoder_with_eight_textured_views_as_me
     assert setup.adapter is None and all(p.requires_grad for p in setup.token.parameters())  # and the token
     made = setup.mechanism(CaptionedViews).views
     assert len(made.words) == 8 and len({w.split()[1] for w in made.words}) == 4  # 8 colours, every texture
+    flags = ["generate", "--ckpt", str(tmp_path / "run"), "--prompt", "a cat in the shape of *m"]
+    generate = config_from_args(GenerateConfig, parsed([*flags, "--recipe", "world", "views"]))
+    assert generate.token_lambda and generate.lam == [0.0, 0.25, 0.5, 0.75, 1.0]  # λ: a strength, swept
 
 
 def test_a_recipe_for_another_attribute_is_one_error_naming_the_recipe(tmp_path, capsys):

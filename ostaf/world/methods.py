@@ -167,14 +167,14 @@ METHODS: dict[str, Recipe] = {
         ),
         _method(
             "finetune+textured-views8",
-            "the `views` recipe: the silhouette in 8 named colours, each in a named texture in turn",
+            "the `views` recipe's training, its λ off: the silhouette in 8 named colours, each in a named texture",
             **VIEWS.train,
         ),
         _method(
             "views+lambda",
-            "the `views` recipe, λ blending its fine-tuned weights from the base's and its placeholder from the "
-            "nearest word at generation (`--token-lambda`)",
-            generate=dict(token_lambda=True),
+            "the `views` recipe as shipped: λ blends its fine-tuned weights from the base's and its placeholder "
+            "from the nearest word at generation (`--token-lambda`)",
+            generate=VIEWS.generate,
             **VIEWS.train,
         ),
         _method("lora+views+varied-prior", f"{_VIEWS}; {_VARIED}", trainable="lora", views=4, prior_images=8),
