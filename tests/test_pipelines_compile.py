@@ -147,6 +147,14 @@ def test_options_resolve_config_then_recipe_then_typed_then_extra():
         resolve_options([], {"steps": 3}, unset)
     with pytest.raises(OstafError):  # an unknown option name is refused by the config, not ignored
         resolve_options([], {"train": {"stepz": 3}}, unset)
+    from ostaf import options as resolution
+    from ostaf import recipes
+    from ostaf.recipes import Recipe
+
+    scored = Recipe("scored", "a recipe with an evaluate option", evaluate={"metric_models": "tiny"})
+    with pytest.MonkeyPatch.context() as patch:  # a recipe's evaluate options reach the run like its others
+        patch.setitem(recipes.RECIPES, "scored", scored)
+        assert resolution.resolve_options(["scored"], {}, unset)["evaluate"] == {"metric_models": "tiny"}
     with pytest.raises(OstafError, match="metric_models"):  # so is a bad evaluate option
         resolve_options([], {"evaluate": {"metric_models": "big"}}, unset)
     # at the KFP boundary a value equal to the package's compiled default is how a run says "not set"

@@ -126,6 +126,13 @@ def test_textured_views_draw_what_the_world_means_by_each_texture_word(star, tmp
         world = render(Factors("star", colour, texture, "flat", 0.5, 0.5, 0.3))
         assert np.array_equal(np.asarray(view), world.image), (colour, texture)
     assert made.mean.shape[0] == 4 and step_loss(setup) > 0
+    # by hand, independent of any shared texture code: at 64 px a stripe is 4 white rows in every 8
+    striped = np.asarray(views.recolour(image, silhouette, PALETTE["green"], "striped"))
+    rows = np.nonzero(silhouette)[0]
+    white = (rows % 8) >= 4
+    assert (striped[silhouette][white] == (250, 250, 250)).all() and (
+        striped[silhouette][~white] == PALETTE["green"]
+    ).all()
 
 
 def test_textured_views_give_every_colour_before_a_repeat_and_no_pair_twice():
