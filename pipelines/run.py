@@ -26,7 +26,7 @@ from kfp import compiler
 
 from components.options import arguments_for, package_defaults
 from ostaf.allocator import CPU_ALLOCATOR_ENV
-from ostaf.config import EvaluateConfig, GenerateConfig, TrainConfig, validate_options
+from ostaf.config import TrainConfig, validate_options
 from ostaf.data import default_source
 from ostaf.errors import OstafError
 from ostaf.flags import add_config_arguments, options_from_args, set_recipe_defaults
@@ -43,6 +43,7 @@ from pipelines.dags import build_benchmark, build_personalization
 REPO = Path(__file__).resolve().parents[1]
 UPLOAD_URI = "s3://ostaf-benchmark/references"  # a bucket infra/local and infra/k8s create
 PIPELINES = {"benchmark": build_benchmark, "personalization": build_personalization}
+FLAG_PREFIX = {"train": "", "generate": "gen-", "evaluate": ""}  # per options section: `--steps`, `--gen-lam`
 
 
 # what a compiled pipeline does when a user just presses "Run" in the KFP UI: the world model (it ships in the
@@ -165,9 +166,8 @@ def build_parser(recipe: Recipe | None = None) -> argparse.ArgumentParser:
             "--recipe", nargs="+", choices=list(RECIPES), help="take named recipes' option values as defaults (layered)"
         )
         add_config_arguments(p, TrainConfig, only=("model",))
-        add_config_arguments(p, EvaluateConfig)
-        add_config_arguments(p, TrainConfig, shared=True)
-        add_config_arguments(p, GenerateConfig, prefix="gen-", shared=True)
+        for section, cls in SECTIONS.items():
+            add_config_arguments(p, cls, prefix=FLAG_PREFIX[section], shared=True)
         if name == "submit":
             p.add_argument("--host", default=os.environ.get("KFP_HOST"), help="KFP API endpoint (or $KFP_HOST)")
             p.add_argument("--namespace", default=os.environ.get("KFP_NAMESPACE"))
@@ -184,9 +184,8 @@ def build_parser(recipe: Recipe | None = None) -> argparse.ArgumentParser:
             p.add_argument("--pipeline-root", default="runs/kfp")
             p.add_argument("--verbose", action="store_true", help="stream every task's full output (KFP's own)")
         if recipe is not None:
-            set_recipe_defaults(p, recipe.train)
-            set_recipe_defaults(p, recipe.generate, prefix="gen-")
-            set_recipe_defaults(p, recipe.evaluate)
+            for section in SECTIONS:
+                set_recipe_defaults(p, getattr(recipe, section), prefix=FLAG_PREFIX[section])
     return parser
 
 
@@ -215,9 +214,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def pipeline_params(args: argparse.Namespace, compiled_defaults: dict[str, Any] | None = None) -> dict[str, Any]:
     """Pipeline arguments from the flags (for a package with these typed defaults; default: one compiled with the
     flags' recipe); the options are validated before anything runs."""
-    prefixes = {"generate": "gen-"}
     options = {
-        section: validate_options(cls, options_from_args(cls, args, prefix=prefixes.get(section, "")))
+        section: validate_options(cls, options_from_args(cls, args, prefix=FLAG_PREFIX[section]))
         for section, cls in SECTIONS.items()
     }
     common = {

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ostaf.view_words import PALETTE, TEXTURE_SECOND, texture_mask
-from ostaf.view_words import TEXTURES as TEXTURE_FILLS
+from ostaf.view_words import TEXTURES as TEXTURE_FILLS  # the same four, by the captions' words
 from ostaf.world import unnamed as un
 
 SIZE = 64
