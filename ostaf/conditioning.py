@@ -10,6 +10,9 @@ Training, the mechanisms and the benchmarks drive the U-Net themselves, so they 
 
 A placeholder token is one vector across the encoders: e* is the concatenation of one row per encoder (`widths`
 splits it), so the token's init, regulariser, nearest-word searches and checkpoint stay the same code for both.
+A placeholder of N vectors (`--num-vectors`) is N such rows, (N, ΣD), under diffusers' multi-vector convention:
+the tokens `*m`, `*m_1`, …, `*m_{N-1}` with consecutive ids, and a prompt's `*m` read as all N of them
+(`TextualInversionLoaderMixin.maybe_convert_prompt`, which the stock pipelines call too).
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ class PromptEncoder:
     """The (tokenizer, text encoder) pairs of a pipeline and the conditioning they give a prompt."""
 
     def __init__(self, pipe) -> None:
+        self.pipe = pipe
         self.pairs: list[tuple[CLIPTokenizer, nn.Module]] = [(pipe.tokenizer, pipe.text_encoder)]
         if getattr(pipe, "text_encoder_2", None) is not None:
             self.pairs.append((pipe.tokenizer_2, pipe.text_encoder_2))
@@ -101,7 +105,7 @@ class PromptEncoder:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         rows = [
             tokenizer(
-                prompts,
+                self.expand(prompts, tokenizer),
                 padding="max_length",
                 max_length=tokenizer.model_max_length,
                 truncation=True,
@@ -110,6 +114,19 @@ class PromptEncoder:
             for tokenizer, _ in self.pairs
         ]
         return torch.stack(rows).to(self.device)
+
+    def expand(self, prompts: list[str], tokenizer: CLIPTokenizer) -> list[str]:
+        """Each multi-vector placeholder written out as its N tokens, as the stock pipeline reads the prompt."""
+        convert = getattr(self.pipe, "maybe_convert_prompt", None)
+        return prompts if convert is None else convert(prompts, tokenizer)
+
+    def token_ids(self, token: str) -> list[int]:
+        """The ids of a placeholder's vectors: `token`, `token_1`, … (one id for a single vector)."""
+        vocab = self.tokenizer.get_vocab()
+        ids = [vocab[token]] if token in vocab else []
+        while ids and f"{token}_{len(ids)}" in vocab:
+            ids.append(vocab[f"{token}_{len(ids)}"])
+        return ids
 
     def encode(self, ids: torch.Tensor) -> Conditioning:
         """The U-Net's conditioning for (E, B, T) ids, as the pipelines' `encode_prompt` computes it (SDXL: the
@@ -147,7 +164,8 @@ class PromptEncoder:
 
     # -- the placeholder's rows ------------------------------------------------------------------
     def split(self, row: torch.Tensor) -> list[torch.Tensor]:
-        """e* (concatenated) → one row per encoder; one clear error if it was learned on another model."""
+        """e* (concatenated; (N, ΣD) for N vectors) → one slice per encoder; one clear error if it was learned on
+        another model."""
         if row.shape[-1] != sum(self.widths):
             raise OstafError(
                 f"token embedding has width {row.shape[-1]} but this model's text encoders need "
@@ -164,22 +182,31 @@ class PromptEncoder:
         return torch.cat([e.get_input_embeddings().weight[:count].detach().float() for _, e in self.pairs], dim=-1)
 
     def add_token(self, token: str, row: torch.Tensor) -> int:
-        """Add `token` to every tokenizer with its slice of `row` as the embedding; its id (the same in each)."""
-        parts = self.split(row)
-        ids = [
-            add_placeholder(tokenizer, encoder, token, part)
-            for (tokenizer, encoder), part in zip(self.pairs, parts, strict=True)
-        ]
-        if len(set(ids)) != 1:
-            raise OstafError(f"{token} got ids {ids} in the two tokenizers: their vocabularies differ in size")
-        return ids[0]
+        """Add `token` (and `token_1`, … for a row per vector) to every tokenizer with its slice of `row` as the
+        embedding; the first vector's id (the same in each tokenizer; the others follow it)."""
+        rows = self.split(row.reshape(-1, row.shape[-1]))
+        names = vector_tokens(token, rows[0].shape[0])
+        first: list[int] = []
+        for index, name in enumerate(names):
+            ids = [
+                add_placeholder(tokenizer, encoder, name, part[index])
+                for (tokenizer, encoder), part in zip(self.pairs, rows, strict=True)
+            ]
+            if len(set(ids)) != 1:
+                raise OstafError(f"{name} got ids {ids} in the two tokenizers: their vocabularies differ in size")
+            first = first or ids
+            if ids[0] != first[0] + index:  # the injection and the λ blend address vector i as id + i
+                raise OstafError(f"{name} got id {ids[0]}, not {first[0] + index}: ids not consecutive")
+        return first[0]
 
     @torch.no_grad()
     def write_row(self, token_id: int, row: torch.Tensor) -> None:
-        """Put e* (its slice per encoder) into the token's rows: a stock pipeline then reads it from the prompt."""
+        """Put e* (its slice per encoder; a row per vector) into the token's rows: a stock pipeline then reads it
+        from the prompt."""
         for (_, encoder), part in zip(self.pairs, self.split(row), strict=True):
             table = encoder.get_input_embeddings().weight
-            table[token_id] = part.to(table.device, table.dtype)
+            rows = part.reshape(-1, part.shape[-1])
+            table[token_id : token_id + rows.shape[0]] = rows.to(table.device, table.dtype)
 
     def inject(self, token_id: int, embedding: nn.Module) -> list[RemovableHandle]:
         """Route the live e* (with its gradient) into every position of `token_id`, in each encoder."""
@@ -190,9 +217,17 @@ class PromptEncoder:
         ]
 
 
+def vector_tokens(token: str, count: int) -> list[str]:
+    """A placeholder's token per vector, as diffusers names a multi-vector embedding's: `*m`, `*m_1`, …"""
+    return [token, *(f"{token}_{i}" for i in range(1, count))]
+
+
 def _inject_slice(encoder: nn.Module, token_id: int, embedding: nn.Module, start: int, stop: int) -> RemovableHandle:
     def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-        is_token = (args[0] == token_id).unsqueeze(-1)  # (B, T, 1)
-        return torch.where(is_token, embedding()[start:stop].to(output.dtype), output)
+        rows = embedding()
+        rows = rows.reshape(-1, rows.shape[-1])[:, start:stop].to(output.dtype)  # (N, d): a row per vector
+        vector = args[0] - token_id  # (B, T): which vector a position holds, where 0 <= it < N
+        is_token = ((vector >= 0) & (vector < rows.shape[0])).unsqueeze(-1)  # (B, T, 1)
+        return torch.where(is_token, rows[vector.clamp(0, rows.shape[0] - 1)], output)
 
     return encoder.get_input_embeddings().register_forward_hook(hook)

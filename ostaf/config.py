@@ -23,6 +23,7 @@ from ostaf.view_words import check_views
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 TOKEN_INITS = ("clip", "word")
+MAX_VECTORS = 16  # a placeholder's vectors (--num-vectors): tokens out of CLIP's 77
 OPTIMIZERS = ("adamw", "adamw8bit")
 SCHEDULERS = ("ddim", "pndm", "dpm", "euler")
 METRIC_MODELS = ("auto", "real", "tiny")
@@ -305,6 +306,13 @@ class TrainConfig(_Config):
         pairwise="choices",
     )
     token_alpha: float = opt(0.1, "α in e* = emb(word) + α·f(image)")
+    num_vectors: int = opt(
+        1,
+        "vectors of the placeholder (diffusers' textual inversion --num_vectors): *m is read as N tokens *m, "
+        "*m_1, …, each starting at e* with a residual of its own, for what one word-sized vector cannot hold "
+        "(attributes CLIP spells with several tokens)",
+        pairwise=(1, 2),
+    )
     token_reg: float = opt(0.01, "weight of the ‖e*‖² regulariser")
     steps: int = opt(3000, "optimizer steps", pipeline=True)
     checkpoint_every: int = opt(100, "save a checkpoint every N steps (0: only the final one)")
@@ -411,7 +419,7 @@ class TrainConfig(_Config):
 
     @staticmethod
     def check_options(values: Mapping[str, Any]) -> None:
-        positive = ("steps", "grad_accum", "batch_size", "augment_bank", "nn_k", "lora_rank")
+        positive = ("steps", "grad_accum", "batch_size", "augment_bank", "nn_k", "lora_rank", "num_vectors")
         _positive(**{k: values[k] for k in (*positive, "token_search_rounds", "token_search_samples")})
         counts = ("checkpoint_every", "resolution", "attn_binding_res", "nn_vocab", "token_steps", "token_search")
         _non_negative(**{k: values[k] for k in counts}, mask_dilation=values["mask_dilation"])
@@ -436,6 +444,11 @@ class TrainConfig(_Config):
         _non_negative(token_lr=values["token_lr"], prior_images=values["prior_images"], views=values["views"])
         _finite(view_loss_weight=values["view_loss_weight"])
         _non_negative(view_loss_weight=values["view_loss_weight"])
+        if values["num_vectors"] > MAX_VECTORS:
+            raise OstafError(
+                f"num_vectors {values['num_vectors']} is past {MAX_VECTORS}: every vector is a token of CLIP's 77, "
+                "and the prompts need theirs; use fewer"
+            )
 
     def check_item(self) -> None:
         attribute = get_attribute(self.attribute)

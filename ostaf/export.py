@@ -83,10 +83,10 @@ SDXL_EMBEDDING_KEYS = ("clip_l", "clip_g")  # SDXL's textual-inversion files: th
 
 
 def embedding_state(pipe, ckpt: Checkpoint) -> dict[str, torch.Tensor]:
-    """The token's embedding file: ``{token: (1, D)}`` (SD-1.x, what `load_textual_inversion` reads), or SDXL's
-    ``{"clip_l": (1, D1), "clip_g": (1, D2)}``."""
+    """The token's embedding file: ``{token: (N, D)}`` (SD-1.x, what `load_textual_inversion` reads; N vectors
+    become its tokens `token`, `token_1`, …), or SDXL's ``{"clip_l": (N, D1), "clip_g": (N, D2)}``."""
     prompts = PromptEncoder(pipe)
-    rows = [r.float().reshape(1, -1).contiguous() for r in prompts.split(ckpt.tensors["token.embedding"])]
+    rows = [r.float().reshape(-1, r.shape[-1]).contiguous() for r in prompts.split(ckpt.tensors["token.embedding"])]
     if not prompts.xl:
         return {ckpt.token: rows[0]}
     return dict(zip(SDXL_EMBEDDING_KEYS, rows, strict=True))

@@ -234,14 +234,17 @@ def check_adapters_can(config: GenerateConfig, checkpoints: list) -> None:
         check_attributes([c.card.get("attribute", "") for c in checkpoints], config.compose_switch)
 
 
-def check_length(tokenizer, prompt: str, placeholders: list[str]) -> None:
-    """Prompts past CLIP's 77 tokens are cut (with a warning); a cut that drops a placeholder is an error."""
-    ids = tokenizer(prompt).input_ids
+def check_length(pipe: Pipeline, prompt: str, placeholders: list[str]) -> None:
+    """Prompts past CLIP's 77 tokens are cut (with a warning); a cut that drops a placeholder (any of its vectors)
+    is an error. Counted as the pipeline reads the prompt: a placeholder of N vectors is N tokens."""
+    prompts = PromptEncoder(pipe)
+    tokenizer = prompts.tokenizer
+    ids = tokenizer(prompts.expand([prompt], tokenizer)[0]).input_ids
     limit = tokenizer.model_max_length
     if len(ids) <= limit:
         return
     kept = ids[: limit - 1]
-    lost = [t for t in placeholders if t in prompt and tokenizer.convert_tokens_to_ids(t) not in kept]
+    lost = [t for t in placeholders if t in prompt and not set(prompts.token_ids(t)) <= set(kept)]
     if lost:
         raise OstafError(
             f"prompt {prompt[:60]!r}… has {len(ids)} tokens; CLIP reads {limit}, and the cut drops {', '.join(lost)}: "
@@ -299,7 +302,7 @@ def generate(config: GenerateConfig, pipe: Pipeline | None = None, progress: boo
         for adapter in adapters:
             adapter.set_block_scales({b: v for b, v in blocks.items() if b in adapter.blocks()})
     for prompt in config.prompt:
-        check_length(pipe.tokenizer, prompt, tokens)
+        check_length(pipe, prompt, tokens)
     reference = config.reference_image or (checkpoints[0].card["train"]["image"] if checkpoints else "")
     attributes = [c.card.get("attribute", "") for c in checkpoints]
     options = GenerationOptions.from_config(config, pipe, tokens, adapters, reference, attributes)

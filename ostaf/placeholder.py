@@ -8,7 +8,8 @@ step and written into the text encoder's token-embedding *output* by a forward
 hook, so the embedding table itself is never touched; afterwards the final e*
 becomes the token's row, and a stock pipeline uses it from the prompt string.
 On SDXL e* is one row per text encoder, concatenated, with one f per encoder's width
-(`ostaf.conditioning.PromptEncoder` splits and routes it).
+(`ostaf.conditioning.PromptEncoder` splits and routes it). A placeholder of N vectors (`--num-vectors`, as
+diffusers' textual-inversion script) starts every vector at that e* and learns a residual per vector on top.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ class PlaceholderEmbedding(nn.Module):
     With an image embedding, e* = emb(word) + α·f(image) and f trains. Without one
     (word-only init, no CLIP weights), e* = emb(word) + r with a zero-initialised
     learnable residual r, i.e. textual inversion started from the attribute word.
+    With `vectors` = N > 1 the output is (N, D): e* + r_i, one zero-initialised residual per vector (the
+    vectors start equal, as diffusers' script starts them all at the initializer token, and part where
+    their positions in the prompt pull them apart); with one vector it is (D,), as before.
     """
 
     def __init__(
@@ -57,17 +61,23 @@ class PlaceholderEmbedding(nn.Module):
         image_embedding: torch.Tensor | None,
         alpha: float,
         widths: list[int] | None = None,
+        vectors: int = 1,
     ) -> None:
         super().__init__()
         self.register_buffer("word_embedding", word_embedding.detach().float().clone())
         self.alpha = alpha
         self.initializer: nn.Module | None = None
+        self.residual: nn.Parameter | None = None
         widths = widths or [word_embedding.shape[-1]]
         if sum(widths) != word_embedding.shape[-1]:
             raise OstafError(f"token widths {widths} do not add up to the word embedding's {word_embedding.shape[-1]}")
+        if vectors < 1:
+            raise OstafError(f"a placeholder needs at least one vector, got {vectors}")
+        if vectors > 1 or image_embedding is None:
+            shape = (vectors, *self.word_embedding.shape) if vectors > 1 else self.word_embedding.shape
+            self.residual = nn.Parameter(torch.zeros(shape))
         if image_embedding is None:
             self.register_buffer("image_embedding", torch.zeros(0))
-            self.residual = nn.Parameter(torch.zeros_like(self.word_embedding))
         else:
             self.register_buffer("image_embedding", image_embedding.detach().float().clone())
             dim = image_embedding.shape[-1]
@@ -76,9 +86,15 @@ class PlaceholderEmbedding(nn.Module):
             )
 
     def forward(self) -> torch.Tensor:
-        if self.initializer is None:
-            return self.word_embedding + self.residual
-        return self.word_embedding + self.alpha * self.initializer(self.image_embedding)
+        row = self.word_embedding
+        if self.initializer is not None:
+            row = row + self.alpha * self.initializer(self.image_embedding)
+        return row if self.residual is None else row + self.residual
+
+    @property
+    def vectors(self) -> int:
+        """N: how many rows (tokens) the placeholder is."""
+        return 1 if self.residual is None or self.residual.dim() == 1 else self.residual.shape[0]
 
 
 def word_embedding(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, word: str) -> torch.Tensor:

@@ -225,21 +225,22 @@ class FixedStrength(HoldsStrength):
 
 class TokenStrength(FixedStrength):
     """λ of a checkpoint without weight offsets as a blend of its placeholder (`--token-lambda`): the row is
-    (1 − λ)·e_word + λ·e*, e_word the vocabulary word nearest to e* (cosine) — λ = 0 is that hard prompt,
+    (1 − λ)·e_word + λ·e*, e_word the vocabulary word nearest to e* (cosine; per vector of a placeholder of
+    several) — λ = 0 is that hard prompt,
     λ = 1 the learned token, past 1 an extrapolation. The text encoder reads the row when a prompt is encoded,
     so one batch carries one λ (a sweep is one batch per λ, as for LoRA)."""
 
     kind = "token"
 
     def __init__(self, token: str, trainable: str, prompts, token_id: int, learned: torch.Tensor) -> None:
-        from ostaf.mechanisms.dual_path import nearest_word
+        from ostaf.mechanisms.dual_path import nearest_words
 
         super().__init__(token, trainable)
         self.prompts, self.token_id = prompts, token_id
         self.learned = learned.detach().float()
         vocabulary = prompts.rows(prompts.tokenizer.vocab_size)  # the words, no placeholder among them
-        self.word_id = nearest_word(self.learned, vocabulary)
-        self.word = vocabulary[self.word_id].to(self.learned.device)
+        self.word_ids = nearest_words(self.learned, vocabulary)
+        self.word = vocabulary[self.word_ids].reshape(self.learned.shape).to(self.learned.device)
 
     def _write_scale(self, scale: Scale) -> None:
         import torch

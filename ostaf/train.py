@@ -341,13 +341,13 @@ def build_placeholder(
     """e* from the attribute word in every text encoder (+ α·f(image), f projecting to each encoder's width)."""
     word = prompts.word_row(attribute.word)
     if config.token_init == "word":
-        return PlaceholderEmbedding(word, None, config.token_alpha)
+        return PlaceholderEmbedding(word, None, config.token_alpha, vectors=config.num_vectors)
     embedding = saved_image_embedding(config.image) if Path(config.image).is_dir() else None
     if embedding is None:
         encoder = image_encoder or load_image_encoder(config.model, seed=config.seed)
         embedding = encoder.embed(image)
     with seeded(config.seed):  # the init MLP's weights depend on the seed only
-        return PlaceholderEmbedding(word, embedding, config.token_alpha, prompts.widths)
+        return PlaceholderEmbedding(word, embedding, config.token_alpha, prompts.widths, config.num_vectors)
 
 
 def reference_time_ids(reference: Preprocessed) -> torch.Tensor:

@@ -49,7 +49,7 @@ def test_lambda_zero_is_the_nearest_words_prompt_and_one_the_learned_token(token
     learned = encoded(pipe, ids)
     with blend.at(0.0):
         hard = encoded(pipe, ids)
-    assert torch.allclose(hard, encoded(pipe, hard_ids(ids, {blend.token_id: blend.word_id})), atol=1e-5)
+    assert torch.allclose(hard, encoded(pipe, hard_ids(ids, {blend.token_id: blend.word_ids[0]})), atol=1e-5)
     assert torch.allclose(encoded(pipe, ids), learned)  # λ put back
     with blend.at(0.5):  # halfway between the two rows
         row = torch.cat([e.get_input_embeddings().weight[blend.token_id] for _, e in prompts.pairs]).float()

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch.nn import functional as F
 
+from ostaf.conditioning import vector_tokens
 from ostaf.mechanisms.base import BaseModel, Mechanism
 
 if TYPE_CHECKING:
@@ -72,9 +73,26 @@ class NearestWordTerm(Mechanism):
         )
 
     def loss(self, setup: TrainingSetup, batch: Batch, generator: torch.Generator | None) -> torch.Tensor:
-        return self.config.nn_contrastive * self.contrast.loss(setup.token(), setup.step)
+        """The term on each vector of e*, averaged (one vector: the term itself)."""
+        rows = vectors_of(setup.token())
+        terms = [self.contrast.loss(row, setup.step) for row in rows]
+        return self.config.nn_contrastive * (terms[0] if len(terms) == 1 else torch.stack(terms).mean())
 
     def words(self, setup: TrainingSetup, count: int = 5) -> list[str]:
-        """e*'s nearest vocabulary words, as 'word (cosine)'."""
-        pairs = self.contrast.nearest(setup.token().detach(), count)
-        return [f"{setup.prompts.tokenizer.convert_ids_to_tokens(i)} ({cos})" for i, cos in pairs]
+        """e*'s nearest vocabulary words, as 'word (cosine)'; for several vectors one entry per vector
+        ('*m_1: word (cosine), …')."""
+        tokenizer = setup.prompts.tokenizer
+        rows = vectors_of(setup.token().detach())
+        named = [
+            [f"{tokenizer.convert_ids_to_tokens(i)} ({cos})" for i, cos in self.contrast.nearest(row, count)]
+            for row in rows
+        ]
+        if len(named) == 1:
+            return named[0]
+        tokens = vector_tokens(setup.attribute.token, len(named))
+        return [f"{token}: {', '.join(words)}" for token, words in zip(tokens, named, strict=True)]
+
+
+def vectors_of(embedding: torch.Tensor) -> list[torch.Tensor]:
+    """A placeholder's rows: (D,) → [e*]; (N, D) → its N vectors."""
+    return list(embedding.reshape(-1, embedding.shape[-1]))

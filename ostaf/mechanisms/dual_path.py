@@ -28,10 +28,15 @@ if TYPE_CHECKING:
 
 def nearest_word(embedding: torch.Tensor, vocabulary: torch.Tensor, normalised: bool = False) -> int:
     """The vocabulary id whose embedding is closest (cosine) to `embedding` (`normalised`: rows are unit already)."""
+    return nearest_words(embedding, vocabulary, normalised)[0]
+
+
+def nearest_words(rows: torch.Tensor, vocabulary: torch.Tensor, normalised: bool = False) -> list[int]:
+    """The nearest vocabulary id (cosine) of each row of `rows` ((D,) or (N, D): a placeholder's vectors)."""
     with torch.no_grad():
-        rows = vocabulary if normalised else F.normalize(vocabulary.float(), dim=-1)
-        cos = rows @ F.normalize(embedding.float().to(vocabulary.device), dim=-1)
-    return int(cos.argmax())
+        words = vocabulary if normalised else F.normalize(vocabulary.float(), dim=-1)
+        cos = F.normalize(rows.float().to(vocabulary.device).reshape(-1, rows.shape[-1]), dim=-1) @ words.T
+    return cos.argmax(-1).tolist()
 
 
 def hard_ids(input_ids: torch.Tensor, replace: dict[int, int]) -> torch.Tensor:
@@ -75,8 +80,7 @@ class VanillaPrompts:
 
     def __init__(self, prompts: PromptEncoder, tokens: list[str]) -> None:
         self.prompts = prompts
-        tokenizer = prompts.tokenizer
-        ids = [tokenizer.convert_tokens_to_ids(t) for t in tokens]
+        ids = [i for t in tokens for i in prompts.token_ids(t)]  # every vector of every placeholder
         table = prompts.rows(max(ids) + 1)  # every encoder's row, concatenated: e* lives in all of them
         vocabulary = table[: min(ids)]  # the words before any placeholder
         self.replace = {i: nearest_word(table[i], vocabulary) for i in ids}
@@ -106,7 +110,7 @@ class DualPathTraining(Mechanism):
     def __init__(self, beta: float) -> None:
         self.beta = beta
         self.vocabulary: torch.Tensor | None = None  # (V, D) unit rows of the words before the placeholder
-        self.vanilla: tuple[int, torch.Tensor] | None = None  # (nearest word, its hard prompt's context)
+        self.vanilla: tuple[list[int], torch.Tensor] | None = None  # (nearest words, their hard prompt's context)
 
     @classmethod
     def build(cls, config: TrainConfig, base: BaseModel) -> DualPathTraining | None:
@@ -122,11 +126,12 @@ class DualPathTraining(Mechanism):
 
     @torch.no_grad()
     def vanilla_context(self, setup: TrainingSetup) -> torch.Tensor:
-        """The hard prompt: the training prompt with e* replaced by its nearest word now, (1, T, D); reused
-        while the nearest word holds (the frozen text encoder gives the same context again)."""
-        word = nearest_word(setup.token(), self.vocabulary, normalised=True)
-        if self.vanilla is None or self.vanilla[0] != word:
+        """The hard prompt: the training prompt with e* replaced by its nearest word now (each vector by its own),
+        (1, T, D); reused while the nearest words hold (the frozen text encoder gives the same context again)."""
+        words = nearest_words(setup.token(), self.vocabulary, normalised=True)
+        if self.vanilla is None or self.vanilla[0] != words:
+            replace = {setup.token_id + vector: word for vector, word in enumerate(words)}
             with autocast(setup):
-                context = setup.prompts.encode(hard_ids(setup.input_ids, {setup.token_id: word})).states
-            self.vanilla = (word, context)
+                context = setup.prompts.encode(hard_ids(setup.input_ids, replace)).states
+            self.vanilla = (words, context)
         return self.vanilla[1]

@@ -31,6 +31,7 @@ _VIEWS = (
 )
 _HYPER = "the hypernetwork's square matrices as rank-R factors (`--hyper-rank`; issue 17: does quality change?)"
 _REFERENCE = dict(reference_attention=2.0)
+_VECTORS = "a placeholder of two vectors (`--num-vectors 2`), for the values CLIP spells with two tokens (hex·agon)"
 
 METHODS: dict[str, Recipe] = {
     r.name: r
@@ -128,6 +129,8 @@ METHODS: dict[str, Recipe] = {
             generate=dict(token_lambda=True),
             **DISENTANGLED.train,
         ),
+        _method("token+vectors2", _VECTORS, trainable="token", num_vectors=2),
+        _method("disentangled+vectors2", _VECTORS, **DISENTANGLED.train, num_vectors=2),
         _method("token+band-half", "the noisy half of the schedule", trainable="token", timestep_range=[0.5, 1.0]),
         _method("token+band+snr", f"{_BAND}; {_SNR}", trainable="token", timestep_range=[0.25, 1.0], snr_gamma=1.0),
         _method("token+band-long", f"{_BAND}, 400 steps", trainable="token", timestep_range=[0.25, 1.0], steps=400),
