@@ -38,6 +38,28 @@ def test_the_conditioning_is_the_pipelines_own(tiny_pipe):
         assert ours.pooled is None
 
 
+@pipe_on_both_models
+@torch.no_grad()
+def test_a_generation_conditions_on_the_pipelines_own_time_ids_and_unconditional_half(tiny_pipe):
+    prompts = PromptEncoder(tiny_pipe)
+    cond, empty = prompts.at_size(PROMPTS, 96), prompts.unconditional_at(96, batch=len(PROMPTS))
+    theirs = tiny_pipe.encode_prompt(PROMPTS, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=True)
+    assert torch.equal(cond.states, theirs[0]) and torch.equal(empty.states, theirs[1])
+    if prompts.xl:  # the pipeline's default micro-conditioning: original = target = the image size, no crop
+        projection = tiny_pipe.text_encoder_2.config.projection_dim
+        ids = tiny_pipe._get_add_time_ids((96, 96), (0, 0), (96, 96), torch.float32, projection)
+        assert cond.time_ids.dtype == ids.dtype and torch.equal(cond.time_ids, ids.expand(len(PROMPTS), -1))
+        assert torch.equal(empty.time_ids, cond.time_ids)
+    else:
+        assert cond.time_ids is None and empty.time_ids is None
+    pick = torch.tensor([1, 0, 1])  # a batch drawn from several prompts: each sample its own prompt's rows
+    picked = cond.select(pick)
+    for mine, whole in zip(
+        (picked.states, picked.pooled, picked.time_ids), (cond.states, cond.pooled, cond.time_ids), strict=True
+    ):
+        assert (mine is None and whole is None) or torch.equal(mine, whole[pick])
+
+
 def test_each_sample_gets_its_augmentations_size_and_crop_as_the_sdxl_trainers_do(tmp_path):
     wide = tmp_path / "wide.png"
     synthetic_image(96).resize((120, 80)).save(wide)  # not square: the crops start at different x

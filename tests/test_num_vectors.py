@@ -66,7 +66,7 @@ def test_each_vector_is_its_own_token_and_row_in_a_stock_pipeline(three_vector_c
     apply(pipe, ckpt)
     prompts = PromptEncoder(pipe)
     ids = prompts.token_ids("*a")
-    assert ids == list(range(ids[0], ids[0] + VECTORS))
+    assert ids == list(range(ids[0], ids[0] + VECTORS)) and prompts.token_ids("*m") == []  # *m: not applied
     assert [prompts.tokenizer.convert_ids_to_tokens(i) for i in ids] == ["*a", "*a_1", "*a_2"]
     torch.testing.assert_close(rows_of(pipe, ids), learned, rtol=0, atol=1e-6)
     ours = prompts.encode(prompts.ids(PROMPT)).states  # ostaf reads *a as its three tokens, as the pipeline does
