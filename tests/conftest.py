@@ -98,6 +98,24 @@ def tiny_config(reference: Path, out: Path, **overrides) -> TrainConfig:
     return TrainConfig(**(values | overrides))
 
 
+def token_once_per_model(tmp_path_factory, **overrides):
+    """For a module fixture: model → a token checkpoint trained a few steps at a high rate (e* far from any
+    word), on first use; `overrides` go to its `TrainConfig`."""
+    from ostaf.train import train
+
+    made: dict[str, Path] = {}
+
+    def make(model: str) -> Path:
+        if model not in made:
+            root = tmp_path_factory.mktemp(f"token-{model}")
+            synthetic_image().save(root / "ref.png")
+            values = dict(steps=3, lr=5e-2, trainable="token", model=model) | overrides
+            made[model] = train(tiny_config(root / "ref.png", root / "run", **values), progress=False).out
+        return made[model]
+
+    return make
+
+
 def trained_once_per_model(tmp_path_factory, attributes: tuple[str, ...], steps: int):
     """For a module fixture: model → {attribute: its lite checkpoint, "reference": the image}, trained on first use."""
     from ostaf.train import train

@@ -54,10 +54,16 @@ def test_a_generation_conditions_on_the_pipelines_own_time_ids_and_unconditional
         assert cond.time_ids is None and empty.time_ids is None
     pick = torch.tensor([1, 0, 1])  # a batch drawn from several prompts: each sample its own prompt's rows
     picked = cond.select(pick)
-    for mine, whole in zip(
-        (picked.states, picked.pooled, picked.time_ids), (cond.states, cond.pooled, cond.time_ids), strict=True
-    ):
+    for mine, whole in zip(fields(picked), fields(cond), strict=True):
         assert (mine is None and whole is None) or torch.equal(mine, whole[pick])
+    one = prompts.at_size(PROMPTS[:1], 96)
+    for mine, whole in zip(fields(one.expand(3)), fields(one), strict=True):  # one prompt for a batch of 3
+        assert (mine is None and whole is None) or torch.equal(mine, whole.repeat(3, *[1] * (whole.dim() - 1)))
+
+
+def fields(cond) -> tuple:
+    """What a `Conditioning` carries, in order."""
+    return cond.states, cond.pooled, cond.time_ids
 
 
 def test_each_sample_gets_its_augmentations_size_and_crop_as_the_sdxl_trainers_do(tmp_path):

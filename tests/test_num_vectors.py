@@ -20,8 +20,8 @@ from ostaf.mechanisms.contrastive import NearestWordTerm
 from ostaf.mechanisms.dual_path import DualPathTraining, VanillaPrompts, hard_ids
 from ostaf.models import load_pipeline
 from ostaf.strength import TokenStrength
-from ostaf.train import finalize, prepare, text_context, train
-from tests.conftest import on_both_models, synthetic_image, tiny_config
+from ostaf.train import finalize, prepare, text_context
+from tests.conftest import on_both_models, tiny_config, token_once_per_model
 
 PROMPT = "a vase in the appearance of *a"
 VECTORS = 3
@@ -30,19 +30,7 @@ VECTORS = 3
 @pytest.fixture(scope="module")
 def three_vector_ckpt(tmp_path_factory):
     """model → a token checkpoint of 3 vectors, trained a few steps at a high rate."""
-    made = {}
-
-    def make(model: str):
-        if model not in made:
-            root = tmp_path_factory.mktemp(f"vectors-{model}")
-            synthetic_image().save(root / "ref.png")
-            config = tiny_config(
-                root / "ref.png", root / "run", steps=3, lr=5e-2, trainable="token", model=model, num_vectors=VECTORS
-            )
-            made[model] = train(config, progress=False).out
-        return made[model]
-
-    return make
+    return token_once_per_model(tmp_path_factory, num_vectors=VECTORS)
 
 
 def rows_of(pipe, ids: list[int]) -> torch.Tensor:

@@ -12,7 +12,7 @@ from ostaf.mechanisms.dual_path import hard_ids
 from ostaf.models import load_pipeline
 from ostaf.strength import TokenStrength
 from ostaf.train import train
-from tests.conftest import on_both_models, tiny_config
+from tests.conftest import on_both_models, tiny_config, token_once_per_model
 
 PROMPT = "a vase in the appearance of *a"
 
@@ -20,19 +20,7 @@ PROMPT = "a vase in the appearance of *a"
 @pytest.fixture(scope="module")
 def token_ckpt(tmp_path_factory):
     """model → a token checkpoint (a few steps at a high rate, so e* is far from any word)."""
-    made = {}
-
-    def make(model: str):
-        if model not in made:
-            from tests.conftest import synthetic_image
-
-            root = tmp_path_factory.mktemp(f"token-{model}")
-            synthetic_image().save(root / "ref.png")
-            config = tiny_config(root / "ref.png", root / "run", steps=3, lr=5e-2, trainable="token", model=model)
-            made[model] = train(config, progress=False).out
-        return made[model]
-
-    return make
+    return token_once_per_model(tmp_path_factory)
 
 
 def encoded(pipe, prompt_ids):
