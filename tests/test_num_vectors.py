@@ -135,7 +135,13 @@ def test_the_nearest_word_term_reaches_every_vector(reference, tmp_path):
     term = next(m for m in setup.mechanisms if isinstance(m, NearestWordTerm))
     term.loss(setup, None, None).backward()
     assert all(row.abs().sum() > 0 for row in setup.token.residual.grad)
-    assert [line.split(":")[0] for line in term.words(setup)] == ["*a", "*a_1", "*a_2"]
+    lines = term.words(setup)  # one line per vector: its token, then its 5 nearest words, nearest first
+    assert [line.split(": ")[0] for line in lines] == ["*a", "*a_1", "*a_2"]
+    vocabulary = F.normalize(setup.prompts.rows(setup.token_id), dim=-1)
+    nearest = (F.normalize(setup.token().detach(), dim=-1) @ vocabulary.T).argmax(-1).tolist()
+    for line, word_id in zip(lines, nearest, strict=True):
+        words = line.split(": ", 1)[1].split(", ")
+        assert len(words) == 5 and words[0].startswith(setup.prompts.tokenizer.convert_ids_to_tokens(word_id) + " (")
 
 
 def test_a_prompt_whose_cut_drops_a_later_vector_is_refused(three_vector_ckpt):
