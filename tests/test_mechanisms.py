@@ -255,6 +255,21 @@ def test_masked_loss_ignores_the_background():
     assert float(masked_mse(pred, target, mask)) == pytest.approx(4 * 4 / (4 * 8))
 
 
+def test_mask_dilation_grows_each_augmentations_mask_by_that_many_latent_cells(masked_reference, tmp_path):
+    from ostaf.mechanisms.masked_loss import MaskedLoss, latent_masks
+
+    setup = prepare(tiny_config(masked_reference, tmp_path / "d", masked_loss=True, mask_dilation=1))
+    grown = setup.mechanism(MaskedLoss).masks
+    plain = latent_masks(setup.mechanism(MaskedLoss).reference, setup.latent_size, 0)
+    assert grown.shape == plain.shape and 0 < plain.sum() < grown.sum() < grown.numel()
+    for k in range(plain.shape[0]):  # a cell is grown foreground iff some foreground cell is within 1 (8-neighbours)
+        ys, xs = torch.nonzero(plain[k, 0], as_tuple=True)
+        for y in range(grown.shape[-2]):
+            for x in range(grown.shape[-1]):
+                near = bool(((ys - y).abs().le(1) & (xs - x).abs().le(1)).any())
+                assert bool(grown[k, 0, y, x]) == near
+
+
 def test_the_loss_mask_follows_each_augmentation():
     from ostaf.preprocess import AugmentRecipe, augment_mask
 
