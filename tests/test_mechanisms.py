@@ -248,11 +248,12 @@ def test_masked_loss_weighs_each_sample():
 def test_masked_loss_ignores_the_background():
     mask = torch.zeros(1, 1, 4, 4)
     mask[..., :2, :] = 1
-    pred, target = torch.zeros(1, 4, 4, 4), torch.zeros(1, 4, 4, 4)
-    pred[..., 2:, :] = 5.0  # wrong only outside the mask
+    target = torch.full((1, 4, 4, 4), 3.0)  # not zero: the error is pred − target, not pred alone
+    pred = target.clone()
+    pred[..., 2:, :] += 5.0  # wrong only outside the mask
     assert float(masked_mse(pred, target, mask)) == 0.0
-    pred[..., 0, 0] = 2.0
-    assert float(masked_mse(pred, target, mask)) == pytest.approx(4 * 4 / (4 * 8))
+    pred[..., 0, 0] += 2.0  # one foreground cell off by 2 in each of 4 channels, of 4 × 8 foreground values
+    assert float(masked_mse(pred, target, mask)) == pytest.approx(4 * 2**2 / (4 * 8))
 
 
 def test_mask_dilation_grows_each_augmentations_mask_by_that_many_latent_cells(masked_reference, tmp_path):
@@ -268,6 +269,23 @@ def test_mask_dilation_grows_each_augmentations_mask_by_that_many_latent_cells(m
             for x in range(grown.shape[-1]):
                 near = bool(((ys - y).abs().le(1) & (xs - x).abs().le(1)).any())
                 assert bool(grown[k, 0, y, x]) == near
+
+
+def test_the_nearest_word_term_is_its_weight_times_infonce_over_the_sampled_vocabulary(reference, tmp_path):
+    from torch.nn import functional as F
+
+    from ostaf.mechanisms.contrastive import NearestWordTerm
+
+    setup = prepare(tiny_config(reference, tmp_path / "c", nn_contrastive=0.3, nn_vocab=64, nn_k=3))
+    e_star = setup.token().detach()
+    cos = F.normalize(setup.prompts.rows(setup.token_id), dim=-1) @ F.normalize(e_star, dim=-1)  # every word
+    positives = cos.topk(3).indices  # the k nearest words
+    draw = torch.Generator().manual_seed(setup.config.seed * 1_000_003 + setup.step)  # the step's seeded negatives
+    others = torch.randperm(cos.shape[0], generator=draw)
+    pool = torch.cat([positives, others[~torch.isin(others, positives)][:64]])
+    logits = cos / setup.config.nn_temperature
+    expected = 0.3 * (torch.logsumexp(logits[pool], 0) - torch.logsumexp(logits[positives], 0))
+    torch.testing.assert_close(setup.mechanism(NearestWordTerm).loss(setup, None, None), expected)
 
 
 def test_the_loss_mask_follows_each_augmentation():
