@@ -288,6 +288,19 @@ def test_the_nearest_word_term_is_its_weight_times_infonce_over_the_sampled_voca
     torch.testing.assert_close(setup.mechanism(NearestWordTerm).loss(setup, None, None), expected)
 
 
+def test_the_masked_loss_keeps_each_samples_loss_weight(masked_reference, tmp_path):
+    from ostaf.mechanisms.masked_loss import MaskedLoss
+
+    setup = prepare(tiny_config(masked_reference, tmp_path / "w", masked_loss=True, batch_size=2))
+    batch = sample_batch(setup, torch.Generator().manual_seed(0))
+    masked = setup.mechanism(MaskedLoss)
+    pred = torch.randn(batch.latents.shape, generator=torch.Generator().manual_seed(1))
+    target, weights = torch.zeros_like(pred), torch.tensor([1.5, 0.25])  # --snr-gamma's per-sample weights
+    loss = masked.reduce(pred, target, weights, batch)
+    torch.testing.assert_close(loss, masked_mse(pred, target, masked.masks[batch.pick], weights))
+    assert not torch.allclose(loss, masked_mse(pred, target, masked.masks[batch.pick]))
+
+
 def test_the_loss_mask_follows_each_augmentation():
     from ostaf.preprocess import AugmentRecipe, augment_mask
 
