@@ -4,6 +4,8 @@ placeholder's nearest words (`--token-lambda`, the dual path, the nearest-word t
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -141,7 +143,8 @@ def test_the_nearest_word_term_reaches_every_vector(reference, tmp_path):
     nearest = (F.normalize(setup.token().detach(), dim=-1) @ vocabulary.T).argmax(-1).tolist()
     for line, word_id in zip(lines, nearest, strict=True):
         words = line.split(": ", 1)[1].split(", ")
-        assert len(words) == 5 and words[0].startswith(setup.prompts.tokenizer.convert_ids_to_tokens(word_id) + " (")
+        assert len(words) == 5 and all(re.fullmatch(r"\S+ \(-?[0-9.]+\)", word) for word in words)  # 'word (cos)'
+        assert words[0].startswith(setup.prompts.tokenizer.convert_ids_to_tokens(word_id) + " (")
 
 
 def test_a_prompt_whose_cut_drops_a_later_vector_is_refused(three_vector_ckpt):
