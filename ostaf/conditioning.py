@@ -186,18 +186,20 @@ class PromptEncoder:
         embedding; the first vector's id (the same in each tokenizer; the others follow it)."""
         rows = self.split(row.reshape(-1, row.shape[-1]))
         names = vector_tokens(token, rows[0].shape[0])
-        first: list[int] = []
+        firsts = []  # each vector's id, the same in every tokenizer
         for index, name in enumerate(names):
-            ids = [
+            ids = {
                 add_placeholder(tokenizer, encoder, name, part[index])
                 for (tokenizer, encoder), part in zip(self.pairs, rows, strict=True)
-            ]
-            if len(set(ids)) != 1:
-                raise OstafError(f"{name} got ids {ids} in the two tokenizers: their vocabularies differ in size")
-            first = first or ids
-            if ids[0] != first[0] + index:  # the injection and the λ blend address vector i as id + i
-                raise OstafError(f"{name} got id {ids[0]}, not {first[0] + index}: ids not consecutive")
-        return first[0]
+            }
+            if len(ids) != 1:
+                raise OstafError(
+                    f"{name} got ids {sorted(ids)} in the two tokenizers: their vocabularies differ in size"
+                )
+            firsts.extend(ids)
+        if firsts != list(range(firsts[0], firsts[0] + len(firsts))):  # the injection and λ address vector i as id + i
+            raise OstafError(f"{token}'s vectors got ids {firsts}, not consecutive ones")
+        return firsts[0]
 
     @torch.no_grad()
     def write_row(self, token_id: int, row: torch.Tensor) -> None:

@@ -91,11 +91,6 @@ class PlaceholderEmbedding(nn.Module):
             row = row + self.alpha * self.initializer(self.image_embedding)
         return row if self.residual is None else row + self.residual
 
-    @property
-    def vectors(self) -> int:
-        """N: how many rows (tokens) the placeholder is."""
-        return 1 if self.residual is None or self.residual.dim() == 1 else self.residual.shape[0]
-
 
 def word_embedding(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, word: str) -> torch.Tensor:
     """Input embedding of `word` (the mean of its pieces if it is more than one token)."""

@@ -26,13 +26,9 @@ if TYPE_CHECKING:
     from ostaf.training_setup import Batch, TrainingSetup
 
 
-def nearest_word(embedding: torch.Tensor, vocabulary: torch.Tensor, normalised: bool = False) -> int:
-    """The vocabulary id whose embedding is closest (cosine) to `embedding` (`normalised`: rows are unit already)."""
-    return nearest_words(embedding, vocabulary, normalised)[0]
-
-
 def nearest_words(rows: torch.Tensor, vocabulary: torch.Tensor, normalised: bool = False) -> list[int]:
-    """The nearest vocabulary id (cosine) of each row of `rows` ((D,) or (N, D): a placeholder's vectors)."""
+    """The nearest vocabulary id (cosine) of each row of `rows` ((D,) or (N, D): a placeholder's vectors;
+    `normalised`: the vocabulary's rows are unit already)."""
     with torch.no_grad():
         words = vocabulary if normalised else F.normalize(vocabulary.float(), dim=-1)
         cos = F.normalize(rows.float().to(vocabulary.device).reshape(-1, rows.shape[-1]), dim=-1) @ words.T
@@ -83,7 +79,7 @@ class VanillaPrompts:
         ids = [i for t in tokens for i in prompts.token_ids(t)]  # every vector of every placeholder
         table = prompts.rows(max(ids) + 1)  # every encoder's row, concatenated: e* lives in all of them
         vocabulary = table[: min(ids)]  # the words before any placeholder
-        self.replace = {i: nearest_word(table[i], vocabulary) for i in ids}
+        self.replace = dict(zip(ids, nearest_words(table[ids], vocabulary), strict=True))
 
     @property
     def words(self) -> dict[str, str]:
