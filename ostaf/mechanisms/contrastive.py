@@ -74,9 +74,8 @@ class NearestWordTerm(Mechanism):
 
     def loss(self, setup: TrainingSetup, batch: Batch, generator: torch.Generator | None) -> torch.Tensor:
         """The term on each vector of e*, averaged (one vector: the term itself)."""
-        rows = vectors_of(setup.token())
-        terms = [self.contrast.loss(row, setup.step) for row in rows]
-        return self.config.nn_contrastive * (terms[0] if len(terms) == 1 else torch.stack(terms).mean())
+        terms = [self.contrast.loss(row, setup.step) for row in vectors_of(setup.token())]
+        return self.config.nn_contrastive * torch.stack(terms).mean()
 
     def words(self, setup: TrainingSetup, count: int = 5) -> list[str]:
         """e*'s nearest vocabulary words, as 'word (cosine)'; for several vectors one entry per vector
