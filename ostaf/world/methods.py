@@ -180,6 +180,18 @@ METHODS: dict[str, Recipe] = {
             generate=VIEWS.generate,
             **VIEWS.train,
         ),
+        _method(
+            "views+band+lambda",
+            f"the `views` recipe as shipped, trained on {_BAND}",
+            generate=VIEWS.generate,
+            **VIEWS.train | dict(timestep_range=[0.25, 1.0]),
+        ),
+        _method(
+            "views400+lambda",
+            "the `views` recipe as shipped, 400 steps (twice the world's)",
+            generate=VIEWS.generate,
+            **VIEWS.train | dict(steps=400),
+        ),
         _method("lora+views+varied-prior", f"{_VIEWS}; {_VARIED}", trainable="lora", views=4, prior_images=8),
         _method("finetune+views+varied-prior", f"{_VIEWS}; {_VARIED}", trainable="blocks", views=4, prior_images=8),
         _method("lite+hyper16", _HYPER, trainable="lite", hyper_rank=16),
