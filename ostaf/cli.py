@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from collections.abc import Callable
 
@@ -144,20 +145,48 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
 
 
 def recipe_of(argv: list[str] | None) -> Recipe | None:
-    """The recipes `--recipe NAME …` names, layered, read before the real parse (an unknown name is the
-    parser's error)."""
+    """The recipes `--recipe NAME …` names, layered for the run's attribute (`train`'s `--attribute`, or the one
+    `generate`'s checkpoints share), read before the real parse (an unknown name is the parser's error)."""
     pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("command", nargs="?")
     pre.add_argument("--recipe", nargs="+", default=[])
+    pre.add_argument("--attribute", default=TrainConfig.attribute)
+    pre.add_argument("--ckpt", nargs="+", default=[])
     known, _ = pre.parse_known_args(argv)
-    return layered([n for n in known.recipe if n in RECIPES])
+    names = [n for n in known.recipe if n in RECIPES]
+    attribute = known.attribute if known.command == "train" else checkpoints_attribute(known.ckpt)
+    skipped = [n for n in names if RECIPES[n].attributes and attribute not in RECIPES[n].attributes]
+    if skipped:
+        where = f"the {attribute} attribute" if attribute else "checkpoints of several attributes"
+        logging.getLogger(__name__).info(
+            "recipe %s is for %s only: not used for %s",
+            ", ".join(skipped),
+            "/".join(RECIPES[skipped[0]].attributes),
+            where,
+        )
+    return layered(names, attribute)
 
 
-def from_recipe(message: str, recipe: Recipe | None) -> str:
-    """`message`, saying which flags it names came from the recipe (the user did not type them)."""
+def checkpoints_attribute(ckpts: list[str]) -> str | None:
+    """The attribute every checkpoint's card names (None for none, several, or a card that cannot be read: the
+    real run says what is wrong with it)."""
+    from ostaf.checkpoint_format import checkpoint_card
+
+    try:
+        found = {checkpoint_card(c).get("attribute") for c in ckpts}
+    except OstafError:
+        return None
+    return found.pop() if len(found) == 1 else None
+
+
+def from_recipe(message: str, recipe: Recipe | None, argv: list[str] | None = None) -> str:
+    """`message`, saying which flags it names came from the recipe (those the user did not type in `argv`)."""
     if recipe is None:
         return message
+    typed = {arg.split("=")[0] for arg in argv or sys.argv[1:] if arg.startswith("--")}
     options = {**recipe.train, **recipe.generate, **recipe.evaluate}
-    named = [flag for flag in ("--" + name.replace("_", "-") for name in options) if flag in message]
+    flags = ("--" + name.replace("_", "-") for name in options)
+    named = [flag for flag in flags if flag not in typed and re.search(re.escape(flag) + r"(?![\w-])", message)]
     return f"{message} ({', '.join(named)}: set by --recipe {recipe.name})" if named else message
 
 
@@ -169,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         COMMANDS[args.command](args)
     except OstafError as err:
-        print(f"ostaf {args.command}: error: {from_recipe(str(err), recipe)}", file=sys.stderr)
+        print(f"ostaf {args.command}: error: {from_recipe(str(err), recipe, argv)}", file=sys.stderr)
         return 2
     return 0
 

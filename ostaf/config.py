@@ -128,6 +128,16 @@ def shared_defaults(cls: type) -> dict[str, Any]:
     return {f.name: default_of(f) for f in fields(cls) if not f.metadata.get("per_item")}
 
 
+PER_ATTRIBUTE = "per_attribute"  # in a run's resolved options: attribute → what differs for its items (a recipe's)
+
+
+def for_attribute(options: Mapping[str, Any], attribute: str | None) -> dict[str, Any]:
+    """One item's options from a run's resolved section: the shared values, with what a recipe for the item's
+    attribute changes (`ostaf.options.resolve_options`) over them."""
+    shared = {k: v for k, v in options.items() if k != PER_ATTRIBUTE}
+    return shared | options.get(PER_ATTRIBUTE, {}).get(attribute, {})
+
+
 def validate_options(cls: type[C], options: Mapping[str, Any]) -> dict[str, Any]:
     """Check a partial dict of shared options (names, types, choices, ranges); return it with defaults filled in.
 
@@ -192,7 +202,7 @@ class _Config:
         Per-item fields with an `item_key` come from `item` (e.g. `class_name`, `prompts`); the
         others (`image`, `out`, `model`, …) from `per_step` or their defaults.
         """
-        values = validate_options(cls, options)
+        values = validate_options(cls, for_attribute(options, item.get("attribute")))
         for f in fields(cls):
             key = f.metadata.get("item_key")
             if key and f.name not in per_step:

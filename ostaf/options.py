@@ -13,7 +13,8 @@ import typing
 from dataclasses import dataclass, fields
 from typing import Any
 
-from ostaf.config import EvaluateConfig, GenerateConfig, TrainConfig, default_of, validate_options
+from ostaf.attributes import ATTRIBUTES
+from ostaf.config import PER_ATTRIBUTE, EvaluateConfig, GenerateConfig, TrainConfig, default_of, validate_options
 from ostaf.errors import OstafError
 from ostaf.recipes import Recipe, layered
 
@@ -112,9 +113,25 @@ def check_extra_options(extra_options: dict) -> None:
 
 def resolve_options(recipe: list[str], extra_options: dict, typed_values: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """A run's options per section, validated: the config defaults, then the recipes' values (later ones win), then
-    each typed parameter that is not `UNSET` (a missing name is unset), then `extra_options`."""
+    each typed parameter that is not `UNSET` (a missing name is unset), then `extra_options`.
+
+    Where a recipe is for some attributes only, a section also holds `PER_ATTRIBUTE`: attribute → the options
+    whose values differ for that attribute's items (the same layers with that recipe in); `for_attribute` reads
+    an item's options from it."""
     check_extra_options(extra_options)
-    chosen = layered(list(recipe))
+    resolved = _resolved(recipe, extra_options, typed_values, None)
+    for attribute in ATTRIBUTES:
+        for section, values in _resolved(recipe, extra_options, typed_values, attribute).items():
+            changed = {k: v for k, v in values.items() if resolved[section].get(k) != v}
+            if changed:
+                resolved[section].setdefault(PER_ATTRIBUTE, {})[attribute] = changed
+    return resolved
+
+
+def _resolved(
+    recipe: list[str], extra_options: dict, typed_values: dict[str, Any], attribute: str | None
+) -> dict[str, dict[str, Any]]:
+    chosen = layered(list(recipe), attribute)
     parameters = typed_parameters()
     resolved = {}
     for section, cls in SECTIONS.items():

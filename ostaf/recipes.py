@@ -2,7 +2,9 @@
 
 A recipe is the one place a setting is written (the Makefile, the demo, the world experiment
 and `--recipe` all read it); explicit options still win over it. Recipes layer: `--recipe A B` takes
-A's values, then B's over them, so a model's settings (`world`) and a method's combine.
+A's values, then B's over them, so a model's settings (`world`) and a method's combine. A recipe can be for some
+attributes only (`views`: shape): it layers in where the run's item has one of them, and is skipped elsewhere, so
+`--recipe world disentangled views` trains shapes with views and appearances and styles with the token.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ostaf.attributes import get_attribute
 from ostaf.config import EvaluateConfig, GenerateConfig, TrainConfig, validate_options
 from ostaf.errors import OstafError
 
@@ -21,8 +24,11 @@ class Recipe:
     train: dict[str, Any] = field(default_factory=dict)
     generate: dict[str, Any] = field(default_factory=dict)
     evaluate: dict[str, Any] = field(default_factory=dict)
+    attributes: tuple[str, ...] = ()  # the attributes it is for; () = every one
 
     def __post_init__(self) -> None:
+        for name in self.attributes:
+            get_attribute(name)
         validate_options(TrainConfig, self.train)
         validate_options(GenerateConfig, self.generate)
         validate_options(EvaluateConfig, self.evaluate)
@@ -58,8 +64,9 @@ VIEWS = Recipe(
     "nearest-word floor of 0.19. λ is its strength (--token-lambda: weights and token blended from the base "
     "model's): on 6 validation shapes IoU 0.66 → 0.78 → 0.88 and match 0 → 0.28 → 0.67 at λ 0 → 0.5 → 1, text "
     "control 1.0 throughout (benchmarks/results/world-v3/ablation/)",
-    train=dict(trainable="blocks", views=8, view_textures=True),
+    train=dict(trainable="blocks", views=8, view_textures=True, timestep_range=[0.0, 1.0]),
     generate=dict(token_lambda=True),  # λ blends the tuned weights and token from the base's: a strength
+    attributes=("shape",),
 )
 
 PAPER = Recipe(
@@ -77,12 +84,13 @@ def get_recipe(name: str) -> Recipe:
         raise OstafError(f"unknown recipe {name!r}: use one of {', '.join(RECIPES)}") from None
 
 
-def layered(names: list[str] | tuple[str, ...]) -> Recipe | None:
+def layered(names: list[str] | tuple[str, ...], attribute: str | None = None) -> Recipe | None:
     """Several recipes as one, later ones winning (`--recipe world disentangled`: the world's settings,
-    then a method's); None for none."""
-    if not names:
+    then a method's); None for none. A recipe for some attributes only takes part where `attribute` is one of
+    them (with no attribute: nowhere)."""
+    recipes = [r for r in map(get_recipe, names) if not r.attributes or attribute in r.attributes]
+    if not recipes:
         return None
-    recipes = [get_recipe(n) for n in names]
     train: dict[str, Any] = {}
     generate: dict[str, Any] = {}
     evaluate: dict[str, Any] = {}
@@ -90,4 +98,6 @@ def layered(names: list[str] | tuple[str, ...]) -> Recipe | None:
         train |= r.train
         generate |= r.generate
         evaluate |= r.evaluate
-    return Recipe("+".join(names), "; ".join(r.description for r in recipes), train, generate, evaluate)
+    return Recipe(
+        "+".join(r.name for r in recipes), "; ".join(r.description for r in recipes), train, generate, evaluate
+    )

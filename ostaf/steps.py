@@ -30,7 +30,7 @@ from pydantic import ValidationError
 
 from ostaf import data, groups, tracking
 from ostaf.benchmark import BenchmarkItem, copy_items, load_manifest, write_manifest
-from ostaf.config import EvaluateConfig, GenerateConfig, TrainConfig, validate_options
+from ostaf.config import PER_ATTRIBUTE, EvaluateConfig, GenerateConfig, TrainConfig, for_attribute, validate_options
 from ostaf.errors import OstafError
 from ostaf.html_report import PLOT, SCORES_FILE, collect_visuals, grid_name, write_html
 from ostaf.images import load_image, save_image
@@ -125,9 +125,20 @@ def start_pipeline_run(
     from ostaf.options import SECTIONS
 
     tracking.check_reachable()
-    params = {"model": model} | {s: validate_options(cls, options.get(s, {})) for s, cls in SECTIONS.items()}
+    params: dict[str, Any] = {"model": model}
+    for section, cls in SECTIONS.items():  # an attribute's own values as e.g. train.per_attribute.shape.views
+        given = options.get(section, {})
+        params[section] = validate_options(cls, for_attribute(given, None)) | _per_attribute(cls, given)
     tags = {**(provenance or {}), "kfp_run_id": kfp_run_id, "pipeline": pipeline}
     return tracking.start_run(pipeline, params=params, tags=tags).run_id
+
+
+def _per_attribute(cls: type, options: dict[str, Any]) -> dict[str, Any]:
+    """A section's per-attribute values, each checked against the config (names, types, choices)."""
+    changed = options.get(PER_ATTRIBUTE, {})
+    for attribute in changed:
+        validate_options(cls, for_attribute(options, attribute))
+    return {PER_ATTRIBUTE: changed} if changed else {}
 
 
 @timed_step
@@ -263,7 +274,9 @@ def evaluate_item(
     from ostaf.preprocess import load_preprocessed
 
     item = read_item(reference)
-    config = EvaluateConfig.from_dict(validate_options(EvaluateConfig, evaluate_options))
+    config = EvaluateConfig.from_dict(
+        validate_options(EvaluateConfig, for_attribute(evaluate_options, item["attribute"]))
+    )
     models = load_metric_models(item["attribute"], metric_spec(config, model))
     rows = evaluate_sweep(images, load_preprocessed(reference), models)
     group = groups.of_item(item)

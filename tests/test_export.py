@@ -155,3 +155,44 @@ def test_the_cli_prints_error_vs_rank_and_how_to_load(lite_on, tmp_path, capsys,
     text = capsys.readouterr().out
     assert "← written" in text and "load_lora_weights" in text and out.exists()
     assert ("text_encoder=pipe.text_encoder_2" in text) == (model == "tiny-sdxl")  # SDXL: one call per encoder
+
+
+def test_the_error_rank_and_factors_are_the_truncation_computed_by_hand():
+    """The reported errors are ‖ΔW − B_r A_r‖_F / ‖ΔW‖_F of the factors written, per layer and over all layers, on
+    non-square layers of different ranks; the picked rank is the smallest one under the bound in every layer; a
+    layer of lower rank is padded with zeros to the file's one rank; kohya's keys carry alpha = rank."""
+    from ostaf.export import lora_state, overall_error, pick_rank
+
+    generator = torch.Generator().manual_seed(0)
+    deltas = {  # rank 8 (8 × 12) and rank 3 (16 × 5: a 3-dimensional product)
+        "a.to_k": torch.randn(8, 12, generator=generator, dtype=torch.float64).float(),
+        "b.to_v": (torch.randn(16, 3, generator=generator) @ torch.randn(3, 5, generator=generator)),
+    }
+    deltas["a.to_k"][:, :6] *= 0.1  # a spectrum that falls
+    factors = {name: svd(d) for name, d in deltas.items()}
+    for rank in (1, 2, 4, 8):
+        written = lora_state(factors, rank, "diffusers")
+        lost = total = 0.0
+        for name, delta in deltas.items():
+            up, down = written[f"unet.{name}.lora_B.weight"], written[f"unet.{name}.lora_A.weight"]
+            assert up.shape == (delta.shape[0], rank) and down.shape == (rank, delta.shape[1])  # one rank in the file
+            gap = float((delta.double() - up.double() @ down.double()).norm() ** 2)
+            assert relative_error(factors[name], rank) == pytest.approx(
+                (gap / float(delta.norm() ** 2)) ** 0.5, abs=1e-6
+            )
+            lost, total = lost + gap, total + float(delta.norm() ** 2)
+        assert overall_error(factors, rank) == pytest.approx((lost / total) ** 0.5, abs=1e-6)
+    assert relative_error(factors["b.to_v"], 3) < 1e-6 < relative_error(factors["b.to_v"], 2)
+    bound = 0.5 * (relative_error(factors["a.to_k"], 2) + relative_error(factors["a.to_k"], 3))  # between ranks 2 and 3
+    assert pick_rank(factors, 8, bound) == 3 and pick_rank(factors, 8, 0.0) == 8  # 0: the rank asked for
+    assert pick_rank(factors, 8, 1e-9) == 8  # the full-rank layer needs all of its 8 (the other one 3)
+    kohya = lora_state(factors, 2, "kohya")
+    assert set(kohya) == {
+        f"lora_unet_{n}_to_{p}.{k}"
+        for n, p in (("a", "k"), ("b", "v"))
+        for k in ("lora_down.weight", "lora_up.weight", "alpha")
+    }
+    assert int(kohya["lora_unet_a_to_k.alpha"]) == 2 and torch.equal(
+        kohya["lora_unet_a_to_k.lora_up.weight"], lora_state(factors, 2, "diffusers")["unet.a.to_k.lora_B.weight"]
+    )
+    assert relative_error(svd(torch.zeros(3, 4)), 1) == 0.0 and overall_error({"z": svd(torch.zeros(3, 4))}, 1) == 0.0

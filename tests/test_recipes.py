@@ -4,6 +4,9 @@ token with 8 textured captioned views, exactly as the world table measured it.""
 
 from __future__ import annotations
 
+import json
+
+import pytest
 import torch
 
 from ostaf.cli import build_parser, recipe_of
@@ -68,20 +71,137 @@ def test_the_views_recipe_fine_tunes_the_encoder_with_eight_textured_views_as_me
     assert setup.adapter is None and all(p.requires_grad for p in setup.token.parameters())  # and the token
     made = setup.mechanism(CaptionedViews).views
     assert len(made.words) == 8 and len({w.split()[1] for w in made.words}) == 4  # 8 colours, every texture
-    flags = ["generate", "--ckpt", str(tmp_path / "run"), "--prompt", "a cat in the shape of *m"]
+    flags = ["generate", "--ckpt", card(tmp_path / "ckpt", "shape"), "--prompt", "a cat in the shape of *m"]
     generate = config_from_args(GenerateConfig, parsed([*flags, "--recipe", "world", "views"]))
     assert generate.token_lambda and generate.lam == [0.0, 0.25, 0.5, 0.75, 1.0]  # λ: a strength, swept
 
 
-def test_a_recipe_for_another_attribute_is_one_error_naming_the_recipe(tmp_path, capsys):
-    """`--recipe views` on an appearance: refused before any work, and the error says the flag came from the
-    recipe (the user never typed --view-textures)."""
+def test_a_recipe_for_another_attribute_is_left_out_and_its_values_are_named_in_errors(tmp_path, capsys, caplog):
+    """`--recipe world views` on an appearance: the shape-only recipe is left out (the world's settings hold) and
+    the log says so; on a shape, an error about a value the recipe set says the flag came from the recipe (the
+    user never typed --view-textures)."""
     from ostaf.cli import main
 
     image = tmp_path / "ref.png"
     synthetic_image().save(image)
-    argv = ["train", "--image", str(image), "--class-name", "toy", "--attribute", "appearance", "--model", "tiny"]
-    assert main([*argv, "--out", str(tmp_path / "run"), "--recipe", "world", "views"]) == 2
+    argv = ["train", "--image", str(image), "--class-name", "toy", "--model", "tiny", "--recipe", "world", "views"]
+    with caplog.at_level("INFO", logger="ostaf.cli"):
+        appearance = config_from_args(TrainConfig, parsed([*argv, "--attribute", "appearance"]))
+    assert (appearance.views, appearance.view_textures, appearance.trainable, appearance.steps) == (
+        0,
+        False,
+        "lite",
+        200,
+    )
+    assert "recipe views is for shape only: not used for the appearance attribute" in caplog.text
+    shape = [*argv, "--attribute", "shape", "--out", str(tmp_path / "run")]
+    assert main([*shape, "--views", "0"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "drop --view-textures" in err and err.endswith("(--view-textures: set by --recipe world+views)")
+    assert "add --views N" in err and err.endswith(
+        "(--view-textures: set by --recipe world+views)"
+    )  # not --views: typed
     assert not (tmp_path / "run").exists()
+
+
+def card(folder, attribute: str) -> str:
+    """A checkpoint folder whose card names `attribute` (what `generate` reads before its real parse)."""
+    from ostaf.checkpoint_format import CARD, CHECKPOINT_FORMAT, TENSORS
+
+    folder.mkdir()
+    (folder / CARD).write_text(json.dumps({"format": CHECKPOINT_FORMAT, "attribute": attribute}))
+    (folder / TENSORS).write_bytes(b"")
+    return str(folder)
+
+
+def test_a_recipe_for_some_attributes_layers_in_for_their_items_only(tmp_path):
+    """`--recipe world disentangled views` (the main job's): shape items train with views and generate with λ as a
+    strength, appearance and style items with the token in its band, in the pipeline (one resolved options file
+    for every item) and in the CLI (`train --attribute`, `generate` from its checkpoint's attribute); a typed
+    parameter and `extra_options` still win over the shape's recipe."""
+    from ostaf.options import resolve_options
+
+    recipe = ["world", "disentangled", "views"]
+    resolved = resolve_options(recipe, {}, {})
+
+    def train_of(attribute: str, options=resolved) -> TrainConfig:
+        item = {"id": "x", "attribute": attribute, "class_name": "object", "prompts": []}
+        return TrainConfig.for_item(item, options["train"], image="ref.png")  # what every pipeline step calls
+
+    def generate_of(attribute: str) -> GenerateConfig:
+        item = {"id": "x", "attribute": attribute, "prompts": ["a cat"]}
+        return GenerateConfig.for_item(item, resolved["generate"], ckpt=["c"])
+
+    shape = train_of("shape")
+    assert (shape.trainable, shape.views, shape.view_textures, shape.timestep_range) == ("blocks", 8, True, [0.0, 1.0])
+    assert (shape.steps, shape.lr, shape.segment) == (200, 1e-3, False)  # the world's settings underneath
+    for attribute in ("appearance", "style"):
+        other = train_of(attribute)
+        assert (other.trainable, other.views, other.view_textures, other.timestep_range) == (
+            "token",
+            0,
+            False,
+            [0.25, 1],
+        )
+        assert not generate_of(attribute).token_lambda
+    assert generate_of("shape").token_lambda and generate_of("shape").lam == generate_of("style").lam == [1.0]
+    assert set(resolved["train"]["per_attribute"]) == {"shape"}  # only what differs, only where it does
+    assert set(resolved["train"]["per_attribute"]["shape"]) == {"trainable", "views", "view_textures", "timestep_range"}
+
+    typed = resolve_options(recipe, {"train": {"view_loss_weight": 3.0}}, {"trainable": "lora"})
+    assert (train_of("shape", typed).trainable, train_of("shape", typed).view_loss_weight) == ("lora", 3.0)
+    assert train_of("shape", typed).views == 8 and train_of("style", typed).trainable == "lora"
+
+    image = tmp_path / "ref.png"
+    synthetic_image().save(image)
+    argv = ["train", "--image", str(image), "--class-name", "object", "--model", "tiny", "--recipe", *recipe]
+    assert config_from_args(TrainConfig, parsed([*argv, "--attribute", "shape"])).views == 8
+    assert config_from_args(TrainConfig, parsed([*argv, "--attribute", "style"])).trainable == "token"
+    for attribute, strength in (("shape", True), ("appearance", False)):
+        flags = ["generate", "--ckpt", card(tmp_path / attribute, attribute), "--prompt", "a cat", "--recipe", *recipe]
+        assert config_from_args(GenerateConfig, parsed(flags)).token_lambda is strength
+
+
+def test_the_parent_run_logs_what_a_recipe_changes_for_an_attribute(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    from ostaf.options import resolve_options
+    from ostaf.steps import start_pipeline_run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    run = start_pipeline_run("p", "tiny", resolve_options(["world", "disentangled", "views"], {}, {}))
+    params = MlflowClient(uri).get_run(run).data.params
+    assert (params["train.trainable"], params["train.per_attribute.shape.trainable"]) == ("token", "blocks")
+    assert (params["train.views"], params["train.per_attribute.shape.views"]) == ("0", "8")
+    assert params["generate.per_attribute.shape.token_lambda"] == "True"
+    assert not any(k.startswith(("evaluate.per_attribute", "train.per_attribute.style")) for k in params)
+
+
+def test_the_evaluate_step_reads_its_items_attribute_values(tmp_path, monkeypatch):
+    """A recipe's evaluate values for one attribute reach that attribute's evaluate step, not the others'."""
+    from ostaf import evaluate, recipes
+    from ostaf.options import resolve_options
+    from ostaf.steps import evaluate_item
+
+    monkeypatch.setitem(
+        recipes.RECIPES,
+        "scored",
+        recipes.Recipe("scored", "", evaluate={"metric_models": "tiny"}, attributes=("style",)),
+    )
+    options = resolve_options(["scored"], {}, {})["evaluate"]
+    asked = []
+
+    class Asked(Exception):
+        """The options are what this test is about: stop before any model loads."""
+
+    def record(attribute: str, spec: str):
+        asked.append((attribute, spec))
+        raise Asked
+
+    monkeypatch.setattr(evaluate, "load_metric_models", record)
+    for attribute in ("style", "shape"):
+        (tmp_path / attribute).mkdir()
+        (tmp_path / attribute / "item.json").write_text(json.dumps({"id": attribute, "attribute": attribute}))
+        with pytest.raises(Asked):
+            evaluate_item("", str(tmp_path / attribute), "tiny", options, "", str(tmp_path / "scores"))
+    assert asked == [("style", "tiny"), ("shape", "none")]  # shape: the preset's default (no real weights)
