@@ -186,6 +186,9 @@ def test_the_error_rank_and_factors_are_the_truncation_computed_by_hand():
     bound = 0.5 * (relative_error(factors["a.to_k"], 2) + relative_error(factors["a.to_k"], 3))  # between ranks 2 and 3
     assert pick_rank(factors, 8, bound) == 3 and pick_rank(factors, 8, 0.0) == 8  # 0: the rank asked for
     assert pick_rank(factors, 8, 1e-9) == 8  # the full-rank layer needs all of its 8 (the other one 3)
+    assert pick_rank(factors, 8, 1.0) == 1  # any rank is under an error of 1: the smallest there is
+    seven = torch.randn(8, 7, generator=generator) @ torch.randn(7, 8, generator=generator)  # rank 7 of 8
+    assert pick_rank({"c.to_q": svd(seven)}, 8, 1e-6) == 7
     kohya = lora_state(factors, 2, "kohya")
     assert set(kohya) == {
         f"lora_unet_{n}_to_{p}.{k}"
