@@ -5,6 +5,7 @@ token with 8 textured captioned views, exactly as the world table measured it.""
 from __future__ import annotations
 
 import json
+from unittest.mock import patch
 
 import pytest
 import torch
@@ -43,16 +44,20 @@ def test_the_disentangled_recipe_trains_only_the_token_and_only_in_its_band(tmp_
 
 
 def test_the_views_recipe_fine_tunes_the_encoder_with_eight_textured_views_as_measured(tmp_path):
-    """What the world table's `finetune+textured-views8` row measured is the recipe (one source), and the recipe
-    trains the encoder's attention weights (no token, no adapter) with 8 views, each a named colour and texture."""
+    """What the world table's `views+band+lambda` row measured is the recipe (one source), and the recipe trains
+    the encoder's attention weights (no token, no adapter) with 8 views, each a named colour and texture, on the
+    noisy three quarters of the schedule — the reference's steps and the views' alike."""
     from PIL import Image
 
-    from ostaf.mechanisms.views import CaptionedViews
+    from ostaf.mechanisms import timesteps
+    from ostaf.mechanisms.views import CaptionedViews, views_loss
     from ostaf.recipes import VIEWS
     from ostaf.world.methods import METHODS
 
-    assert METHODS["finetune+textured-views8"].train == VIEWS.train
-    assert (METHODS["views+lambda"].train, METHODS["views+lambda"].generate) == (VIEWS.train, VIEWS.generate)
+    shipped = METHODS["views+band+lambda"]
+    assert (shipped.train, shipped.generate) == (VIEWS.train, VIEWS.generate)
+    before = VIEWS.train | {"timestep_range": [0.0, 1.0]}  # the rows measured before the band
+    assert METHODS["finetune+textured-views8"].train | {"timestep_range": [0.0, 1.0]} == before
     image = tmp_path / "ref.png"
     Image.fromarray(render(Factors("star", "red", "striped", "flat", 0.5, 0.5, 0.3)).image).save(image)
     argv = ["train", "--image", str(image), "--class-name", "object", "--attribute", "shape", "--model", "tiny"]
@@ -71,6 +76,19 @@ def test_the_views_recipe_fine_tunes_the_encoder_with_eight_textured_views_as_me
     assert setup.adapter is None and all(p.requires_grad for p in setup.token.parameters())  # and the token
     made = setup.mechanism(CaptionedViews).views
     assert len(made.words) == 8 and len({w.split()[1] for w in made.words}) == 4  # 8 colours, every texture
+    real, drawn = timesteps.sample_timesteps, []
+
+    def spy(*args):
+        drawn.append(real(*args))
+        return drawn[-1]
+
+    with patch.object(timesteps, "sample_timesteps", spy):
+        generator = torch.Generator().manual_seed(0)
+        for _ in range(50):
+            views_loss(setup, made, setup.mechanism(CaptionedViews).input_ids, generator)
+            sample_batch(setup, generator)
+    total = setup.noise_scheduler.config.num_train_timesteps
+    assert len(drawn) == 100 and total // 4 <= int(torch.cat(drawn).min()) < total // 4 + 50  # the band, both
     flags = ["generate", "--ckpt", card(tmp_path / "ckpt", "shape"), "--prompt", "a cat in the shape of *m"]
     generate = config_from_args(GenerateConfig, parsed([*flags, "--recipe", "world", "views"]))
     assert generate.token_lambda and generate.lam == [0.0, 0.25, 0.5, 0.75, 1.0]  # λ: a strength, swept
@@ -132,7 +150,7 @@ def test_a_recipe_for_some_attributes_layers_in_for_their_items_only(tmp_path):
         return GenerateConfig.for_item(item, resolved["generate"], ckpt=["c"])
 
     shape = train_of("shape")
-    assert (shape.trainable, shape.views, shape.view_textures, shape.timestep_range) == ("blocks", 8, True, [0.0, 1.0])
+    assert (shape.trainable, shape.views, shape.view_textures, shape.timestep_range) == ("blocks", 8, True, [0.25, 1])
     assert (shape.steps, shape.lr, shape.segment) == (200, 1e-3, False)  # the world's settings underneath
     for attribute in ("appearance", "style"):
         other = train_of(attribute)
@@ -145,7 +163,7 @@ def test_a_recipe_for_some_attributes_layers_in_for_their_items_only(tmp_path):
         assert not generate_of(attribute).token_lambda
     assert generate_of("shape").token_lambda and generate_of("shape").lam == generate_of("style").lam == [1.0]
     assert set(resolved["train"]["per_attribute"]) == {"shape"}  # only what differs, only where it does
-    assert set(resolved["train"]["per_attribute"]["shape"]) == {"trainable", "views", "view_textures", "timestep_range"}
+    assert set(resolved["train"]["per_attribute"]["shape"]) == {"trainable", "views", "view_textures"}
 
     typed = resolve_options(recipe, {"train": {"view_loss_weight": 3.0}}, {"trainable": "lora"})
     assert (train_of("shape", typed).trainable, train_of("shape", typed).view_loss_weight) == ("lora", 3.0)

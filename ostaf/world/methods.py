@@ -29,6 +29,7 @@ _VIEWS = (
     "captioned views (`--views 4`): the silhouette in four named colours (shape), the surface cut to four named "
     "primitives (appearance), each view's prompt naming its word"
 )
+_TEXTURED = dict(trainable="blocks", views=8, view_textures=True)  # the `views` recipe before it took the band
 _HYPER = "the hypernetwork's square matrices as rank-R factors (`--hyper-rank`; issue 17: does quality change?)"
 _REFERENCE = dict(reference_attention=2.0)
 _VECTORS = "a placeholder of two vectors (`--num-vectors 2`), for the values CLIP spells with two tokens (hex·agon)"
@@ -170,27 +171,29 @@ METHODS: dict[str, Recipe] = {
         ),
         _method(
             "finetune+textured-views8",
-            "the `views` recipe's training, its λ off: the silhouette in 8 named colours, each in a named texture",
-            **VIEWS.train,
+            "the `views` recipe's training before the band, its λ off: the silhouette in 8 named colours, each in a "
+            "named texture",
+            **_TEXTURED,
         ),
         _method(
             "views+lambda",
-            "the `views` recipe as shipped: λ blends its fine-tuned weights from the base's and its placeholder "
+            "the `views` recipe before the band: λ blends its fine-tuned weights from the base's and its placeholder "
             "from the nearest word at generation (`--token-lambda`)",
+            generate=VIEWS.generate,
+            **_TEXTURED,
+        ),
+        _method(
+            "views+band+lambda",
+            f"the `views` recipe as shipped: textured views trained on {_BAND}, λ a strength",
             generate=VIEWS.generate,
             **VIEWS.train,
         ),
         _method(
-            "views+band+lambda",
-            f"the `views` recipe as shipped, trained on {_BAND}",
-            generate=VIEWS.generate,
-            **VIEWS.train | dict(timestep_range=[0.25, 1.0]),
-        ),
-        _method(
             "views400+lambda",
-            "the `views` recipe as shipped, 400 steps (twice the world's)",
+            "the `views` recipe before the band, 400 steps (twice the world's)",
             generate=VIEWS.generate,
-            **VIEWS.train | dict(steps=400),
+            **_TEXTURED,
+            steps=400,
         ),
         _method("lora+views+varied-prior", f"{_VIEWS}; {_VARIED}", trainable="lora", views=4, prior_images=8),
         _method("finetune+views+varied-prior", f"{_VIEWS}; {_VARIED}", trainable="blocks", views=4, prior_images=8),
