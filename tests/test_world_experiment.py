@@ -375,3 +375,47 @@ def test_a_method_with_views_on_an_attribute_without_views_is_one_error_before_a
     with pytest.raises(OstafError, match="token\\+views/style: views exist for shape and appearance only"):
         run(config, log_to_mlflow=False, progress=False)
     assert not any(tmp_path.iterdir())
+
+
+def test_the_shipped_method_trains_and_generates_each_attribute_with_its_recipes(tmp_path, monkeypatch):
+    """`shipped` is the main job's `--recipe world disentangled views` per reference: a shape trains the views
+    recipe on the band and sweeps λ (its strength), an appearance trains the token on the band and renders one λ;
+    their composition composes those two checkpoints."""
+    from PIL import Image
+
+    from ostaf.recipes import layered
+    from ostaf.sweep import PromptResult
+    from ostaf.world import experiment, jobs
+    from ostaf.world.references import references
+
+    trained, asked = {}, []
+
+    def fake_train(config, pipe=None, progress=True):
+        trained[config.attribute] = config
+
+    def fake_generate(gen, pipe=None, progress=True):
+        asked.append(gen)
+        image = Image.new("RGB", (64, 64))
+        return [PromptResult(gen.prompt[0], {(lam, s): image for lam in gen.lam for s in gen.seeds}, image)]
+
+    monkeypatch.setattr("ostaf.train.train", fake_train)
+    monkeypatch.setattr("ostaf.generate.generate", fake_generate)
+    for name in (
+        "ostaf.models.load_pipeline",
+        "ostaf.checkpoint.load_checkpoint",
+        "ostaf.checkpoint.load_base_pipeline",
+    ):
+        monkeypatch.setattr(name, lambda *a, **k: None)
+    config = experiment.ExperimentConfig(out=str(tmp_path), seeds=[0], lams=[0.0, 1.0], steps=7)
+    shape, look = (references(1, "validation", 0, (a,), "named")[0] for a in ("shape", "appearance"))
+    jobs.run_job(config, "shipped", shape)
+    assert asked[-1].token_lambda and asked[-1].lam == [0.0, 1.0]  # the views recipe's knob, swept
+    jobs.run_job(config, "shipped", look)
+    assert not asked[-1].token_lambda and asked[-1].lam == [1.0]  # a token: one λ
+    views = layered(["disentangled", "views"], "shape").train
+    assert {k: getattr(trained["shape"], k) for k in views} == views and trained["shape"].steps == 7
+    assert (trained["appearance"].trainable, trained["appearance"].views) == ("token", 0)
+    assert trained["appearance"].timestep_range == [0.25, 1.0]
+    jobs.run_compose(config, "shipped", shape, look)
+    runs = tmp_path / "runs" / "shipped"
+    assert asked[-1].ckpt == [str(runs / shape.id / "ckpt"), str(runs / look.id / "ckpt")]

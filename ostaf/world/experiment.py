@@ -55,6 +55,7 @@ from ostaf.world.methods import (
     PAPER_METHODS,
     TABLE_METHODS,
     is_compose,
+    method_recipe,
     reads_lambda,
     tracking_params,
     trains_as,
@@ -167,7 +168,7 @@ def check_methods(config: ExperimentConfig) -> None:
         f"{m}/{a}"
         for m in config.methods
         for a in config.attributes
-        if METHODS[m].train.get("views") and a not in VIEW_SLOTS
+        if method_recipe(m, a).train.get("views") and a not in VIEW_SLOTS
     ]
     if refused:
         raise OstafError(
@@ -237,7 +238,7 @@ def rescore(config: ExperimentConfig, log_to_mlflow: bool = True, tags: dict | N
     rows = []
     for row in json.loads((out / "rows.json").read_text()):
         sweep = SweepIndex.read(out / "runs" / row["method"] / row["reference"] / IMAGES)
-        lam = row["lam"] if reads_lambda(row["method"]) else 1.0  # the one λ `_generate` rendered
+        lam = row["lam"] if reads_lambda(row["method"], row["attribute"]) else 1.0  # the one λ `_generate` rendered
         pixels = np.asarray(load_image(sweep.path(prompt_of(row, refs), lam, row["seed"])))
         if is_compose(row["method"]):
             shape_id, look_id = row["reference"].split("+")

@@ -17,7 +17,15 @@ from ostaf.io import write_json
 from ostaf.recipes import WORLD
 from ostaf.sweep import PromptResult, write_sweep
 from ostaf.world.generator import WorldImage
-from ostaf.world.methods import COMPOSE_PROMPT, METHODS, compose_name, is_compose, reads_lambda, reference_options
+from ostaf.world.methods import (
+    COMPOSE_PROMPT,
+    METHODS,
+    compose_name,
+    is_compose,
+    method_recipe,
+    reads_lambda,
+    reference_options,
+)
 from ostaf.world.references import Reference, score, score_composition
 
 if TYPE_CHECKING:
@@ -36,16 +44,17 @@ def _generate(
     job: Path,
     method: str = "",
     compose_switch: float = 0.0,
+    attribute: str | None = None,
 ):
     """The λ sweep of `ckpts`; where λ cannot change the images (`reads_lambda`), one λ rendered and shown
     at each λ of the sweep (the rows and curves keep their shape: flat, as they are)."""
     from ostaf.config import GenerateConfig
     from ostaf.generate import generate
 
-    rendered = list(lams) if reads_lambda(method) else [1.0]
+    rendered = list(lams) if reads_lambda(method, attribute) else [1.0]
 
     gen = GenerateConfig(
-        **(METHODS[method].generate if method in METHODS else {}),
+        **(method_recipe(method, attribute).generate if method in METHODS else {}),
         ckpt=ckpts,
         prompt=[prompt],
         lam=rendered,
@@ -135,14 +144,15 @@ def _run_job(config: ExperimentConfig, method: str, ref: Reference) -> list[dict
         out=str(out / "ckpt"),
         **(WORLD.train | {"checkpoint_every": 0, "device": "cpu"})
         | {k: v for k, v in config.settings(method, ref.attribute).items() if k != "lam"}
-        | METHODS[method].train
+        | method_recipe(method, ref.attribute).train
         | reference_options(method, ref),
     )
     with torch.random.fork_rng(devices=[]):
         train(train_config, pipe=load_pipeline(config.model), progress=False)
     seconds = time.perf_counter() - started
     ckpt = str(out / "ckpt")
-    result = _generate(config, load_base_pipeline(load_checkpoint(ckpt)), [ckpt], ref.prompt, config.lams, out, method)
+    pipe = load_base_pipeline(load_checkpoint(ckpt))
+    result = _generate(config, pipe, [ckpt], ref.prompt, config.lams, out, method, attribute=ref.attribute)
     save_image(result.grid, out / "grid.png")
     return _rows(result.images, ref, method, world, seconds)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ostaf.config import ADAPTER_OF
-from ostaf.recipes import DISENTANGLED, VIEWS, Recipe
+from ostaf.recipes import DISENTANGLED, VIEWS, Recipe, layered
 from ostaf.world.references import Reference, varied_class_prompts
 
 
@@ -201,6 +201,25 @@ METHODS: dict[str, Recipe] = {
         _method("lite+hyper4", _HYPER, trainable="lite", hyper_rank=4),
     )
 }
+# methods whose options depend on the reference's attribute: recipes layered per attribute, as `--recipe` layers
+# them for a benchmark's items
+LAYERED: dict[str, tuple[str, ...]] = {"shipped": ("disentangled", "views")}
+
+
+def method_recipe(method: str, attribute: str | None = None) -> Recipe:
+    """`method`'s options for `attribute`'s references: its recipe, or a layered method's recipes for that
+    attribute (without their λ: the experiment sweeps λ itself)."""
+    if method not in LAYERED:
+        return METHODS[method]
+    recipe = layered(LAYERED[method], attribute)
+    generate = {k: v for k, v in recipe.generate.items() if k != "lam"}
+    description = f"the recipes {' + '.join(LAYERED[method])} for each reference's attribute (`--recipe` layering)"
+    return Recipe(method, description, recipe.train, generate)
+
+
+METHODS |= {name: method_recipe(name) for name in LAYERED}  # the rows' shared options (the table's params)
+
+
 # the v1 table's methods: each tuning on a fixed part, to test which part carries which attribute
 PAPER_METHODS = (
     "token",
@@ -238,15 +257,17 @@ def trains_as(method: str) -> list[str]:
     return [m for m, r in METHODS.items() if not r.generate and r.train == METHODS[method].train]
 
 
-def reads_lambda(method: str) -> bool:
-    """Whether λ changes what `method` generates: an adapter scales with it, or the reference's weight does.
-    A token or fine-tuned weights are one model at every λ, so their sweep is rendered once."""
+def reads_lambda(method: str, attribute: str | None = None) -> bool:
+    """Whether λ changes what `method` generates on `attribute`'s references: an adapter scales with it, or the
+    reference's weight does, or the token's blend. A token or fine-tuned weights without the blend are one model at
+    every λ, so their sweep is rendered once."""
     base = method.split("/", 1)[1] if is_compose(method) else method
     if base not in METHODS:
         return False
-    generation = METHODS[base].generate
+    recipe = method_recipe(base, attribute)
+    generation = recipe.generate
     return (
-        METHODS[base].train["trainable"] in ADAPTER_OF
+        recipe.train["trainable"] in ADAPTER_OF
         or generation.get("reference_lambda", False)
         or generation.get("token_lambda", False)
     )
@@ -258,7 +279,7 @@ def reference_options(method: str, ref: Reference) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if "+varied-prior" in method:
         options["prior_prompt"] = varied_class_prompts(ref.attribute, ref.world().factors)
-    train = METHODS[method].train if method in METHODS else {}
+    train = method_recipe(method, ref.attribute).train if method in METHODS else {}
     if train.get("views") and not train.get("view_textures") and ref.attribute == "shape":
         options["view_class"] = "{colour} plain object"  # the world's word for a flat fill
     return options
