@@ -189,6 +189,15 @@ METHODS: dict[str, Recipe] = {
             **VIEWS.train,
         ),
         _method(
+            "appearance-views+band+lambda",
+            f"the `views` recipe's idea on an appearance: blocks fine-tuned with {_VIEWS[0].lower()}{_VIEWS[1:]}, "
+            f"on {_BAND}, λ a strength",
+            generate=VIEWS.generate,
+            trainable="blocks",
+            views=4,
+            timestep_range=[0.25, 1.0],
+        ),
+        _method(
             "views400+lambda",
             "the `views` recipe before the band, 400 steps (twice the world's)",
             generate=VIEWS.generate,
