@@ -48,7 +48,7 @@ FLAG_PREFIX = {"train": "", "generate": "gen-", "evaluate": ""}  # per options s
 
 # what a compiled pipeline does when a user just presses "Run" in the KFP UI: the world model (it ships in the
 # package) on one held-out world reference per attribute with its recipe — minutes, not `tiny` for 3000 steps
-COMPILED = {"recipe": ["world"], "model": "attribute-world", "source": "world", "per_attribute": 2}
+COMPILED = {"recipe": ["world", "disentangled", "views"], "model": "attribute-world", "source": "world", "per_attribute": 2}
 
 
 def build(name: str, parallelism: int = 4, retries: int | None = None, **settings: Any):

@@ -74,7 +74,7 @@ def test_parameters_come_from_the_configs(specs):
     help as description; the rest go in `extra_options`; the compiled defaults are a sensible world job."""
     from ostaf.config import pipeline_fields
     from ostaf.options import typed_parameters
-    from ostaf.recipes import WORLD
+    from ostaf.recipes import DISENTANGLED, WORLD
 
     params = specs["attribute_benchmark"]["root"]["inputDefinitions"]["parameters"]
     typed = {name for cls in (TrainConfig, GenerateConfig, EvaluateConfig) for name in pipeline_fields(cls)}
@@ -103,11 +103,13 @@ def test_parameters_come_from_the_configs(specs):
             ]
         )
     assert params["steps"]["defaultValue"] == WORLD.train["steps"] and params["lr"]["defaultValue"] == WORLD.train["lr"]
-    assert params["lam"]["defaultValue"] == WORLD.generate["lam"]
-    assert params["trainable"]["defaultValue"] == TrainConfig.__dataclass_fields__["trainable"].default
-    # pressing "Run" in the KFP UI: the world model on one named and one novel world reference per attribute
+    assert params["lam"]["defaultValue"] == DISENTANGLED.generate["lam"]  # the recipes every item shares
+    assert params["trainable"]["defaultValue"] == DISENTANGLED.train["trainable"]  # views: the shape items' own
+    # pressing "Run" in the KFP UI: make run's job, the world model on one named and one novel world reference per
+    # attribute with its recipes
     assert params["model"]["defaultValue"] == "attribute-world" and params["source"]["defaultValue"] == "world"
-    assert params["per_attribute"]["defaultValue"] == 2 and params["recipe"]["defaultValue"] == ["world"]
+    assert params["per_attribute"]["defaultValue"] == 2
+    assert params["recipe"]["defaultValue"] == ["world", "disentangled", "views"]
     assert params["metric_models"]["defaultValue"] == EvaluateConfig.__dataclass_fields__["metric_models"].default
     single = specs["attribute_personalization"]["root"]["inputDefinitions"]["parameters"]
     assert {"image", "attribute", "class_name", "prompts", "recipe", "extra_options"} | typed <= set(single)
