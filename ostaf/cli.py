@@ -21,7 +21,7 @@ PREPROCESS_FIELDS = ("image", "attribute", "model", "out", "resolution", "augmen
 
 RECIPE_HELP = "named recipes' option values as defaults, later ones winning (explicit flags still win): " + "; ".join(
     f"{r.name}: {r.description}" for r in RECIPES.values()
-)
+).replace("%", "%%")  # argparse formats help with %
 
 
 EXPORT_HELP = (
