@@ -46,9 +46,15 @@ PIPELINES = {"benchmark": build_benchmark, "personalization": build_personalizat
 FLAG_PREFIX = {"train": "", "generate": "gen-", "evaluate": ""}  # per options section: `--steps`, `--gen-lam`
 
 
-# what a compiled pipeline does when a user just presses "Run" in the KFP UI: the world model (it ships in the
-# package) on one held-out world reference per attribute with its recipe — minutes, not `tiny` for 3000 steps
-COMPILED = {"recipe": ["world", "disentangled", "views"], "model": "attribute-world", "source": "world", "per_attribute": 2}
+# what a compiled pipeline does when a user just presses "Run" in the KFP UI: `make run`'s job, the world model (it
+# ships in the package) on two held-out world references per attribute with its recipes — minutes, not `tiny` for
+# 3000 steps
+COMPILED = {
+    "recipe": ["world", "disentangled", "views"],
+    "model": "attribute-world",
+    "source": "world",
+    "per_attribute": 2,
+}
 
 
 def build(name: str, parallelism: int = 4, retries: int | None = None, **settings: Any):
