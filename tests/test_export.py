@@ -121,10 +121,22 @@ def test_error_falls_with_rank_and_max_error_picks_the_smallest_rank(lite_ckpt, 
 
 
 def test_a_lora_checkpoint_is_exact_at_its_own_rank(tmp_path, reference):
+    """At λ = 1 and at λ = 0.5 (the LoRA's scale: B·A halved), the exported file gives ostaf's own image."""
     ckpt = train(tiny_config(reference, tmp_path / "ckpt", steps=2, trainable="lora", lr=1e-2), progress=False).out
     report = export(ExportConfig(ckpt=str(ckpt), out=str(tmp_path / "l.safetensors"), rank=4))
     assert report.error < 1e-6
     assert np.abs(stock(ckpt, report) - ours(ckpt, 1.0)).max() <= 2
+    half = export(ExportConfig(ckpt=str(ckpt), out=str(tmp_path / "h.safetensors"), rank=4, lam=0.5))
+    loaded = load_checkpoint(ckpt)
+    at_half, at_one, with_lora = (load_base_pipeline(loaded) for _ in range(3))
+    apply(at_half, loaded, 0.5)
+    apply(at_one, loaded, 1.0)
+    with_lora.load_lora_weights(half.lora)
+    load_embedding(with_lora, half)
+    target = noise_prediction(at_half)
+    exported_gap = (noise_prediction(with_lora) - target).abs().max()
+    assert exported_gap < 1e-4 * target.abs().max()
+    assert (noise_prediction(at_one) - target).abs().max() > 100 * exported_gap  # λ = 0.5 is not λ = 1
 
 
 def test_a_token_only_checkpoint_exports_its_embedding_alone(tmp_path, reference):
