@@ -103,6 +103,8 @@ def test_full_rank_loads_in_stock_diffusers_and_matches_apply(lite_on, tmp_path,
 
 def test_error_falls_with_rank_and_max_error_picks_the_smallest_rank(lite_ckpt, tmp_path):
     full = export(ExportConfig(ckpt=str(lite_ckpt), out=str(tmp_path / "full.safetensors")))
+    assert list(full.error_vs_rank) == [r for r in (1, 2, 4, 8, 16, 32, 64) if r < full.rank] + [full.rank]
+    assert full.format == "diffusers" and full.lora == str(tmp_path / "full.safetensors")
     errors = list(full.error_vs_rank.values())
     assert errors == sorted(errors, reverse=True) and errors[0] > 0.1 and errors[-1] < 1e-6
     picked = export(ExportConfig(ckpt=str(lite_ckpt), out=str(tmp_path / "p.safetensors"), max_error=0.3))
@@ -143,6 +145,7 @@ def test_a_token_only_checkpoint_exports_its_embedding_alone(tmp_path, reference
     ckpt = train(tiny_config(reference, tmp_path / "t", steps=1, trainable="token"), progress=False).out
     report = export(ExportConfig(ckpt=str(ckpt), out=str(tmp_path / "t.safetensors")))
     assert report.lora == "" and not (tmp_path / "t.safetensors").exists() and report.rank == 0
+    assert report.embedding == str(tmp_path / "t.embedding.safetensors") and report.error_vs_rank == {}
     pipe = load_base_pipeline(load_checkpoint(ckpt))
     pipe.load_textual_inversion(report.embedding, token="*a")
     row = pipe.text_encoder.get_input_embeddings().weight[pipe.tokenizer.convert_tokens_to_ids("*a")]
