@@ -155,7 +155,7 @@ def recipe_of(argv: list[str] | None) -> Recipe | None:
     known, _ = pre.parse_known_args(argv)
     names = [n for n in known.recipe if n in RECIPES]
     attribute = known.attribute if known.command == "train" else checkpoints_attribute(known.ckpt)
-    skipped = [n for n in names if RECIPES[n].attributes and attribute not in RECIPES[n].attributes]
+    skipped = [n for n in names if not RECIPES[n].applies_to(attribute)]
     if skipped:
         where = f"the {attribute} attribute" if attribute else "checkpoints of several attributes"
         logging.getLogger(__name__).info(

@@ -26,6 +26,10 @@ class Recipe:
     evaluate: dict[str, Any] = field(default_factory=dict)
     attributes: tuple[str, ...] = ()  # the attributes it is for; () = every one
 
+    def applies_to(self, attribute: str | None) -> bool:
+        """Whether the recipe layers in for an item of `attribute` (None: no item, only recipes for every one)."""
+        return not self.attributes or attribute in self.attributes
+
     def __post_init__(self) -> None:
         for name in self.attributes:
             get_attribute(name)
@@ -89,7 +93,7 @@ def layered(names: list[str] | tuple[str, ...], attribute: str | None = None) ->
     """Several recipes as one, later ones winning (`--recipe world disentangled`: the world's settings,
     then a method's); None for none. A recipe for some attributes only takes part where `attribute` is one of
     them (with no attribute: nowhere)."""
-    recipes = [r for r in map(get_recipe, names) if not r.attributes or attribute in r.attributes]
+    recipes = [r for r in map(get_recipe, names) if r.applies_to(attribute)]
     if not recipes:
         return None
     train: dict[str, Any] = {}
