@@ -25,7 +25,7 @@ from PIL import Image
 
 from ostaf.checkpoint import apply, load_base_pipeline, load_checkpoint
 from ostaf.conditioning import PromptEncoder
-from ostaf.config import ADAPTER_OF, DEFAULT_MODEL, SCHEDULERS, TRAINABLE, GenerateConfig
+from ostaf.config import ADAPTER_OF, DEFAULT_MODEL, SCHEDULERS, TRAINABLE, GenerateConfig, Trainable
 from ostaf.errors import OstafError
 from ostaf.images import load_image, make_grid
 from ostaf.mechanisms.compose_switch import ComposeSwitch, check_attributes
@@ -210,6 +210,13 @@ def run_batch(
         return pipe(**kwargs).images
 
 
+def switchable(trainable: Trainable, token_lambda: bool) -> bool:
+    """Whether `--compose-switch` can turn a checkpoint off outside its steps: its adapter at λ = 0, and its
+    fine-tuned weights (if any) back at the base model's, which only `--token-lambda`'s blend can do (and only
+    for a checkpoint without offsets or LoRA: the blend is the strength of a checkpoint with no adapter)."""
+    return trainable.blocks == "none" or (token_lambda and trainable.adapter == "none")
+
+
 def check_adapters_can(config: GenerateConfig, checkpoints: list) -> None:
     """One error before any model loads when an option asks a checkpoint's adapter for what it cannot do."""
     for ckpt in checkpoints:
@@ -225,10 +232,14 @@ def check_adapters_can(config: GenerateConfig, checkpoints: list) -> None:
                 f"--lam-blocks scales weight offsets per block; the {ckpt.token} checkpoint (--trainable "
                 f"{trainable}) has none: drop --lam-blocks for it"
             )
-        if config.compose_switch and TRAINABLE.get(trainable, TRAINABLE["lite"]).blocks != "none":
+        what = TRAINABLE.get(trainable, TRAINABLE["lite"])
+        if config.compose_switch and not switchable(what, config.token_lambda):
+            advice = "drop --compose-switch"
+            advice = f"add --token-lambda, or {advice}" if what.adapter == "none" else advice
             raise OstafError(
                 f"--compose-switch turns each checkpoint off outside its steps; the {ckpt.token} checkpoint "
-                f"(--trainable {trainable}) fine-tuned U-Net weights, which act in every step: drop --compose-switch"
+                f"(--trainable {trainable}) fine-tuned U-Net weights, which act in every step unless --token-lambda "
+                f"blends them from the base model's (λ = 0: the base weights; only without weight offsets): {advice}"
             )
     if config.compose_switch:
         check_attributes([c.card.get("attribute", "") for c in checkpoints], config.compose_switch)

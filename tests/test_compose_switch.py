@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import ostaf.generate as generation
+from ostaf.checkpoint import load_checkpoint
 from ostaf.conditioning import PromptEncoder
 from ostaf.config import GenerateConfig
 from ostaf.errors import OstafError
@@ -121,6 +122,40 @@ def test_the_switch_needs_a_shape_and_another_attribute_before_any_model_loads(t
         generate(no_shape)
 
 
+def test_with_token_lambda_fine_tuned_weights_hand_over_too(trained_on, tmp_path, monkeypatch):
+    """A fine-tuned shape checkpoint (the views recipe's `blocks`) under --token-lambda: in the early calls its
+    weights are W₀ + λ·(W₁ − W₀), in the late calls the base model's W₀; after generation they are as before."""
+    ckpts = trained_on("tiny")
+    shape = train(
+        tiny_config(ckpts["reference"], tmp_path / "blocks", steps=2, trainable="blocks", attribute="shape"),
+        progress=False,
+    ).out
+    pipe = load_pipeline("tiny")
+    base = {n: p.detach().clone() for n, p in pipe.unet.named_parameters()}
+    tuned = load_checkpoint(shape).section("unet.")
+    name = next(n for n in tuned if not torch.equal(tuned[n].float(), base[n].float()))  # a weight that trained
+    param = dict(pipe.unet.named_parameters())[name]
+    seen: list[tuple[float, torch.Tensor]] = []
+    forward = pipe.unet.forward
+
+    def recording(sample, timestep, *args, **kwargs):
+        seen.append((float(torch.as_tensor(timestep).flatten()[0]), param.detach().clone()))
+        return forward(sample, timestep, *args, **kwargs)
+
+    pipe.unet.forward = recording
+    generate(
+        config([shape, ckpts["appearance"]], tmp_path / "g", compose_switch=0.5, token_lambda=True),
+        pipe,
+        progress=False,
+    )
+    assert {t >= 500 for t, _ in seen} == {True, False}
+    w0, w1 = base[name].float(), tuned[name].float()
+    for t, weight in seen:
+        expected = w0 + 0.7 * (w1 - w0) if t >= 500 else w0
+        assert torch.allclose(weight.float(), expected, atol=1e-6), t
+    assert torch.allclose(param.detach().float(), w1, atol=1e-6)  # back at λ = 1, as `apply` left it
+
+
 def test_fine_tuned_weights_cannot_be_switched_off(trained_on, tmp_path, monkeypatch):
     ckpts = trained_on("tiny")
     blocks = train(
@@ -128,5 +163,11 @@ def test_fine_tuned_weights_cannot_be_switched_off(trained_on, tmp_path, monkeyp
         progress=False,
     ).out
     monkeypatch.setattr("ostaf.generate.load_base_pipeline", lambda *a, **k: pytest.fail("a model loaded"))
-    with pytest.raises(OstafError, match="fine-tuned U-Net weights"):
+    with pytest.raises(OstafError, match="fine-tuned U-Net weights.*add --token-lambda"):
         generate(config([ckpts["shape"], blocks], tmp_path / "g", compose_switch=0.5))
+    paper = train(
+        tiny_config(ckpts["reference"], tmp_path / "paper", steps=1, trainable="paper", attribute="appearance"),
+        progress=False,
+    ).out
+    with pytest.raises(OstafError, match="fine-tuned U-Net weights.*: drop --compose-switch"):  # offsets: no blend
+        generate(config([ckpts["shape"], paper], tmp_path / "g", compose_switch=0.5, token_lambda=True))

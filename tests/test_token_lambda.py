@@ -71,11 +71,18 @@ def test_a_token_sweep_dials_with_the_option_and_stays_flat_without_it(token_ckp
 
 
 def test_the_world_experiment_sweeps_lambda_only_where_it_acts():
-    from ostaf.world.methods import reads_lambda
+    from ostaf.world.methods import generate_options, reads_lambda
 
     assert not reads_lambda("disentangled") and not reads_lambda("token") and not reads_lambda("finetune")
     assert reads_lambda("disentangled+lambda") and reads_lambda("lora") and reads_lambda("compose/ostaf-lite")
     assert reads_lambda("reference-attention-lambda") and not reads_lambda("reference-attention")
+    # `shipped` layers per attribute: its shapes blend (views), its appearances are the token; a composition of
+    # its checkpoints blends the shape's weights (so a timestep switch can turn them off) and reads λ
+    assert reads_lambda("shipped", "shape") and not reads_lambda("shipped", "appearance")
+    assert reads_lambda("compose/shipped") and not reads_lambda("compose/disentangled")
+    assert generate_options("compose@0.5/shipped")["token_lambda"] and "token_lambda" not in generate_options(
+        "shipped", "appearance"
+    )
 
 
 def test_lambda_blends_fine_tuned_weights_from_the_base_models_to_the_tuned_ones(tmp_path):

@@ -19,8 +19,8 @@ from ostaf.sweep import PromptResult, write_sweep
 from ostaf.world.generator import WorldImage
 from ostaf.world.methods import (
     COMPOSE_PROMPT,
-    METHODS,
     compose_name,
+    generate_options,
     is_compose,
     method_recipe,
     reads_lambda,
@@ -54,7 +54,7 @@ def _generate(
     rendered = list(lams) if reads_lambda(method, attribute) else [1.0]
 
     gen = GenerateConfig(
-        **(method_recipe(method, attribute).generate if method in METHODS else {}),
+        **generate_options(method, attribute),
         ckpt=ckpts,
         prompt=[prompt],
         lam=rendered,

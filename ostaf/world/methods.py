@@ -266,6 +266,18 @@ def trains_as(method: str) -> list[str]:
     return [m for m, r in METHODS.items() if not r.generate and r.train == METHODS[method].train]
 
 
+def generate_options(method: str, attribute: str | None = None) -> dict[str, Any]:
+    """The generation options of `method` on `attribute`'s references. A composition (`compose/<method>`) takes
+    both checkpoints' methods' options (a layered method's shape recipe blends its fine-tuned weights with
+    --token-lambda: so must the pair, or a timestep switch could not turn them off)."""
+    if is_compose(method):
+        base = method.split("/", 1)[1]
+        if base not in METHODS:
+            return {}
+        return {k: v for a in ("shape", "appearance") for k, v in method_recipe(base, a).generate.items()}
+    return dict(method_recipe(method, attribute).generate) if method in METHODS else {}
+
+
 def reads_lambda(method: str, attribute: str | None = None) -> bool:
     """Whether λ changes what `method` generates on `attribute`'s references: an adapter scales with it, or the
     reference's weight does, or the token's blend. A token or fine-tuned weights without the blend are one model at
@@ -273,10 +285,10 @@ def reads_lambda(method: str, attribute: str | None = None) -> bool:
     base = method.split("/", 1)[1] if is_compose(method) else method
     if base not in METHODS:
         return False
-    recipe = method_recipe(base, attribute)
-    generation = recipe.generate
+    attributes = ("shape", "appearance") if is_compose(method) else (attribute,)  # a composition: either one's
+    generation = generate_options(method, attribute)
     return (
-        recipe.train["trainable"] in ADAPTER_OF
+        any(method_recipe(base, a).train["trainable"] in ADAPTER_OF for a in attributes)
         or generation.get("reference_lambda", False)
         or generation.get("token_lambda", False)
     )
