@@ -61,6 +61,18 @@ def test_the_prior_loss_enters_every_step(reference, tmp_path, cache):
     assert prior_term > 0 and losses[3.0] - losses[0.0] == pytest.approx(3 * prior_term, rel=1e-4)
 
 
+def test_the_prior_term_is_its_weight_times_the_class_images_loss(reference, tmp_path, cache):
+    """`PriorPreservation.loss` is `--prior-loss-weight` × `prior_loss` on the same draws (a weight that divided
+    the loss would still be linear in the weight: the step test above cannot tell)."""
+    setup = prepare(tiny_config(reference, tmp_path / "w", prior_images=2, prior_loss_weight=3.0, grad_accum=1))
+    mechanism = setup.mechanism(prior.PriorPreservation)
+    with torch.no_grad():
+        term = mechanism.loss(setup, None, torch.Generator().manual_seed(5))
+        alone = prior.prior_loss(setup, mechanism.images, torch.Generator().manual_seed(5))
+    assert abs(float(alone) - 1) > 0.01  # a loss of 1 would hide weight / loss
+    assert float(term) == pytest.approx(3.0 * float(alone), rel=1e-6)
+
+
 def test_a_token_has_no_weights_to_preserve(reference, tmp_path):
     with pytest.raises(OstafError, match="drop --prior-images"):
         tiny_config(reference, tmp_path / "t", prior_images=2, trainable="token")

@@ -191,3 +191,75 @@ def test_appearance_views_train_under_prompts_naming_their_primitives(reference,
     assert made.prompts == ["a circle in the appearance of *a", "a square in the appearance of *a"]
     assert made.mean.shape[0] == 2
     assert step_loss(setup) > 0
+
+
+def test_the_views_term_is_its_weight_times_the_views_loss(star, tmp_path):
+    """`CaptionedViews.loss` is `--view-loss-weight` × `views_loss` on the same draws (a weight that divided the
+    loss would still be linear in the weight: the step test above cannot tell)."""
+    path, _ = star
+    setup = prepare(shape_config(path, tmp_path / "w", views=2, view_loss_weight=2.5))
+    mechanism = setup.mechanism(views.CaptionedViews)
+    with torch.no_grad():
+        term = mechanism.loss(setup, None, torch.Generator().manual_seed(3))
+        alone = views.views_loss(setup, mechanism.views, mechanism.input_ids, torch.Generator().manual_seed(3))
+    assert abs(float(alone) - 1) > 0.01  # a loss of 1 would hide weight / loss
+    assert float(term) == pytest.approx(2.5 * float(alone), rel=1e-6)
+
+
+def pixel_centres(size: tuple[int, int], centre: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Each pixel centre's offset (dx, dy) from `centre` (x, y), in px: pixel (row, col) is at (col + ½, row + ½)."""
+    rows, cols = np.indices(size)
+    return cols + 0.5 - centre[0], rows + 0.5 - centre[1]
+
+
+def test_each_primitive_is_its_outline_pixel_for_pixel():
+    """Every primitive against its definition written here from the disc (radius 4 px, off-centre on a 14 × 20
+    grid, centred on a pixel so that outline pixels fall exactly on the outline and count as inside): the
+    circle, the square inscribed in it, the diamond through its four extremes, and the triangle whose three
+    vertices lie on it, apex up (a point is inside when it is left of no edge, by cross products)."""
+    size, centre, radius = (14, 20), (9.5, 6.5), 4.0
+    dx, dy = pixel_centres(size, centre)
+    inscribed = radius / np.sqrt(2)
+    expected = {
+        "circle": dx**2 + dy**2 <= radius**2,
+        "square": (np.abs(dx) <= inscribed) & (np.abs(dy) <= inscribed),
+        "diamond": np.abs(dx) + np.abs(dy) <= radius,
+    }
+    angles = np.radians([-90.0, 30.0, 150.0])  # y grows downwards: -90° is the apex, up
+    vertices = [(radius * np.cos(a), radius * np.sin(a)) for a in angles]
+    inside = np.ones(size, bool)
+    for (x0, y0), (x1, y1) in zip(vertices, vertices[1:] + vertices[:1], strict=True):
+        inside &= (x1 - x0) * (dy - y0) - (y1 - y0) * (dx - x0) >= -1e-6  # clockwise on screen: inside is ≥ 0
+    expected["triangle"] = inside
+    assert set(expected) == set(PRIMITIVES)
+    for name, mask in expected.items():
+        got = views.primitive(name, size, centre, radius)
+        assert np.array_equal(got, mask), name
+    assert expected["circle"][6, 13] and expected["diamond"][8, 11]  # (4, 0) and (2, 2): on the outlines
+    assert expected["triangle"][2, 9] and expected["triangle"][8, 9]  # the apex and the base's midpoint
+
+
+def test_the_deepest_disc_is_found_where_the_object_touches_the_image_border():
+    """`largest_disc` by hand: a 7-px-tall bar along the top border holds a disc of radius 3.5 centred half-way
+    down it (outside the image counts as background), the leftmost of its deepest points; a one-pixel line along
+    the bottom or right border holds a half-pixel disc in that line."""
+    bar = np.zeros((12, 20), bool)
+    bar[0:7, 3:16] = True
+    assert views.largest_disc(bar) == ((6.5, 3.5), 3.5)
+    bottom = np.zeros((12, 20), bool)
+    bottom[-1, 4:] = True
+    assert views.largest_disc(bottom) == ((4.5, 11.5), 0.5)
+    right = np.zeros((12, 20), bool)
+    right[2:, -1] = True
+    assert views.largest_disc(right) == ((19.5, 2.5), 0.5)
+
+
+def test_a_surface_too_small_to_cut_is_one_error_and_a_disc_of_five_pixels_is_cut():
+    image = Image.new("RGB", (20, 20), BACKGROUND)
+    five, four = np.zeros((20, 20), bool), np.zeros((20, 20), bool)
+    five[5:10, 2:18] = True  # a disc of radius 2.5 px fits
+    four[5:9, 2:18] = True  # radius 1.5 px: below the 2 px the cut needs
+    assert views.largest_disc(five)[1] == 2.5 and views.largest_disc(four)[1] == 1.5
+    assert np.asarray(views.cut_to(image, five, "circle")).shape == (20, 20, 3)
+    with pytest.raises(OstafError, match="holds no disc wider than 3 px"):
+        views.cut_to(image, four, "circle")
