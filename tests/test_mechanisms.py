@@ -368,6 +368,44 @@ def test_per_sample_lambda_equals_separate_runs_with_the_dual_path_on(tiny_pipe)
     torch.testing.assert_close(batched, torch.cat(separate), rtol=1e-4, atol=1e-5)
 
 
+def test_the_dual_path_hands_its_inputs_to_both_paths(tmp_path):
+    """Both paths get the layer's attention mask, temb and extra arguments as diffusers passed them; the vanilla
+    path's context is the vanilla prompt's, broadcast over the batch and in the layer's dtype; its offsets at 0."""
+    from contextlib import contextmanager
+
+    from ostaf.mechanisms.dual_path import DualPathProcessor
+
+    class Offsets:  # the bottom of the stack: records each call, and its λ
+        merged_scale = None
+        lam = 1.0
+
+        def __init__(self):
+            self.calls = []
+
+        @contextmanager
+        def at_zero(self):
+            self.lam = 0.0
+            try:
+                yield
+            finally:
+                self.lam = 1.0
+
+        def __call__(self, attn, hidden, context, mask, temb, **kwargs):
+            self.calls.append((context, mask, temb, kwargs, self.lam))
+            return hidden * (2.0 if self.lam else 1.0)
+
+    offsets, vanilla = Offsets(), torch.randn(1, 5, 3)
+    hidden, context = torch.ones(3, 4, 2, dtype=torch.float64), torch.randn(3, 5, 3, dtype=torch.float64)
+    mask, temb = torch.zeros(3, 1, 5), torch.randn(3, 7)
+    out = DualPathProcessor(offsets, 0.25, vanilla)(None, hidden, context, mask, temb, scale=0.5)
+    (own, *own_rest), (seen, *seen_rest) = offsets.calls
+    assert own is context and own_rest == [mask, temb, {"scale": 0.5}, 1.0]
+    assert seen_rest == [mask, temb, {"scale": 0.5}, 0.0]  # the vanilla path: everything but the context, λ = 0
+    assert seen.shape == (3, 5, 3) and seen.dtype == torch.float64
+    assert torch.equal(seen, vanilla.double().expand(3, -1, -1))
+    assert torch.allclose(out, 0.25 * 2 * hidden + 0.75 * hidden)  # β·personalised + (1 − β)·vanilla
+
+
 def test_dual_path_refuses_merged_offsets(tiny_pipe):
     from ostaf.errors import OstafError
     from ostaf.offsets import OffsetsAdapter, OffsetsConfig
