@@ -419,6 +419,13 @@ class TrainConfig(_Config):
         "striped object'), so the weights keep following texture words too; the class gains {texture}",
         pairwise=(False, True),
     )
+    view_unnamed: bool = opt(
+        False,
+        "train each shape view under the prompt without its colour and texture words too ('an object in the shape "
+        "of *m'), so a prompt that names no look draws no look of the reference's in particular, and a look given "
+        "by another placeholder (a composition) is the one drawn (shape only)",
+        pairwise=(False, True),
+    )
     view_loss_weight: float = opt(1.0, "weight of the views' denoising loss (--views)")
     timestep_range: list[float] = opt(
         [0.0, 1.0],
@@ -462,7 +469,7 @@ class TrainConfig(_Config):
 
     def check_item(self) -> None:
         attribute = get_attribute(self.attribute)
-        check_views(attribute.name, self.views, self.view_class, self.view_textures)
+        check_views(attribute.name, self.views, self.view_class, self.view_textures, self.view_unnamed)
         if not self.class_name.strip():
             raise OstafError("class name is empty: say what the reference shows, e.g. --class-name dog")
         if attribute.token in self.class_name:

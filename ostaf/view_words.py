@@ -64,6 +64,14 @@ VIEW_SLOTS: dict[str, ViewSlot] = {
 TEXTURED_CLASS = "{colour} {texture} object"  # a shape's default view class with --view-textures
 
 
+def unnamed_class(template: str) -> str:
+    """A view class with its slots' words left out ('{colour} {texture} object' → 'object')."""
+    import string
+
+    fields = [name for _, name, _, _ in string.Formatter().parse(template) if name]
+    return " ".join(template.format(**dict.fromkeys(fields, "")).split())
+
+
 def view_fills(attribute: str, views: int, textures: bool = False) -> list[dict[str, str]]:
     """What each of the `views` views is filled with, by slot: its colour, or its colour and texture (every
     colour once before any repeats, each with the next texture, so all 32 pairs are distinct), or its primitive."""
@@ -79,10 +87,17 @@ def view_class_of(attribute: str, view_class: str, textures: bool = False) -> st
     return view_class or (TEXTURED_CLASS if textures else VIEW_SLOTS[attribute].default_class)
 
 
-def check_views(attribute: str, views: int, view_class: str, textures: bool = False) -> None:
+def check_views(attribute: str, views: int, view_class: str, textures: bool = False, unnamed: bool = False) -> None:
     """One error before any work for views the attribute cannot have."""
     if textures and not views:
         raise OstafError("--view-textures fills the captioned views with textures: add --views N (e.g. 8)")
+    if unnamed and not views:
+        raise OstafError("--view-unnamed trains the views under a prompt without their words too: add --views N")
+    if unnamed and attribute != "shape":
+        raise OstafError(
+            f"--view-unnamed leaves a shape's colour unnamed; {attribute}'s views name their outline, which the "
+            "class must say: drop --view-unnamed"
+        )
     if not views:
         return
     if attribute not in VIEW_SLOTS:

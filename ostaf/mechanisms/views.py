@@ -39,6 +39,7 @@ from ostaf.view_words import (
     TEXTURE_SECOND,
     texture_mask,
     texture_period,
+    unnamed_class,
     view_class_of,
     view_fills,
 )
@@ -130,6 +131,11 @@ def make_view(attribute: str, image: Image.Image, mask: np.ndarray, fill: dict[s
     return cut_to(image, mask, fill["shape"])
 
 
+def with_article(phrase: str) -> str:
+    """``a``/``an`` before `phrase` as English writes it ('an object in the shape of *m': the words a user types)."""
+    return f"{'an' if phrase[:1].lower() in 'aeiou' else 'a'} {phrase}"
+
+
 def view_prompts(attribute, view_class: str, fills: list[dict[str, str]]) -> list[str]:
     """Each view's training prompt: ``a {view class with its words} in the {attribute} of {token}``."""
     return [attribute.training_prompt(view_class.format(**fill)) for fill in fills]
@@ -139,7 +145,7 @@ def view_prompts(attribute, view_class: str, fills: list[dict[str, str]]) -> lis
 class Views:
     """The views as VAE posteriors, and what their prompts are."""
 
-    words: list[str]  # what each view changed to: its colour (and texture) for a shape, its primitive
+    words: list[str]  # what each view changed to: its colour (and texture) for a shape, its primitive ("": unnamed)
     mean: torch.Tensor  # (N, 4, h, w)
     std: torch.Tensor
     prompts: list[str]
@@ -167,8 +173,12 @@ class CaptionedViews(Mechanism):
         mean, std = (torch.cat(parts) for parts in zip(*posteriors, strict=True))
         template = view_class_of(attribute.name, config.view_class, config.view_textures)
         words = [" ".join(fill.values()) for fill in fills]
-        views = Views(words, mean, std, view_prompts(attribute, template, fills))
-        return cls(views, config.view_loss_weight)
+        prompts = view_prompts(attribute, template, fills)
+        if config.view_unnamed:  # each view again, under the prompt that names none of its words
+            bare = with_article(f"{unnamed_class(template)} {attribute.phrase()}")
+            words, prompts = [*words, *[""] * len(fills)], [*prompts, *[bare] * len(fills)]
+            mean, std = mean.repeat(2, 1, 1, 1), std.repeat(2, 1, 1, 1)
+        return cls(Views(words, mean, std, prompts), config.view_loss_weight)
 
     def attach(self, setup: TrainingSetup) -> None:
         self.views.mean, self.views.std = self.views.mean.to(setup.device), self.views.std.to(setup.device)

@@ -212,7 +212,19 @@ METHODS: dict[str, Recipe] = {
 }
 # methods whose options depend on the reference's attribute: recipes layered per attribute, as `--recipe` layers
 # them for a benchmark's items
-LAYERED: dict[str, tuple[str, ...]] = {"shipped": ("disentangled", "views")}
+LAYERED: dict[str, tuple[str, ...]] = {
+    "shipped": ("disentangled", "views"),
+    "shipped+unnamed": ("disentangled", "views"),
+}
+# what a layered method adds to its recipes (for the attributes its Recipe names)
+LAYERED_EXTRA: dict[str, Recipe] = {
+    "shipped+unnamed": Recipe(
+        "unnamed",
+        "each shape view also under the prompt without its colour and texture words (--view-unnamed)",
+        train=dict(view_unnamed=True),
+        attributes=("shape",),
+    ),
+}
 
 
 def method_recipe(method: str, attribute: str | None = None) -> Recipe:
@@ -221,9 +233,15 @@ def method_recipe(method: str, attribute: str | None = None) -> Recipe:
     if method not in LAYERED:
         return METHODS[method]
     recipe = layered(LAYERED[method], attribute)
+    train = dict(recipe.train)
+    extra = LAYERED_EXTRA.get(method)
+    if extra is not None and extra.applies_to(attribute):
+        train |= extra.train
     generate = {k: v for k, v in recipe.generate.items() if k != "lam"}
     description = f"the recipes {' + '.join(LAYERED[method])} for each reference's attribute (`--recipe` layering)"
-    return Recipe(method, description, recipe.train, generate)
+    if extra is not None:
+        description += f", and {extra.description}"
+    return Recipe(method, description, train, generate)
 
 
 METHODS |= {name: method_recipe(name) for name in LAYERED}  # the rows' shared options (the table's params)
