@@ -158,6 +158,8 @@ def test_textured_views_give_every_colour_before_a_repeat_and_no_pair_twice():
         (dict(views=33, view_textures=True), "use ≤ 32"),
         (dict(views=2, view_textures=True, view_class="{colour} vase"), "has no {texture}"),
         (dict(views=2, view_class="{colour} {texture} vase"), "add --view-textures"),
+        (dict(view_unnamed=True), "--view-unnamed .* add --views N"),
+        (dict(attribute="appearance", views=2, view_unnamed=True), "drop --view-unnamed"),
     ],
 )
 def test_views_it_cannot_follow_are_one_error_before_any_work(reference, tmp_path, overrides, message):
@@ -263,3 +265,20 @@ def test_a_surface_too_small_to_cut_is_one_error_and_a_disc_of_five_pixels_is_cu
     assert np.asarray(views.cut_to(image, five, "circle")).shape == (20, 20, 3)
     with pytest.raises(OstafError, match="holds no disc wider than 3 px"):
         views.cut_to(image, four, "circle")
+
+
+def test_unnamed_views_are_the_same_images_again_under_the_prompt_without_their_words(star, tmp_path):
+    """`--view-unnamed`: views N + i is view i's latent again, under 'an object in the shape of *m' (the class
+    without its colour and texture); a class of the user's keeps its noun."""
+    path, _ = star
+    named = prepare(shape_config(path, tmp_path / "n", views=3, view_textures=True)).mechanism(views.CaptionedViews)
+    setup = prepare(shape_config(path, tmp_path / "u", views=3, view_textures=True, view_unnamed=True))
+    mechanism = setup.mechanism(views.CaptionedViews)
+    made = mechanism.views
+    assert made.prompts == [*named.views.prompts, *["an object in the shape of *m"] * 3]
+    assert made.words == [*named.views.words, "", "", ""]
+    assert torch.equal(made.mean, torch.cat([named.views.mean, named.views.mean]))
+    assert torch.equal(made.std, torch.cat([named.views.std, named.views.std]))
+    assert mechanism.input_ids.shape[1] == 6  # every prompt tokenised, the unnamed ones too
+    vase = tiny_config(path, tmp_path / "v", attribute="shape", views=2, view_class="{colour} vase", view_unnamed=True)
+    assert prepare(vase).mechanism(views.CaptionedViews).views.prompts[2:] == ["a vase in the shape of *m"] * 2
