@@ -171,3 +171,12 @@ def test_fine_tuned_weights_cannot_be_switched_off(trained_on, tmp_path, monkeyp
     ).out
     with pytest.raises(OstafError, match="fine-tuned U-Net weights.*: drop --compose-switch"):  # offsets: no blend
         generate(config([ckpts["shape"], paper], tmp_path / "g", compose_switch=0.5, token_lambda=True))
+
+
+def test_the_switch_built_without_the_generate_checks_still_refuses_a_pair_without_a_shape():
+    """`ComposeSwitch` is public: built directly (not through `generate`, which checks first), it names the
+    switch and the checkpoints' attributes in its one error, before touching the U-Net or the prompts."""
+    from ostaf.mechanisms.compose_switch import ComposeSwitch
+
+    with pytest.raises(OstafError, match=r"--compose-switch 0.5 .* \['appearance', 'style'\]"):
+        ComposeSwitch(None, None, [], ["*a", "*s"], ["appearance", "style"], 0.5, 1000)
