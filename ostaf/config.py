@@ -291,6 +291,13 @@ class TrainConfig(_Config):
         pipeline=True,
         pairwise="choices",
     )
+    keep_text_projections: bool = opt(
+        False,
+        "fine-tuning (blocks, unet, paper) leaves the cross-attention's key and value projections of the text at the "
+        "base model's: the tuned blocks read every word and placeholder as the base model does, so another "
+        "checkpoint's placeholder in the same prompt (a composition) keeps its meaning",
+        pairwise=(False, True),
+    )
     lora_rank: int = opt(4, "LoRA rank (--trainable lora)")
     offset_mode: str = opt(
         "multiplicative", "W ⊙ (1 + λΔW) (authors' code) or W + λΔW", choices=("multiplicative", "additive")
@@ -450,6 +457,11 @@ class TrainConfig(_Config):
         if values["nn_temperature"] <= 0 or not math.isfinite(values["nn_temperature"]):
             raise OstafError(f"nn_temperature must be a finite number > 0, got {values['nn_temperature']}")
         _adapter_can(values["trainable"], values["train_lam"] == "uniform", PER_SAMPLE, "--train-lam uniform")
+        if values["keep_text_projections"] and TRAINABLE[values["trainable"]].blocks == "none":
+            raise OstafError(
+                f"--keep-text-projections keeps fine-tuned blocks' text projections; --trainable "
+                f"{values['trainable']} fine-tunes no block: drop it (or --trainable blocks, unet or paper)"
+            )
         _adapter_can(values["trainable"], values["dual_path"] < 1.0, DUAL_PATH, f"--dual-path {values['dual_path']}")
         _needs_weights_and_token(values)
         if values["token_steps"] >= values["steps"]:

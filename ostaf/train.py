@@ -189,7 +189,9 @@ def prepare(
     layers = targeted_layers(pipe.unet, offsets)
     adapter = install_adapter(config, pipe, offsets, layers, attribute.token)
     trainable = list(adapter.parameters()) if adapter else []
-    trainable += unfreeze_blocks(pipe, fine_tuned_blocks(config, pipe.unet, offsets, layers))
+    trainable += unfreeze_blocks(
+        pipe, fine_tuned_blocks(config, pipe.unet, offsets, layers), config.keep_text_projections
+    )
 
     token = build_placeholder(config, attribute, prompts, reference.image, image_encoder).to(device)
     token_id = prompts.add_token(attribute.token, token().detach())
@@ -326,12 +328,20 @@ def base_key(pipe: Pipeline, config: TrainConfig) -> str:
     return f"{base.model}@{base.seed}" if base else f"{config.model}@{config.seed}"
 
 
-def unfreeze_blocks(pipe: Pipeline, blocks: list[str]) -> list[torch.nn.Parameter]:
-    """Every weight of `blocks` trains, kept in fp32 (`paper`, `blocks`; "" is the whole U-Net)."""
+TEXT_PROJECTIONS = ("attn2.to_k.", "attn2.to_v.")  # where a cross-attention reads the text (its keys and values)
+
+
+def unfreeze_blocks(pipe: Pipeline, blocks: list[str], keep_text: bool = False) -> list[torch.nn.Parameter]:
+    """Every weight of `blocks` trains, kept in fp32 (`paper`, `blocks`; "" is the whole U-Net); with `keep_text`
+    not the cross-attention's text projections (`--keep-text-projections`)."""
     params = []
     for block in blocks:
         module = pipe.unet.get_submodule(block).float()
-        params += [p for name, p in module.named_parameters() if ".processor." not in f".{name}"]
+        for name, p in module.named_parameters():
+            qualified = f".{name}"
+            if ".processor." in qualified or (keep_text and any(f".{k}" in qualified for k in TEXT_PROJECTIONS)):
+                continue
+            params.append(p)
     return params
 
 

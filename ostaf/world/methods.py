@@ -215,6 +215,7 @@ METHODS: dict[str, Recipe] = {
 LAYERED: dict[str, tuple[str, ...]] = {
     "shipped": ("disentangled", "views"),
     "shipped+unnamed": ("disentangled", "views"),
+    "shipped+text-kv": ("disentangled", "views"),
 }
 # what a layered method adds to its recipes (for the attributes its Recipe names)
 LAYERED_EXTRA: dict[str, Recipe] = {
@@ -222,6 +223,12 @@ LAYERED_EXTRA: dict[str, Recipe] = {
         "unnamed",
         "each shape view also under the prompt without its colour and texture words (--view-unnamed)",
         train=dict(view_unnamed=True),
+        attributes=("shape",),
+    ),
+    "shipped+text-kv": Recipe(
+        "text-kv",
+        "the shape's fine-tuned blocks keep the base model's text keys and values (--keep-text-projections)",
+        train=dict(keep_text_projections=True),
         attributes=("shape",),
     ),
 }
