@@ -300,3 +300,23 @@ def test_the_token_and_the_weights_move_at_their_own_rates(reference, tmp_path, 
     token_moved, weights_moved = max(moved[: len(token)]), max(moved[len(token) :])
     assert 0 < weights_moved <= 3.5e-6  # Adam moves a weight by about lr a step
     assert (token_moved > 1e-3) if token_lr else (0 < token_moved <= 3.5e-6)
+
+
+@on_both_models
+def test_keep_text_projections_fine_tunes_every_block_weight_but_the_texts_keys_and_values(tmp_path, model, reference):
+    """`--keep-text-projections`: the blocks' cross-attention to_k / to_v do not train (the checkpoint has none:
+    generation reads the base model's), where without the option they do; most other weights of the blocks train,
+    the query included; a trainable that fine-tunes no block refuses the option."""
+    from ostaf.checkpoint import load_checkpoint
+
+    common = dict(model=model, steps=2, lr=5e-2, trainable="blocks", attribute="shape")
+    kept = load_checkpoint(train(tiny_config(reference, tmp_path / "k", keep_text_projections=True, **common)).out)
+    full = load_checkpoint(train(tiny_config(reference, tmp_path / "f", **common)).out)
+    text = [n for n in full.section("unet.") if ".attn2.to_k." in n or ".attn2.to_v." in n]
+    assert text and set(kept.section("unet.")) == set(full.section("unet.")) - set(text)
+    base = dict(load_pipeline(model, seed=42).unet.named_parameters())  # the preset as the runs built it (seed 42)
+    assert all(not torch.equal(full.section("unet.")[n].float(), base[n].float()) for n in text)  # they do train
+    moved = [n for n, w in kept.section("unet.").items() if not torch.equal(w.float(), base[n].float())]
+    assert len(moved) > len(kept.section("unet.")) // 2 and any(".attn2.to_q." in n for n in moved)
+    with pytest.raises(OstafError, match="fine-tunes no block"):
+        tiny_config(reference, tmp_path / "t", keep_text_projections=True, trainable="token")
