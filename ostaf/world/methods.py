@@ -228,7 +228,7 @@ LAYERED_EXTRA: dict[str, Recipe] = {
     "shipped+text-kv": Recipe(
         "text-kv",
         "the shape's fine-tuned blocks keep the base model's text keys and values (--keep-text-projections)",
-        train=dict(keep_text_projections=True),
+        train=dict(trainable="blocks", keep_text_projections=True),  # (a recipe is valid on its own)
         attributes=("shape",),
     ),
 }
