@@ -176,6 +176,8 @@ def test_contrastive_loss_falls_and_names_the_nearest_words():
     nearest = contrast.nearest(embedding.detach(), 3)
     cos = torch.nn.functional.cosine_similarity(vocabulary, embedding.detach()[None], dim=-1)
     assert [i for i, _ in nearest] == cos.topk(3).indices.tolist()
+    assert [c for _, c in nearest] == [round(float(c), 4) for c in cos.topk(3).values]  # what the log shows
+    assert len(contrast.nearest(embedding.detach())) == 5  # five by default
 
 
 def test_token_steps_train_the_token_first_then_only_the_offsets(reference, tmp_path):
