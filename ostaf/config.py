@@ -579,6 +579,14 @@ class GenerateConfig(_Config):
         "checkpoint below (each one's adapter at 0 and placeholder read as its nearest word outside its steps); "
         "0 = both everywhere",
     )
+    compose_look: str = opt(
+        "late",
+        "where the appearance or style checkpoint acts under --compose-switch: late (only the steps below s·T, its "
+        "placeholder read as its nearest word above) or everywhere (every step: only the shape checkpoint is "
+        "switched off in the late steps, so the look is there while the noisy steps set the colours)",
+        choices=("late", "everywhere"),
+        pairwise="choices",
+    )
     reference_blocks: str = opt(
         "decoder",
         "U-Net blocks whose self-attention looks at the reference; auto: the checkpoints' own parts (encoder "
@@ -595,6 +603,11 @@ class GenerateConfig(_Config):
             raise OstafError(
                 f"--compose-switch is a fraction of the noise schedule in (0, 1) (0 = off), "
                 f"got {values['compose_switch']}"
+            )
+        if values["compose_look"] != "late" and not values["compose_switch"]:
+            raise OstafError(
+                f"--compose-look {values['compose_look']} says where the look acts under --compose-switch: add "
+                "--compose-switch s (e.g. 0.4), or drop --compose-look"
             )
         if values["compose_switch"] and values["reference_attention"]:
             raise OstafError(

@@ -91,6 +91,7 @@ class GenerationOptions:
                 attributes or [],
                 config.compose_switch,
                 pipe.scheduler.config.num_train_timesteps,
+                look_everywhere=config.compose_look == "everywhere",
             )
         if config.dual_path < 1.0:
             if not tokens:

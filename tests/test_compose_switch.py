@@ -50,9 +50,12 @@ def config(ckpts, out, **overrides) -> GenerateConfig:
 
 
 @on_both_models
-def test_the_switch_hands_over_at_its_timestep(trained_on, tmp_path, model, monkeypatch):
+@pytest.mark.parametrize("look", ["late", "everywhere"])
+def test_the_switch_hands_over_at_its_timestep(trained_on, tmp_path, model, monkeypatch, look):
     """Calls at t ≥ s·T run the shape adapter at λ and the appearance one at 0 on the prompt with *a read as its
-    nearest word; calls below the other way round; after generation both adapters are back at their λ."""
+    nearest word (with the look everywhere: both at λ on the prompt as written); calls below run the appearance
+    adapter at λ and the shape one at 0 with *m read as its nearest word; after generation both adapters are back
+    at their λ."""
     ckpts = trained_on(model)
     pipe = load_pipeline(model)
     installed: list = []
@@ -64,7 +67,8 @@ def test_the_switch_hands_over_at_its_timestep(trained_on, tmp_path, model, monk
 
     monkeypatch.setattr(generation, "apply", keep)
     calls = recorded_calls(pipe, lambda: installed)
-    generate(config([ckpts["shape"], ckpts["appearance"]], tmp_path / "g", compose_switch=0.5), pipe, progress=False)
+    options = dict(compose_switch=0.5, compose_look=look)
+    generate(config([ckpts["shape"], ckpts["appearance"]], tmp_path / "g", **options), pipe, progress=False)
     assert {c["t"] >= 500 for c in calls} == {True, False}  # both phases ran (DDIM, 4 steps: t = 751 … 1)
     shape, appearance = installed
     prompts = PromptEncoder(pipe)
@@ -72,14 +76,16 @@ def test_the_switch_hands_over_at_its_timestep(trained_on, tmp_path, model, monk
     token_id = {t: prompts.tokenizer.convert_tokens_to_ids(t) for t in ("*m", "*a")}
     guidance = GenerateConfig.__dataclass_fields__["guidance"].default
     learned = prompts.encode(ids).states
+    everywhere = look == "everywhere"
     for call in calls:
         early = call["t"] >= 500
-        assert call["scales"] == pytest.approx([0.7, 0.0] if early else [0.0, 0.7])
+        assert call["scales"] == pytest.approx([0.7, 0.7 if everywhere else 0.0] if early else [0.0, 0.7])
         # the other phase's placeholder is read as its nearest word: that id in its place, the rest as prompted
         other = "*a" if early else "*m"
         word = VanillaPrompts(prompts, [other]).replace[token_id[other]]
-        expected = prompts.encode(torch.where(ids == token_id[other], word, ids)).states
-        assert not torch.allclose(expected, learned, atol=1e-4)  # the swap changes the context
+        swapped = prompts.encode(torch.where(ids == token_id[other], word, ids)).states
+        assert not torch.allclose(swapped, learned, atol=1e-4)  # the swap changes the context
+        expected = learned if early and everywhere else swapped
         assert guidance > 1 and torch.allclose(call["context"][1:], expected, atol=1e-5)
         assert torch.allclose(call["context"][:1], prompts.unconditional(1).states, atol=1e-5)
     assert shape.scale == appearance.scale == 1.0  # restored
@@ -99,6 +105,7 @@ def test_without_the_switch_both_act_everywhere_and_the_images_differ(trained_on
         (dict(compose_switch=1.0), "fraction of the noise schedule"),
         (dict(compose_switch=-0.1), "fraction of the noise schedule"),
         (dict(compose_switch=0.5, reference_attention=0.5), "cannot be combined"),
+        (dict(compose_look="everywhere"), "add --compose-switch"),
     ],
 )
 def test_bad_switches_are_one_error(trained_on, tmp_path, overrides, message):
@@ -180,3 +187,14 @@ def test_the_switch_built_without_the_generate_checks_still_refuses_a_pair_witho
 
     with pytest.raises(OstafError, match=r"--compose-switch 0.5 .* \['appearance', 'style'\]"):
         ComposeSwitch(None, None, [], ["*a", "*s"], ["appearance", "style"], 0.5, 1000)
+
+
+def test_a_call_at_the_switch_timestep_is_early():
+    """t ≥ s·T is the early phase, the boundary included (as `--compose-switch` says)."""
+    from types import SimpleNamespace
+
+    from ostaf.mechanisms.compose_switch import ComposeSwitch
+
+    at = SimpleNamespace(boundary=500.0)
+    assert ComposeSwitch.is_early(at, 500) and ComposeSwitch.is_early(at, torch.tensor([500.0, 500.0]))
+    assert not ComposeSwitch.is_early(at, 499)

@@ -343,6 +343,11 @@ def test_a_switched_composition_is_its_own_row_and_its_switch_reaches_generation
     assert asked[-1].compose_switch == 0.0 and asked[-1].lam == [1.0]  # a token: one λ rendered
     assert methods.reads_lambda("compose@0.5/lora") and not methods.reads_lambda("compose@0.5/token")
     assert methods.is_compose("compose@0.5/lora") and (tmp_path / "runs" / "compose@0.5" / "lora").is_dir()
+    config.compose_look = "everywhere"  # its own rows, and the look reaches the generation of a split only
+    rows = jobs.run_compose(config, "lora", shape, look, 0.5)
+    assert {r["method"] for r in rows} == {"compose@0.5+everywhere/lora"} and asked[-1].compose_look == "everywhere"
+    jobs.run_compose(config, "lora", shape, look, 0.0)  # not a split: the look has no steps to act in
+    assert asked[-1].compose_switch == 0.0 and asked[-1].compose_look == "late"
 
 
 def test_a_generation_variant_takes_the_tuned_settings_of_the_method_it_trains_as(tmp_path):

@@ -9,6 +9,11 @@ for a U-Net call at timestep t:
                         every other checkpoint's adapter at λ = 0 and its placeholder read as its nearest word
     t < s·T   (late)    the other way round
 
+With `look_everywhere` (`--compose-look everywhere`) the other checkpoints act in the early steps too, so only
+the shape's are switched off late: the noisy steps set the colours, and the shape checkpoint alone there draws
+its own reference's (world v3, named validation pairs: composed shape / look 0.75 / 0.63 split at s = 0.4,
+0.88 / 0.75 with the look everywhere; `benchmarks/results/world-v3/ablation/compose-shipped-variants-named/`).
+
 A forward pre-hook on the U-Net (torch's public hook) reads each call's timestep, sets the adapters'
 strengths through the strength protocol (restored when generation ends) and hands the U-Net the prompt
 context of the call's phase, built as classifier-free guidance builds it. On SDXL the pooled text
@@ -56,30 +61,47 @@ class ComposeSwitch:
         attributes: list[str],
         switch: float,
         num_train_timesteps: int,
+        look_everywhere: bool = False,
     ) -> None:
         check_attributes(attributes, switch)
         self.unet, self.adapters = unet, adapters
         self.early = [a in EARLY_ATTRIBUTES for a in attributes]  # per checkpoint: does it act early
+        self.look_everywhere = look_everywhere
         self.boundary = switch * num_train_timesteps
         late_tokens = [t for t, early in zip(tokens, self.early, strict=True) if not early]
         early_tokens = [t for t, early in zip(tokens, self.early, strict=True) if early]
-        # early steps read the late checkpoints' placeholders as words, and the late steps the early ones'
+        # early steps read the late checkpoints' placeholders as words (all learned with the look everywhere), and
+        # the late steps the early ones'
         self.prompts = {True: VanillaPrompts(prompts, late_tokens), False: VanillaPrompts(prompts, early_tokens)}
+        self.encoder = prompts
 
     def is_early(self, timestep) -> bool:
         return float(torch.as_tensor(timestep).flatten()[0]) >= self.boundary
+
+    def acts(self, acts_early: bool, early: bool) -> bool:
+        """Whether a checkpoint (a shape's: `acts_early`) acts in a call of the early or the late phase."""
+        return acts_early == early or (self.look_everywhere and not acts_early)
+
+    @torch.no_grad()
+    def early_context(self, prompts: list[str], guidance: float) -> torch.Tensor:
+        """The early phase's context: the late placeholders as words, or, with the look everywhere, the prompt as
+        written (every placeholder learned), built as classifier-free guidance builds it."""
+        if not self.look_everywhere:
+            return self.prompts[True].context(prompts, guidance)
+        written = self.encoder.encode(self.encoder.ids(prompts)).states
+        return written if guidance <= 1.0 else torch.cat([self.encoder.unconditional(len(prompts)).states, written])
 
     @contextmanager
     def active(self, prompts: list[str], guidance: float, scales: list[Scale]) -> Iterator[None]:
         """Inside the block, each U-Net call runs its phase's adapters (at `scales`, the others at 0) on its
         phase's prompt context; the adapters' λ and the U-Net are as they were after it."""
-        contexts = {early: self.prompts[early].context(prompts, guidance) for early in (True, False)}
+        contexts = {True: self.early_context(prompts, guidance), False: self.prompts[False].context(prompts, guidance)}
 
         def before_call(module, args: tuple, kwargs: dict):
             timestep = kwargs["timestep"] if "timestep" in kwargs else args[1]
             early = self.is_early(timestep)
             for adapter, acts_early, scale in zip(self.adapters, self.early, scales, strict=True):
-                adapter.set_scale(scale if acts_early == early else 0.0)
+                adapter.set_scale(scale if self.acts(acts_early, early) else 0.0)
             context = contexts[early]
             if "encoder_hidden_states" in kwargs:
                 current = kwargs["encoder_hidden_states"]

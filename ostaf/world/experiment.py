@@ -120,6 +120,12 @@ class ExperimentConfig:
         "--compose-switch values of the compositions, each a row (0: both checkpoints in every step; s: the shape "
         "one for t ≥ s·T, the appearance one below)",
     )
+    compose_look: str = opt(
+        "late",
+        "--compose-look of the split compositions (s > 0): late (the appearance checkpoint only below s·T) or "
+        "everywhere (in every step; only the shape one is switched off late); rows `compose@<s>+everywhere/<method>`",
+        choices=("late", "everywhere"),
+    )
     out: str = opt("runs/attribute-world", "output folder: table.md, results.json, curves.png, grids")
 
     def draw(self) -> list[Reference]:

@@ -45,6 +45,7 @@ def _generate(
     method: str = "",
     compose_switch: float = 0.0,
     attribute: str | None = None,
+    compose_look: str = "late",
 ):
     """The λ sweep of `ckpts`; where λ cannot change the images (`reads_lambda`), one λ rendered and shown
     at each λ of the sweep (the rows and curves keep their shape: flat, as they are)."""
@@ -65,6 +66,7 @@ def _generate(
         batch_size=len(rendered) * len(config.seeds),
         device="cpu",
         compose_switch=compose_switch,
+        compose_look=compose_look,
     )
     result = generate(gen, pipe=pipe, progress=False)[0]
     if rendered == list(lams):
@@ -184,13 +186,14 @@ def run_compose(
 
     ckpts = [str(Path(config.out) / "runs" / method / r.id / "ckpt") for r in (shape_ref, look_ref)]
     pair = f"{shape_ref.id}+{look_ref.id}"
-    name = compose_name(method, switch)
+    look = config.compose_look if switch else "late"
+    name = compose_name(method, switch, look)
     job = Path(config.out) / "runs" / name / pair
     done = finished_rows(config, job, name, "shape+appearance")
     if done is not None:
         return done
     pipe = load_pipeline(config.model)
-    result = _generate(config, pipe, ckpts, COMPOSE_PROMPT, config.lams, job, name, switch)
+    result = _generate(config, pipe, ckpts, COMPOSE_PROMPT, config.lams, job, name, switch, compose_look=look)
     save_image(result.grid, job / "grid.png")
     shape_world, look_world = shape_ref.world(), look_ref.world()
     rows = [

@@ -277,9 +277,12 @@ def is_compose(method: str) -> bool:
     return method.startswith("compose")
 
 
-def compose_name(method: str, switch: float = 0.0) -> str:
-    """A composition's row: `compose/<method>`, or `compose@<s>/<method>` with a timestep switch s."""
-    return f"compose@{switch:g}/{method}" if switch else f"compose/{method}"
+def compose_name(method: str, switch: float = 0.0, look: str = "late") -> str:
+    """A composition's row: `compose/<method>`, or `compose@<s>/<method>` with a timestep switch s (and
+    `compose@<s>+everywhere/<method>` with the look in every step)."""
+    if not switch:
+        return f"compose/{method}"
+    return f"compose@{switch:g}{'' if look == 'late' else f'+{look}'}/{method}"
 
 
 def trains_as(method: str) -> list[str]:
