@@ -8,6 +8,7 @@ The attribute world draws the palette's and the textures' words with these very 
 
 from __future__ import annotations
 
+import string
 from typing import NamedTuple
 
 import numpy as np
@@ -66,8 +67,6 @@ TEXTURED_CLASS = "{colour} {texture} object"  # a shape's default view class wit
 
 def unnamed_class(template: str) -> str:
     """A view class with its slots' words left out ('{colour} {texture} object' → 'object')."""
-    import string
-
     fields = [name for _, name, _, _ in string.Formatter().parse(template) if name]
     return " ".join(template.format(**dict.fromkeys(fields, "")).split())
 
