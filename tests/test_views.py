@@ -126,6 +126,16 @@ def test_textured_views_draw_what_the_world_means_by_each_texture_word(star, tmp
         world = render(Factors("star", colour, texture, "flat", 0.5, 0.5, 0.3))
         assert np.array_equal(np.asarray(view), world.image), (colour, texture)
     assert made.mean.shape[0] == 4 and step_loss(setup) > 0
+    # the second view's latent is the VAE's encoding of the world's green striped star, not a plain green one
+    from ostaf.models import native_resolution
+    from ostaf.training_setup import encode_reference
+
+    size = native_resolution(setup.pipe)
+    for texture, same in (("striped", True), ("solid", False)):
+        look = Image.fromarray(render(Factors("star", "green", texture, "flat", 0.5, 0.5, 0.3)).image)
+        recipes = sample_recipes(look.size, "shape", size, 1, 42)
+        mean, _ = encode_reference(setup.pipe, Preprocessed(look, silhouette, recipes, "shape"))
+        assert torch.allclose(made.mean[1:2], mean.to(made.mean.device), atol=1e-6) == same, texture
     # by hand, independent of any shared texture code: at 64 px a stripe is 4 white rows in every 8
     striped = np.asarray(views.recolour(image, silhouette, PALETTE["green"], "striped"))
     rows = np.nonzero(silhouette)[0]
@@ -282,3 +292,15 @@ def test_unnamed_views_are_the_same_images_again_under_the_prompt_without_their_
     assert mechanism.input_ids.shape[1] == 6  # every prompt tokenised, the unnamed ones too
     vase = tiny_config(path, tmp_path / "v", attribute="shape", views=2, view_class="{colour} vase", view_unnamed=True)
     assert prepare(vase).mechanism(views.CaptionedViews).views.prompts[2:] == ["a vase in the shape of *m"] * 2
+
+
+def test_the_border_colour_is_the_median_of_the_one_pixel_frame():
+    """The median, per channel, of the four one-pixel edges (corners on both of their edges) of a random image:
+    any other row or column read instead moves it."""
+    image = np.random.default_rng(3).integers(0, 256, (9, 12, 3), dtype=np.uint8)
+    height, width = image.shape[:2]
+    coords = [(r, c) for r in (0, height - 1) for c in range(width)] + [
+        (r, c) for c in (0, width - 1) for r in range(height)
+    ]
+    expected = np.median(np.array([image[r, c] for r, c in coords], dtype=np.float64), axis=0)
+    assert np.array_equal(views.border_colour(Image.fromarray(image)), expected)
