@@ -11,8 +11,9 @@ for a U-Net call at timestep t:
 
 With `look_everywhere` (`--compose-look everywhere`) the other checkpoints act in the early steps too, so only
 the shape's are switched off late: the noisy steps set the colours, and the shape checkpoint alone there draws
-its own reference's (world v3, named validation pairs: composed shape / look 0.75 / 0.63 split at s = 0.4,
-0.88 / 0.75 with the look everywhere; `benchmarks/results/world-v3/ablation/compose-look-everywhere-named/`).
+its own reference's (world v3, 4 named validation pairs: composed shape / look 0.75 / 0.63 split at s = 0.4,
+0.88 / 0.75 with the look everywhere; but on 16 named test pairs 0.67 / 0.46 against 0.90 / 0.42 with both
+everywhere: `benchmarks/results/world-v3/ablation/compose-look-everywhere-*-named/`).
 
 A forward pre-hook on the U-Net (torch's public hook) reads each call's timestep, sets the adapters'
 strengths through the strength protocol (restored when generation ends) and hands the U-Net the prompt
