@@ -235,8 +235,7 @@ def check_adapters_can(config: GenerateConfig, checkpoints: list) -> None:
             )
         what = TRAINABLE.get(trainable, TRAINABLE["lite"])
         if config.compose_switch and not switchable(what, config.token_lambda):
-            advice = "drop --compose-switch"
-            advice = f"add --token-lambda, or {advice}" if what.adapter == "none" else advice
+            advice = ("add --token-lambda, or " if what.adapter == "none" else "") + "drop --compose-switch"
             raise OstafError(
                 f"--compose-switch turns each checkpoint off outside its steps; the {ckpt.token} checkpoint "
                 f"(--trainable {trainable}) fine-tuned U-Net weights, which act in every step unless --token-lambda "

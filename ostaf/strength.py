@@ -267,12 +267,16 @@ class WeightBlendStrength(TokenStrength):
         """`weights`: name → (the U-Net parameter, its base W₀, its tuned W₁)."""
         super().__init__(token, trainable, prompts, token_id, learned)
         self.weights = weights
+        self.written: float | None = None  # the λ the weights hold (a composition sets λ before every U-Net call)
 
     def _write_scale(self, scale: Scale) -> None:
         import torch
 
         super()._write_scale(scale)
         lam = float(scale.flatten()[0]) if torch.is_tensor(scale) else float(scale)
+        if lam == self.written:
+            return
         with torch.no_grad():
             for param, base, tuned in self.weights.values():
                 param.copy_(torch.lerp(base, tuned, lam).to(param.dtype))
+        self.written = lam

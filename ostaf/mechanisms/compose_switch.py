@@ -74,7 +74,6 @@ class ComposeSwitch:
         # early steps read the late checkpoints' placeholders as words (all learned with the look everywhere), and
         # the late steps the early ones'
         self.prompts = {True: VanillaPrompts(prompts, late_tokens), False: VanillaPrompts(prompts, early_tokens)}
-        self.encoder = prompts
 
     def is_early(self, timestep) -> bool:
         return float(torch.as_tensor(timestep).flatten()[0]) >= self.boundary
@@ -83,27 +82,22 @@ class ComposeSwitch:
         """Whether a checkpoint (a shape's: `acts_early`) acts in a call of the early or the late phase."""
         return acts_early == early or (self.look_everywhere and not acts_early)
 
-    @torch.no_grad()
-    def early_context(self, prompts: list[str], guidance: float) -> torch.Tensor:
-        """The early phase's context: the late placeholders as words, or, with the look everywhere, the prompt as
-        written (every placeholder learned), built as classifier-free guidance builds it."""
-        if not self.look_everywhere:
-            return self.prompts[True].context(prompts, guidance)
-        written = self.encoder.encode(self.encoder.ids(prompts)).states
-        return written if guidance <= 1.0 else torch.cat([self.encoder.unconditional(len(prompts)).states, written])
-
     @contextmanager
     def active(self, prompts: list[str], guidance: float, scales: list[Scale]) -> Iterator[None]:
         """Inside the block, each U-Net call runs its phase's adapters (at `scales`, the others at 0) on its
         phase's prompt context; the adapters' λ and the U-Net are as they were after it."""
-        contexts = {True: self.early_context(prompts, guidance), False: self.prompts[False].context(prompts, guidance)}
+        # with the look everywhere the early calls read the prompt as written: the pipeline's own context, kept
+        phases = (False,) if self.look_everywhere else (True, False)
+        contexts = {early: self.prompts[early].context(prompts, guidance) for early in phases}
 
         def before_call(module, args: tuple, kwargs: dict):
             timestep = kwargs["timestep"] if "timestep" in kwargs else args[1]
             early = self.is_early(timestep)
             for adapter, acts_early, scale in zip(self.adapters, self.early, scales, strict=True):
                 adapter.set_scale(scale if self.acts(acts_early, early) else 0.0)
-            context = contexts[early]
+            context = contexts.get(early)
+            if context is None:
+                return None  # the call's own arguments
             if "encoder_hidden_states" in kwargs:
                 current = kwargs["encoder_hidden_states"]
                 kwargs = kwargs | {"encoder_hidden_states": context.to(current.device, current.dtype)}

@@ -212,11 +212,7 @@ METHODS: dict[str, Recipe] = {
 }
 # methods whose options depend on the reference's attribute: recipes layered per attribute, as `--recipe` layers
 # them for a benchmark's items
-LAYERED: dict[str, tuple[str, ...]] = {
-    "shipped": ("disentangled", "views"),
-    "shipped+unnamed": ("disentangled", "views"),
-    "shipped+text-kv": ("disentangled", "views"),
-}
+_SHIPPED = ("disentangled", "views")  # make run's recipes
 # what a layered method adds to its recipes (for the attributes its Recipe names)
 LAYERED_EXTRA: dict[str, Recipe] = {
     "shipped+unnamed": Recipe(
@@ -232,6 +228,7 @@ LAYERED_EXTRA: dict[str, Recipe] = {
         attributes=("shape",),
     ),
 }
+LAYERED: dict[str, tuple[str, ...]] = {"shipped": _SHIPPED} | dict.fromkeys(LAYERED_EXTRA, _SHIPPED)
 
 
 def method_recipe(method: str, attribute: str | None = None) -> Recipe:
@@ -277,6 +274,11 @@ def is_compose(method: str) -> bool:
     return method.startswith("compose")
 
 
+def composed_method(method: str) -> str:
+    """The method a composition's row composes (`compose@0.4/shipped` → `shipped`); a method is its own."""
+    return method.split("/", 1)[1] if is_compose(method) else method
+
+
 def compose_name(method: str, switch: float = 0.0, look: str = "late") -> str:
     """A composition's row: `compose/<method>`, or `compose@<s>/<method>` with a timestep switch s (and
     `compose@<s>+everywhere/<method>` with the look in every step)."""
@@ -298,19 +300,19 @@ def generate_options(method: str, attribute: str | None = None) -> dict[str, Any
     """The generation options of `method` on `attribute`'s references. A composition (`compose/<method>`) takes
     both checkpoints' methods' options (a layered method's shape recipe blends its fine-tuned weights with
     --token-lambda: so must the pair, or a timestep switch could not turn them off)."""
+    base = composed_method(method)
+    if base not in METHODS:
+        return {}
     if is_compose(method):
-        base = method.split("/", 1)[1]
-        if base not in METHODS:
-            return {}
         return {k: v for a in ("shape", "appearance") for k, v in method_recipe(base, a).generate.items()}
-    return dict(method_recipe(method, attribute).generate) if method in METHODS else {}
+    return dict(method_recipe(method, attribute).generate)
 
 
 def reads_lambda(method: str, attribute: str | None = None) -> bool:
     """Whether λ changes what `method` generates on `attribute`'s references: an adapter scales with it, or the
     reference's weight does, or the token's blend. A token or fine-tuned weights without the blend are one model at
     every λ, so their sweep is rendered once."""
-    base = method.split("/", 1)[1] if is_compose(method) else method
+    base = composed_method(method)
     if base not in METHODS:
         return False
     attributes = ("shape", "appearance") if is_compose(method) else (attribute,)  # a composition: either one's
