@@ -54,6 +54,11 @@ def export(config: ExportConfig) -> ExportReport:
     pipe = load_base_pipeline(ckpt)
     adapter = apply(pipe, ckpt, config.lam)
     factors = {name: svd(delta) for name, delta in weight_deltas(pipe, adapter, config.lam).items()}
+    if not factors and (config.rank or config.max_error):
+        raise OstafError(
+            f"{config.ckpt} changed no U-Net weight (a token-only checkpoint): there is no LoRA to give "
+            "--rank or --max-error; drop them to export its embedding"
+        )
     full = max((len(f[1]) for f in factors.values()), default=0)  # 0: a token-only checkpoint, no LoRA
     rank = pick_rank(factors, config.rank or full, config.max_error) if factors else 0
     embedding = out.with_name(out.name.removesuffix(".safetensors") + ".embedding.safetensors")

@@ -150,6 +150,11 @@ def test_a_token_only_checkpoint_exports_its_embedding_alone(tmp_path, reference
     pipe.load_textual_inversion(report.embedding, token="*a")
     row = pipe.text_encoder.get_input_embeddings().weight[pipe.tokenizer.convert_tokens_to_ids("*a")]
     torch.testing.assert_close(row, load_checkpoint(ckpt).tensors["token.embedding"])
+    for option in ({"rank": 4}, {"max_error": 0.1}):  # a LoRA's settings with no LoRA to give them: refused
+        out = tmp_path / "again.safetensors"
+        with pytest.raises(OstafError, match="token-only checkpoint.*drop them"):
+            export(ExportConfig(ckpt=str(ckpt), out=str(out), **option))
+        assert not out.with_name("again.embedding.safetensors").exists()
 
 
 def test_what_a_lora_cannot_carry_and_bad_options_are_one_clear_error(tmp_path, reference):
