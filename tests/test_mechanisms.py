@@ -4,6 +4,7 @@ reaches only what it should, resume stays bit-exact with all of them on."""
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -142,6 +143,27 @@ def test_without_a_mask_binding_pulls_the_token_onto_the_class_word():
     on_class = float(binding.binding_loss(record, None))
     record.maps["layer"] = torch.cat([1 - soft, soft], dim=-1)  # the token everywhere else
     assert on_class < float(binding.binding_loss(record, None)) - 0.2
+
+
+def test_the_binding_term_is_its_weight_times_one_minus_the_soft_iou_with_each_samples_own_mask():
+    """By hand at weight 0.3: the target of each sample is the mask of its own augmentation, pooled to the map's
+    side (not the class word's map, not another augmentation's mask)."""
+    torch.manual_seed(0)
+    masks = torch.zeros(3, 1, 8, 8)  # three augmentations' masks, each a different region
+    masks[0, :, :4], masks[1, :, :, 4:], masks[2, :, 2:6, 2:6] = 1, 1, 1
+    record = binding.AttentionRecord(positions=[5, 2], resolution=4)
+    record.maps["layer"] = torch.rand(2, 16, 2)  # (B, N, [placeholder, class word])
+    bound = binding.AttentionBinding(SimpleNamespace(attn_binding=0.3), reference=None)
+    bound.record, bound.masks = record, masks
+    pick = torch.tensor([2, 0])
+    term = bound.loss(None, SimpleNamespace(pick=pick), None)
+    token = record.maps["layer"][..., 0]
+    low, high = token.min(1, keepdim=True).values, token.max(1, keepdim=True).values
+    token = (token - low) / (high - low)  # min–max per sample
+    target = masks[pick].view(2, 4, 2, 4, 2).mean((2, 4)).reshape(2, 16)  # 8×8 → 4×4 by area
+    inter = (token * target).sum(1)
+    iou = (inter + 1) / (token.sum(1) + target.sum(1) - inter + 1)
+    torch.testing.assert_close(term, 0.3 * (1 - iou).mean())
 
 
 def test_probes_record_the_softmax_column_of_the_watched_tokens(masked_reference, tmp_path):
