@@ -152,12 +152,12 @@ def test_the_binding_term_is_its_weight_times_one_minus_the_soft_iou_with_each_s
     masks = torch.zeros(3, 1, 8, 8)  # three augmentations' masks, each a different region
     masks[0, :, :4], masks[1, :, :, 4:], masks[2, :, 2:6, 2:6] = 1, 1, 1
     record = binding.AttentionRecord(positions=[5, 2], resolution=4)
-    record.maps["layer"] = torch.rand(2, 16, 2)  # (B, N, [placeholder, class word])
+    record.maps["down"], record.maps["up"] = torch.rand(2, 16, 2), torch.rand(2, 16, 2)  # (B, N, [token, class])
     bound = binding.AttentionBinding(SimpleNamespace(attn_binding=0.3), reference=None)
     bound.record, bound.masks = record, masks
     pick = torch.tensor([2, 0])
     term = bound.loss(None, SimpleNamespace(pick=pick), None)
-    token = record.maps["layer"][..., 0]
+    token = (record.maps["down"][..., 0] + record.maps["up"][..., 0]) / 2  # the layers' mean
     low, high = token.min(1, keepdim=True).values, token.max(1, keepdim=True).values
     token = (token - low) / (high - low)  # min–max per sample
     target = masks[pick].view(2, 4, 2, 4, 2).mean((2, 4)).reshape(2, 16)  # 8×8 → 4×4 by area
