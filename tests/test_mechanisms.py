@@ -278,6 +278,10 @@ def test_masked_loss_ignores_the_background():
     assert float(masked_mse(pred, target, mask)) == 0.0
     pred[..., 0, 0] += 2.0  # one foreground cell off by 2 in each of 4 channels, of 4 × 8 foreground values
     assert float(masked_mse(pred, target, mask)) == pytest.approx(4 * 2**2 / (4 * 8))
+    assert float(masked_mse(pred, target, torch.zeros_like(mask))) == 0.0  # no foreground: 0, not NaN
+    one = torch.zeros(1, 1, 2, 2)
+    one[..., 0, 0] = 1  # a single foreground value (one channel): the mean is its own squared error
+    assert float(masked_mse(torch.full((1, 1, 2, 2), 3.0), torch.zeros(1, 1, 2, 2), one)) == pytest.approx(9.0)
 
 
 def test_mask_dilation_grows_each_augmentations_mask_by_that_many_latent_cells(masked_reference, tmp_path):
