@@ -145,25 +145,78 @@ def test_without_a_mask_binding_pulls_the_token_onto_the_class_word():
     assert on_class < float(binding.binding_loss(record, None)) - 0.2
 
 
-def test_the_binding_term_is_its_weight_times_one_minus_the_soft_iou_with_each_samples_own_mask():
-    """By hand at weight 0.3: the target of each sample is the mask of its own augmentation, pooled to the map's
-    side (not the class word's map, not another augmentation's mask)."""
+def _minmax(maps: torch.Tensor) -> torch.Tensor:
+    low, high = maps.min(1, keepdim=True).values, maps.max(1, keepdim=True).values
+    return (maps - low) / (high - low)
+
+
+def _soft_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    inter = (a * b).sum(1)
+    return (inter + 1) / (a.sum(1) + b.sum(1) - inter + 1)
+
+
+def test_the_binding_term_is_its_weight_times_one_minus_the_soft_iou_with_its_target():
+    """By hand at weight 0.3, two layers' maps averaged: with masks, each sample's target is the mask of its own
+    augmentation pooled to the map's side by area (not the class word's map, not another augmentation's mask);
+    without, the class word's map, min–max normalised and squared."""
     torch.manual_seed(0)
-    masks = torch.zeros(3, 1, 8, 8)  # three augmentations' masks, each a different region
-    masks[0, :, :4], masks[1, :, :, 4:], masks[2, :, 2:6, 2:6] = 1, 1, 1
+    masks = (torch.rand(3, 1, 8, 8) > 0.5).float()  # three augmentations' masks; area ≠ nearest pooling
     record = binding.AttentionRecord(positions=[5, 2], resolution=4)
     record.maps["down"], record.maps["up"] = torch.rand(2, 16, 2), torch.rand(2, 16, 2)  # (B, N, [token, class])
     bound = binding.AttentionBinding(SimpleNamespace(attn_binding=0.3), reference=None)
     bound.record, bound.masks = record, masks
     pick = torch.tensor([2, 0])
-    term = bound.loss(None, SimpleNamespace(pick=pick), None)
-    token = (record.maps["down"][..., 0] + record.maps["up"][..., 0]) / 2  # the layers' mean
-    low, high = token.min(1, keepdim=True).values, token.max(1, keepdim=True).values
-    token = (token - low) / (high - low)  # min–max per sample
+    maps = (record.maps["down"] + record.maps["up"]) / 2  # the layers' mean
+    token = _minmax(maps[..., 0])
     target = masks[pick].view(2, 4, 2, 4, 2).mean((2, 4)).reshape(2, 16)  # 8×8 → 4×4 by area
-    inter = (token * target).sum(1)
-    iou = (inter + 1) / (token.sum(1) + target.sum(1) - inter + 1)
-    torch.testing.assert_close(term, 0.3 * (1 - iou).mean())
+    term = bound.loss(None, SimpleNamespace(pick=pick), None)
+    torch.testing.assert_close(term, 0.3 * (1 - _soft_iou(token, target)).mean())
+    bound.masks = None  # no mask: bound to the class word's sharpened map
+    term = bound.loss(None, SimpleNamespace(pick=pick), None)
+    torch.testing.assert_close(term, 0.3 * (1 - _soft_iou(token, _minmax(maps[..., 1]) ** 2)).mean())
+
+
+class ScaledProjections:
+    """A processor with `project`, as the offsets processor has (q ×1.5, k ×0.5 at its scale); records its calls."""
+
+    scale = 0.7
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def project(self, attn, name: str, x: torch.Tensor, scale: float) -> torch.Tensor:
+        assert scale == 0.7
+        return getattr(attn, name)(x) * {"to_q": 1.5, "to_k": 0.5}[name]
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, *args, **kwargs):
+        self.calls.append((encoder_hidden_states, args, kwargs))
+        return hidden_states
+
+
+def test_the_probe_reads_the_projections_the_layer_computes_and_hands_every_argument_on():
+    """The recorded map is softmax(q kᵀ/√d) with q, k as the wrapped processor projects them (the offsets' W′,
+    not the base W), the watched columns averaged over heads; the call goes on unchanged; a probe around a
+    processor that detaches the context detaches it too."""
+    from diffusers.models.attention_processor import Attention
+
+    from ostaf.offsets.processor import DetachedContextProcessor
+
+    torch.manual_seed(0)
+    attn = Attention(query_dim=8, cross_attention_dim=6, heads=2, dim_head=4).requires_grad_(False)
+    record = binding.AttentionRecord(positions=[3, 1], resolution=2, active=True)
+    inner = ScaledProjections()
+    hidden, context = torch.randn(1, 4, 8), torch.randn(1, 5, 6, requires_grad=True)
+    mask, extra = torch.zeros(1, 1, 5), object()
+    assert binding.AttentionProbe(inner, record, "layer")(attn, hidden, context, extra, attention_mask=mask) is hidden
+    [(got_context, got_args, got_kwargs)] = inner.calls
+    assert got_context is context and got_args == (extra,) and got_kwargs == {"attention_mask": mask}
+    q = (attn.to_q(hidden) * 1.5).view(1, 4, 2, 4).transpose(1, 2)
+    k = (attn.to_k(context) * 0.5).view(1, 5, 2, 4).transpose(1, 2)
+    probs = (q @ k.transpose(-1, -2) / 2).softmax(-1)  # 1/√d, d = 4
+    torch.testing.assert_close(record.maps["layer"], probs[..., [3, 1]].mean(1))
+    assert record.maps["layer"].requires_grad  # the binding term reaches the token through the context
+    binding.AttentionProbe(DetachedContextProcessor(ScaledProjections()), record, "layer")(attn, hidden, context)
+    assert not record.maps["layer"].requires_grad
 
 
 def test_probes_record_the_softmax_column_of_the_watched_tokens(masked_reference, tmp_path):
