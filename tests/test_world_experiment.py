@@ -350,6 +350,41 @@ def test_a_switched_composition_is_its_own_row_and_its_switch_reaches_generation
     assert asked[-1].compose_switch == 0.0 and asked[-1].compose_look == "late"
 
 
+def test_each_composition_prompt_form_is_its_own_row_generated_from_its_own_prompt(tmp_path, monkeypatch):
+    """`--compose-prompts phrase adjective+phrase`: each form is a row of its own, generated from that form's prompt
+    (the look's placeholder before the class as well as in its phrase), and the report reads the prompt back
+    from the row's name."""
+    from PIL import Image
+
+    from ostaf.sweep import PromptResult
+    from ostaf.world import experiment, jobs
+    from ostaf.world.references import references
+
+    asked = []
+
+    def fake_generate(gen, pipe=None, progress=True):
+        asked.append(gen)
+        image = Image.new("RGB", (64, 64))
+        return [PromptResult(gen.prompt[0], {(lam, s): image for lam in gen.lam for s in gen.seeds}, image)]
+
+    monkeypatch.setattr("ostaf.generate.generate", fake_generate)
+    monkeypatch.setattr("ostaf.models.load_pipeline", lambda *a, **k: None)
+    config = experiment.ExperimentConfig(out=str(tmp_path), seeds=[0], lams=[1.0])
+    shape, look = (references(1, "test", 0, (a,), "named")[0] for a in ("shape", "appearance"))
+    made = {}
+    for form in ("phrase", "adjective+phrase"):
+        [row] = jobs.run_compose(config, "token", shape, look, 0.0, form)
+        made[row["method"]] = asked[-1].prompt
+    assert made == {
+        "compose/token": ["an object in the shape of *m in the appearance of *a"],
+        "compose[adjective+phrase]/token": ["a *a object in the shape of *m in the appearance of *a"],
+    }
+    [row] = jobs.run_compose(config, "token", shape, look, 0.4, "adjective")  # with a switch too
+    assert row["method"] == "compose[adjective]@0.4/token" and asked[-1].prompt == ["a *a object in the shape of *m"]
+    for method, prompt in made.items():
+        assert experiment.prompt_of({"method": method}, {}) == prompt[0]
+
+
 def test_a_generation_variant_takes_the_tuned_settings_of_the_method_it_trains_as(tmp_path):
     """The DreamTuner path trains the token row's token: with `--tuned` it takes the token's steps, lr and λ
     (a search that tuned it itself wins); an untuned method keeps the shared settings."""

@@ -49,11 +49,12 @@ from ostaf.recipes import WORLD
 from ostaf.sweep import SweepIndex
 from ostaf.world.jobs import IMAGES, _Inline, _job, jobs
 from ostaf.world.methods import (
-    COMPOSE_PROMPT,
+    COMPOSE_PROMPTS,
     MECHANISM_METHODS,
     METHODS,
     PAPER_METHODS,
     TABLE_METHODS,
+    compose_prompt,
     is_compose,
     method_recipe,
     reads_lambda,
@@ -125,6 +126,13 @@ class ExperimentConfig:
         "--compose-look of the split compositions (s > 0): late (the appearance checkpoint only below s·T) or "
         "everywhere (in every step; only the shape one is switched off late); rows `compose@<s>+everywhere/<method>`",
         choices=("late", "everywhere"),
+    )
+    compose_prompts: list[str] = opt(
+        ["phrase"],
+        "how each composition's prompt writes the look's placeholder, each a row: phrase ('an object in the shape of "
+        "*m in the appearance of *a'), adjective ('a *a object in the shape of *m': where the shape's views named "
+        "their look) or adjective+phrase (both); rows `compose[<form>]/<method>` (the phrase: `compose/<method>`)",
+        choices=tuple(COMPOSE_PROMPTS),
     )
     out: str = opt("runs/attribute-world", "output folder: table.md, results.json, curves.png, grids")
 
@@ -208,7 +216,8 @@ def run_many(
         looks = [r for r in refs[i] if r.attribute == "appearance"]
         pairs = list(zip(shapes, looks, strict=False)) if shapes and looks else []
         composed = [
-            (i, ("compose", config, m, s, a, switch))
+            (i, ("compose", config, m, s, a, switch, form))
+            for form in config.compose_prompts
             for switch in config.compose_switches
             for m in config.compose
             if m in config.methods
@@ -231,7 +240,7 @@ def run_many(
 def prompt_of(row: dict, refs: dict[str, Reference]) -> str:
     """The prompt a result row's images were generated from."""
     if is_compose(row["method"]):
-        return COMPOSE_PROMPT
+        return compose_prompt(row["method"])
     ref = refs[row["reference"]]
     return ref.words if row["method"] == "words" else ref.prompt
 

@@ -18,7 +18,7 @@ from ostaf.recipes import WORLD
 from ostaf.sweep import PromptResult, write_sweep
 from ostaf.world.generator import WorldImage
 from ostaf.world.methods import (
-    COMPOSE_PROMPT,
+    COMPOSE_PROMPTS,
     compose_name,
     generate_options,
     is_compose,
@@ -178,22 +178,27 @@ def _generate_words(config: ExperimentConfig, ref: Reference, out: Path) -> dict
 
 
 def run_compose(
-    config: ExperimentConfig, method: str, shape_ref: Reference, look_ref: Reference, switch: float = 0.0
+    config: ExperimentConfig,
+    method: str,
+    shape_ref: Reference,
+    look_ref: Reference,
+    switch: float = 0.0,
+    prompt: str = "phrase",
 ) -> list[dict]:
-    """`method`'s shape and appearance checkpoints in one prompt (`switch`: split by timestep): score the shape
-    and the look."""
+    """`method`'s shape and appearance checkpoints in one prompt of form `prompt` (`COMPOSE_PROMPTS`; `switch`:
+    split by timestep): score the shape and the look."""
     from ostaf.models import load_pipeline
 
     ckpts = [str(Path(config.out) / "runs" / method / r.id / "ckpt") for r in (shape_ref, look_ref)]
     pair = f"{shape_ref.id}+{look_ref.id}"
     look = config.compose_look if switch else "late"
-    name = compose_name(method, switch, look)
+    name = compose_name(method, switch, look, prompt)
     job = Path(config.out) / "runs" / name / pair
     done = finished_rows(config, job, name, "shape+appearance")
     if done is not None:
         return done
     pipe = load_pipeline(config.model)
-    result = _generate(config, pipe, ckpts, COMPOSE_PROMPT, config.lams, job, name, switch, compose_look=look)
+    result = _generate(config, pipe, ckpts, COMPOSE_PROMPTS[prompt], config.lams, job, name, switch, compose_look=look)
     save_image(result.grid, job / "grid.png")
     shape_world, look_world = shape_ref.world(), look_ref.world()
     rows = [

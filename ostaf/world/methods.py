@@ -267,7 +267,14 @@ PAPER_METHODS = (
 # the v2 table's methods, each on the paper's part of each attribute
 TABLE_METHODS = ("token", "finetune", "lora", "ostaf-lite", "ostaf-paper", "reference-attention")
 MECHANISM_METHODS = ("ostaf-lite", *(m for m in METHODS if m.startswith("lite+")))
-COMPOSE_PROMPT = "an object in the shape of *m in the appearance of *a"
+# how a composition's prompt writes the look's placeholder: in its own phrase (as the appearance checkpoint learned
+# it), before the class (where the shape checkpoint's captioned views named their look: 'a red striped object in
+# the shape of *m'), or in both places — each checkpoint then reads its placeholder in the form it was trained on
+COMPOSE_PROMPTS = {
+    "phrase": "an object in the shape of *m in the appearance of *a",
+    "adjective": "a *a object in the shape of *m",
+    "adjective+phrase": "a *a object in the shape of *m in the appearance of *a",
+}
 
 
 def is_compose(method: str) -> bool:
@@ -279,12 +286,20 @@ def composed_method(method: str) -> str:
     return method.split("/", 1)[1] if is_compose(method) else method
 
 
-def compose_name(method: str, switch: float = 0.0, look: str = "late") -> str:
+def compose_name(method: str, switch: float = 0.0, look: str = "late", prompt: str = "phrase") -> str:
     """A composition's row: `compose/<method>`, or `compose@<s>/<method>` with a timestep switch s (and
-    `compose@<s>+everywhere/<method>` with the look in every step)."""
+    `compose@<s>+everywhere/<method>` with the look in every step); a prompt form other than the phrase is
+    named in brackets (`compose[adjective+phrase]/<method>`)."""
+    form = "" if prompt == "phrase" else f"[{prompt}]"
     if not switch:
-        return f"compose/{method}"
-    return f"compose@{switch:g}{'' if look == 'late' else f'+{look}'}/{method}"
+        return f"compose{form}/{method}"
+    return f"compose{form}@{switch:g}{'' if look == 'late' else f'+{look}'}/{method}"
+
+
+def compose_prompt(method: str) -> str:
+    """The prompt a composition's row was generated from (`compose[adjective]/token` → the adjective form's)."""
+    head = method.split("/", 1)[0]
+    return COMPOSE_PROMPTS[head[head.index("[") + 1 : head.index("]")] if "[" in head else "phrase"]
 
 
 def trains_as(method: str) -> list[str]:
