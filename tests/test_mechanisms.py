@@ -267,6 +267,22 @@ def test_token_steps_train_the_token_first_then_only_the_offsets(reference, tmp_
     assert any(not torch.equal(middle[k], final[k]) for k in start)  # and the offsets train
 
 
+def test_the_token_phase_runs_the_base_model_and_the_later_steps_the_offsets_at_their_lambda(reference, tmp_path):
+    """In the token phase every U-Net forward sees the offsets at λ = 0 (the base model), whatever the batch drew;
+    after it, at the adapter's own λ; λ is put back after each forward."""
+    from ostaf.mechanisms.schedule import TokenPhases
+
+    setup = prepare(tiny_config(reference, tmp_path / "p", token_steps=2))
+    phases, batch = setup.mechanism(TokenPhases), sample_batch(setup, torch.Generator().manual_seed(0))
+    seen = {}
+    for step in (0, 1, 2):
+        setup.step = step
+        with phases.forward(setup, batch):
+            seen[step] = {float(proc.scale) for proc in setup.adapter.processors.values()}
+    assert seen == {0: {0.0}, 1: {0.0}, 2: {1.0}}
+    assert all(proc.scale == 1.0 for proc in setup.adapter.processors.values())
+
+
 def test_uniform_lambda_is_per_sample_and_reaches_the_offsets(reference, tmp_path):
     setup = prepare(tiny_config(reference, tmp_path / "u", train_lam="uniform", batch_size=3))
     batch = sample_batch(setup, torch.Generator().manual_seed(1))
