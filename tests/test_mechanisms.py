@@ -301,6 +301,23 @@ def test_the_timestep_band_is_where_training_draws_t(reference, tmp_path):
     assert int(drawn.min()) < 620 and int(drawn.max()) >= 780  # the whole band, not a corner of it
 
 
+def test_snr_gamma_under_v_prediction_divides_by_snr_plus_one():
+    """min(SNR, γ)/(SNR + 1) for a v-prediction scheduler (the velocity target's weight, diffusers' scripts), by
+    hand from ᾱ; ε-prediction keeps min(SNR, γ)/SNR; γ = 0: no weights."""
+    from diffusers import DDPMScheduler
+
+    from ostaf.mechanisms.timesteps import snr_weights
+
+    t = torch.tensor([20, 500, 900])
+    for prediction, plus in (("v_prediction", 1.0), ("epsilon", 0.0)):
+        scheduler = DDPMScheduler(prediction_type=prediction)
+        alpha = scheduler.alphas_cumprod[t].double()
+        snr = alpha / (1 - alpha)
+        expected = torch.minimum(snr, torch.tensor(5.0, dtype=torch.float64)) / (snr + plus)
+        torch.testing.assert_close(snr_weights(scheduler, t, 5.0).double(), expected, rtol=1e-5, atol=0)
+    assert snr_weights(scheduler, t, 0.0) is None
+
+
 def test_snr_gamma_weighs_each_sample_by_min_snr_over_snr(reference, tmp_path):
     """min(SNR, γ)/SNR per sample (ε-prediction), SNR = ᾱ/(1 − ᾱ): nearly clean samples count less, noisy ones 1."""
     import dataclasses
