@@ -316,24 +316,31 @@ def test_a_table_lambda_outside_the_sweep_is_one_error_before_any_work(tmp_path)
     assert not any(tmp_path.iterdir())
 
 
-def test_a_switched_composition_is_its_own_row_and_its_switch_reaches_generation(tmp_path, monkeypatch):
-    """`--compose-switches 0 0.5`: the switched composition is a row of its own (`compose@0.5/<method>`), the
-    switch reaches the generation config, and λ reaches it where the method reads λ."""
+@pytest.fixture
+def asked(monkeypatch) -> list:
+    """The generation configs asked for, each answered with black images and no model loaded."""
     from PIL import Image
 
     from ostaf.sweep import PromptResult
-    from ostaf.world import experiment, jobs, methods
-    from ostaf.world.references import references
 
-    asked = []
+    configs = []
 
     def fake_generate(gen, pipe=None, progress=True):
-        asked.append(gen)
+        configs.append(gen)
         image = Image.new("RGB", (64, 64))
         return [PromptResult(gen.prompt[0], {(lam, s): image for lam in gen.lam for s in gen.seeds}, image)]
 
     monkeypatch.setattr("ostaf.generate.generate", fake_generate)
     monkeypatch.setattr("ostaf.models.load_pipeline", lambda *a, **k: None)
+    return configs
+
+
+def test_a_switched_composition_is_its_own_row_and_its_switch_reaches_generation(tmp_path, asked):
+    """`--compose-switches 0 0.5`: the switched composition is a row of its own (`compose@0.5/<method>`), the
+    switch reaches the generation config, and λ reaches it where the method reads λ."""
+    from ostaf.world import experiment, jobs, methods
+    from ostaf.world.references import references
+
     config = experiment.ExperimentConfig(out=str(tmp_path), seeds=[0], lams=[0.0, 1.0], compose_switches=[0.0, 0.5])
     shape, look = (references(1, "test", 0, (a,), "named")[0] for a in ("shape", "appearance"))
     rows = jobs.run_compose(config, "lora", shape, look, 0.5)
@@ -350,25 +357,13 @@ def test_a_switched_composition_is_its_own_row_and_its_switch_reaches_generation
     assert asked[-1].compose_switch == 0.0 and asked[-1].compose_look == "late"
 
 
-def test_each_composition_prompt_form_is_its_own_row_generated_from_its_own_prompt(tmp_path, monkeypatch):
+def test_each_composition_prompt_form_is_its_own_row_generated_from_its_own_prompt(tmp_path, asked):
     """`--compose-prompts phrase adjective+phrase`: each form is a row of its own, generated from that form's prompt
     (the look's placeholder before the class as well as in its phrase), and the report reads the prompt back
     from the row's name."""
-    from PIL import Image
-
-    from ostaf.sweep import PromptResult
     from ostaf.world import experiment, jobs
     from ostaf.world.references import references
 
-    asked = []
-
-    def fake_generate(gen, pipe=None, progress=True):
-        asked.append(gen)
-        image = Image.new("RGB", (64, 64))
-        return [PromptResult(gen.prompt[0], {(lam, s): image for lam in gen.lam for s in gen.seeds}, image)]
-
-    monkeypatch.setattr("ostaf.generate.generate", fake_generate)
-    monkeypatch.setattr("ostaf.models.load_pipeline", lambda *a, **k: None)
     config = experiment.ExperimentConfig(out=str(tmp_path), seeds=[0], lams=[1.0])
     shape, look = (references(1, "test", 0, (a,), "named")[0] for a in ("shape", "appearance"))
     made = {}
