@@ -291,6 +291,13 @@ def test_uniform_lambda_is_per_sample_and_reaches_the_offsets(reference, tmp_pat
     mse.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in setup.adapter.parameters())
     assert all(proc.scale == 1.0 for proc in setup.adapter.processors.values())  # restored after the forward
+    from ostaf.mechanisms.schedule import sample_lambda
+
+    draws = []
+    for global_seed in (1, 2):  # λ comes from the run's generator (a resumed run draws the same), not torch's
+        torch.manual_seed(global_seed)
+        draws.append(sample_lambda(setup, 3, torch.Generator().manual_seed(7)))
+    assert torch.equal(draws[0], draws[1])
 
 
 def test_the_timestep_band_is_where_training_draws_t(reference, tmp_path):
