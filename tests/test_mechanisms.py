@@ -306,6 +306,11 @@ def test_the_timestep_band_is_where_training_draws_t(reference, tmp_path):
     drawn = torch.cat([sample_batch(setup, generator).timesteps for _ in range(4)])
     assert int(drawn.min()) >= 600 and int(drawn.max()) < 800
     assert int(drawn.min()) < 620 and int(drawn.max()) >= 780  # the whole band, not a corner of it
+    from ostaf.mechanisms.timesteps import timestep_bounds
+
+    assert timestep_bounds([0.25, 1.0], 1000) == (250, 1000)
+    assert timestep_bounds([0.5, 0.5], 1000) == (500, 501)  # narrower than a step: that one step, never empty
+    assert timestep_bounds([0.2, 0.2004], 1000) == (200, 201)
 
 
 def test_snr_gamma_under_v_prediction_divides_by_snr_plus_one():
