@@ -223,6 +223,10 @@ def test_probes_record_the_softmax_column_of_the_watched_tokens(masked_reference
     setup = prepare(tiny_config(masked_reference, tmp_path / "p", attn_binding=1.0))
     bound = setup.mechanism(binding.AttentionBinding)
     assert bound.masks is not None  # a real mask: the target is the mask, not the class word
+    from ostaf.mechanisms.masked_loss import latent_masks
+
+    assert torch.equal(bound.masks, latent_masks(bound.reference, setup.latent_size, 0))  # each augmentation's, as is
+    assert not torch.equal(bound.masks, latent_masks(bound.reference, setup.latent_size, 1))  # (not grown)
     batch = sample_batch(setup, torch.Generator().manual_seed(0))
     denoising_loss(setup, *batch)
     record = bound.record
