@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from torch.nn import functional as F
 
 from ostaf.checkpoint import load_checkpoint
 from ostaf.errors import OstafError
@@ -236,6 +237,22 @@ def test_probes_record_the_softmax_column_of_the_watched_tokens(masked_reference
     for maps in record.maps.values():
         assert maps.shape == (1, 256, 2) and bool(((maps >= 0) & (maps <= 1)).all())
     assert not record.active  # recording only inside the training forward
+
+
+def test_the_nearest_word_is_by_cosine_over_rows_of_any_length():
+    """Each placeholder vector's nearest vocabulary row by cosine similarity (an independent computation), on a
+    vocabulary whose rows have very different lengths: the longest row does not win by its length."""
+    from ostaf.mechanisms.dual_path import nearest_words
+
+    generator = torch.Generator().manual_seed(0)
+    vocabulary = torch.randn(50, 8, generator=generator) * torch.logspace(-1, 1, 50)[:, None]  # lengths 0.1 … 10
+    rows = torch.randn(6, 8, generator=generator)
+    by_cosine = F.cosine_similarity(rows[:, None], vocabulary[None], dim=-1).argmax(-1).tolist()
+    assert by_cosine != (rows @ vocabulary.T).argmax(-1).tolist()  # the lengths would decide a dot product
+    assert nearest_words(rows, vocabulary) == by_cosine
+    assert nearest_words(rows[0], vocabulary) == by_cosine[:1]  # one vector (D,)
+    unit = F.normalize(vocabulary, dim=-1)
+    assert nearest_words(rows, unit, normalised=True) == by_cosine
 
 
 def test_contrastive_loss_falls_and_names_the_nearest_words():
