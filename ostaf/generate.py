@@ -23,6 +23,7 @@ from diffusers import (
 )
 from PIL import Image
 
+from ostaf.attributes import ATTRIBUTES
 from ostaf.checkpoint import apply, load_base_pipeline, load_checkpoint
 from ostaf.conditioning import PromptEncoder
 from ostaf.config import ADAPTER_OF, DEFAULT_MODEL, SCHEDULERS, TRAINABLE, GenerateConfig, Trainable
@@ -251,18 +252,22 @@ def composition_hint(checkpoints: list, prompt: str) -> str | None:
     The views named their look before the class ('a red striped object in the shape of *m'), so the shape's tuned
     blocks read a look from there: with the other placeholder only in its own phrase the look comes out mixed with
     a colour of the shape checkpoint's (world v3, 16 named test pairs: look 0.42; written in both places 0.98)."""
+
+    def phrase(ckpt) -> str:  # 'in the shape of *m', as training wrote it (the attribute's word, the card's token)
+        return f"in the {ATTRIBUTES[ckpt.card.get('attribute', 'appearance')].word} of {ckpt.token}"
+
     for shape in checkpoints:
-        phrase = f"in the shape of {shape.token}"
         with_views = shape.card.get("attribute") == "shape" and shape.card.get("train", {}).get("views")
-        if not with_views or phrase not in prompt:
+        if not with_views or phrase(shape) not in prompt:
             continue
-        before = prompt[: prompt.index(phrase)]
-        late = [c.token for c in checkpoints if c is not shape and c.token in prompt and c.token not in before]
+        before = prompt[: prompt.index(phrase(shape))]
+        late = [c for c in checkpoints if c is not shape and c.token in prompt and c.token not in before]
         if late:
+            look = late[0]
             return (
                 f"{prompt!r}: {shape.token}'s views named their look before the class ('a red striped object "
-                f"{phrase}'), and {late[0]} comes only after it; write it there as well for the look to come "
-                f"through, e.g. 'a {late[0]} object {phrase} in the appearance of {late[0]}'"
+                f"{phrase(shape)}'), and {look.token} comes only after it; write it there as well for the look to "
+                f"come through, e.g. 'a {look.token} object {phrase(shape)} {phrase(look)}'"
             )
     return None
 

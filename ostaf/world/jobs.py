@@ -183,22 +183,22 @@ def run_compose(
     shape_ref: Reference,
     look_ref: Reference,
     switch: float = 0.0,
-    prompt: str = "phrase",
+    form: str = "phrase",
 ) -> list[dict]:
-    """`method`'s shape and appearance checkpoints in one prompt of form `prompt` (`COMPOSE_PROMPTS`; `switch`:
+    """`method`'s shape and appearance checkpoints in one prompt of `form` (`COMPOSE_PROMPTS`; `switch`:
     split by timestep): score the shape and the look."""
     from ostaf.models import load_pipeline
 
     ckpts = [str(Path(config.out) / "runs" / method / r.id / "ckpt") for r in (shape_ref, look_ref)]
     pair = f"{shape_ref.id}+{look_ref.id}"
     look = config.compose_look if switch else "late"
-    name = compose_name(method, switch, look, prompt)
+    name = compose_name(method, switch, look, form)
     job = Path(config.out) / "runs" / name / pair
     done = finished_rows(config, job, name, "shape+appearance")
     if done is not None:
         return done
     pipe = load_pipeline(config.model)
-    result = _generate(config, pipe, ckpts, COMPOSE_PROMPTS[prompt], config.lams, job, name, switch, compose_look=look)
+    result = _generate(config, pipe, ckpts, COMPOSE_PROMPTS[form], config.lams, job, name, switch, compose_look=look)
     save_image(result.grid, job / "grid.png")
     shape_world, look_world = shape_ref.world(), look_ref.world()
     rows = [
