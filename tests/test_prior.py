@@ -35,6 +35,9 @@ def test_the_class_images_are_the_base_models_and_generated_once(reference, tmp_
     assert images.prompts == ["a dog"] and images.latents.shape[0] == 2
     folder = images.folder
     assert folder.parent == cache
+    assert folder.name == prior.cache_key(
+        "tiny@42", ["a dog"], 2, 64, 42
+    )  # the run's model (a random preset: its seed), resolution, seed
     base = load_pipeline("tiny", seed=42)  # a fresh base model (the run seeds a preset): no offsets, no placeholder
     base.scheduler = SCHEDULER_CLASSES["ddim"].from_config(base.scheduler.config)
     expected = run_batch(
@@ -154,3 +157,16 @@ def test_the_cache_key_is_every_input_and_one_prompt_keeps_the_key_it_always_had
     ]
     keys = {prior.cache_key(**spec) for spec in [base, several, *changed]}
     assert len(keys) == 2 + len(changed)
+
+
+def test_the_class_images_are_drawn_at_the_asked_resolution_and_indexed(cache):
+    """Each image at the run's resolution (not the model's default), in a folder keyed by every input, with an
+    index naming each image's prompt and seed (what a reader of the cache needs to trust it)."""
+    import json
+
+    pipe = load_pipeline("tiny", seed=0)
+    folder = prior.class_images(pipe, "tiny", ["a dog", "a cat"], 3, 32, 7)
+    assert folder == cache / prior.cache_key("tiny", ["a dog", "a cat"], 3, 32, 7)
+    assert [Image.open(folder / f"{i:03d}.png").size for i in range(3)] == [(32, 32)] * 3
+    index = json.loads((folder / prior.INDEX).read_text())
+    assert index == {"model": "tiny", "prompts": ["a dog", "a cat", "a dog"], "seeds": [7, 8, 9]}
