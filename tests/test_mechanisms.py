@@ -276,6 +276,17 @@ def test_contrastive_loss_falls_and_names_the_nearest_words():
     assert len(contrast.nearest(embedding.detach())) == 5  # five by default
 
 
+@pytest.mark.parametrize("sample", [0, 297, 500])
+def test_without_a_smaller_sample_the_negatives_are_the_whole_vocabulary(sample):
+    """`--nn-vocab 0`, or a sample as large as the words beyond the k positives: InfoNCE over every word."""
+    torch.manual_seed(1)
+    vocabulary, embedding = torch.randn(300, 16), torch.randn(16)
+    contrast = NearestWordContrast(vocabulary, k=3, temperature=0.1, sample=sample, seed=0)
+    cos = torch.nn.functional.cosine_similarity(vocabulary, embedding[None], dim=-1) / 0.1
+    expected = torch.logsumexp(cos, 0) - torch.logsumexp(cos.topk(3).values, 0)
+    torch.testing.assert_close(contrast.loss(embedding, step=4), expected)
+
+
 def test_token_steps_train_the_token_first_then_only_the_offsets(reference, tmp_path):
     out = tmp_path / "phases"
     initial = prepare(tiny_config(reference, tmp_path / "init"))

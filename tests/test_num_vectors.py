@@ -135,7 +135,11 @@ def test_the_nearest_word_term_reaches_every_vector(reference, tmp_path):
     setup = prepare(tiny_config(reference, tmp_path / "run", num_vectors=VECTORS, nn_contrastive=0.1, nn_vocab=64))
     spread(setup)
     term = next(m for m in setup.mechanisms if isinstance(m, NearestWordTerm))
-    term.loss(setup, None, None).backward()
+    loss = term.loss(setup, None, None)
+    each = [term.contrast.loss(row, setup.step) for row in setup.token().reshape(VECTORS, -1)]
+    torch.testing.assert_close(loss, 0.1 * torch.stack(each).mean())  # the weight × the vectors' mean term
+    assert len({round(float(t), 6) for t in each}) == VECTORS  # spread: a sum or one vector's term would differ
+    loss.backward()
     assert all(row.abs().sum() > 0 for row in setup.token.residual.grad)
     lines = term.words(setup)  # one line per vector: its token, then its 5 nearest words, nearest first
     assert [line.split(": ")[0] for line in lines] == ["*a", "*a_1", "*a_2"]
