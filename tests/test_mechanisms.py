@@ -444,6 +444,8 @@ def test_the_nearest_word_term_is_its_weight_times_infonce_over_the_sampled_voca
     logits = cos / setup.config.nn_temperature
     expected = 0.3 * (torch.logsumexp(logits[pool], 0) - torch.logsumexp(logits[positives], 0))
     torch.testing.assert_close(setup.mechanism(NearestWordTerm).loss(setup, None, None), expected)
+    named = setup.mechanism(NearestWordTerm).words(setup, 3)  # as many as asked, nearest first
+    assert [w.split(" (")[0] for w in named] == setup.prompts.tokenizer.convert_ids_to_tokens(positives.tolist())
 
 
 def test_the_masked_loss_keeps_each_samples_loss_weight(masked_reference, tmp_path):
