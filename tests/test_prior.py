@@ -35,9 +35,8 @@ def test_the_class_images_are_the_base_models_and_generated_once(reference, tmp_
     assert images.prompts == ["a dog"] and images.latents.shape[0] == 2
     folder = images.folder
     assert folder.parent == cache
-    assert folder.name == prior.cache_key(
-        "tiny@42", ["a dog"], 2, 64, 42
-    )  # the run's model (a random preset: its seed), resolution, seed
+    # keyed by the run's model (a random preset with its seed), class prompt, count, resolution and seed
+    assert folder.name == prior.cache_key("tiny@42", ["a dog"], 2, 64, 42)
     base = load_pipeline("tiny", seed=42)  # a fresh base model (the run seeds a preset): no offsets, no placeholder
     base.scheduler = SCHEDULER_CLASSES["ddim"].from_config(base.scheduler.config)
     expected = run_batch(
