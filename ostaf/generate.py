@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import warnings
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -254,20 +254,21 @@ def composition_hint(checkpoints: list, prompt: str) -> str | None:
     a colour of the shape checkpoint's (world v3, 16 named test pairs: look 0.42; written in both places 0.98)."""
 
     def phrase(ckpt) -> str:  # 'in the shape of *m', as training wrote it (the attribute's word, the card's token)
-        return f"in the {ATTRIBUTES[ckpt.card.get('attribute', 'appearance')].word} of {ckpt.token}"
+        return replace(ATTRIBUTES[ckpt.card.get("attribute", "appearance")], token=ckpt.token).phrase()
 
     for shape in checkpoints:
         with_views = shape.card.get("attribute") == "shape" and shape.card.get("train", {}).get("views")
-        if not with_views or phrase(shape) not in prompt:
+        shape_phrase = phrase(shape)
+        if not with_views or shape_phrase not in prompt:
             continue
-        before = prompt[: prompt.index(phrase(shape))]
+        before = prompt[: prompt.index(shape_phrase)]
         late = [c for c in checkpoints if c is not shape and c.token in prompt and c.token not in before]
         if late:
             look = late[0]
             return (
                 f"{prompt!r}: {shape.token}'s views named their look before the class ('a red striped object "
-                f"{phrase(shape)}'), and {look.token} comes only after it; write it there as well for the look to "
-                f"come through, e.g. 'a {look.token} object {phrase(shape)} {phrase(look)}'"
+                f"{shape_phrase}'), and {look.token} comes only after it; write it there as well for the look to "
+                f"come through, e.g. 'a {look.token} object {shape_phrase} {phrase(look)}'"
             )
     return None
 
