@@ -7,6 +7,9 @@ lower: see benchmarks/results/world-v2/validation-6/.)
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import numpy as np
 import torch
 from PIL import Image
 
@@ -78,3 +81,26 @@ def test_the_search_scores_words_only_inside_the_training_band(reference, tmp_pa
     steps = 1000
     assert int(whole.min()) < 250 and int(band.min()) >= 250 and int(band.max()) <= steps - 1
     assert int(band.max()) >= 950 and len(set(band.tolist())) == 16  # stratified over the band, not bunched
+
+
+def test_each_scored_draw_is_conditioned_on_its_own_augmentations_time_ids(tmp_path):
+    """On SDXL a draw of a non-square reference carries its crop's micro-conditioning (mutmut: `pick` dropped
+    scored every draw with the first augmentation's time ids); by hand, one draw at a time."""
+    from ostaf.training_setup import text_context
+
+    image = tmp_path / "wide.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)).save(image)
+    setup = prepare(tiny_config(image, tmp_path / "x", model="tiny-sdxl"))
+    draws = fixed_samples(setup, 8, 0)
+    picked = setup.time_ids[draws.pick]
+    assert len({tuple(row.tolist()) for row in picked}) > 1  # the draws' crops differ: a check that can fail
+    context = text_context(setup)
+    losses = []
+    with torch.no_grad():
+        setup.unet.add_embedding.linear_1.weight.mul_(100)  # the random tiny U-Net barely reads its time ids
+        for i in range(len(draws.pick)):
+            cond = replace(context.expand(1), time_ids=picked[i : i + 1])
+            pred = setup.unet(draws.noisy[i : i + 1], draws.timesteps[i : i + 1], **cond.unet_kwargs()).sample
+            losses.append(((pred.float() - draws.target[i : i + 1].float()) ** 2).mean())
+        assert torch.allclose(reference_loss(setup, draws), torch.stack(losses).mean(), rtol=1e-5, atol=1e-7)
