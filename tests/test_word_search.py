@@ -10,11 +10,12 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
 from ostaf.config import TrainConfig
-from ostaf.mechanisms.word_search import candidate_rows, fixed_samples, reference_loss
+from ostaf.mechanisms.word_search import candidate_rows, fixed_samples, reference_loss, search_word
 from ostaf.recipes import WORLD
 from ostaf.train import prepare, train
 from ostaf.world.references import references
@@ -104,3 +105,17 @@ def test_each_scored_draw_is_conditioned_on_its_own_augmentations_time_ids(tmp_p
             pred = setup.unet(draws.noisy[i : i + 1], draws.timesteps[i : i + 1], **cond.unet_kwargs()).sample
             losses.append(((pred.float() - draws.target[i : i + 1].float()) ** 2).mean())
         assert torch.allclose(reference_loss(setup, draws), torch.stack(losses).mean(), rtol=1e-5, atol=1e-7)
+
+
+def test_the_search_scores_words_on_the_base_model_where_an_adapter_is_trained(reference, tmp_path):
+    """With offsets beside the token (OSTAF lite at the authors' random init, ΔW ≠ 0 at step 0) the search scores
+    at λ = 0, the base model (mutmut survivor search_word 15: scored through the offsets)."""
+    setup = prepare(tiny_config(reference, tmp_path / "l", trainable="lite"))
+    draws = fixed_samples(setup, 8, setup.config.seed)  # the draws the search makes for itself
+    with torch.no_grad():
+        with setup.adapter.at(0.0):
+            base = reference_loss(setup, draws).item()
+        through_offsets = reference_loss(setup, draws).item()
+    assert abs(base - through_offsets) > 1e-4  # the offsets change the loss: the check can fail
+    found = search_word(setup, candidates=2, rounds=1, samples=8)
+    assert found.start_loss == pytest.approx(base, rel=1e-6)

@@ -79,7 +79,7 @@ def candidate_rows(setup: TrainingSetup) -> torch.Tensor:
     return ids[~torch.isin(ids, special)]
 
 
-def search_word(setup: TrainingSetup, candidates: int, rounds: int, samples: int = 16) -> SearchResult:
+def search_word(setup: TrainingSetup, candidates: int, rounds: int, samples: int) -> SearchResult:
     """Move `setup.token`'s word to the best vocabulary row found (on the base model: λ = 0)."""
     token = setup.token
     rows = candidate_rows(setup)
