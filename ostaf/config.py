@@ -433,6 +433,12 @@ class TrainConfig(_Config):
         "by another placeholder (a composition) is the one drawn (shape only)",
         pairwise=(False, True),
     )
+    view_zoom: bool = opt(
+        False,
+        "draw every other shape view's silhouette enlarged to fill the frame, centred: a small silhouette's notches "
+        "span a few latent pixels at its own size and more there (shape only)",
+        pairwise=(False, True),
+    )
     view_loss_weight: float = opt(1.0, "weight of the views' denoising loss (--views)")
     timestep_range: list[float] = opt(
         [0.0, 1.0],
@@ -481,7 +487,7 @@ class TrainConfig(_Config):
 
     def check_item(self) -> None:
         attribute = get_attribute(self.attribute)
-        check_views(attribute.name, self.views, self.view_class, self.view_textures, self.view_unnamed)
+        check_views(attribute.name, self.views, self.view_class, self.view_textures, self.view_unnamed, self.view_zoom)
         if not self.class_name.strip():
             raise OstafError("class name is empty: say what the reference shows, e.g. --class-name dog")
         if attribute.token in self.class_name:

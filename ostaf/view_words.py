@@ -86,28 +86,33 @@ def view_class_of(attribute: str, view_class: str, textures: bool = False) -> st
     return view_class or (TEXTURED_CLASS if textures else VIEW_SLOTS[attribute].default_class)
 
 
-def check_views(attribute: str, views: int, view_class: str, textures: bool = False, unnamed: bool = False) -> None:
+# the flags that change a shape's views: what each does, and what another attribute's views do instead
+SHAPE_VIEW_FLAGS = {
+    "--view-textures": ("fills the views' silhouettes with textures", "keep the reference's own surface"),
+    "--view-unnamed": (
+        "trains the views under a prompt without their words too",
+        "name their outline, which the class must say",
+    ),
+    "--view-zoom": ("enlarges the views' silhouettes", "keep the reference's own surface at its size"),
+}
+
+
+def check_views(
+    attribute: str, views: int, view_class: str, textures: bool = False, unnamed: bool = False, zoom: bool = False
+) -> None:
     """One error before any work for views the attribute cannot have."""
-    if textures and not views:
-        raise OstafError("--view-textures fills the captioned views with textures: add --views N (e.g. 8)")
-    if unnamed and not views:
-        raise OstafError("--view-unnamed trains the views under a prompt without their words too: add --views N")
-    if unnamed and attribute != "shape":
-        raise OstafError(
-            f"--view-unnamed leaves a shape's colour unnamed; {attribute}'s views name their outline, which the "
-            "class must say: drop --view-unnamed"
-        )
+    for flag, on in zip(SHAPE_VIEW_FLAGS, (textures, unnamed, zoom), strict=True):
+        does, elsewhere = SHAPE_VIEW_FLAGS[flag]
+        if on and not views:
+            raise OstafError(f"{flag} {does}: add --views N (e.g. 8)")
+        if on and attribute != "shape":
+            raise OstafError(f"{flag} {does}; {attribute}'s views {elsewhere}: drop {flag}")
     if not views:
         return
     if attribute not in VIEW_SLOTS:
         raise OstafError(
             f"--views changes what the reference shares with nothing else: a shape's colour, an appearance's "
             f"outline; {attribute} has no views: drop --views"
-        )
-    if textures and attribute != "shape":
-        raise OstafError(
-            f"--view-textures fills a shape's silhouette; {attribute}'s views keep the reference's own surface: "
-            "drop --view-textures"
         )
     slot, words, _ = VIEW_SLOTS[attribute]
     most = len(words) * (len(TEXTURES) if textures else 1)

@@ -170,6 +170,8 @@ def test_textured_views_give_every_colour_before_a_repeat_and_no_pair_twice():
         (dict(views=2, view_class="{colour} {texture} vase"), "add --view-textures"),
         (dict(view_unnamed=True), "--view-unnamed .* add --views N"),
         (dict(attribute="appearance", views=2, view_unnamed=True), "drop --view-unnamed"),
+        (dict(view_zoom=True), "--view-zoom .* add --views N"),
+        (dict(attribute="appearance", views=2, view_zoom=True), "drop --view-zoom"),
     ],
 )
 def test_views_it_cannot_follow_are_one_error_before_any_work(reference, tmp_path, overrides, message):
@@ -342,3 +344,48 @@ def test_composing_a_views_shape_with_a_look_only_after_it_says_where_to_write_t
     plain = [SimpleNamespace(token="*m", card=card), SimpleNamespace(token="*a", card={"attribute": "appearance"})]
     assert composition_hint(plain, phrase) is None  # a shape trained without views: nothing to say
     assert composition_hint(plain[:1], "a vase in the shape of *m") is None
+
+
+def test_a_zoomed_silhouette_fills_the_frame_centred_with_its_aspect_and_notch_kept():
+    """`zoomed`: a 6 × 4 px block with a one-pixel notch, in a corner of a 64 px frame, becomes 51 × 34 px (0.8 of
+    the frame, scale 51.2 / 6) in the middle, the notch 8.5 px wide where it was; a silhouette already that large
+    is kept."""
+    mask = np.zeros((64, 64), bool)
+    mask[2:6, 3:9] = True  # 4 rows × 6 columns
+    mask[2, 5] = False  # a notch in the top edge, the third column
+    big = views.zoomed(mask)
+    rows, cols = np.nonzero(big)
+    assert (cols.max() - cols.min() + 1, rows.max() - rows.min() + 1) == (51, 34)
+    assert abs((cols.min() + cols.max()) / 2 - 31.5) <= 0.5 and abs((rows.min() + rows.max()) / 2 - 31.5) <= 0.5
+    scale = 0.8 * 64 / 6
+    top, left = rows.min(), cols.min()
+    notch = ~big[top, left : left + 51]  # the top row's gap: the notch's column, enlarged
+    assert notch.sum() == pytest.approx(scale, abs=1.5) and abs(np.argmax(notch) - 2 * scale) <= 1.5
+    assert big[top + 10, left : left + 51].all()  # below the notch the block is whole
+    large = np.zeros((64, 64), bool)
+    large[5:60, 10:40] = True
+    assert np.array_equal(views.zoomed(large), large)
+
+
+def test_zoomed_views_are_every_other_view_enlarged_on_the_plain_background(star, tmp_path):
+    """`--view-zoom`: views 1, 3, … are the silhouette zoomed on the border's colour and filled with their colour;
+    views 0, 2, … and every prompt are as without it."""
+    path, silhouette = star
+    plain = prepare(shape_config(path, tmp_path / "p", views=4)).mechanism(views.CaptionedViews).views
+    made = prepare(shape_config(path, tmp_path / "z", views=4, view_zoom=True)).mechanism(views.CaptionedViews).views
+    assert made.prompts == plain.prompts and made.words == plain.words
+    assert torch.equal(made.mean[0::2], plain.mean[0::2]) and not torch.allclose(made.mean[1], plain.mean[1])
+    image = Image.open(path)
+    green = views.make_view("shape", image, silhouette, {"colour": "green"}, zoom=True)
+    expected = np.empty((64, 64, 3), np.uint8)
+    expected[:] = BACKGROUND
+    big = views.zoomed(silhouette)
+    expected[big] = PALETTE["green"]
+    assert np.array_equal(np.asarray(green), expected) and big.sum() > 1.5 * silhouette.sum()
+    from ostaf.models import native_resolution
+    from ostaf.training_setup import encode_reference
+
+    setup = prepare(shape_config(path, tmp_path / "e", views=4, view_zoom=True))
+    recipes = sample_recipes(green.size, "shape", native_resolution(setup.pipe), 1, 42)
+    mean, _ = encode_reference(setup.pipe, Preprocessed(green, silhouette, recipes, "shape"))
+    assert torch.allclose(made.mean[1:2], mean.to(made.mean.device), atol=1e-6)

@@ -6,7 +6,9 @@ learns them together, and at generation the reference's look leaks into prompts 
 weights stop following the prompt's words. Views make the attribute the only thing the training images share:
 
     shape        the silhouette filled with a flat named colour      "a blue object in the shape of *m"
-                 (or, with --view-textures, a colour and a texture:  "a blue striped object in the shape of *m")
+                 (or, with --view-textures, a colour and a texture:  "a blue striped object in the shape of *m";
+                 with --view-zoom every other one enlarged to fill
+                 the frame, centred on the plain background)
     appearance   the surface cut to a named primitive inside the     "a circle in the appearance of *a"
                  object (no pixel invented: the primitive is scaled
                  to the largest disc the silhouette holds)
@@ -49,6 +51,7 @@ if TYPE_CHECKING:
     from ostaf.training_setup import TrainingSetup
 
 BORDER_TOLERANCE = 40.0  # RGB distance from the border's colour past which a pixel is foreground (no mask given)
+ZOOM_FILL = 0.8  # --view-zoom: the enlarged silhouette's bounding box spans this share of the frame's shorter side
 
 
 def border_colour(image: Image.Image) -> np.ndarray:
@@ -83,6 +86,30 @@ def recolour(image: Image.Image, mask: np.ndarray, colour: tuple[int, int, int],
     pixels[mask] = colour
     pixels[mask & second] = TEXTURE_SECOND
     return Image.fromarray(pixels)
+
+
+def zoomed(mask: np.ndarray, fill: float = ZOOM_FILL) -> np.ndarray:
+    """`mask`'s silhouette enlarged (its aspect kept) until its bounding box spans `fill` of the frame's shorter
+    side, centred; a silhouette already that large is kept as it is."""
+    rows, cols = np.nonzero(mask)
+    crop = mask[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    height, width = mask.shape
+    scale = fill * min(height, width) / max(crop.shape)
+    if scale <= 1:
+        return mask
+    size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))  # PIL: (w, h)
+    big = np.asarray(Image.fromarray(crop.astype(np.uint8) * 255).resize(size, Image.Resampling.BILINEAR)) >= 128
+    out = np.zeros_like(mask, dtype=bool)
+    top, left = (height - big.shape[0]) // 2, (width - big.shape[1]) // 2
+    out[top : top + big.shape[0], left : left + big.shape[1]] = big
+    return out
+
+
+def on_background(image: Image.Image, mask: np.ndarray) -> tuple[Image.Image, np.ndarray]:
+    """The plain background `image`'s border shows, and `mask`'s silhouette zoomed on it (to be filled)."""
+    plain = np.empty((*mask.shape, 3), np.uint8)
+    plain[:] = border_colour(image).round().astype(np.uint8)
+    return Image.fromarray(plain), zoomed(mask)
 
 
 def primitive(name: str, size: tuple[int, int], centre: tuple[float, float], radius: float) -> np.ndarray:
@@ -124,9 +151,14 @@ def cut_to(image: Image.Image, mask: np.ndarray, shape: str) -> Image.Image:
     return Image.fromarray(pixels)
 
 
-def make_view(attribute: str, image: Image.Image, mask: np.ndarray, fill: dict[str, str]) -> Image.Image:
-    """One view of `attribute`: the reference with what is not the attribute changed to `fill`'s words."""
+def make_view(
+    attribute: str, image: Image.Image, mask: np.ndarray, fill: dict[str, str], zoom: bool = False
+) -> Image.Image:
+    """One view of `attribute`: the reference with what is not the attribute changed to `fill`'s words (`zoom`: a
+    shape's silhouette enlarged on the plain background)."""
     if attribute == "shape":
+        if zoom:
+            image, mask = on_background(image, mask)
         return recolour(image, mask, PALETTE[fill["colour"]], fill.get("texture", "plain"))
     return cut_to(image, mask, fill["shape"])
 
@@ -167,7 +199,10 @@ class CaptionedViews(Mechanism):
         attribute = get_attribute(config.attribute)
         fills = view_fills(attribute.name, config.views, config.view_textures)
         mask = foreground(base.reference)
-        images = [make_view(attribute.name, base.reference.image, mask, fill) for fill in fills]
+        images = [
+            make_view(attribute.name, base.reference.image, mask, fill, zoom=config.view_zoom and i % 2 == 1)
+            for i, fill in enumerate(fills)
+        ]
         first = base.reference.recipes[:1]  # one augmentation per view: a crop could cut its primitive
         posteriors = [encode_reference(base.pipe, replace(base.reference, image=i, recipes=first)) for i in images]
         mean, std = (torch.cat(parts) for parts in zip(*posteriors, strict=True))
