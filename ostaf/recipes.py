@@ -63,13 +63,13 @@ VIEWS = Recipe(
     "with the token, and 8 captioned views — the reference's silhouette in 8 named colours, each in a named texture "
     "('a blue striped object in the shape of *m'), each under its own prompt — so the silhouette is all the "
     "training images share and colour and texture words keep working; trained on the noisy three quarters of the "
-    "schedule (--timestep-range 0.25 1), where the loss depends on the silhouette. With --recipe world (lr 1e-3, "
-    "200 steps), 16 test shapes × 3 seeds: seen match 0.77, 48 % of the nearest-word → VAE-limit gap closed, text "
-    "control 0.98; novel 0.75, 47 %, 0.96 (on the whole schedule: 0.50 / +12 % and 0.54 / −9 %; the floor 0.19; "
-    "chosen on 6 validation shapes: 0.94, 78 %); named shapes 0.89 on validation against the token recipe's "
-    "0.67. λ is its strength (--token-lambda: weights and token blended from the base model's): lam_rho 0.70 "
-    "seen, 0.75 novel (benchmarks/results/world-v3/ablation/)",
-    train=dict(trainable="blocks", views=8, view_textures=True, timestep_range=[0.25, 1.0]),
+    "schedule (--timestep-range 0.25 1), where the loss depends on the silhouette, for 400 steps (with --recipe "
+    "world: lr 1e-3). 16 test shapes × 3 seeds: seen match 0.81, 62 % of the nearest-word → VAE-limit gap closed, "
+    "text control 1.00; novel 0.85, 57 %, 0.96 (at 200 steps: 0.77 / 48 % / 0.98 and 0.75 / 47 % / 0.96; the "
+    "floor 0.19; chosen on 12 validation shapes: 68 % against 58 % at 200 steps). λ is its strength "
+    "(--token-lambda: weights and token blended from the base model's): lam_rho 0.67 seen, 0.75 novel, text drop "
+    "0.06 (benchmarks/results/world-v3/ablation/)",
+    train=dict(trainable="blocks", views=8, view_textures=True, timestep_range=[0.25, 1.0], steps=400),
     generate=dict(token_lambda=True),  # λ blends the tuned weights and token from the base's: a strength
     attributes=("shape",),
 )

@@ -54,9 +54,11 @@ def test_the_views_recipe_fine_tunes_the_encoder_with_eight_textured_views_as_me
     from ostaf.recipes import VIEWS
     from ostaf.world.methods import METHODS
 
-    shipped = METHODS["views+band+lambda"]
+    shipped = METHODS["views+band400+lambda"]
     assert (shipped.train, shipped.generate) == (VIEWS.train, VIEWS.generate)
-    before = VIEWS.train | {"timestep_range": [0.0, 1.0]}  # the rows measured before the band
+    band = {k: v for k, v in VIEWS.train.items() if k != "steps"}  # the rows measured at the world's 200 steps
+    assert METHODS["views+band+lambda"].train == band
+    before = band | {"timestep_range": [0.0, 1.0]}  # the rows measured before the band
     assert METHODS["finetune+textured-views8"].train | {"timestep_range": [0.0, 1.0]} == before
     image = tmp_path / "ref.png"
     Image.fromarray(render(Factors("star", "red", "striped", "flat", 0.5, 0.5, 0.3)).image).save(image)
@@ -64,7 +66,7 @@ def test_the_views_recipe_fine_tunes_the_encoder_with_eight_textured_views_as_me
     argv += ["--out", str(tmp_path / "run"), "--device", "cpu", "--recipe", "world", "views"]
     config = config_from_args(TrainConfig, parsed(argv))
     assert (config.steps, config.lr, config.trainable, config.views, config.view_textures) == (
-        200,
+        400,
         1e-3,
         "blocks",
         8,
@@ -151,9 +153,10 @@ def test_a_recipe_for_some_attributes_layers_in_for_their_items_only(tmp_path):
 
     shape = train_of("shape")
     assert (shape.trainable, shape.views, shape.view_textures, shape.timestep_range) == ("blocks", 8, True, [0.25, 1])
-    assert (shape.steps, shape.lr, shape.segment) == (200, 1e-3, False)  # the world's settings underneath
+    assert (shape.steps, shape.lr, shape.segment) == (400, 1e-3, False)  # the recipe's steps, the world's rest
     for attribute in ("appearance", "style"):
         other = train_of(attribute)
+        assert other.steps == 200  # the world's
         assert (other.trainable, other.views, other.view_textures, other.timestep_range) == (
             "token",
             0,
@@ -163,7 +166,7 @@ def test_a_recipe_for_some_attributes_layers_in_for_their_items_only(tmp_path):
         assert not generate_of(attribute).token_lambda
     assert generate_of("shape").token_lambda and generate_of("shape").lam == generate_of("style").lam == [1.0]
     assert set(resolved["train"]["per_attribute"]) == {"shape"}  # only what differs, only where it does
-    assert set(resolved["train"]["per_attribute"]["shape"]) == {"trainable", "views", "view_textures"}
+    assert set(resolved["train"]["per_attribute"]["shape"]) == {"trainable", "views", "view_textures", "steps"}
 
     typed = resolve_options(recipe, {"train": {"view_loss_weight": 3.0}}, {"trainable": "lora"})
     assert (train_of("shape", typed).trainable, train_of("shape", typed).view_loss_weight) == ("lora", 3.0)

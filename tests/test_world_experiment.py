@@ -448,7 +448,8 @@ def test_the_shipped_method_trains_and_generates_each_attribute_with_its_recipes
     jobs.run_job(config, "shipped", look)
     assert not asked[-1].token_lambda and asked[-1].lam == [1.0]  # a token: one λ
     views = layered(["disentangled", "views"], "shape").train
-    assert {k: getattr(trained["shape"], k) for k in views} == views and trained["shape"].steps == 7
+    assert {k: getattr(trained["shape"], k) for k in views} == views and trained["shape"].steps == views["steps"]
+    assert trained["appearance"].steps == 7  # the run's steps where the recipe sets none
     assert (trained["appearance"].trainable, trained["appearance"].views) == ("token", 0)
     assert trained["appearance"].timestep_range == [0.25, 1.0]
     jobs.run_compose(config, "shipped", shape, look)

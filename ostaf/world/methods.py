@@ -30,6 +30,7 @@ _VIEWS = (
     "primitives (appearance), each view's prompt naming its word"
 )
 _TEXTURED = dict(trainable="blocks", views=8, view_textures=True)  # the `views` recipe before it took the band
+_BAND_VIEWS = _TEXTURED | dict(timestep_range=[0.25, 1.0])  # the `views` recipe on the band, 200 steps (its rows)
 _HYPER = "the hypernetwork's square matrices as rank-R factors (`--hyper-rank`; issue 17: does quality change?)"
 _REFERENCE = dict(reference_attention=2.0)
 _VECTORS = "a placeholder of two vectors (`--num-vectors 2`), for the values CLIP spells with two tokens (hex·agon)"
@@ -184,9 +185,47 @@ METHODS: dict[str, Recipe] = {
         ),
         _method(
             "views+band+lambda",
-            f"the `views` recipe as shipped: textured views trained on {_BAND}, λ a strength",
+            f"the `views` recipe on the band, 200 steps (as shipped before 400): textured views trained on {_BAND}, "
+            "λ a strength",
+            generate=VIEWS.generate,
+            **_BAND_VIEWS,
+        ),
+        _method(
+            "views+band400+lambda",
+            "the `views` recipe as shipped: textured views trained on the band for 400 steps (twice the world's)",
             generate=VIEWS.generate,
             **VIEWS.train,
+        ),
+        _method(
+            "views+band400-b2+lambda",
+            "the `views` recipe, 400 steps of 2 samples in one batch (`--batch-size 2 --grad-accum 1`: "
+            "the samples of 400 steps at the default accumulation of 2, in half the U-Net passes)",
+            generate=VIEWS.generate,
+            **(_BAND_VIEWS | dict(steps=400, batch_size=2, grad_accum=1)),
+        ),
+        _method(
+            "views+band-lr2e-3+lambda",
+            "the `views` recipe as shipped at twice the world's rate (lr 2e-3, 200 steps)",
+            generate=VIEWS.generate,
+            **(_BAND_VIEWS | dict(lr=2e-3)),
+        ),
+        _method(
+            "views+band0.1+lambda",
+            "the `views` recipe with the band widened to the schedule's noisy nine tenths (`--timestep-range 0.1 1`)",
+            generate=VIEWS.generate,
+            **(_BAND_VIEWS | dict(timestep_range=[0.1, 1.0])),
+        ),
+        _method(
+            "views+zoom+band+lambda",
+            "the `views` recipe with every other view's silhouette enlarged to fill the frame (`--view-zoom`)",
+            generate=VIEWS.generate,
+            **(_BAND_VIEWS | dict(view_zoom=True)),
+        ),
+        _method(
+            "views16+band+lambda",
+            "the `views` recipe with 16 views (every palette colour twice, the textures in turn)",
+            generate=VIEWS.generate,
+            **(_BAND_VIEWS | dict(views=16)),
         ),
         _method(
             "appearance-views+band+lambda",
