@@ -119,3 +119,21 @@ def test_the_search_scores_words_on_the_base_model_where_an_adapter_is_trained(r
     assert abs(base - through_offsets) > 1e-4  # the offsets change the loss: the check can fail
     found = search_word(setup, candidates=2, rounds=1, samples=8)
     assert found.start_loss == pytest.approx(base, rel=1e-6)
+
+
+def test_the_search_takes_its_candidates_rounds_and_draws_from_the_config(reference, tmp_path, monkeypatch):
+    """`--token-search K --token-search-rounds R --token-search-samples S` reach the search in their places
+    (mutmut survivors WordSearch.attach 8, 9: an argument dropped shifted the others)."""
+    from ostaf.mechanisms import word_search
+
+    asked = []
+    real = word_search.search_word
+
+    def spy(setup, candidates, rounds, samples):
+        asked.append((candidates, rounds, samples))
+        return real(setup, candidates, rounds, samples)
+
+    monkeypatch.setattr(word_search, "search_word", spy)
+    options = dict(token_search=3, token_search_rounds=1, token_search_samples=5)
+    prepare(tiny_config(reference, tmp_path / "s", **options))
+    assert asked == [(3, 1, 5)]
