@@ -101,8 +101,7 @@ def check_views(
     attribute: str, views: int, view_class: str, textures: bool = False, unnamed: bool = False, zoom: bool = False
 ) -> None:
     """One error before any work for views the attribute cannot have."""
-    for flag, on in zip(SHAPE_VIEW_FLAGS, (textures, unnamed, zoom), strict=True):
-        does, elsewhere = SHAPE_VIEW_FLAGS[flag]
+    for (flag, (does, elsewhere)), on in zip(SHAPE_VIEW_FLAGS.items(), (textures, unnamed, zoom), strict=True):
         if on and not views:
             raise OstafError(f"{flag} {does}: add --views N (e.g. 8)")
         if on and attribute != "shape":
