@@ -58,7 +58,7 @@ def main() -> int:
         handles = install_hooks(setup.pipe.unet) if hooked else []
         for p in setup.trainable:
             p.grad = None
-        mse, reg = denoising_loss(setup, *batch)
+        mse, reg, _ = denoising_loss(setup, *batch)
         (mse + setup.config.token_reg * reg).backward()
         grads.append([p.grad.clone() if p.grad is not None else None for p in setup.trainable])
         for handle in handles:

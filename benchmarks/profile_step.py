@@ -62,7 +62,7 @@ def main() -> int:
                 for name in proc.offsets:
                     proc.offsets[name]()
         lap("hypernetwork ΔW (no grad, for reference)")
-        mse, reg = denoising_loss(setup, *sample_batch(setup, generator))
+        mse, reg, _ = denoising_loss(setup, *sample_batch(setup, generator))
         loss = mse + config.token_reg * reg
         lap("forward (incl. ΔW with grad)")
         loss.backward()

@@ -18,7 +18,7 @@ the tokens `*m`, `*m_1`, …, `*m_{N-1}` with consecutive ids, and a prompt's `*
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
@@ -52,6 +52,19 @@ class Conditioning:
             return None if x is None else x[index.to(x.device)]
 
         return Conditioning(pick(self.states), pick(self.pooled), pick(self.time_ids))
+
+    @staticmethod
+    def cat(parts: list[Conditioning]) -> Conditioning:
+        """The conditionings of several sets of samples as one batch, in order (one U-Net pass for all)."""
+
+        def join(xs: list[torch.Tensor | None]) -> torch.Tensor | None:
+            if all(x is None for x in xs):
+                return None
+            if any(x is None for x in xs):
+                raise ValueError("conditionings to join must all carry SDXL's pooled embedding and time ids, or none")
+            return torch.cat(xs)
+
+        return Conditioning(*(join([getattr(p, f.name) for p in parts]) for f in fields(Conditioning)))
 
     def unet_kwargs(self, dtype: torch.dtype | None = None) -> dict:
         """Keyword arguments of `UNet2DConditionModel.forward` (`dtype`: the U-Net's, for its context)."""

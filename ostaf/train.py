@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 from diffusers import DDPMScheduler
@@ -44,10 +45,14 @@ from ostaf.processors import attention_layers, unwrap, wrap
 from ostaf.runtime import autocast_dtype, progress_bar, resolve_device, seed_everything, seeded
 from ostaf.training_setup import (  # noqa: F401 (text_context: read by tests and benchmarks from here)
     Batch,
+    Frames,
     TrainingSetup,
     autocast,
     encode_reference,
-    noise_target,
+    frame_conditioning,
+    frame_mse,
+    noised,
+    predict,
     text_context,
     unet_conditioning,
 )
@@ -422,6 +427,14 @@ def sample_batch(setup: TrainingSetup, generator: torch.Generator) -> Batch:
     return Batch(latents, noise.to(setup.device), steps.to(setup.device), pick, lam)
 
 
+class Losses(NamedTuple):
+    """One micro-batch's loss terms, unweighted but for the frames'."""
+
+    mse: torch.Tensor  # the reference's noise-prediction MSE (a mechanism's own reduction where one gives it)
+    reg: torch.Tensor  # ‖e*‖² (0 when the token does not train)
+    frames: torch.Tensor  # Σ weight × MSE over the mechanisms' extra frames (0 without any)
+
+
 def denoising_loss(
     setup: TrainingSetup,
     latents: torch.Tensor,
@@ -429,13 +442,14 @@ def denoising_loss(
     t: torch.Tensor,
     pick: torch.Tensor | None = None,
     lam: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(noise-prediction MSE, token regulariser) for given latents, noise and timesteps (and per-sample λ)."""
+    frames: Sequence[Frames] = (),
+) -> Losses:
+    """The loss terms of given latents, noise and timesteps (and per-sample λ), with `frames` — the views', the
+    prior's — denoised in the same U-Net pass where every mechanism allows it, else in passes of their own."""
     batch = Batch(latents, noise, t, pick, lam)
     scheduler = setup.noise_scheduler
-    latents = latents * setup.pipe.vae.config.scaling_factor
-    noisy = scheduler.add_noise(latents, noise, t)
-    target = noise_target(scheduler, latents, noise, t)
+    noisy, target = noised(setup, latents, noise, t)
+    shared = list(frames) if lam is None and all(m.shares_pass(setup) for m in setup.mechanisms) else []
     with ExitStack() as stack:
         if setup.adapter is not None and lam is not None:  # per-sample λ; else the adapter's own
             stack.enter_context(setup.adapter.at(lam.to(setup.device)))
@@ -443,7 +457,9 @@ def denoising_loss(
             stack.enter_context(mechanism.forward(setup, batch))
         with autocast(setup):
             cond = unet_conditioning(setup, latents.shape[0], pick)
-            pred = setup.unet(noisy.to(setup.unet.dtype), t, **cond.unet_kwargs()).sample
+        inputs = [(*noised(setup, f.latents, f.noise, f.timesteps), f) for f in shared]
+        parts = [(x, f.timesteps, frame_conditioning(setup, f)) for x, _, f in inputs]
+        pred, *frame_preds = predict(setup, [(noisy, t, cond), *parts])
     weights = timesteps.snr_weights(scheduler, t, setup.config.snr_gamma)
     pred, target = pred.float(), target.float()
     reduced = (m.reduce(pred, target, weights, batch) for m in setup.mechanisms)  # a mechanism's own mean
@@ -453,12 +469,21 @@ def denoising_loss(
     elif mse is None:
         mse = F.mse_loss(pred, target)
     reg = setup.token().pow(2).sum() if setup.config.train_token else mse.new_zeros(())  # ‖e*‖²
-    return mse, reg
+    joined = zip(frame_preds, inputs, strict=True)
+    terms = [f.weight * F.mse_loss(p.float(), goal.float()) for p, (_, goal, f) in joined]
+    if not shared:  # their own passes, after the reference's and outside its contexts
+        terms += [f.weight * frame_mse(setup, f) for f in frames]
+    return Losses(mse, reg, sum(terms, mse.new_zeros(())))
+
+
+def mechanism_frames(setup: TrainingSetup, batch: Batch, generator: torch.Generator) -> list[Frames]:
+    """The mechanisms' extra frames of this micro-batch, drawn from `generator` after the batch (registry order)."""
+    frames = (m.frames(setup, batch, generator) for m in setup.mechanisms)
+    return [f for f in frames if f is not None]
 
 
 def mechanism_loss(setup: TrainingSetup, batch: Batch, generator: torch.Generator | None = None) -> torch.Tensor | None:
-    """The weighted loss terms of the mechanisms that are on (read after `denoising_loss` of the same batch;
-    a term that draws a batch of its own, the prior's, draws it from `generator`)."""
+    """The weighted loss terms of the mechanisms that are on (read after `denoising_loss` of the same batch)."""
     terms = [m.loss(setup, batch, generator) for m in setup.mechanisms]
     terms = [term for term in terms if term is not None]
     return sum(terms) if terms else None
@@ -472,8 +497,8 @@ def optimizer_step(
     total = 0.0
     for _ in range(accum):
         batch = sample_batch(setup, generator)
-        mse, reg = denoising_loss(setup, *batch)
-        loss = mse + setup.config.token_reg * reg
+        losses = denoising_loss(setup, *batch, frames=mechanism_frames(setup, batch, generator))
+        loss = losses.mse + setup.config.token_reg * losses.reg + losses.frames
         extra = mechanism_loss(setup, batch, generator)
         if extra is not None:
             loss = loss + extra
@@ -496,6 +521,5 @@ def evaluation_loss(setup: TrainingSetup, seed: int = 0, samples: int = 8) -> fl
         latent = setup.latent_mean[:1]
         noise = torch.randn(latent.shape, generator=generator).to(setup.device)
         t = torch.tensor([(i * setup.noise_scheduler.config.num_train_timesteps) // samples]).to(setup.device)
-        mse, _ = denoising_loss(setup, latent, noise, t)
-        total += mse.item()
+        total += denoising_loss(setup, latent, noise, t).mse.item()
     return total / samples

@@ -118,17 +118,47 @@ def unet_conditioning(setup: TrainingSetup, batch: int, pick: torch.Tensor | Non
     return replace(cond, pooled=pooled, time_ids=time_ids)
 
 
-def frame_mse(setup: TrainingSetup, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, cond: Conditioning):
-    """The noise-prediction MSE of unscaled `latents` under `cond`, for an extra loss term whose images are whole
-    frames at the training size (prior images, views: SDXL reads the first augmentation's time ids)."""
+class Frames(NamedTuple):
+    """Whole frames at the training size that a mechanism adds to a step (views, prior images), drawn from the
+    run's generator: they join the reference's U-Net pass where every mechanism allows it (`shares_pass`), and
+    their plain noise-prediction MSE enters the loss × `weight`."""
+
+    latents: torch.Tensor  # (N, 4, h, w), unscaled VAE latents
+    noise: torch.Tensor
+    timesteps: torch.Tensor  # (N,)
+    cond: Conditioning  # each frame's text conditioning (SDXL: the first augmentation's time ids are added)
+    weight: float = 1.0
+
+
+def noised(setup: TrainingSetup, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor):
+    """(noisy input, what the U-Net is trained to predict) of unscaled `latents`."""
     scheduler = setup.noise_scheduler
     latents = latents * setup.pipe.vae.config.scaling_factor
-    noisy = scheduler.add_noise(latents, noise, t)
-    target = noise_target(scheduler, latents, noise, t)
-    if setup.time_ids is not None:
-        cond = replace(cond, time_ids=setup.time_ids[:1].expand(latents.shape[0], -1))
+    return scheduler.add_noise(latents, noise, t), noise_target(scheduler, latents, noise, t)
+
+
+def frame_conditioning(setup: TrainingSetup, frames: Frames) -> Conditioning:
+    """The frames' conditioning: their prompts' (SDXL: with the first augmentation's time ids, whole frames)."""
+    if setup.time_ids is None:
+        return frames.cond
+    return replace(frames.cond, time_ids=setup.time_ids[:1].expand(frames.latents.shape[0], -1))
+
+
+def predict(setup: TrainingSetup, parts: list[tuple[torch.Tensor, torch.Tensor, Conditioning]]) -> list[torch.Tensor]:
+    """The U-Net's predictions for several sets of (noisy latents, t, conditioning) in ONE pass: a batch of two
+    costs about two thirds of two passes of one; the sets come back split as they went in."""
+    noisy = torch.cat([noisy for noisy, _, _ in parts])
+    t = torch.cat([t for _, t, _ in parts])
+    cond = parts[0][2] if len(parts) == 1 else Conditioning.cat([cond for _, _, cond in parts])
     with autocast(setup):
         pred = setup.unet(noisy.to(setup.unet.dtype), t, **cond.unet_kwargs()).sample
+    return list(pred.split([noisy.shape[0] for noisy, _, _ in parts]))
+
+
+def frame_mse(setup: TrainingSetup, frames: Frames) -> torch.Tensor:
+    """The frames' noise-prediction MSE in a pass of their own (unweighted)."""
+    noisy, target = noised(setup, frames.latents, frames.noise, frames.timesteps)
+    (pred,) = predict(setup, [(noisy, frames.timesteps, frame_conditioning(setup, frames))])
     return F.mse_loss(pred.float(), target.float())
 
 

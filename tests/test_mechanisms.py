@@ -319,7 +319,7 @@ def test_uniform_lambda_is_per_sample_and_reaches_the_offsets(reference, tmp_pat
     setup = prepare(tiny_config(reference, tmp_path / "u", train_lam="uniform", batch_size=3))
     batch = sample_batch(setup, torch.Generator().manual_seed(1))
     assert batch.lam.shape == (3,) and bool(((batch.lam >= 0) & (batch.lam <= 1)).all())
-    mse, _ = denoising_loss(setup, *batch)
+    mse = denoising_loss(setup, *batch).mse
     mse.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in setup.adapter.parameters())
     assert all(proc.scale == 1.0 for proc in setup.adapter.processors.values())  # restored after the forward
@@ -370,7 +370,7 @@ def test_snr_gamma_weighs_each_sample_by_min_snr_over_snr(reference, tmp_path):
     batch = sample_batch(setup, torch.Generator().manual_seed(3))
     t = torch.tensor([20, 900])
     with torch.no_grad():
-        weighted, _ = denoising_loss(setup, batch.latents, batch.noise, t)
+        weighted = denoising_loss(setup, batch.latents, batch.noise, t).mse
         setup.config = dataclasses.replace(setup.config, snr_gamma=0.0)
         plain = [
             denoising_loss(setup, batch.latents[i : i + 1], batch.noise[i : i + 1], t[i : i + 1])[0] for i in (0, 1)

@@ -9,7 +9,7 @@ from ostaf.errors import OstafError
 from ostaf.generate import SCHEDULER_CLASSES, Sample, run_batch
 from ostaf.mechanisms import prior
 from ostaf.models import load_pipeline
-from ostaf.train import make_optimizer, optimizer_step, prepare
+from ostaf.train import denoising_loss, make_optimizer, mechanism_frames, optimizer_step, prepare, sample_batch
 from tests.conftest import tiny_config
 
 
@@ -69,15 +69,19 @@ def test_the_prior_loss_enters_every_step(reference, tmp_path, cache):
 
 
 def test_the_prior_term_is_its_weight_times_the_class_images_loss(reference, tmp_path, cache):
-    """`PriorPreservation.loss` is `--prior-loss-weight` × `prior_loss` on the same draws (a weight that divided
+    """The step's prior term is `--prior-loss-weight` × `prior_loss` on the same draws (a weight that divided
     the loss would still be linear in the weight: the step test above cannot tell)."""
     setup = prepare(tiny_config(reference, tmp_path / "w", prior_images=2, prior_loss_weight=3.0, grad_accum=1))
     mechanism = setup.mechanism(prior.PriorPreservation)
     with torch.no_grad():
-        term = mechanism.loss(setup, None, torch.Generator().manual_seed(5))
-        alone = prior.prior_loss(setup, mechanism.images, torch.Generator().manual_seed(5))
+        generator = torch.Generator().manual_seed(5)
+        batch = sample_batch(setup, generator)
+        term = denoising_loss(setup, *batch, frames=mechanism_frames(setup, batch, generator)).frames
+        generator = torch.Generator().manual_seed(5)
+        sample_batch(setup, generator)  # the same draws again: the prior's come after the batch's
+        alone = prior.prior_loss(setup, mechanism.images, generator)
     assert abs(float(alone) - 1) > 0.01  # a loss of 1 would hide weight / loss
-    assert float(term) == pytest.approx(3.0 * float(alone), rel=1e-6)
+    assert float(term) == pytest.approx(3.0 * float(alone), rel=1e-5)
 
 
 def test_a_token_has_no_weights_to_preserve(reference, tmp_path):

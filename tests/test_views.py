@@ -9,7 +9,7 @@ from PIL import Image
 from ostaf.errors import OstafError
 from ostaf.mechanisms import views
 from ostaf.preprocess import Preprocessed, sample_recipes
-from ostaf.train import make_optimizer, optimizer_step, prepare
+from ostaf.train import denoising_loss, make_optimizer, mechanism_frames, optimizer_step, prepare, sample_batch
 from ostaf.view_words import PALETTE, PRIMITIVES, TEXTURES, view_fills
 from ostaf.world.generator import BACKGROUND, Factors, render
 from tests.conftest import tiny_config
@@ -208,16 +208,20 @@ def test_appearance_views_train_under_prompts_naming_their_primitives(reference,
 
 
 def test_the_views_term_is_its_weight_times_the_views_loss(star, tmp_path):
-    """`CaptionedViews.loss` is `--view-loss-weight` × `views_loss` on the same draws (a weight that divided the
+    """The step's views term is `--view-loss-weight` × `views_loss` on the same draws (a weight that divided the
     loss would still be linear in the weight: the step test above cannot tell)."""
     path, _ = star
     setup = prepare(shape_config(path, tmp_path / "w", views=2, view_loss_weight=2.5))
     mechanism = setup.mechanism(views.CaptionedViews)
     with torch.no_grad():
-        term = mechanism.loss(setup, None, torch.Generator().manual_seed(3))
-        alone = views.views_loss(setup, mechanism.views, mechanism.input_ids, torch.Generator().manual_seed(3))
+        generator = torch.Generator().manual_seed(3)
+        batch = sample_batch(setup, generator)
+        term = denoising_loss(setup, *batch, frames=mechanism_frames(setup, batch, generator)).frames
+        generator = torch.Generator().manual_seed(3)
+        sample_batch(setup, generator)  # the same draws again: the views' come after the batch's
+        alone = views.views_loss(setup, mechanism.views, mechanism.input_ids, generator)
     assert abs(float(alone) - 1) > 0.01  # a loss of 1 would hide weight / loss
-    assert float(term) == pytest.approx(2.5 * float(alone), rel=1e-6)
+    assert float(term) == pytest.approx(2.5 * float(alone), rel=1e-5)
 
 
 def pixel_centres(size: tuple[int, int], centre: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:

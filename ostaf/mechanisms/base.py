@@ -7,6 +7,9 @@ A mechanism's life in a run, in the order `ostaf.train` calls the hooks:
                             before any adapter or placeholder is installed (prior images are drawn there)
     attach(setup)           once the setup exists: install probes, read the vocabulary, search a word
     enter_step(setup, s)    before step s (0-based; idempotent, so a resumed run lands in the right phase)
+    frames(setup, batch, g) extra whole frames of the step (views, prior images), drawn from g before the forward
+    shares_pass(setup)      False where `forward` acts on the whole U-Net pass in a way that belongs to the
+                            reference's samples alone: the frames then get a pass of their own
     forward(setup, batch)   a context manager around each denoising forward (λ held, probes recording)
     reduce(...)             may replace the noise-prediction MSE's reduction (a masked mean)
     loss(setup, batch, g)   an extra loss term, already weighted, or None; may draw from the run's generator g
@@ -30,7 +33,7 @@ if TYPE_CHECKING:
     from ostaf.config import TrainConfig
     from ostaf.models import Pipeline
     from ostaf.preprocess import Preprocessed
-    from ostaf.training_setup import Batch, TrainingSetup
+    from ostaf.training_setup import Batch, Frames, TrainingSetup
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,12 @@ class Mechanism:
 
     def enter_step(self, setup: TrainingSetup, step: int) -> None:
         pass
+
+    def frames(self, setup: TrainingSetup, batch: Batch, generator: torch.Generator | None) -> Frames | None:
+        return None
+
+    def shares_pass(self, setup: TrainingSetup) -> bool:
+        return True
 
     def forward(self, setup: TrainingSetup, batch: Batch) -> AbstractContextManager:
         return nullcontext()

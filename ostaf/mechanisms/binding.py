@@ -158,6 +158,9 @@ class AttentionBinding(Mechanism):
     def forward(self, setup: TrainingSetup, batch: Batch):
         return recording(self.record)
 
+    def shares_pass(self, setup: TrainingSetup) -> bool:
+        return False  # the probes record every sample of the pass; the binding term is the reference's alone
+
     def loss(self, setup: TrainingSetup, batch: Batch, generator: torch.Generator | None) -> torch.Tensor:
         masks = None if self.masks is None else self.masks[batch.pick]
         return self.config.attn_binding * binding_loss(self.record, masks)

@@ -120,6 +120,9 @@ class DualPathTraining(Mechanism):
             return nullcontext()
         return setup.adapter.dual_path(self.beta, self.vanilla_context(setup))
 
+    def shares_pass(self, setup: TrainingSetup) -> bool:
+        return setup.adapter is None  # the vanilla path's context is the training prompt's, not the frames'
+
     @torch.no_grad()
     def vanilla_context(self, setup: TrainingSetup) -> torch.Tensor:
         """The hard prompt: the training prompt with e* replaced by its nearest word now (each vector by its own),

@@ -29,7 +29,7 @@ from PIL import Image
 from ostaf.io import atomic_dir, write_json
 from ostaf.mechanisms import schedule, timesteps
 from ostaf.mechanisms.base import BaseModel, Mechanism
-from ostaf.training_setup import Batch, frame_mse
+from ostaf.training_setup import Batch, Frames, frame_mse
 
 if TYPE_CHECKING:
     from ostaf.conditioning import Conditioning, PromptEncoder
@@ -129,20 +129,25 @@ class PriorPreservation(Mechanism):
         )
         return cls(images, config.prior_loss_weight)
 
-    def loss(self, setup: TrainingSetup, batch: Batch, generator: torch.Generator | None) -> torch.Tensor | None:
+    def frames(self, setup: TrainingSetup, batch: Batch, generator: torch.Generator | None) -> Frames | None:
         if schedule.in_token_phase(setup, setup.step):  # the weights are frozen: nothing to preserve
             return None
         if generator is None:
-            raise ValueError("the prior loss draws its batch from the run's generator: pass it")
-        return self.weight * prior_loss(setup, self.images, generator)
+            raise ValueError("the prior images draw their batch from the run's generator: pass it")
+        return prior_frames(setup, self.images, generator, self.weight)
 
 
-def prior_loss(setup: TrainingSetup, prior: PriorImages, generator: torch.Generator) -> torch.Tensor:
-    """The class images' noise-prediction MSE under the weights being trained (their adapter at its training
-    strength), on a batch drawn from the run's generator."""
+def prior_frames(setup: TrainingSetup, prior: PriorImages, generator: torch.Generator, weight: float = 1.0) -> Frames:
+    """A batch of class images, each under its own prompt, drawn from `generator`."""
     batch = setup.config.batch_size
     pick = torch.randint(0, prior.latents.shape[0], (batch,), generator=generator)
     noise = torch.randn((batch, *prior.latents.shape[1:]), generator=generator).to(setup.device)
     t = timesteps.sample_timesteps(setup, batch, generator).to(setup.device)
     cond = prior.context.select(pick % len(prior.prompts))  # each image's own prompt
-    return frame_mse(setup, prior.latents[pick], noise, t, cond)
+    return Frames(prior.latents[pick], noise, t, cond, weight)
+
+
+def prior_loss(setup: TrainingSetup, prior: PriorImages, generator: torch.Generator) -> torch.Tensor:
+    """The class images' noise-prediction MSE under the weights being trained (their adapter at its training
+    strength), on a batch drawn from the run's generator, in a pass of their own."""
+    return frame_mse(setup, prior_frames(setup, prior, generator))

@@ -47,6 +47,11 @@ class TokenPhases(Mechanism):
 
     def forward(self, setup: TrainingSetup, batch: Batch) -> AbstractContextManager:
         """λ = 0 on the adapter in the token phase: the base model, whatever λ the batch drew."""
-        if setup.adapter is None or not in_token_phase(setup, setup.step):
-            return nullcontext()
-        return setup.adapter.at(0.0)
+        return setup.adapter.at(0.0) if self.holds_base(setup) else nullcontext()
+
+    def shares_pass(self, setup: TrainingSetup) -> bool:
+        return not self.holds_base(setup)  # the views train at the adapter's own λ, not at the phase's 0
+
+    @staticmethod
+    def holds_base(setup: TrainingSetup) -> bool:
+        return setup.adapter is not None and in_token_phase(setup, setup.step)

@@ -34,7 +34,7 @@ from ostaf.errors import OstafError
 from ostaf.mechanisms import timesteps
 from ostaf.mechanisms.base import BaseModel, Mechanism
 from ostaf.preprocess import Preprocessed
-from ostaf.training_setup import Batch, autocast, encode_reference, frame_mse
+from ostaf.training_setup import Batch, Frames, autocast, encode_reference, frame_mse
 from ostaf.view_words import (
     PALETTE,
     PRIMITIVES,
@@ -184,7 +184,7 @@ class Views:
 
 
 class CaptionedViews(Mechanism):
-    """Adds the views' denoising loss, each view under its own prompt, to every step."""
+    """Adds the views' denoising loss, each view under its own prompt, to every step (its frames)."""
 
     def __init__(self, views: Views, weight: float) -> None:
         self.views, self.weight = views, weight
@@ -219,14 +219,16 @@ class CaptionedViews(Mechanism):
         self.views.mean, self.views.std = self.views.mean.to(setup.device), self.views.std.to(setup.device)
         self.input_ids = setup.prompts.ids(self.views.prompts)
 
-    def loss(self, setup: TrainingSetup, batch: Batch, generator: torch.Generator | None) -> torch.Tensor | None:
+    def frames(self, setup: TrainingSetup, batch: Batch, generator: torch.Generator | None) -> Frames:
         if generator is None:
-            raise ValueError("the views' loss draws its batch from the run's generator: pass it")
-        return self.weight * views_loss(setup, self.views, self.input_ids, generator)
+            raise ValueError("the views draw their batch from the run's generator: pass it")
+        return view_frames(setup, self.views, self.input_ids, generator, self.weight)
 
 
-def views_loss(setup: TrainingSetup, views: Views, input_ids: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """The noise-prediction MSE of a batch of views under their own prompts (the live e* in them)."""
+def view_frames(
+    setup: TrainingSetup, views: Views, input_ids: torch.Tensor, generator: torch.Generator, weight: float = 1.0
+) -> Frames:
+    """A batch of views under their own prompts (the live e* in them), drawn from `generator`."""
     batch = setup.config.batch_size
     pick = torch.randint(0, views.mean.shape[0], (batch,), generator=generator)
     eps = torch.randn((batch, *views.mean.shape[1:]), generator=generator).to(setup.device)
@@ -234,4 +236,9 @@ def views_loss(setup: TrainingSetup, views: Views, input_ids: torch.Tensor, gene
     t = timesteps.sample_timesteps(setup, batch, generator).to(setup.device)
     with autocast(setup):  # only the drawn views' prompts, each with the live e*
         cond = setup.prompts.encode(input_ids[:, pick.to(input_ids.device)])
-    return frame_mse(setup, views.mean[pick] + views.std[pick] * eps, noise, t, cond)
+    return Frames(views.mean[pick] + views.std[pick] * eps, noise, t, cond, weight)
+
+
+def views_loss(setup: TrainingSetup, views: Views, input_ids: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The noise-prediction MSE of a batch of views under their own prompts, in a pass of their own."""
+    return frame_mse(setup, view_frames(setup, views, input_ids, generator))
