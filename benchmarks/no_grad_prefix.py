@@ -14,14 +14,13 @@ apply, `ostaf.train.prefix_needs_no_autograd`).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ratios import print_table, train_config  # noqa: E402
+from ratios import alternating_medians, print_table, train_config  # noqa: E402
 
 MIN_GAIN = 0.03
 
@@ -71,17 +70,21 @@ def main() -> int:
     optimizer = make_optimizer(setup)
     scaler = torch.amp.GradScaler("cuda", enabled=False)
     generator = torch.Generator().manual_seed(0)
-    times: dict[bool, list[float]] = {False: [], True: []}
-    for index in range(2 * args.steps + 2):  # two warm-up steps, then alternating
-        hooked = bool(index % 2)
-        handles = install_hooks(setup.pipe.unet) if hooked else []
-        start = time.perf_counter()
-        optimizer_step(setup, optimizer, scaler, generator)
-        if index >= 2:
-            times[hooked].append(time.perf_counter() - start)
-        for handle in handles:
+    installed: list = []
+
+    def unhook() -> None:
+        for handle in installed:
             handle.remove()
-    plain, prefix = statistics.median(times[False]), statistics.median(times[True])
+        installed.clear()
+
+    def hook() -> None:
+        unhook()
+        installed.extend(install_hooks(setup.pipe.unet))
+
+    step = partial(optimizer_step, setup, optimizer, scaler, generator)
+    medians = alternating_medians(step, {"plain": unhook, "prefix": hook}, args.steps)
+    unhook()
+    plain, prefix = medians["plain"], medians["prefix"]
     rows = [
         {"step": f"decoder lite, token {args.token_grad}", "s_per_step": round(plain, 3)},
         {"step": "the same, down + mid blocks without autograd", "s_per_step": round(prefix, 3)},

@@ -1,8 +1,11 @@
 """Shared by the benchmarks: the reference and training setup they measure, print a table, check ratio
-targets (10 % slack), and the exit code."""
+targets (10 % slack), time variants of one step side by side, and the exit code."""
 
 from __future__ import annotations
 
+import statistics
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 SLACK = 1.1  # a ratio fails when it misses its target by more than 10 %
@@ -50,3 +53,17 @@ def train_config(folder: Path, model: str, resolution: int, **variant):
         image=str(world_reference(folder)), model=model, resolution=resolution, out=str(Path(folder) / "run"),
         **(values | variant),
     )  # fmt: skip
+
+
+def alternating_medians(step: Callable[[], object], variants: dict[str, Callable[[], None]], rounds: int) -> dict:
+    """The median time of `step` under each variant (`variants[name]()` switches to it), the variants taken in
+    turn for `rounds` rounds after one warm-up round, so this machine's drift hits all alike."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for round_ in range(rounds + 1):
+        for name, switch in variants.items():
+            switch()
+            start = time.perf_counter()
+            step()
+            if round_:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(spent) for name, spent in times.items()}

@@ -41,8 +41,9 @@ class Recipe:
 WORLD = Recipe(
     "world",
     "the Attribute World setting: no SAM (the background is known), word init (no CLIP weights), 200 steps at "
-    "lr 1e-3 (chosen on validation references), 25 DDIM steps at guidance 5, a 5-value λ sweep over 3 seeds",
-    train=dict(segment=False, token_init="word", steps=200, lr=1e-3, checkpoint_every=50),
+    "lr 1e-3 (chosen on validation references), each step's two micro-batches in one U-Net pass (--fused-accum: "
+    "the same gradients, faster on a CPU), 25 DDIM steps at guidance 5, a 5-value λ sweep over 3 seeds",
+    train=dict(segment=False, token_init="word", steps=200, lr=1e-3, checkpoint_every=50, fused_accum=True),
     generate=dict(num_steps=25, guidance=5.0, seeds=[0, 1, 2], lam=[0.0, 0.25, 0.5, 0.75, 1.0]),
 )
 

@@ -443,9 +443,11 @@ def denoising_loss(
     pick: torch.Tensor | None = None,
     lam: torch.Tensor | None = None,
     frames: Sequence[Frames] = (),
+    groups: int = 1,
 ) -> Losses:
     """The loss terms of given latents, noise and timesteps (and per-sample λ), with `frames` — the views', the
-    prior's — denoised in the same U-Net pass where every mechanism allows it, else in passes of their own."""
+    prior's — denoised in the same U-Net pass where every mechanism allows it, else in passes of their own.
+    `groups` > 1: the batch is that many micro-batches of one size (--fused-accum), each reduced as alone."""
     batch = Batch(latents, noise, t, pick, lam)
     scheduler = setup.noise_scheduler
     noisy, target = noised(setup, latents, noise, t)
@@ -462,18 +464,32 @@ def denoising_loss(
         pred, *frame_preds = predict(setup, [(noisy, t, cond), *parts])
     weights = timesteps.snr_weights(scheduler, t, setup.config.snr_gamma)
     pred, target = pred.float(), target.float()
-    reduced = (m.reduce(pred, target, weights, batch) for m in setup.mechanisms)  # a mechanism's own mean
-    mse = next((r for r in reduced if r is not None), None)
-    if mse is None and weights is not None:
-        mse = (F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3)) * weights).mean()
-    elif mse is None:
-        mse = F.mse_loss(pred, target)
+    if groups == 1:
+        mse = reference_mse(setup, pred, target, weights, batch)
+    else:  # a mechanism's reduction (the masked mean) is per micro-batch: each as if alone, then their mean
+        parts = zip(pred.chunk(groups), target.chunk(groups), batch.chunk(groups), strict=True)
+        w = [None] * groups if weights is None else weights.chunk(groups)
+        mse = torch.stack([reference_mse(setup, p, y, w[i], b) for i, (p, y, b) in enumerate(parts)]).mean()
     reg = setup.token().pow(2).sum() if setup.config.train_token else mse.new_zeros(())  # ‖e*‖²
     joined = zip(frame_preds, inputs, strict=True)
     terms = [f.weight * F.mse_loss(p.float(), goal.float()) for p, (_, goal, f) in joined]
     if not shared:  # their own passes, after the reference's and outside its contexts
         terms += [f.weight * frame_mse(setup, f) for f in frames]
     return Losses(mse, reg, sum(terms, mse.new_zeros(())))
+
+
+def reference_mse(
+    setup: TrainingSetup, pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None, batch: Batch
+) -> torch.Tensor:
+    """The reference's noise-prediction MSE: a mechanism's own reduction where one gives it, else the mean
+    (each sample × its SNR weight under --snr-gamma)."""
+    reduced = (m.reduce(pred, target, weights, batch) for m in setup.mechanisms)
+    mse = next((r for r in reduced if r is not None), None)
+    if mse is None and weights is not None:
+        mse = (F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3)) * weights).mean()
+    elif mse is None:
+        mse = F.mse_loss(pred, target)
+    return mse
 
 
 def mechanism_frames(setup: TrainingSetup, batch: Batch, generator: torch.Generator) -> list[Frames]:
@@ -492,20 +508,30 @@ def mechanism_loss(setup: TrainingSetup, batch: Batch, generator: torch.Generato
 def optimizer_step(
     setup: TrainingSetup, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, generator: torch.Generator
 ) -> float:
-    """`grad_accum` micro-batches, then one update; returns the mean total loss."""
+    """`grad_accum` micro-batches, then one update; returns the mean total loss. With --fused-accum the
+    micro-batches run as one U-Net pass: the same draws (all drawn first, in the order accumulation draws them:
+    nothing in a forward draws), each reduced as alone, so the same losses and gradients."""
     accum = setup.config.grad_accum
-    total = 0.0
+    draws = []
     for _ in range(accum):
         batch = sample_batch(setup, generator)
-        losses = denoising_loss(setup, *batch, frames=mechanism_frames(setup, batch, generator))
+        draws.append((batch, mechanism_frames(setup, batch, generator)))
+    total = 0.0
+    for group in [draws] if setup.config.fused_accum else [[draw] for draw in draws]:
+        if len(group) == 1:
+            batch, frames = group[0]
+        else:
+            batch = Batch.cat([b for b, _ in group])
+            frames = [Frames.cat(list(same)) for same in zip(*(f for _, f in group), strict=True)]
+        losses = denoising_loss(setup, *batch, frames=frames, groups=len(group))
         loss = losses.mse + setup.config.token_reg * losses.reg + losses.frames
         extra = mechanism_loss(setup, batch, generator)
         if extra is not None:
             loss = loss + extra
         if not torch.isfinite(loss):
             raise NonFiniteLoss(f"loss became {loss.item()} (not finite): lower --lr, or use --precision fp32")
-        scaler.scale(loss / accum).backward()
-        total += loss.item() / accum
+        scaler.scale(loss * len(group) / accum).backward()
+        total += loss.item() * len(group) / accum
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)

@@ -93,6 +93,16 @@ class Batch(NamedTuple):
     pick: torch.Tensor | None = None  # (B,) which augmentation each sample is
     lam: torch.Tensor | None = None  # (B,) per-sample λ (--train-lam uniform), else the adapter's own
 
+    @staticmethod
+    def cat(batches: list[Batch]) -> Batch:
+        """Micro-batches as one batch, in order (--fused-accum)."""
+        return Batch(*(None if parts[0] is None else torch.cat(parts) for parts in zip(*batches, strict=True)))
+
+    def chunk(self, groups: int) -> list[Batch]:
+        """The inverse of `cat` for `groups` micro-batches of one size."""
+        split = [None if x is None else x.chunk(groups) for x in self]
+        return [Batch(*(None if x is None else x[i] for x in split)) for i in range(groups)]
+
 
 def autocast(setup: TrainingSetup):
     return torch.autocast(setup.device.type, dtype=setup.amp_dtype, enabled=setup.amp_dtype is not None)
@@ -128,6 +138,14 @@ class Frames(NamedTuple):
     timesteps: torch.Tensor  # (N,)
     cond: Conditioning  # each frame's text conditioning (SDXL: the first augmentation's time ids are added)
     weight: float = 1.0
+
+    @staticmethod
+    def cat(parts: list[Frames]) -> Frames:
+        """One mechanism's frames of several micro-batches as one set (--fused-accum)."""
+        if len({f.weight for f in parts}) != 1:
+            raise ValueError("frames of one mechanism carry one weight")
+        tensors = (torch.cat([getattr(f, name) for f in parts]) for name in ("latents", "noise", "timesteps"))
+        return Frames(*tensors, Conditioning.cat([f.cond for f in parts]), parts[0].weight)
 
 
 def noised(setup: TrainingSetup, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor):

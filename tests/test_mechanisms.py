@@ -15,8 +15,8 @@ from ostaf.checkpoint import load_checkpoint
 from ostaf.errors import OstafError
 from ostaf.mechanisms import binding
 from ostaf.mechanisms.contrastive import NearestWordContrast
-from ostaf.mechanisms.masked_loss import masked_mse
-from ostaf.train import denoising_loss, mechanism_loss, prepare, sample_batch, train
+from ostaf.mechanisms.masked_loss import MaskedLoss, masked_mse
+from ostaf.train import denoising_loss, mechanism_loss, optimizer_step, prepare, sample_batch, train
 from tests.conftest import on_both_models, synthetic_image, tiny_config
 
 ALL_ON = dict(
@@ -822,3 +822,38 @@ def test_the_reference_pass_conditions_on_the_pipelines_own_unconditional_input(
     else:
         torch.testing.assert_close(states, empty, rtol=0, atol=0)
     reference.remove()
+
+
+FUSED_CASES = {  # options → (U-Net batch sizes of a 3-micro-batch step accumulated, the same fused)
+    "none": ({}, [1, 1, 1], [3]),
+    **{name: (options, [1, 1, 1], [3]) for name, options in ON.items()},
+    "views": ({"views": 2}, [2, 2, 2], [6]),  # each micro-batch's views in its pass; all in one
+    "views+binding": ({"views": 2, "attn_binding": 1.0}, [1, 1, 1, 1, 1, 1], [3, 3]),  # the views apart
+}
+
+
+@pytest.mark.parametrize("name", list(FUSED_CASES))
+def test_fused_accumulation_is_the_accumulated_step_in_one_pass(masked_reference, tmp_path, name):
+    """--fused-accum runs a step's micro-batches in one U-Net pass with the loss and gradient of accumulating
+    them: the same draws, each micro-batch reduced as alone (the masked mean's masks differ between them)."""
+    options, apart, together = FUSED_CASES[name]
+    results = {}
+    for fused in (False, True):
+        config = tiny_config(masked_reference, tmp_path / str(fused), grad_accum=3, fused_accum=fused, **options)
+        setup = prepare(config)
+        if masked := setup.mechanism(MaskedLoss):  # each augmentation's mask its own area, as crops give
+            for k in range(masked.masks.shape[0]):
+                masked.masks[k, :, : 8 + 4 * k] = 0
+        params = [p for p in setup.trainable if p.requires_grad]
+        before = [p.detach().clone() for p in params]
+        sizes: list[int] = []
+        hook = setup.unet.register_forward_pre_hook(lambda _, args, sizes=sizes: sizes.append(args[0].shape[0]))
+        sgd = torch.optim.SGD(params, lr=1.0)  # a step of −gradient: the update is the gradient itself
+        loss = optimizer_step(setup, sgd, torch.amp.GradScaler("cuda", enabled=False), torch.Generator().manual_seed(0))
+        hook.remove()
+        results[fused] = (loss, [b - p.detach() for b, p in zip(before, params, strict=True)], sizes)
+    assert results[False][2] == apart and results[True][2] == together
+    assert results[True][0] == pytest.approx(results[False][0], rel=1e-5)
+    assert any(g.abs().sum() > 0 for g in results[False][1])
+    for fused, accumulated in zip(results[True][1], results[False][1], strict=True):
+        torch.testing.assert_close(fused, accumulated, rtol=1e-4, atol=1e-7)
