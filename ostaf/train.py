@@ -428,7 +428,7 @@ def sample_batch(setup: TrainingSetup, generator: torch.Generator) -> Batch:
 
 
 class Losses(NamedTuple):
-    """One micro-batch's loss terms, unweighted but for the frames'."""
+    """A micro-batch's loss terms (--fused-accum: the mean over the fused ones), unweighted but for the frames'."""
 
     mse: torch.Tensor  # the reference's noise-prediction MSE (a mechanism's own reduction where one gives it)
     reg: torch.Tensor  # ‖e*‖² (0 when the token does not train)
@@ -467,9 +467,9 @@ def denoising_loss(
     if groups == 1:
         mse = reference_mse(setup, pred, target, weights, batch)
     else:  # a mechanism's reduction (the masked mean) is per micro-batch: each as if alone, then their mean
-        parts = zip(pred.chunk(groups), target.chunk(groups), batch.chunk(groups), strict=True)
         w = [None] * groups if weights is None else weights.chunk(groups)
-        mse = torch.stack([reference_mse(setup, p, y, w[i], b) for i, (p, y, b) in enumerate(parts)]).mean()
+        micro = zip(pred.chunk(groups), target.chunk(groups), w, batch.chunk(groups), strict=True)
+        mse = torch.stack([reference_mse(setup, *one) for one in micro]).mean()
     reg = setup.token().pow(2).sum() if setup.config.train_token else mse.new_zeros(())  # ‖e*‖²
     joined = zip(frame_preds, inputs, strict=True)
     terms = [f.weight * F.mse_loss(p.float(), goal.float()) for p, (_, goal, f) in joined]
