@@ -193,6 +193,10 @@ def test_an_appearance_view_is_the_surface_cut_to_a_primitive_inside_the_object(
         assert keep.sum() > 0.3 * np.pi * radius**2  # a primitive of the disc's size, not a sliver
         assert np.array_equal(view[keep], world.image[keep])
         assert (view[~keep] == BACKGROUND).all()
+    for mode in ("L", "RGBA"):  # a grey or transparent reference: still an RGB view, its pixels converted
+        other = views.cut_to(image.convert(mode), world.mask, "circle")
+        expected = np.asarray(views.cut_to(image.convert(mode).convert("RGB"), world.mask, "circle"))
+        assert other.mode == "RGB" and np.array_equal(np.asarray(other), expected)
     square = views.primitive("square", (64, 64), (32, 32), 20)
     assert square.sum() == pytest.approx((2 * 0.7071 * 20) ** 2, rel=0.1)
     assert not views.primitive("diamond", (64, 64), (32, 32), 20)[32, 32 + 21]  # inside its disc

@@ -134,17 +134,17 @@ class PriorPreservation(Mechanism):
             return None
         if generator is None:
             raise ValueError("the prior images draw their batch from the run's generator: pass it")
-        return prior_frames(setup, self.images, generator, self.weight)
+        return prior_frames(setup, self.images, generator)._replace(weight=self.weight)
 
 
-def prior_frames(setup: TrainingSetup, prior: PriorImages, generator: torch.Generator, weight: float = 1.0) -> Frames:
+def prior_frames(setup: TrainingSetup, prior: PriorImages, generator: torch.Generator) -> Frames:
     """A batch of class images, each under its own prompt, drawn from `generator`."""
     batch = setup.config.batch_size
     pick = torch.randint(0, prior.latents.shape[0], (batch,), generator=generator)
     noise = torch.randn((batch, *prior.latents.shape[1:]), generator=generator).to(setup.device)
     t = timesteps.sample_timesteps(setup, batch, generator).to(setup.device)
     cond = prior.context.select(pick % len(prior.prompts))  # each image's own prompt
-    return Frames(prior.latents[pick], noise, t, cond, weight)
+    return Frames(prior.latents[pick], noise, t, cond)
 
 
 def prior_loss(setup: TrainingSetup, prior: PriorImages, generator: torch.Generator) -> torch.Tensor:

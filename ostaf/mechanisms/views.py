@@ -222,12 +222,10 @@ class CaptionedViews(Mechanism):
     def frames(self, setup: TrainingSetup, batch: Batch, generator: torch.Generator | None) -> Frames:
         if generator is None:
             raise ValueError("the views draw their batch from the run's generator: pass it")
-        return view_frames(setup, self.views, self.input_ids, generator, self.weight)
+        return view_frames(setup, self.views, self.input_ids, generator)._replace(weight=self.weight)
 
 
-def view_frames(
-    setup: TrainingSetup, views: Views, input_ids: torch.Tensor, generator: torch.Generator, weight: float = 1.0
-) -> Frames:
+def view_frames(setup: TrainingSetup, views: Views, input_ids: torch.Tensor, generator: torch.Generator) -> Frames:
     """A batch of views under their own prompts (the live e* in them), drawn from `generator`."""
     batch = setup.config.batch_size
     pick = torch.randint(0, views.mean.shape[0], (batch,), generator=generator)
@@ -236,7 +234,7 @@ def view_frames(
     t = timesteps.sample_timesteps(setup, batch, generator).to(setup.device)
     with autocast(setup):  # only the drawn views' prompts, each with the live e*
         cond = setup.prompts.encode(input_ids[:, pick.to(input_ids.device)])
-    return Frames(views.mean[pick] + views.std[pick] * eps, noise, t, cond, weight)
+    return Frames(views.mean[pick] + views.std[pick] * eps, noise, t, cond)
 
 
 def views_loss(setup: TrainingSetup, views: Views, input_ids: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
