@@ -7,12 +7,14 @@ A mechanism's life in a run, in the order `ostaf.train` calls the hooks:
                             before any adapter or placeholder is installed (prior images are drawn there)
     attach(setup)           once the setup exists: install probes, read the vocabulary, search a word
     enter_step(setup, s)    before step s (0-based; idempotent, so a resumed run lands in the right phase)
-    frames(setup, batch, g) extra whole frames of the step (views, prior images), drawn from g before the forward
+    frames(setup, batch, g) extra whole frames of the micro-batch (views, prior images), drawn from the run's
+                            generator g right after it; denoised in the reference's U-Net pass, their
+                            weighted MSE added to the loss (a term that extends the batch, not a second pass)
     shares_pass(setup)      False where `forward` acts on the whole U-Net pass in a way that belongs to the
                             reference's samples alone: the frames then get a pass of their own
     forward(setup, batch)   a context manager around each denoising forward (λ held, probes recording)
     reduce(...)             may replace the noise-prediction MSE's reduction (a masked mean)
-    loss(setup, batch, g)   an extra loss term, already weighted, or None; may draw from the run's generator g
+    loss(setup, batch, g)   an extra loss term, read after the forward (its probes), already weighted, or None
     words(setup)            what to tell the user after training (e*'s nearest words)
     close(setup)            undo what `attach` installed, leaving the pipeline as `apply` would
 

@@ -151,9 +151,7 @@ def cut_to(image: Image.Image, mask: np.ndarray, shape: str) -> Image.Image:
     return Image.fromarray(pixels)
 
 
-def make_view(
-    attribute: str, image: Image.Image, mask: np.ndarray, fill: dict[str, str], zoom: bool = False
-) -> Image.Image:
+def make_view(attribute: str, image: Image.Image, mask: np.ndarray, fill: dict[str, str], zoom: bool) -> Image.Image:
     """One view of `attribute`: the reference with what is not the attribute changed to `fill`'s words (`zoom`: a
     shape's silhouette enlarged on the plain background)."""
     if attribute == "shape":
