@@ -219,3 +219,16 @@ def test_the_error_rank_and_factors_are_the_truncation_computed_by_hand():
         kohya["lora_unet_a_to_k.lora_up.weight"], lora_state(factors, 2, "diffusers")["unet.a.to_k.lora_B.weight"]
     )
     assert relative_error(svd(torch.zeros(3, 4)), 1) == 0.0 and overall_error({"z": svd(torch.zeros(3, 4))}, 1) == 0.0
+
+
+def test_max_error_accepts_a_rank_whose_error_equals_it():
+    """`--max-error e` picks the smallest rank whose error is ≤ e in every layer: at an error of exactly e that rank
+    is taken, not the next (singular values 4 and 3: rank 1 loses √(9/25), rank 2 nothing)."""
+    from ostaf.export import pick_rank
+
+    layer = (None, torch.tensor([4.0, 3.0], dtype=torch.float64), None)
+    exact = relative_error(layer, 1)
+    assert exact == pytest.approx(0.6)
+    assert pick_rank({"a.to_q": layer}, 8, exact) == 1
+    assert pick_rank({"a.to_q": layer}, 8, exact - 1e-9) == 2
+    assert pick_rank({"a.to_q": layer}, 8, 0.0) == 8  # no --max-error: the asked rank
