@@ -165,9 +165,12 @@ def frame_conditioning(setup: TrainingSetup, frames: Frames) -> Conditioning:
 def predict(setup: TrainingSetup, parts: list[tuple[torch.Tensor, torch.Tensor, Conditioning]]) -> list[torch.Tensor]:
     """The U-Net's predictions for several sets of (noisy latents, t, conditioning) in ONE pass: a batch of two
     costs about two thirds of two passes of one; the sets come back split as they went in."""
-    noisy = torch.cat([noisy for noisy, _, _ in parts])
-    t = torch.cat([t for _, t, _ in parts])
-    cond = parts[0][2] if len(parts) == 1 else Conditioning.cat([cond for _, _, cond in parts])
+    if len(parts) == 1:  # the usual step: no copies
+        noisy, t, cond = parts[0]
+    else:
+        noisy = torch.cat([noisy for noisy, _, _ in parts])
+        t = torch.cat([t for _, t, _ in parts])
+        cond = Conditioning.cat([cond for _, _, cond in parts])
     with autocast(setup):
         pred = setup.unet(noisy.to(setup.unet.dtype), t, **cond.unet_kwargs()).sample
     return list(pred.split([noisy.shape[0] for noisy, _, _ in parts]))
