@@ -87,7 +87,8 @@ def _item(folder: Path, rows: list[dict]) -> str:
     item = rows[0]["item"] if rows else folder.name
     attribute = rows[0]["attribute"] if rows else ""
     visuals = folder / VISUALS
-    parts = [f'<section class="item" data-item="{html.escape(item)}"><h2>{html.escape(item)} ({attribute})</h2>']
+    heading = f"{item} ({attribute})" if attribute else item  # an item without scored rows: its folder's name
+    parts = [f'<section class="item" data-item="{html.escape(item)}"><h2>{html.escape(heading)}</h2>']
     best = best_lambdas(rows).get(item)
     if best is not None:
         parts.append(
@@ -107,9 +108,7 @@ def _item(folder: Path, rows: list[dict]) -> str:
     return "".join(parts) + "</section>"
 
 
-def write_html(
-    score_dirs: list[str], table: list[dict], lam: float, path: str | Path, title: str = "ostaf run"
-) -> Path:
+def write_html(score_dirs: list[str], table: list[dict], lam: float, path: str | Path, title: str) -> Path:
     """The report page at `path` (written atomically)."""
     by_dir = [(Path(d), json.loads((Path(d) / SCORES_FILE).read_text())) for d in score_dirs]
     rows = [row for _, r in by_dir for row in r]

@@ -104,3 +104,17 @@ def test_a_reference_of_any_size_keeps_its_original_size_in_the_time_ids(tmp_pat
     Image.new("RGB", (72, 160), (200, 30, 30)).save(tall)
     setup = prepare(tiny_config(tall, tmp_path / "run", model="tiny-sdxl", attribute="shape"))
     assert setup.time_ids.tolist() == [[160, 72, 0, 0, 64, 64]]  # shape: padded whole, no crop
+
+
+@on_both_models
+def test_a_prompt_longer_than_the_encoders_window_is_cut_to_it_as_the_pipeline_cuts_it(model):
+    """`PromptEncoder.ids` pads and truncates each tokenizer to its window (77), as the stock pipeline does, so a
+    library caller's long prompt encodes to the same states as the pipeline's own encoding."""
+    pipe = load_pipeline(model)
+    prompts = PromptEncoder(pipe)
+    long = "a vase " + "with a red stripe and " * 30 + "a handle"
+    ids = prompts.ids([long, "a vase"])
+    assert ids.shape == (len(prompts.pairs), 2, 77)
+    for (tokenizer, _), row in zip(prompts.pairs, ids, strict=True):
+        full = tokenizer(long).input_ids
+        assert len(full) > 77 and row[0, :76].tolist() == full[:76]  # cut, not an error

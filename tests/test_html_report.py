@@ -183,8 +183,40 @@ def test_the_missing_metrics_note_appears_only_when_they_are_missing(tmp_path):
     computed = {m: 0.5 for m in COLUMNS["shape"]}
     for rows, shown in (([{"item": "x", "attribute": "shape", "lam": 1.0} | computed], False), ([], True)):
         (folder / "scores.json").write_text(json.dumps(rows or [{"item": "x", "attribute": "shape", "lam": 1.0}]))
-        page = write_html([str(folder)], [], 1.0, tmp_path / "r.html").read_text()
+        page = write_html([str(folder)], [], 1.0, tmp_path / "r.html", "t").read_text()
         assert (NOT_COMPUTED.split(":")[0] in page) is shown
+        assert ("</table><section" in page) is not shown  # no note: nothing between the table and the items
+
+
+def test_an_item_without_scored_rows_is_named_by_its_folder(tmp_path):
+    from ostaf.html_report import write_html
+
+    folder = tmp_path / "scores-lost-item"
+    folder.mkdir()
+    (folder / "scores.json").write_text("[]")
+    page = write_html([str(folder)], [], 1.0, tmp_path / "r.html", "t").read_text()
+    assert '<section class="item" data-item="scores-lost-item"><h2>scores-lost-item</h2>' in page
+
+
+def test_visuals_are_collected_into_a_new_folder_and_again_on_a_rerun(tmp_path):
+    """`collect_visuals` makes its destination's parents and a retried evaluate task writes over its own files."""
+    from ostaf.html_report import PROMPTS, VISUALS, collect_visuals
+
+    ref = references(1, attributes=("shape",))[0]
+    scored_item(tmp_path, ref, 2)
+    dest = tmp_path / "not" / "yet" / "there"
+    for _ in range(2):
+        folder = collect_visuals(tmp_path / f"images-{ref.id}", tmp_path / f"ref-{ref.id}", dest)
+    assert folder == dest / VISUALS and len(json.loads((folder / PROMPTS).read_text())) == 2
+
+
+def test_a_zoomed_image_is_shown_at_most_1200_px_wide(tmp_path):
+    from ostaf.html_report import _img
+
+    for width, shown in ((500, 1000), (600, 1200), (700, 1200)):
+        Image.new("RGB", (width, 10)).save(tmp_path / "g.png")
+        assert f' width="{shown}"' in _img(tmp_path / "g.png", "g", "grid", zoom=2)
+    assert " width=" not in _img(tmp_path / "g.png", "g")  # unzoomed: the image's own size
 
 
 def test_the_best_lambda_is_the_strongest_attribute_that_keeps_the_prompt():

@@ -165,3 +165,24 @@ def test_a_prompt_whose_cut_drops_a_later_vector_is_refused(three_vector_ckpt):
 def test_a_placeholder_of_no_or_too_many_vectors_is_refused(reference, tmp_path, count):
     with pytest.raises(OstafError, match="num_vectors"):
         tiny_config(reference, tmp_path, num_vectors=count)
+
+
+def test_the_live_injection_writes_the_placeholders_vectors_and_no_token_after_them():
+    """Training routes e*'s N rows into the positions of `*a`, `*a_1`, …; a token added after them (`*m`, the id
+    right after the last vector) and every word keep their own rows."""
+    pipe = load_pipeline("tiny")
+    prompts = PromptEncoder(pipe)
+    learned = torch.randn(2, sum(prompts.widths), generator=torch.Generator().manual_seed(0))
+    token_id = prompts.add_token("*a", torch.zeros_like(learned))
+    after = prompts.add_token("*m", torch.ones(sum(prompts.widths)))
+    assert after == token_id + 2  # the next id: where an off-by-one bound would reach
+    table = pipe.text_encoder.get_input_embeddings()
+    ids = torch.tensor([[49406, token_id, token_id + 1, after, 320, 49407]])
+    handles = prompts.inject(token_id, lambda: learned)
+    try:
+        out = table(ids)[0]
+    finally:
+        for handle in handles:
+            handle.remove()
+    torch.testing.assert_close(out[1:3], learned[:, : prompts.widths[0]])
+    torch.testing.assert_close(out[[0, 3, 4, 5]], table.weight[ids[0, [0, 3, 4, 5]]])
