@@ -30,6 +30,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ostaf.attributes import get_attribute
 from ostaf.checkpoint_format import CARD, CHECKPOINT_FORMAT, TENSORS, checkpoint_card
 from ostaf.conditioning import PromptEncoder
 from ostaf.config import OFFSET_TRAINABLES, default_of
@@ -114,7 +115,13 @@ def load_base_pipeline(ckpt: Checkpoint, model: str = "", dtype: torch.dtype = t
     return load_pipeline(base.model, seed=base.seed, dtype=dtype)
 
 
-def apply(pipe: Pipeline, ckpt: str | Path | Checkpoint, lam: float = 1.0, token_lambda: bool = False) -> Strength:
+def apply(
+    pipe: Pipeline,
+    ckpt: str | Path | Checkpoint,
+    lam: float = 1.0,
+    token_lambda: bool = False,
+    token_lambda_origin: str = "nearest",
+) -> Strength:
     """Turn a stock `StableDiffusionPipeline` (or `StableDiffusionXLPipeline`) into a personalised one, in place.
 
     Adds the checkpoint's placeholder token with its learned embedding, installs
@@ -124,8 +131,8 @@ def apply(pipe: Pipeline, ckpt: str | Path | Checkpoint, lam: float = 1.0, token
     (`ostaf.strength`): the offsets, the LoRA (`--trainable lora`), or for a token or
     fine-tuned checkpoint a `FixedStrength` (nothing for λ to scale: it says so when asked
     for per-block λ or the dual path), or with `token_lambda` a `TokenStrength` (λ blends its placeholder
-    from the nearest word to the learned one; for fine-tuned weights a `WeightBlendStrength`, which blends
-    them from the base model's too).
+    from the nearest word — or with `token_lambda_origin="attribute"` the attribute's word — to the learned one;
+    for fine-tuned weights a `WeightBlendStrength`, which blends them from the base model's too).
     """
     ckpt = ckpt if isinstance(ckpt, Checkpoint) else load_checkpoint(ckpt)
     check_architecture(ckpt, pipe)
@@ -150,15 +157,20 @@ def apply(pipe: Pipeline, ckpt: str | Path | Checkpoint, lam: float = 1.0, token
             adapter.uninstall()
         raise
     trainable = ckpt.card.get("trainable", "token")
+    origin = None
+    if token_lambda and token_lambda_origin == "attribute":
+        origin = PromptEncoder(pipe).word_row(get_attribute(ckpt.card["attribute"]).word)
     if adapter is not None:
         driven = adapter
     elif token_lambda and base:
         weights = {n: (own[n], base[n].to(own[n].device), tuned[n].float().to(own[n].device)) for n in base}
         driven = WeightBlendStrength(
-            ckpt.token, trainable, PromptEncoder(pipe), token_id, ckpt.tensors["token.embedding"], weights
+            ckpt.token, trainable, PromptEncoder(pipe), token_id, ckpt.tensors["token.embedding"], weights, origin
         )
     elif token_lambda:
-        driven = TokenStrength(ckpt.token, trainable, PromptEncoder(pipe), token_id, ckpt.tensors["token.embedding"])
+        driven = TokenStrength(
+            ckpt.token, trainable, PromptEncoder(pipe), token_id, ckpt.tensors["token.embedding"], origin
+        )
     else:
         driven = FixedStrength(ckpt.token, trainable)
     driven.set_scale(lam)

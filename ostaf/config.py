@@ -23,6 +23,7 @@ from ostaf.view_words import check_views
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 TOKEN_INITS = ("clip", "word")
+TOKEN_LAMBDA_ORIGINS = ("nearest", "attribute")  # λ = 0 of --token-lambda
 MAX_VECTORS = 16  # a placeholder's vectors (--num-vectors): tokens out of CLIP's 77
 OPTIMIZERS = ("adamw", "adamw8bit")
 SCHEDULERS = ("ddim", "pndm", "dpm", "euler")
@@ -579,6 +580,15 @@ class GenerateConfig(_Config):
         "from the base model's to the tuned ones, so λ is a strength there too",
         pairwise=(False, True),
     )
+    token_lambda_origin: str = opt(
+        "nearest",
+        "what --token-lambda's λ = 0 reads the placeholder as: nearest (the vocabulary word nearest e*, the hard "
+        "prompt: λ dials how far past that word) or attribute (the attribute's own word, 'in the appearance of "
+        "appearance': no particular value, so λ dials the learned attribute from none to all of it, as a LoRA's "
+        "scale does)",
+        choices=TOKEN_LAMBDA_ORIGINS,
+        pairwise="choices",
+    )
     reference_lambda: bool = opt(
         False,
         "ω follows λ: the reference's weight is ω·λ per image (λ = 0: no reference), so λ dials everything "
@@ -629,6 +639,11 @@ class GenerateConfig(_Config):
         parse_block_scales(values["lam_blocks"])
         if values["reference_lambda"] and not values["reference_attention"]:
             raise OstafError("--reference-lambda scales the reference's weight ω: set --reference-attention ω > 0")
+        if values["token_lambda_origin"] != "nearest" and not values["token_lambda"]:
+            raise OstafError(
+                f"--token-lambda-origin {values['token_lambda_origin']} says what λ = 0 of --token-lambda reads: add "
+                "--token-lambda, or drop --token-lambda-origin"
+            )
         _finite(guidance=values["guidance"], **{f"lam[{i}]": v for i, v in enumerate(values["lam"])})
         _positive(
             num_steps=values["num_steps"],

@@ -329,7 +329,10 @@ def generate(config: GenerateConfig, pipe: Pipeline | None = None, progress: boo
         log.warning(RANDOM_WEIGHTS_NOTICE, base.model)
     pipe.to(device)
     set_scheduler(pipe, config.scheduler)
-    adapters = [apply(pipe, c, token_lambda=config.token_lambda) for c in checkpoints]
+    adapters = [
+        apply(pipe, c, token_lambda=config.token_lambda, token_lambda_origin=config.token_lambda_origin)
+        for c in checkpoints
+    ]
     if config.lam_blocks:
         blocks = parse_block_scales(config.lam_blocks)
         modulated = {b for a in adapters for b in a.blocks()}

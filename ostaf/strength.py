@@ -226,21 +226,28 @@ class FixedStrength(HoldsStrength):
 class TokenStrength(FixedStrength):
     """λ of a checkpoint without weight offsets as a blend of its placeholder (`--token-lambda`): the row is
     (1 − λ)·e_word + λ·e*, e_word the vocabulary word nearest to e* (cosine; per vector of a placeholder of
-    several) — λ = 0 is that hard prompt,
-    λ = 1 the learned token, past 1 an extrapolation. The text encoder reads the row when a prompt is encoded,
-    so one batch carries one λ (a sweep is one batch per λ, as for LoRA)."""
+    several) — λ = 0 is that hard prompt — or the attribute's own word (`--token-lambda-origin attribute`:
+    λ = 0 names no value); λ = 1 the learned token, past 1 an extrapolation. The text encoder reads the row when
+    a prompt is encoded, so one batch carries one λ (a sweep is one batch per λ, as for LoRA)."""
 
     kind = "token"
 
-    def __init__(self, token: str, trainable: str, prompts, token_id: int, learned: torch.Tensor) -> None:
+    def __init__(self, token: str, trainable: str, prompts, token_id: int, learned: torch.Tensor, origin=None) -> None:
+        """`origin`: the row λ = 0 reads (`--token-lambda-origin attribute`: the attribute word's, for every
+        vector); None for each vector's nearest word."""
         from ostaf.mechanisms.dual_path import nearest_words
 
         super().__init__(token, trainable)
         self.prompts, self.token_id = prompts, token_id
         self.learned = learned.detach().float()
-        vocabulary = prompts.rows(prompts.tokenizer.vocab_size)  # the words, no placeholder among them
-        self.word_ids = nearest_words(self.learned, vocabulary)
-        self.word = vocabulary[self.word_ids].reshape(self.learned.shape).to(self.learned.device)
+        if origin is None:
+            vocabulary = prompts.rows(prompts.tokenizer.vocab_size)  # the words, no placeholder among them
+            self.word_ids = nearest_words(self.learned, vocabulary)
+            self.word = vocabulary[self.word_ids].reshape(self.learned.shape).to(self.learned.device)
+        else:
+            rows = self.learned.reshape(-1, self.learned.shape[-1])
+            self.word_ids = None
+            self.word = origin.detach().float().to(rows.device).expand_as(rows).reshape(self.learned.shape)
 
     def _write_scale(self, scale: Scale) -> None:
         import torch
@@ -263,9 +270,9 @@ class WeightBlendStrength(TokenStrength):
     λ = 0 is the base model with the hard prompt, λ = 1 the fine-tuned model, in between a strength. One λ per
     batch (the weights are shared by the batch)."""
 
-    def __init__(self, token: str, trainable: str, prompts, token_id: int, learned, weights: dict) -> None:
+    def __init__(self, token: str, trainable: str, prompts, token_id: int, learned, weights: dict, origin=None) -> None:
         """`weights`: name → (the U-Net parameter, its base W₀, its tuned W₁)."""
-        super().__init__(token, trainable, prompts, token_id, learned)
+        super().__init__(token, trainable, prompts, token_id, learned, origin)
         self.weights = weights
         self.written: float | None = None  # the λ the weights hold (a composition sets λ before every U-Net call)
 

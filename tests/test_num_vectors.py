@@ -116,6 +116,19 @@ def test_token_lambda_zero_reads_each_vector_as_its_own_nearest_word():
     torch.testing.assert_close(rows_of(pipe, prompts.token_ids("*a")), learned)  # λ put back
 
 
+def test_token_lambda_zero_from_the_attribute_word_reads_it_in_every_vector():
+    pipe = load_pipeline("tiny")
+    prompts = PromptEncoder(pipe)
+    vocabulary = prompts.rows(prompts.tokenizer.vocab_size)
+    learned = vocabulary[[400, 2000, 7000]] + 1e-4 * torch.randn(3, vocabulary.shape[1])
+    token_id = prompts.add_token("*a", learned)
+    word = prompts.word_row("appearance")
+    blend = TokenStrength("*a", "token", prompts, token_id, learned, origin=word)
+    with blend.at(0.25):
+        torch.testing.assert_close(rows_of(pipe, prompts.token_ids("*a")), 0.75 * word + 0.25 * learned)
+    torch.testing.assert_close(rows_of(pipe, prompts.token_ids("*a")), learned)  # λ put back
+
+
 def test_the_vanilla_paths_read_every_vector_as_its_nearest_word(reference, tmp_path):
     setup = prepare(tiny_config(reference, tmp_path / "run", num_vectors=VECTORS, dual_path=0.5))
     spread(setup)

@@ -7,6 +7,7 @@ import torch
 from ostaf import apply, load_checkpoint
 from ostaf.conditioning import PromptEncoder
 from ostaf.config import GenerateConfig
+from ostaf.errors import OstafError
 from ostaf.generate import generate
 from ostaf.mechanisms.dual_path import hard_ids
 from ostaf.models import load_pipeline
@@ -44,6 +45,34 @@ def test_lambda_zero_is_the_nearest_words_prompt_and_one_the_learned_token(token
     torch.testing.assert_close(row, (blend.word + blend.learned) / 2, atol=1e-5, rtol=0)
     e_star = load_checkpoint(token_ckpt(model)).tensors["token.embedding"].float()
     assert not torch.allclose(blend.word, e_star, atol=1e-3)  # a real blend: the word is not e* itself
+
+
+@on_both_models
+def test_from_the_attribute_word_lambda_zero_names_no_value_and_a_blend_lies_on_the_segment(token_ckpt, model):
+    """`--token-lambda-origin attribute`: λ = 0 encodes the prompt with the attribute's own word in the
+    placeholder's place ("in the appearance of appearance", in every text encoder), λ = 0.3 reads the row
+    0.7·e_word + 0.3·e*, λ = 1 the learned token — and the origin is not the nearest word."""
+    pipe = load_pipeline(model)
+    blend = apply(pipe, token_ckpt(model), token_lambda=True, token_lambda_origin="attribute")
+    prompts = PromptEncoder(pipe)
+    ids = prompts.ids(PROMPT)
+    learned = encoded(pipe, ids)
+    word_id = prompts.tokenizer.convert_tokens_to_ids("appearance</w>")
+    with blend.at(0.0):
+        torch.testing.assert_close(encoded(pipe, ids), encoded(pipe, hard_ids(ids, {blend.token_id: word_id})))
+    with blend.at(0.3):
+        row = torch.cat([e.get_input_embeddings().weight[blend.token_id] for _, e in prompts.pairs]).float()
+    word = torch.cat([e.get_input_embeddings().weight[word_id] for _, e in prompts.pairs]).float()
+    torch.testing.assert_close(row, 0.7 * word + 0.3 * blend.learned, atol=1e-5, rtol=0)
+    torch.testing.assert_close(encoded(pipe, ids), learned)  # λ put back
+    nearest = apply(load_pipeline(model), token_ckpt(model), token_lambda=True)
+    assert not torch.allclose(nearest.word, blend.word, atol=1e-3)  # another origin than the nearest word's
+
+
+def test_the_origin_is_refused_without_the_blend_it_belongs_to():
+    with pytest.raises(OstafError, match="add --token-lambda"):
+        GenerateConfig(ckpt=["x"], prompt=[PROMPT], token_lambda_origin="attribute")
+    assert GenerateConfig(ckpt=["x"], prompt=[PROMPT], token_lambda=True, token_lambda_origin="attribute")
 
 
 def test_a_token_sweep_dials_with_the_option_and_stays_flat_without_it(token_ckpt, tmp_path):
@@ -114,5 +143,14 @@ def test_lambda_blends_fine_tuned_weights_from_the_base_models_to_the_tuned_ones
         torch.testing.assert_close(own[n].float(), tuned[n], atol=1e-6, rtol=0)
     untouched = [n for n in own if n not in tuned]
     assert untouched and all(torch.equal(own[n], base[n]) for n in untouched)
+    pipe = load_pipeline("tiny")  # from the attribute's word: λ = 0 is the base model reading "appearance"
+    blend = apply(pipe, ckpt, token_lambda=True, token_lambda_origin="attribute")
+    assert isinstance(blend, WeightBlendStrength)
+    with blend.at(0.0):
+        word = PromptEncoder(pipe).word_row("appearance")
+        row = torch.cat([e.get_input_embeddings().weight[blend.token_id] for _, e in PromptEncoder(pipe).pairs])
+        torch.testing.assert_close(row.float(), word.float())
+        own = dict(pipe.unet.named_parameters())
+        assert all(torch.equal(own[n].float(), base[n].float()) for n in tuned)
     fixed = apply(load_pipeline("tiny"), ckpt)  # without the option: the tuned weights at every λ
     assert not isinstance(fixed, TokenStrength)

@@ -455,3 +455,47 @@ def test_the_shipped_method_trains_and_generates_each_attribute_with_its_recipes
     jobs.run_compose(config, "shipped", shape, look)
     runs = tmp_path / "runs" / "shipped"
     assert asked[-1].ckpt == [str(runs / shape.id / "ckpt"), str(runs / look.id / "ckpt")]
+
+
+def test_lam_range_reads_the_control_columns_over_part_of_the_sweep(tmp_path, capsys):
+    """benchmarks/lam_range.py: a sweep that strengthens the shape up to λ = 1 and loses it at 1.5 keeps its
+    high lam_rho over [0, 1] and loses it over the whole sweep — read from a folder's job rows files."""
+    import sys
+    from pathlib import Path
+
+    from ostaf.world.table import summarise
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        import lam_range
+    finally:
+        sys.path.pop(0)
+    iou = {0.0: 0.6, 0.5: 0.7, 1.0: 0.9, 1.5: 0.65}
+    for ref in ("a", "b"):
+        rows = [
+            dict(
+                method="views",
+                attribute="shape",
+                reference=ref,
+                seed=s,
+                lam=lam,
+                shape_iou=v + 0.01 * s,
+                shape_match=0.0,
+                text_control=1.0 - (lam > 1),
+                leakage=0.0,
+            )
+            for lam, v in iou.items()
+            for s in (0, 1)
+        ]
+        job = tmp_path / "runs" / "views" / ref
+        job.mkdir(parents=True)
+        (job / "rows.json").write_text(json.dumps({"key": {}, "rows": rows}))
+    loaded = lam_range.load_rows(tmp_path)
+    assert len(loaded) == 16
+    whole = summarise(loaded, lam=1.5)[0]
+    part = summarise(lam_range.in_range(loaded, 0.0, 1.0), lam=1.0)[0]
+    # Spearman with λ tied over seeds: 0.956 for a monotone sweep, 0.390 once λ = 1.5 falls back
+    assert part["lam_rho"] == 0.956 and part["text_drop"] == 0.0 and part["shape_iou"] == 0.905
+    assert whole["lam_rho"] == 0.39 and whole["text_drop"] == 1.0
+    lam_range.main([str(tmp_path), "--lams", "0", "1"])
+    assert "[0.0, 0.5, 1.0]" in capsys.readouterr().out

@@ -131,6 +131,12 @@ METHODS: dict[str, Recipe] = {
             generate=dict(token_lambda=True),
             **DISENTANGLED.train,
         ),
+        _method(
+            "disentangled+strength",
+            "the shipped recipe, λ blending e* from the attribute's own word at generation (λ = 0: no value named)",
+            generate=dict(token_lambda=True, token_lambda_origin="attribute"),
+            **DISENTANGLED.train,
+        ),
         _method("token+vectors2", _VECTORS, trainable="token", num_vectors=2),
         _method("disentangled+vectors2", _VECTORS, **DISENTANGLED.train, num_vectors=2),
         _method("token+band-half", "the noisy half of the schedule", trainable="token", timestep_range=[0.5, 1.0]),
@@ -194,6 +200,13 @@ METHODS: dict[str, Recipe] = {
             "views+band400+lambda",
             "the `views` recipe as shipped: textured views trained on the band for 400 steps (twice the world's)",
             generate=VIEWS.generate,
+            **VIEWS.train,
+        ),
+        _method(
+            "views+band400+strength",
+            "the `views` recipe as shipped, λ blending from the base model and the attribute's own word (λ = 0: no "
+            "shape named)",
+            generate=VIEWS.generate | dict(token_lambda_origin="attribute"),
             **VIEWS.train,
         ),
         _method(
