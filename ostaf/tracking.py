@@ -459,8 +459,9 @@ def set_best_alias(attribute: str, run_id: str) -> str | None:
 
 
 def _log_model(run_id: str, checkpoint: str | Path, attribute: str) -> str:
-    """Log the checkpoint as a pyfunc model, register it as ``ostaf-<attribute>`` with the alias ``latest``;
-    return its URI."""
+    """Log the checkpoint as a pyfunc model and register it as ``ostaf-<attribute>``; return its URI.
+    `models:/ostaf-<attribute>@latest` is its newest version: MLflow resolves `latest` itself and reserves the
+    name (setting an alias of that name is refused)."""
     import mlflow
 
     from ostaf import mlflow_model
@@ -474,6 +475,4 @@ def _log_model(run_id: str, checkpoint: str | Path, attribute: str) -> str:
             registered_model_name=f"ostaf-{attribute}",
             pip_requirements=["ostaf"],
         )
-    if info.registered_model_version is not None:  # `models:/ostaf-<attribute>@latest`, not a version number
-        mlflow.MlflowClient().set_registered_model_alias(f"ostaf-{attribute}", "latest", info.registered_model_version)
     return info.model_uri

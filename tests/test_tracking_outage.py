@@ -171,3 +171,24 @@ def test_a_local_store_keeps_its_artifacts_beside_it_not_in_the_working_folder(t
     logger.end()
     assert [p.parent.name for p in (store / "mlruns").rglob("a.txt")] == ["files"]
     assert not (elsewhere / "mlruns").exists()
+
+
+def test_a_registered_model_reaches_the_local_store_once_and_resolves_as_latest(tmp_path, monkeypatch):
+    """The defect: registration set an alias named `latest`, which MLflow reserves (it resolves `@latest` to the
+    newest version itself), so every model record failed, was logged again on each retry (three versions per
+    item) and sent the rest of the task's records to the spool."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    checkpoint = tmp_path / "ckpt"
+    checkpoint.mkdir()
+    (checkpoint / "ostaf.json").write_text("{}")
+    logger = tracking.start_run("t")
+    logger.log_model(checkpoint, "appearance")
+    logger.log_metrics({"loss": 1.0}, 1)
+    logger.end()
+    assert logger.spooled == 0  # nothing failed over to the spool
+    client = MlflowClient(uri)
+    (version,) = client.search_model_versions("name='ostaf-appearance'")
+    assert version.run_id == logger.run_id
+    assert client.get_model_version_by_alias("ostaf-appearance", "latest").version == version.version
+    assert [m.value for m in client.get_metric_history(logger.run_id, "loss")] == [1.0]
