@@ -446,6 +446,13 @@ class TrainConfig(_Config):
         "span a few latent pixels at its own size and more there (shape only)",
         pairwise=(False, True),
     )
+    view_extend: bool = opt(
+        False,
+        "an appearance's views: its surface extended over a whole named primitive of the object's own area, by the "
+        "shifts by which the surface repeats (its texture's period), instead of cut inside the object's largest "
+        "disc (appearance only)",
+        pairwise=(False, True),
+    )
     view_loss_weight: float = opt(1.0, "weight of the views' denoising loss (--views)")
     timestep_range: list[float] = opt(
         [0.0, 1.0],
@@ -494,7 +501,15 @@ class TrainConfig(_Config):
 
     def check_item(self) -> None:
         attribute = get_attribute(self.attribute)
-        check_views(attribute.name, self.views, self.view_class, self.view_textures, self.view_unnamed, self.view_zoom)
+        check_views(
+            attribute.name,
+            self.views,
+            self.view_class,
+            self.view_textures,
+            self.view_unnamed,
+            self.view_zoom,
+            self.view_extend,
+        )
         if not self.class_name.strip():
             raise OstafError("class name is empty: say what the reference shows, e.g. --class-name dog")
         if attribute.token in self.class_name:

@@ -2,7 +2,8 @@
 
 A shape's views keep its silhouette and fill it with a named colour (``a blue object in the shape of *m``), or,
 with `--view-textures`, a named colour and texture (``a blue striped object in the shape of *m``); an
-appearance's views keep its surface and cut it to a named primitive (``a circle in the appearance of *a``).
+appearance's views keep its surface and cut it to a named primitive (``a circle in the appearance of *a``), or
+with `--view-extend` continue it over a whole one.
 The attribute world draws the palette's and the textures' words with these very values (it imports them).
 """
 
@@ -98,9 +99,19 @@ SHAPE_VIEW_FLAGS = {
 
 
 def check_views(
-    attribute: str, views: int, view_class: str, textures: bool = False, unnamed: bool = False, zoom: bool = False
+    attribute: str,
+    views: int,
+    view_class: str,
+    textures: bool = False,
+    unnamed: bool = False,
+    zoom: bool = False,
+    extend: bool = False,
 ) -> None:
     """One error before any work for views the attribute cannot have."""
+    if extend and not views:
+        raise OstafError("--view-extend extends an appearance's surface over its views' outlines: add --views N")
+    if extend and attribute != "appearance":
+        raise OstafError(f"--view-extend extends an appearance's surface; {attribute}'s views have none: drop it")
     for (flag, (does, elsewhere)), on in zip(SHAPE_VIEW_FLAGS.items(), (textures, unnamed, zoom), strict=True):
         if on and not views:
             raise OstafError(f"{flag} {does}: add --views N (e.g. 8)")

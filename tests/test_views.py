@@ -172,6 +172,8 @@ def test_textured_views_give_every_colour_before_a_repeat_and_no_pair_twice():
         (dict(attribute="appearance", views=2, view_unnamed=True), "drop --view-unnamed"),
         (dict(view_zoom=True), "--view-zoom .* add --views N"),
         (dict(attribute="appearance", views=2, view_zoom=True), "drop --view-zoom"),
+        (dict(attribute="appearance", view_extend=True), "--view-extend .* add --views N"),
+        (dict(views=2, view_extend=True), "shape's views have none"),
     ],
 )
 def test_views_it_cannot_follow_are_one_error_before_any_work(reference, tmp_path, overrides, message):
@@ -200,6 +202,73 @@ def test_an_appearance_view_is_the_surface_cut_to_a_primitive_inside_the_object(
     square = views.primitive("square", (64, 64), (32, 32), 20)
     assert square.sum() == pytest.approx((2 * 0.7071 * 20) ** 2, rel=0.1)
     assert not views.primitive("diamond", (64, 64), (32, 32), 20)[32, 32 + 21]  # inside its disc
+
+
+def stripes_and_checks(height: int = 64, width: int = 64) -> dict[str, np.ndarray]:
+    """Two surfaces with exact integer periods, as functions of the pixel: stripes across rows (period 6) and
+    checks of 3 px cells (period 6 both ways), red on white."""
+    yy, xx = np.mgrid[:height, :width]
+    second = {"stripes": (yy % 6) >= 3, "checks": ((yy // 3) + (xx // 3)) % 2 == 1}
+    out = {}
+    for name, where in second.items():
+        pixels = np.empty((height, width, 3), np.uint8)
+        pixels[:] = (200, 30, 30)
+        pixels[where] = (250, 250, 250)
+        out[name] = pixels
+    return out
+
+
+def on_plain_background(surface: np.ndarray, mask: np.ndarray, edge: bool = False) -> np.ndarray:
+    """The surface where `mask` is, the world's background elsewhere; `edge`: the object's outermost pixels
+    blended half into the background, as a rendered or cut-out object's are."""
+    image = np.empty_like(surface)
+    image[:] = BACKGROUND
+    image[mask] = surface[mask]
+    if edge:
+        from scipy.ndimage import binary_erosion
+
+        ring = mask & ~binary_erosion(mask)
+        image[ring] = (surface[ring].astype(int) + np.array(BACKGROUND)) // 2
+    return image
+
+
+def test_the_surface_repeats_by_its_shortest_shifts_along_and_across_its_pattern():
+    """Scored inside the object only: the background around it, the same at every shift, would favour long
+    shifts that move the pattern onto it."""
+    mask = views.primitive("circle", (64, 64), (30, 34), 18)
+    surfaces = stripes_and_checks()
+    stripes, checks = (on_plain_background(surfaces[n], mask) for n in ("stripes", "checks"))
+    assert views.surface_shifts(stripes, mask) == [(0, 1), (6, 0)]  # along the stripes, their period
+    assert views.surface_shifts(checks, mask) == [(-3, 3), (3, 3)]  # the checks' diagonal lattice
+    flat = on_plain_background(np.full((64, 64, 3), 90, np.uint8), mask)
+    assert views.surface_shifts(flat, mask) == [(0, 1), (1, 0)]  # a flat colour: two unit steps
+
+
+def test_an_extended_view_continues_the_surface_over_a_whole_primitive_of_the_objects_area():
+    """`--view-extend`: inside the object the reference's pixels, beyond it the pattern continued — pixel for
+    pixel what the pattern's own formula gives there — on a primitive of the object's area, at its centroid."""
+    mask = np.zeros((64, 64), bool)
+    mask[18:54, 20:36] = True  # a tall bar (36 × 16): every primitive of its area reaches past it
+    for name, surface in stripes_and_checks().items():
+        image = on_plain_background(surface, mask, edge=True)  # the blended edge is not the surface: not copied
+        for shape in PRIMITIVES:
+            view = np.asarray(views.extended_to(Image.fromarray(image), mask, shape))
+            target = (view != BACKGROUND).any(-1)
+            assert target.sum() == pytest.approx(mask.sum(), rel=0.12), (name, shape)
+            rows, cols = np.nonzero(target)
+            assert abs(rows.mean() - 35.5) < 1.5 and abs(cols.mean() - 27.5) < 1.5  # at the bar's centroid
+            beyond = target & ~mask
+            assert beyond.sum() > 20, (name, shape)  # the primitive reaches past the circle
+            assert np.array_equal(view[target], surface[target]), (name, shape)
+
+
+def test_extended_appearance_views_are_the_ones_trained(reference, tmp_path, monkeypatch):
+    made = []
+    monkeypatch.setattr(
+        views, "extended_to", lambda image, mask, shape: made.append(shape) or views.cut_to(image, mask, shape)
+    )
+    prepare(tiny_config(reference, tmp_path / "a", views=2, grad_accum=1, view_extend=True))
+    assert made == ["circle", "square"]
 
 
 def test_appearance_views_train_under_prompts_naming_their_primitives(reference, tmp_path):

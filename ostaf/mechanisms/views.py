@@ -11,7 +11,10 @@ weights stop following the prompt's words. Views make the attribute the only thi
                  the frame, centred on the plain background)
     appearance   the surface cut to a named primitive inside the     "a circle in the appearance of *a"
                  object (no pixel invented: the primitive is scaled
-                 to the largest disc the silhouette holds)
+                 to the largest disc the silhouette holds), or with
+                 --view-extend a primitive of the object's own area,
+                 the surface continued over it by the shifts by
+                 which it repeats (its texture's period)
 
 Each view is trained under its own prompt (the class from `--view-class`, its slot filled with the view's
 word), so the words beside the placeholder keep working: the views teach exactly that composition. Every step
@@ -151,14 +154,99 @@ def cut_to(image: Image.Image, mask: np.ndarray, shape: str) -> Image.Image:
     return Image.fromarray(pixels)
 
 
-def make_view(attribute: str, image: Image.Image, mask: np.ndarray, fill: dict[str, str], zoom: bool) -> Image.Image:
+PRIMITIVE_AREA = {"circle": np.pi, "square": 2.0, "triangle": 3 * np.sqrt(3) / 4, "diamond": 2.0}  # radius 1
+SHIFT_REACH = 12  # px: the longest shift searched for the surface's period (a texture repeats within it)
+MIN_OVERLAP = 0.25  # a shift counts where at least this share of the surface still overlaps itself
+
+
+def surface_shifts(pixels: np.ndarray, source: np.ndarray, reach: int = SHIFT_REACH) -> list[tuple[int, int]]:
+    """Two independent shifts (dy, dx) by which the surface repeats: the one whose shifted copy differs least
+    from the surface where both are `source` (the masked mean squared difference, over shifts up to `reach` px
+    that keep `MIN_OVERLAP` of it; ties go to the shorter), then the best one not parallel to it. Stripes give a
+    shift along them and their period across; checks and dots their lattice; a flat colour two unit steps."""
+    height, width = source.shape
+    values = pixels.astype(np.float64)
+    least = MIN_OVERLAP * source.sum()
+    scored = []
+    for dy in range(-reach, reach + 1):
+        for dx in range(0, reach + 1):
+            if (dx == 0 and dy <= 0) or dy * dy + dx * dx > reach * reach:
+                continue  # one of ±d (the difference is symmetric), and no zero shift
+            a = (slice(max(0, -dy), height - max(0, dy)), slice(0, width - dx))  # x, where x + d is inside too
+            b = (slice(max(0, dy), height - max(0, -dy)), slice(dx, width))  # x + d
+            both = source[a] & source[b]
+            if both.sum() < least:
+                continue
+            difference = ((values[a] - values[b]) ** 2).sum(-1)[both].mean()
+            scored.append((round(float(difference), 6), dy * dy + dx * dx, (dy, dx)))
+    if not scored:
+        return [(0, 1), (1, 0)]
+    scored.sort()
+    first = scored[0][2]
+    second = next((d for _, _, d in scored if d[0] * first[1] - d[1] * first[0] != 0), (first[1], -first[0]))
+    return [first, second]
+
+
+def extend_surface(image: Image.Image, mask: np.ndarray, target: np.ndarray, steps: int = 4) -> np.ndarray:
+    """(H, W, 3): `target`'s pixels filled from the reference's surface — kept where the object is, elsewhere
+    copied from the nearest point of the surface that a whole number of its repeat shifts away reaches (up to
+    `steps` of each), and past that from the nearest surface pixel. The surface is the object's interior (one
+    pixel in from its edge, where a render or a cut-out blends into the background)."""
+    from scipy.ndimage import binary_erosion, distance_transform_edt
+
+    pixels = np.asarray(image.convert("RGB"))
+    source = binary_erosion(mask, iterations=1)
+    source = source if source.sum() >= 16 else mask
+    out = np.zeros((*mask.shape, 3), np.uint8)
+    filled = target & source
+    out[filled] = pixels[filled]
+    (ay, ax), (by, bx) = surface_shifts(pixels, source)
+    rows, cols = np.nonzero(target & ~filled)
+    combos = sorted(
+        ((i, j) for i in range(-steps, steps + 1) for j in range(-steps, steps + 1) if (i, j) != (0, 0)),
+        key=lambda ij: (ij[0] * ay + ij[1] * by) ** 2 + (ij[0] * ax + ij[1] * bx) ** 2,
+    )
+    open_ = np.ones(rows.shape, bool)
+    for i, j in combos:
+        r, c = rows + i * ay + j * by, cols + i * ax + j * bx
+        inside = open_ & (r >= 0) & (r < mask.shape[0]) & (c >= 0) & (c < mask.shape[1])
+        inside[inside] = source[r[inside], c[inside]]
+        out[rows[inside], cols[inside]] = pixels[r[inside], c[inside]]
+        open_ &= ~inside
+    if open_.any():  # beyond every repeat: the nearest surface pixel
+        _, (near_r, near_c) = distance_transform_edt(~source, return_indices=True)
+        r, c = rows[open_], cols[open_]
+        out[r, c] = pixels[near_r[r, c], near_c[r, c]]
+    return out
+
+
+def extended_to(image: Image.Image, mask: np.ndarray, shape: str) -> Image.Image:
+    """The surface of `mask` extended over the primitive `shape` of the object's own area at its centroid, on the
+    plain background (`--view-extend`: the look at the reference's scale on a whole named outline)."""
+    rows, cols = np.nonzero(mask)
+    if rows.size < 16:
+        raise OstafError(
+            "--view-extend: the reference's object covers under 16 px; use a larger image, or drop --views"
+        )
+    radius = float(np.sqrt(rows.size / PRIMITIVE_AREA[shape]))
+    target = primitive(shape, mask.shape, (cols.mean() + 0.5, rows.mean() + 0.5), radius)
+    pixels = np.empty((*mask.shape, 3), np.uint8)
+    pixels[:] = border_colour(image).round().astype(np.uint8)
+    pixels[target] = extend_surface(image, mask, target)[target]
+    return Image.fromarray(pixels)
+
+
+def make_view(
+    attribute: str, image: Image.Image, mask: np.ndarray, fill: dict[str, str], zoom: bool, extend: bool = False
+) -> Image.Image:
     """One view of `attribute`: the reference with what is not the attribute changed to `fill`'s words (`zoom`: a
-    shape's silhouette enlarged on the plain background)."""
+    shape's silhouette enlarged on the plain background; `extend`: an appearance's surface extended over a
+    whole primitive instead of cut inside the object)."""
     if attribute == "shape":
         if zoom:
             image, mask = on_background(image, mask)
         return recolour(image, mask, PALETTE[fill["colour"]], fill.get("texture", "plain"))
-    return cut_to(image, mask, fill["shape"])
+    return (extended_to if extend else cut_to)(image, mask, fill["shape"])
 
 
 def with_article(phrase: str) -> str:
@@ -198,7 +286,14 @@ class CaptionedViews(Mechanism):
         fills = view_fills(attribute.name, config.views, config.view_textures)
         mask = foreground(base.reference)
         images = [
-            make_view(attribute.name, base.reference.image, mask, fill, zoom=config.view_zoom and i % 2 == 1)
+            make_view(
+                attribute.name,
+                base.reference.image,
+                mask,
+                fill,
+                zoom=config.view_zoom and i % 2 == 1,
+                extend=config.view_extend,
+            )
             for i, fill in enumerate(fills)
         ]
         first = base.reference.recipes[:1]  # one augmentation per view: a crop could cut its primitive

@@ -241,6 +241,26 @@ METHODS: dict[str, Recipe] = {
             **(_BAND_VIEWS | dict(views=16)),
         ),
         _method(
+            "appearance-extended-views+band+lambda",
+            "appearance views extended over whole primitives by the surface's own period (`--view-extend`): "
+            f"blocks fine-tuned with them on {_BAND}, λ a strength",
+            generate=VIEWS.generate,
+            trainable="blocks",
+            views=4,
+            view_extend=True,
+            timestep_range=[0.25, 1.0],
+        ),
+        _method(
+            "appearance-extended-views+band400+lambda",
+            "the extended appearance views for 400 steps (as the shape's views ship)",
+            generate=VIEWS.generate,
+            trainable="blocks",
+            views=4,
+            view_extend=True,
+            timestep_range=[0.25, 1.0],
+            steps=400,
+        ),
+        _method(
             "appearance-views+band+lambda",
             f"the `views` recipe's idea on an appearance: blocks fine-tuned with {_VIEWS[0].lower()}{_VIEWS[1:]}, "
             f"on {_BAND}, λ a strength",
