@@ -26,7 +26,9 @@ PALETTE: dict[str, tuple[int, int, int]] = {
     "cyan": (20, 180, 200),
     "black": (25, 25, 25),
 }
-PRIMITIVES = ("circle", "square", "triangle", "diamond")  # drawn by `ostaf.mechanisms.views.primitive`
+# an appearance's view outlines, drawn by `ostaf.mechanisms.views.primitive` (the first four fit a cut inside the
+# object; `--view-extend` draws any of them whole)
+PRIMITIVES = ("circle", "square", "triangle", "diamond", "star", "heart", "cross", "ring", "crescent", "hexagon")
 TEXTURES = ("plain", "striped", "dotted", "checkered")  # a fill's texture words (plain: one flat colour)
 TEXTURE_SECOND = (250, 250, 250)  # every texture's second colour: white stripes, dots and squares
 TEXTURE_REPEATS = 8  # a texture's periods across the image (the world: 8 px at 64 px)

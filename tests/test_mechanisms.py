@@ -857,3 +857,19 @@ def test_fused_accumulation_is_the_accumulated_step_in_one_pass(masked_reference
     assert any(g.abs().sum() > 0 for g in results[False][1])
     for fused, accumulated in zip(results[True][1], results[False][1], strict=True):
         torch.testing.assert_close(fused, accumulated, rtol=1e-4, atol=1e-7)
+
+
+def test_the_reference_weight_is_omega_times_each_samples_lambda_in_both_guidance_halves():
+    """`--reference-lambda`: a batch's λ values (one per prompt × seed) repeat over the classifier-free guidance
+    halves — two λ at batch 4, three at batch 6 — and a negative λ gives the reference no weight."""
+    import torch
+
+    from ostaf.mechanisms.reference_attention import ReferenceState, reference_weight
+
+    def weight(lam, batch):
+        return reference_weight(ReferenceState(omega=2.0, masks={}, lam=lam), batch).tolist()
+
+    assert weight(None, 4) == [2.0]
+    assert weight(0.5, 4) == [1.0]
+    assert weight(torch.tensor([0.25, 1.0]), 4) == [0.5, 2.0, 0.5, 2.0]
+    assert weight(torch.tensor([0.0, -1.0, 1.5]), 6) == [0.0, 0.0, 3.0, 0.0, 0.0, 3.0]

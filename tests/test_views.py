@@ -159,7 +159,7 @@ def test_textured_views_give_every_colour_before_a_repeat_and_no_pair_twice():
     [
         (dict(attribute="style", views=2), "style has no views"),
         (dict(views=len(PALETTE) + 1), "use ≤ 8"),
-        (dict(attribute="appearance", views=len(PRIMITIVES) + 1), "use ≤ 4"),
+        (dict(attribute="appearance", views=len(PRIMITIVES) + 1), "use ≤ 10"),
         (dict(views=2, view_class="object"), "has no {colour}"),
         (dict(attribute="appearance", views=2, view_class="{colour} vase"), "has no {shape}"),
         (dict(views=-1), "views must be ≥ 0"),
@@ -254,9 +254,9 @@ def test_an_extended_view_continues_the_surface_over_a_whole_primitive_of_the_ob
         for shape in PRIMITIVES:
             view = np.asarray(views.extended_to(Image.fromarray(image), mask, shape))
             target = (view != BACKGROUND).any(-1)
-            assert target.sum() == pytest.approx(mask.sum(), rel=0.12), (name, shape)
-            rows, cols = np.nonzero(target)
-            assert abs(rows.mean() - 35.5) < 1.5 and abs(cols.mean() - 27.5) < 1.5  # at the bar's centroid
+            assert target.sum() == pytest.approx(mask.sum(), rel=0.12), (name, shape)  # the object's area
+            radius = np.sqrt(mask.sum() / views.unit_area(shape))
+            assert np.array_equal(target, views.primitive(shape, mask.shape, (28.0, 36.0), radius))  # at its centroid
             beyond = target & ~mask
             assert beyond.sum() > 20, (name, shape)  # the primitive reaches past the circle
             assert np.array_equal(view[target], surface[target]), (name, shape)
@@ -322,7 +322,31 @@ def test_each_primitive_is_its_outline_pixel_for_pixel():
     for (x0, y0), (x1, y1) in zip(vertices, vertices[1:] + vertices[:1], strict=True):
         inside &= (x1 - x0) * (dy - y0) - (y1 - y0) * (dx - x0) >= -1e-6  # clockwise on screen: inside is ≥ 0
     expected["triangle"] = inside
+    # the outlines `--view-extend` draws whole: written from the same unit disc (x right, y down, radius 1)
+    x, y = dx / radius, dy / radius
+    r = np.hypot(x, y)
+    expected["ring"] = (r <= 1) & (r >= 0.55)
+    expected["cross"] = ((np.abs(x) <= 0.3) & (np.abs(y) <= 0.95)) | ((np.abs(x) <= 0.95) & (np.abs(y) <= 0.3))
+    expected["crescent"] = (r <= 1) & ((x - 0.45) ** 2 + (y + 0.1) ** 2 >= 0.64)
+    hexagon = np.ones(size, bool)
+    corners = [(np.cos(a), np.sin(a)) for a in np.radians(np.arange(0, 360, 60))]  # clockwise on screen
+    for (x0, y0), (x1, y1) in zip(corners, corners[1:] + corners[:1], strict=True):
+        hexagon &= (x1 - x0) * (y - y0) - (y1 - y0) * (x - x0) >= -1e-6
+    expected["hexagon"] = hexagon
+    up = np.arctan2(y, x) + np.pi / 2  # 0 at the top point
+    expected["star"] = r <= 0.45 + 0.55 * ((1 + np.cos(5 * up)) / 2) ** 3
+    hx, hy = 1.15 * x, 0.25 - 1.15 * y
+    expected["heart"] = (hx**2 + hy**2 - 0.6) ** 3 <= hx**2 * hy**3
     assert set(expected) == set(PRIMITIVES)
+    areas = {
+        "circle": np.pi,
+        "square": 2.0,
+        "diamond": 2.0,
+        "triangle": 3 * np.sqrt(3) / 4,
+        "hexagon": 3 * np.sqrt(3) / 2,
+    }
+    for name, area in areas.items():  # what an extended view's radius is computed from
+        assert views.unit_area(name) == pytest.approx(area, rel=5e-3), name
     for name, mask in expected.items():
         got = views.primitive(name, size, centre, radius)
         assert np.array_equal(got, mask), name

@@ -27,6 +27,7 @@ border shows), encoded once by the VAE.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -128,6 +129,20 @@ def primitive(name: str, size: tuple[int, int], centre: tuple[float, float], rad
         return (y <= 0.5) & (y >= -1 + 1.7321 * np.abs(x))
     if name == "diamond":
         return np.abs(x) + np.abs(y) <= 1
+    r, theta = np.hypot(x, y), np.arctan2(y, x)
+    if name == "star":  # five rounded points, one up
+        return r <= 0.45 + 0.55 * ((1 + np.cos(5 * (theta + np.pi / 2))) / 2) ** 3
+    if name == "heart":
+        hx, hy = 1.15 * x, -1.15 * y + 0.25
+        return (hx**2 + hy**2 - 0.6) ** 3 - hx**2 * hy**3 <= 0
+    if name == "cross":
+        return ((np.abs(x) <= 0.3) & (np.abs(y) <= 0.95)) | ((np.abs(y) <= 0.3) & (np.abs(x) <= 0.95))
+    if name == "ring":
+        return (r <= 1) & (r >= 0.55)
+    if name == "crescent":
+        return (r <= 1) & (np.hypot(x - 0.45, y + 0.1) >= 0.8)
+    if name == "hexagon":  # vertices on the circle, two of them left and right
+        return (np.abs(y) <= np.sqrt(3) / 2) & (np.abs(y) / np.sqrt(3) + np.abs(x) <= 1)
     raise ValueError(f"unknown primitive {name!r}; known: {', '.join(PRIMITIVES)}")
 
 
@@ -154,7 +169,6 @@ def cut_to(image: Image.Image, mask: np.ndarray, shape: str) -> Image.Image:
     return Image.fromarray(pixels)
 
 
-PRIMITIVE_AREA = {"circle": np.pi, "square": 2.0, "triangle": 3 * np.sqrt(3) / 4, "diamond": 2.0}  # radius 1
 SHIFT_REACH = 12  # px: the longest shift searched for the surface's period (a texture repeats within it)
 MIN_OVERLAP = 0.25  # a shift counts where at least this share of the surface still overlaps itself
 
@@ -220,6 +234,12 @@ def extend_surface(image: Image.Image, mask: np.ndarray, target: np.ndarray, ste
     return out
 
 
+@lru_cache
+def unit_area(shape: str) -> float:
+    """The area of the primitive `shape` inscribed in a disc of radius 1 (measured on a fine grid)."""
+    return float(primitive(shape, (1000, 1000), (500.0, 500.0), 400.0).sum()) / 400.0**2
+
+
 def extended_to(image: Image.Image, mask: np.ndarray, shape: str) -> Image.Image:
     """The surface of `mask` extended over the primitive `shape` of the object's own area at its centroid, on the
     plain background (`--view-extend`: the look at the reference's scale on a whole named outline)."""
@@ -228,7 +248,7 @@ def extended_to(image: Image.Image, mask: np.ndarray, shape: str) -> Image.Image
         raise OstafError(
             "--view-extend: the reference's object covers under 16 px; use a larger image, or drop --views"
         )
-    radius = float(np.sqrt(rows.size / PRIMITIVE_AREA[shape]))
+    radius = float(np.sqrt(rows.size / unit_area(shape)))
     target = primitive(shape, mask.shape, (cols.mean() + 0.5, rows.mean() + 0.5), radius)
     pixels = np.empty((*mask.shape, 3), np.uint8)
     pixels[:] = border_colour(image).round().astype(np.uint8)

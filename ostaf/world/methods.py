@@ -261,6 +261,25 @@ METHODS: dict[str, Recipe] = {
             steps=400,
         ),
         _method(
+            "appearance-extended-views10+band+lambda",
+            "the extended appearance views on all ten named outlines (`--views 10`), 200 steps",
+            generate=VIEWS.generate,
+            trainable="blocks",
+            views=10,
+            view_extend=True,
+            timestep_range=[0.25, 1.0],
+        ),
+        _method(
+            "appearance-extended-views10+band400+lambda",
+            "the extended appearance views on all ten named outlines, 400 steps",
+            generate=VIEWS.generate,
+            trainable="blocks",
+            views=10,
+            view_extend=True,
+            timestep_range=[0.25, 1.0],
+            steps=400,
+        ),
+        _method(
             "appearance-views+band+lambda",
             f"the `views` recipe's idea on an appearance: blocks fine-tuned with {_VIEWS[0].lower()}{_VIEWS[1:]}, "
             f"on {_BAND}, λ a strength",
