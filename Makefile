@@ -22,7 +22,7 @@ data: install
 # `disentangled` (the token on the noisy band) and, for the shape items only, `views`; tracked in ./mlflow.db.
 # Flags: python -m pipelines run-local --help
 run: data
-	$(PY) -m pipelines run-local --per-attribute 2 --model attribute-world --recipe world disentangled views
+	$(PY) -m pipelines run-local --per-attribute 2 --model attribute-world --recipe world disentangled views appearance-views
 
 test: data browser
 	$(PY) -m pytest -q

@@ -109,7 +109,7 @@ def test_parameters_come_from_the_configs(specs):
     # attribute with its recipes
     assert params["model"]["defaultValue"] == "attribute-world" and params["source"]["defaultValue"] == "world"
     assert params["per_attribute"]["defaultValue"] == 2
-    assert params["recipe"]["defaultValue"] == ["world", "disentangled", "views"]
+    assert params["recipe"]["defaultValue"] == ["world", "disentangled", "views", "appearance-views"]
     assert params["metric_models"]["defaultValue"] == EvaluateConfig.__dataclass_fields__["metric_models"].default
     single = specs["attribute_personalization"]["root"]["inputDefinitions"]["parameters"]
     assert {"image", "attribute", "class_name", "prompts", "recipe", "extra_options"} | typed <= set(single)

@@ -134,13 +134,13 @@ def card(folder, attribute: str) -> str:
 
 
 def test_a_recipe_for_some_attributes_layers_in_for_their_items_only(tmp_path):
-    """`--recipe world disentangled views` (the main job's): shape items train with views and generate with λ as a
-    strength, appearance and style items with the token in its band, in the pipeline (one resolved options file
-    for every item) and in the CLI (`train --attribute`, `generate` from its checkpoint's attribute); a typed
-    parameter and `extra_options` still win over the shape's recipe."""
+    """`--recipe world disentangled views appearance-views` (the main job's): shape and appearance items train
+    with their views and generate with λ as a strength, style items with the token in its band, in the pipeline
+    (one resolved options file for every item) and in the CLI (`train --attribute`, `generate` from its
+    checkpoint's attribute); a typed parameter and `extra_options` still win over the shape's recipe."""
     from ostaf.options import resolve_options
 
-    recipe = ["world", "disentangled", "views"]
+    recipe = ["world", "disentangled", "views", "appearance-views"]
     resolved = resolve_options(recipe, {}, {})
 
     def train_of(attribute: str, options=resolved) -> TrainConfig:
@@ -154,19 +154,17 @@ def test_a_recipe_for_some_attributes_layers_in_for_their_items_only(tmp_path):
     shape = train_of("shape")
     assert (shape.trainable, shape.views, shape.view_textures, shape.timestep_range) == ("blocks", 8, True, [0.25, 1])
     assert (shape.steps, shape.lr, shape.segment) == (400, 1e-3, False)  # the recipe's steps, the world's rest
-    for attribute in ("appearance", "style"):
-        other = train_of(attribute)
-        assert other.steps == 200  # the world's
-        assert (other.trainable, other.views, other.view_textures, other.timestep_range) == (
-            "token",
-            0,
-            False,
-            [0.25, 1],
-        )
-        assert not generate_of(attribute).token_lambda
+    look = train_of("appearance")
+    assert (look.trainable, look.views, look.view_extend, look.view_textures) == ("blocks", 10, True, False)
+    assert (look.steps, look.timestep_range) == (400, [0.25, 1])
+    style = train_of("style")
+    assert style.steps == 200  # the world's
+    assert (style.trainable, style.views, style.view_textures, style.timestep_range) == ("token", 0, False, [0.25, 1])
+    assert not generate_of("style").token_lambda and generate_of("appearance").token_lambda
     assert generate_of("shape").token_lambda and generate_of("shape").lam == generate_of("style").lam == [1.0]
-    assert set(resolved["train"]["per_attribute"]) == {"shape"}  # only what differs, only where it does
+    assert set(resolved["train"]["per_attribute"]) == {"shape", "appearance"}  # only what differs, where it does
     assert set(resolved["train"]["per_attribute"]["shape"]) == {"trainable", "views", "view_textures", "steps"}
+    assert set(resolved["train"]["per_attribute"]["appearance"]) == {"trainable", "views", "view_extend", "steps"}
 
     typed = resolve_options(recipe, {"train": {"view_loss_weight": 3.0}}, {"trainable": "lora"})
     assert (train_of("shape", typed).trainable, train_of("shape", typed).view_loss_weight) == ("lora", 3.0)
@@ -177,7 +175,7 @@ def test_a_recipe_for_some_attributes_layers_in_for_their_items_only(tmp_path):
     argv = ["train", "--image", str(image), "--class-name", "object", "--model", "tiny", "--recipe", *recipe]
     assert config_from_args(TrainConfig, parsed([*argv, "--attribute", "shape"])).views == 8
     assert config_from_args(TrainConfig, parsed([*argv, "--attribute", "style"])).trainable == "token"
-    for attribute, strength in (("shape", True), ("appearance", False)):
+    for attribute, strength in (("shape", True), ("appearance", True), ("style", False)):
         flags = ["generate", "--ckpt", card(tmp_path / attribute, attribute), "--prompt", "a cat", "--recipe", *recipe]
         assert config_from_args(GenerateConfig, parsed(flags)).token_lambda is strength
 

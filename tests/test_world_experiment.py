@@ -413,9 +413,9 @@ def test_a_method_with_views_on_an_attribute_without_views_is_one_error_before_a
 
 
 def test_the_shipped_method_trains_and_generates_each_attribute_with_its_recipes(tmp_path, monkeypatch):
-    """`shipped` is the main job's `--recipe world disentangled views` per reference: a shape trains the views
-    recipe on the band and sweeps λ (its strength), an appearance trains the token on the band and renders one λ;
-    their composition composes those two checkpoints."""
+    """`shipped` is the main job's `--recipe world disentangled views appearance-views` per reference: a shape
+    trains the views recipe on the band and sweeps λ (its strength), an appearance its extended views, a style
+    the token on the band with one λ; a composition composes the shape's and the appearance's checkpoints."""
     from PIL import Image
 
     from ostaf.recipes import layered
@@ -446,12 +446,18 @@ def test_the_shipped_method_trains_and_generates_each_attribute_with_its_recipes
     jobs.run_job(config, "shipped", shape)
     assert asked[-1].token_lambda and asked[-1].lam == [0.0, 1.0]  # the views recipe's knob, swept
     jobs.run_job(config, "shipped", look)
+    assert asked[-1].token_lambda and asked[-1].lam == [0.0, 1.0]  # the appearance views' knob, swept
+    style = references(1, "validation", 0, ("style",), "named")[0]
+    jobs.run_job(config, "shipped", style)
     assert not asked[-1].token_lambda and asked[-1].lam == [1.0]  # a token: one λ
     views = layered(["disentangled", "views"], "shape").train
     assert {k: getattr(trained["shape"], k) for k in views} == views and trained["shape"].steps == views["steps"]
-    assert trained["appearance"].steps == 7  # the run's steps where the recipe sets none
-    assert (trained["appearance"].trainable, trained["appearance"].views) == ("token", 0)
-    assert trained["appearance"].timestep_range == [0.25, 1.0]
+    look_views = layered(["disentangled", "appearance-views"], "appearance").train
+    assert {k: getattr(trained["appearance"], k) for k in look_views} == look_views
+    assert (trained["appearance"].views, trained["appearance"].view_extend) == (10, True)
+    assert trained["style"].steps == 7  # the run's steps where the recipe sets none
+    assert (trained["style"].trainable, trained["style"].views) == ("token", 0)
+    assert trained["style"].timestep_range == [0.25, 1.0]
     jobs.run_compose(config, "shipped", shape, look)
     runs = tmp_path / "runs" / "shipped"
     assert asked[-1].ckpt == [str(runs / shape.id / "ckpt"), str(runs / look.id / "ckpt")]

@@ -169,7 +169,9 @@ def cut_to(image: Image.Image, mask: np.ndarray, shape: str) -> Image.Image:
     return Image.fromarray(pixels)
 
 
-SHIFT_REACH = 12  # px: the longest shift searched for the surface's period (a texture repeats within it)
+# px: the longest shift searched for the surface's period — a texture of the world's 64 px renders repeats within
+# it; a larger reference whose period is longer gets the best shorter shift (close to the nearest pixel's colour)
+SHIFT_REACH = 12
 MIN_OVERLAP = 0.25  # a shift counts where at least this share of the surface still overlaps itself
 
 

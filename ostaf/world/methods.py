@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ostaf.config import ADAPTER_OF
-from ostaf.recipes import DISENTANGLED, VIEWS, Recipe, layered
+from ostaf.recipes import APPEARANCE_VIEWS, DISENTANGLED, VIEWS, Recipe, layered
 from ostaf.world.references import Reference, varied_class_prompts
 
 
@@ -271,13 +271,9 @@ METHODS: dict[str, Recipe] = {
         ),
         _method(
             "appearance-extended-views10+band400+lambda",
-            "the extended appearance views on all ten named outlines, 400 steps",
-            generate=VIEWS.generate,
-            trainable="blocks",
-            views=10,
-            view_extend=True,
-            timestep_range=[0.25, 1.0],
-            steps=400,
+            "the extended appearance views on all ten named outlines, 400 steps: the `appearance-views` recipe",
+            generate=APPEARANCE_VIEWS.generate,
+            **APPEARANCE_VIEWS.train,
         ),
         _method(
             "appearance-views+band+lambda",
@@ -303,7 +299,7 @@ METHODS: dict[str, Recipe] = {
 }
 # methods whose options depend on the reference's attribute: recipes layered per attribute, as `--recipe` layers
 # them for a benchmark's items
-_SHIPPED = ("disentangled", "views")  # make run's recipes
+_SHIPPED = ("disentangled", "views", "appearance-views")  # make run's recipes
 # what a layered method adds to its recipes (for the attributes its Recipe names)
 LAYERED_EXTRA: dict[str, Recipe] = {
     "shipped+unnamed": Recipe(
