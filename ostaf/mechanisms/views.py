@@ -37,6 +37,7 @@ from PIL import Image
 from ostaf.errors import OstafError
 from ostaf.mechanisms import timesteps
 from ostaf.mechanisms.base import BaseModel, Mechanism
+from ostaf.outlines import OUTLINES
 from ostaf.preprocess import Preprocessed
 from ostaf.training_setup import Batch, Frames, autocast, encode_reference, frame_mse
 from ostaf.view_words import (
@@ -129,18 +130,8 @@ def primitive(name: str, size: tuple[int, int], centre: tuple[float, float], rad
         return (y <= 0.5) & (y >= -1 + 1.7321 * np.abs(x))
     if name == "diamond":
         return np.abs(x) + np.abs(y) <= 1
-    r, theta = np.hypot(x, y), np.arctan2(y, x)
-    if name == "star":  # five rounded points, one up
-        return r <= 0.45 + 0.55 * ((1 + np.cos(5 * (theta + np.pi / 2))) / 2) ** 3
-    if name == "heart":
-        hx, hy = 1.15 * x, -1.15 * y + 0.25
-        return (hx**2 + hy**2 - 0.6) ** 3 - hx**2 * hy**3 <= 0
-    if name == "cross":
-        return ((np.abs(x) <= 0.3) & (np.abs(y) <= 0.95)) | ((np.abs(y) <= 0.3) & (np.abs(x) <= 0.95))
-    if name == "ring":
-        return (r <= 1) & (r >= 0.55)
-    if name == "crescent":
-        return (r <= 1) & (np.hypot(x - 0.45, y + 0.1) >= 0.8)
+    if name in OUTLINES:  # star, heart, cross, ring, crescent: as the world draws them
+        return OUTLINES[name](x, y)
     if name == "hexagon":  # vertices on the circle, two of them left and right
         return (np.abs(y) <= np.sqrt(3) / 2) & (np.abs(y) / np.sqrt(3) + np.abs(x) <= 1)
     raise ValueError(f"unknown primitive {name!r}; known: {', '.join(PRIMITIVES)}")

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ostaf.outlines import OUTLINES
 from ostaf.view_words import PALETTE, TEXTURE_SECOND, texture_mask
 from ostaf.view_words import TEXTURES as TEXTURE_FILLS  # the same four, by the captions' words
 from ostaf.world import unnamed as un
@@ -103,24 +104,15 @@ def silhouette(shape: str, size: int = SIZE, cx: float = 0.5, cy: float = 0.5, s
     """Boolean mask of `shape` centred at (cx, cy) with radius `scale` (fractions of the image)."""
     yy, xx = (np.mgrid[:size, :size] + 0.5) / size
     x, y = (xx - cx) / scale, (yy - cy) / scale  # unit coordinates: the shape fits in [-1, 1]²
-    r, theta = np.hypot(x, y), np.arctan2(y, x)
+    r = np.hypot(x, y)
     if shape == "circle":
         return r <= 1
     if shape == "square":
         return (np.abs(x) <= 0.8) & (np.abs(y) <= 0.8)
     if shape == "triangle":
         return (y <= 0.75) & (y >= -1 + 2.3 * np.abs(x))
-    if shape == "star":
-        return r <= 0.45 + 0.55 * ((1 + np.cos(5 * (theta + np.pi / 2))) / 2) ** 3
-    if shape == "heart":
-        hx, hy = 1.15 * x, -1.15 * y + 0.25
-        return (hx**2 + hy**2 - 0.6) ** 3 - hx**2 * hy**3 <= 0
-    if shape == "cross":
-        return ((np.abs(x) <= 0.3) & (np.abs(y) <= 0.95)) | ((np.abs(y) <= 0.3) & (np.abs(x) <= 0.95))
-    if shape == "ring":
-        return (r <= 1) & (r >= 0.55)
-    if shape == "crescent":
-        return (r <= 1) & (np.hypot(x - 0.45, y + 0.1) >= 0.8)
+    if shape in OUTLINES:  # star, heart, cross, ring, crescent: shared with the appearance views
+        return OUTLINES[shape](x, y)
     if shape == "diamond":
         return np.abs(x) + np.abs(y) <= 1
     if shape == "hexagon":

@@ -31,6 +31,7 @@ _VIEWS = (
 )
 _TEXTURED = dict(trainable="blocks", views=8, view_textures=True)  # the `views` recipe before it took the band
 _BAND_VIEWS = _TEXTURED | dict(timestep_range=[0.25, 1.0])  # the `views` recipe on the band, 200 steps (its rows)
+_EXTENDED_BAND = {k: v for k, v in APPEARANCE_VIEWS.train.items() if k != "steps"}  # its rows at the world's 200
 _HYPER = "the hypernetwork's square matrices as rank-R factors (`--hyper-rank`; issue 17: does quality change?)"
 _REFERENCE = dict(reference_attention=2.0)
 _VECTORS = "a placeholder of two vectors (`--num-vectors 2`), for the values CLIP spells with two tokens (hex·agon)"
@@ -244,30 +245,20 @@ METHODS: dict[str, Recipe] = {
             "appearance-extended-views+band+lambda",
             "appearance views extended over whole primitives by the surface's own period (`--view-extend`): "
             f"blocks fine-tuned with them on {_BAND}, λ a strength",
-            generate=VIEWS.generate,
-            trainable="blocks",
-            views=4,
-            view_extend=True,
-            timestep_range=[0.25, 1.0],
+            generate=APPEARANCE_VIEWS.generate,
+            **(_EXTENDED_BAND | dict(views=4)),
         ),
         _method(
             "appearance-extended-views+band400+lambda",
             "the extended appearance views for 400 steps (as the shape's views ship)",
-            generate=VIEWS.generate,
-            trainable="blocks",
-            views=4,
-            view_extend=True,
-            timestep_range=[0.25, 1.0],
-            steps=400,
+            generate=APPEARANCE_VIEWS.generate,
+            **(_EXTENDED_BAND | dict(views=4, steps=400)),
         ),
         _method(
             "appearance-extended-views10+band+lambda",
             "the extended appearance views on all ten named outlines (`--views 10`), 200 steps",
-            generate=VIEWS.generate,
-            trainable="blocks",
-            views=10,
-            view_extend=True,
-            timestep_range=[0.25, 1.0],
+            generate=APPEARANCE_VIEWS.generate,
+            **_EXTENDED_BAND,
         ),
         _method(
             "appearance-extended-views10+band400+lambda",
