@@ -265,7 +265,7 @@ def test_an_extended_view_continues_the_surface_over_a_whole_primitive_of_the_ob
 def test_extended_appearance_views_are_the_ones_trained(reference, tmp_path, monkeypatch):
     made = []
     monkeypatch.setattr(
-        views, "extended_to", lambda image, mask, shape: made.append(shape) or views.cut_to(image, mask, shape)
+        views, "extended_to", lambda image, mask, shape, surface: made.append(shape) or views.cut_to(image, mask, shape)
     )
     prepare(tiny_config(reference, tmp_path / "a", views=2, grad_accum=1, view_extend=True))
     assert made == ["circle", "square"]

@@ -194,20 +194,37 @@ def surface_shifts(pixels: np.ndarray, source: np.ndarray, reach: int = SHIFT_RE
     return [first, second]
 
 
-def extend_surface(image: Image.Image, mask: np.ndarray, target: np.ndarray, steps: int = 4) -> np.ndarray:
-    """(H, W, 3): `target`'s pixels filled from the reference's surface — kept where the object is, elsewhere
-    copied from the nearest point of the surface that a whole number of its repeat shifts away reaches (up to
-    `steps` of each), and past that from the nearest surface pixel. The surface is the object's interior (one
-    pixel in from its edge, where a render or a cut-out blends into the background)."""
-    from scipy.ndimage import binary_erosion, distance_transform_edt
+@dataclass(frozen=True)
+class Surface:
+    """The reference's surface as `--view-extend` continues it, found once for all its views: its pixels, where
+    they count (the object's interior, one pixel in from its edge, where a render or a cut-out blends into the
+    background) and the two shifts by which it repeats."""
 
-    pixels = np.asarray(image.convert("RGB"))
-    source = binary_erosion(mask, iterations=1)
-    source = source if source.sum() >= 16 else mask
-    out = np.zeros((*mask.shape, 3), np.uint8)
+    pixels: np.ndarray  # (H, W, 3) uint8
+    source: np.ndarray  # (H, W) bool
+    shifts: list[tuple[int, int]]
+
+    @classmethod
+    def of(cls, image: Image.Image, mask: np.ndarray) -> Surface:
+        from scipy.ndimage import binary_erosion
+
+        pixels = np.asarray(image.convert("RGB"))
+        source = binary_erosion(mask, iterations=1)
+        source = source if source.sum() >= 16 else mask
+        return cls(pixels, source, surface_shifts(pixels, source))
+
+
+def extend_surface(surface: Surface, target: np.ndarray, steps: int = 4) -> np.ndarray:
+    """(H, W, 3): `target`'s pixels filled from `surface` — kept where it is, elsewhere copied from the nearest
+    point of it that a whole number of its repeat shifts away reaches (up to `steps` of each), and past that from
+    the nearest surface pixel."""
+    from scipy.ndimage import distance_transform_edt
+
+    pixels, source = surface.pixels, surface.source
+    out = np.zeros((*source.shape, 3), np.uint8)
     filled = target & source
     out[filled] = pixels[filled]
-    (ay, ax), (by, bx) = surface_shifts(pixels, source)
+    (ay, ax), (by, bx) = surface.shifts
     rows, cols = np.nonzero(target & ~filled)
     combos = sorted(
         ((i, j) for i in range(-steps, steps + 1) for j in range(-steps, steps + 1) if (i, j) != (0, 0)),
@@ -216,7 +233,7 @@ def extend_surface(image: Image.Image, mask: np.ndarray, target: np.ndarray, ste
     open_ = np.ones(rows.shape, bool)
     for i, j in combos:
         r, c = rows + i * ay + j * by, cols + i * ax + j * bx
-        inside = open_ & (r >= 0) & (r < mask.shape[0]) & (c >= 0) & (c < mask.shape[1])
+        inside = open_ & (r >= 0) & (r < source.shape[0]) & (c >= 0) & (c < source.shape[1])
         inside[inside] = source[r[inside], c[inside]]
         out[rows[inside], cols[inside]] = pixels[r[inside], c[inside]]
         open_ &= ~inside
@@ -233,9 +250,10 @@ def unit_area(shape: str) -> float:
     return float(primitive(shape, (1000, 1000), (500.0, 500.0), 400.0).sum()) / 400.0**2
 
 
-def extended_to(image: Image.Image, mask: np.ndarray, shape: str) -> Image.Image:
+def extended_to(image: Image.Image, mask: np.ndarray, shape: str, surface: Surface | None = None) -> Image.Image:
     """The surface of `mask` extended over the primitive `shape` of the object's own area at its centroid, on the
-    plain background (`--view-extend`: the look at the reference's scale on a whole named outline)."""
+    plain background (`--view-extend`: the look at the reference's scale on a whole named outline); `surface`:
+    the reference's, when several views share it."""
     rows, cols = np.nonzero(mask)
     if rows.size < 16:
         raise OstafError(
@@ -245,21 +263,28 @@ def extended_to(image: Image.Image, mask: np.ndarray, shape: str) -> Image.Image
     target = primitive(shape, mask.shape, (cols.mean() + 0.5, rows.mean() + 0.5), radius)
     pixels = np.empty((*mask.shape, 3), np.uint8)
     pixels[:] = border_colour(image).round().astype(np.uint8)
-    pixels[target] = extend_surface(image, mask, target)[target]
+    pixels[target] = extend_surface(surface or Surface.of(image, mask), target)[target]
     return Image.fromarray(pixels)
 
 
 def make_view(
-    attribute: str, image: Image.Image, mask: np.ndarray, fill: dict[str, str], zoom: bool, extend: bool = False
+    attribute: str,
+    image: Image.Image,
+    mask: np.ndarray,
+    fill: dict[str, str],
+    zoom: bool,
+    extend: Surface | None = None,
 ) -> Image.Image:
     """One view of `attribute`: the reference with what is not the attribute changed to `fill`'s words (`zoom`: a
-    shape's silhouette enlarged on the plain background; `extend`: an appearance's surface extended over a
+    shape's silhouette enlarged on the plain background; `extend`: an appearance's surface, extended over a
     whole primitive instead of cut inside the object)."""
     if attribute == "shape":
         if zoom:
             image, mask = on_background(image, mask)
         return recolour(image, mask, PALETTE[fill["colour"]], fill.get("texture", "plain"))
-    return (extended_to if extend else cut_to)(image, mask, fill["shape"])
+    if extend is not None:
+        return extended_to(image, mask, fill["shape"], extend)
+    return cut_to(image, mask, fill["shape"])
 
 
 def with_article(phrase: str) -> str:
@@ -298,6 +323,8 @@ class CaptionedViews(Mechanism):
         attribute = get_attribute(config.attribute)
         fills = view_fills(attribute.name, config.views, config.view_textures)
         mask = foreground(base.reference)
+        # the surface's repeat shifts are searched once for every view (`--view-extend`)
+        surface = Surface.of(base.reference.image, mask) if config.view_extend else None
         images = [
             make_view(
                 attribute.name,
@@ -305,7 +332,7 @@ class CaptionedViews(Mechanism):
                 mask,
                 fill,
                 zoom=config.view_zoom and i % 2 == 1,
-                extend=config.view_extend,
+                extend=surface,
             )
             for i, fill in enumerate(fills)
         ]
