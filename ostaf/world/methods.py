@@ -204,13 +204,6 @@ METHODS: dict[str, Recipe] = {
             **VIEWS.train,
         ),
         _method(
-            "views+band400+strength",
-            "the `views` recipe as shipped, λ blending from the base model and the attribute's own word (λ = 0: no "
-            "shape named)",
-            generate=VIEWS.generate | dict(token_lambda_origin="attribute"),
-            **VIEWS.train,
-        ),
-        _method(
             "views+band400-b2+lambda",
             "the `views` recipe, 400 steps of 2 samples in one batch (`--batch-size 2 --grad-accum 1`: "
             "the samples of 400 steps at the default accumulation of 2, in half the U-Net passes)",
