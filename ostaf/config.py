@@ -418,14 +418,16 @@ class TrainConfig(_Config):
     views: int = opt(
         0,
         "captioned views: N copies of the reference in which only the attribute is kept — a shape's silhouette "
-        "filled with a named colour, an appearance cut to a named primitive — each trained under a prompt naming "
-        "what changed, so the attribute is all the views share; 0 = off (shape and appearance)",
+        "filled with a named colour, an appearance cut to a named primitive, a style's rim and cast shadow drawn "
+        "around a named primitive in a named colour and texture (its frame kept) — each trained under a prompt "
+        "naming what changed, so the attribute is all the views share; 0 = off",
         pairwise=(0, 2),
     )
     view_class: str = opt(
         "",
-        "the class of each view's prompt: {colour} (shape) or {shape} (appearance) is the view's word "
-        "(default: '{colour} object', '{shape}'), e.g. '{colour} vase'",
+        "the class of each view's prompt: {colour} (shape), {shape} (appearance), {colour} {texture} {shape} "
+        "(style) are the view's words (default: '{colour} object', '{shape}', '{colour} {texture} {shape}'), e.g. "
+        "'{colour} vase'",
     )
     view_textures: bool = opt(
         False,

@@ -3,7 +3,9 @@
 A shape's views keep its silhouette and fill it with a named colour (``a blue object in the shape of *m``), or,
 with `--view-textures`, a named colour and texture (``a blue striped object in the shape of *m``); an
 appearance's views keep its surface and cut it to a named primitive (``a circle in the appearance of *a``), or
-with `--view-extend` continue it over a whole one.
+with `--view-extend` continue it over a whole one; a style's views draw what the reference has along its object's
+edge and around it (a rim, a cast shadow; its frame stays) around a named primitive in a named colour and texture
+(``a red striped star in the style of *s``).
 The attribute world draws the palette's and the textures' words with these very values (it imports them).
 """
 
@@ -54,16 +56,19 @@ def texture_period(height: int, width: int) -> int:
 
 
 class ViewSlot(NamedTuple):
-    """What an attribute's views change: the slot its view class fills, that slot's words, the default class."""
+    """What an attribute's views change: the slots its view class fills (each with its `SLOT_WORDS`), and its
+    default class."""
 
-    slot: str
-    words: tuple[str, ...]
+    slots: tuple[str, ...]
     default_class: str
 
 
+SLOT_WORDS: dict[str, tuple[str, ...]] = {"colour": tuple(PALETTE), "texture": TEXTURES, "shape": PRIMITIVES}
 VIEW_SLOTS: dict[str, ViewSlot] = {
-    "shape": ViewSlot("colour", tuple(PALETTE), "{colour} object"),
-    "appearance": ViewSlot("shape", PRIMITIVES, "{shape}"),
+    "shape": ViewSlot(("colour",), "{colour} object"),
+    "appearance": ViewSlot(("shape",), "{shape}"),
+    # a named outline in a named colour and texture, restyled: every look word of a style's prompts keeps working
+    "style": ViewSlot(("colour", "texture", "shape"), "{colour} {texture} {shape}"),
 }
 TEXTURED_CLASS = "{colour} {texture} object"  # a shape's default view class with --view-textures
 
@@ -76,12 +81,14 @@ def unnamed_class(template: str) -> str:
 
 def view_fills(attribute: str, views: int, textures: bool = False) -> list[dict[str, str]]:
     """What each of the `views` views is filled with, by slot: its colour, or its colour and texture (every
-    colour once before any repeats, each with the next texture, so all 32 pairs are distinct), or its primitive."""
-    slot, words, _ = VIEW_SLOTS[attribute]
+    colour once before any repeats, each with the next texture, so all 32 pairs are distinct), its primitive,
+    or (a style's) its colour, texture and primitive, each slot's words in turn."""
+    slots, _ = VIEW_SLOTS[attribute]
     if not textures:
-        return [{slot: word} for word in words[:views]]
+        return [{slot: SLOT_WORDS[slot][i % len(SLOT_WORDS[slot])] for slot in slots} for i in range(views)]
+    words = SLOT_WORDS["colour"]
     n = len(words)
-    return [{slot: words[i % n], "texture": TEXTURES[(i + i // n) % len(TEXTURES)]} for i in range(views)]
+    return [{"colour": words[i % n], "texture": TEXTURES[(i + i // n) % len(TEXTURES)]} for i in range(views)]
 
 
 def view_class_of(attribute: str, view_class: str, textures: bool = False) -> str:
@@ -91,12 +98,13 @@ def view_class_of(attribute: str, view_class: str, textures: bool = False) -> st
 
 # the flags that change a shape's views: what each does, and what another attribute's views do instead
 SHAPE_VIEW_FLAGS = {
-    "--view-textures": ("fills the views' silhouettes with textures", "keep the reference's own surface"),
-    "--view-unnamed": (
-        "trains the views under a prompt without their words too",
-        "name their outline, which the class must say",
-    ),
-    "--view-zoom": ("enlarges the views' silhouettes", "keep the reference's own surface at its size"),
+    "--view-textures": "fills the views' silhouettes with textures",
+    "--view-unnamed": "trains the views under a prompt without their words too",
+    "--view-zoom": "enlarges the views' silhouettes",
+}
+VIEWS_DO = {  # what an attribute's views change (the error for a shape's flag on another attribute says it)
+    "appearance": "keep the reference's surface on named outlines, which their class must say",
+    "style": "keep the reference's style around named outlines in named looks, which their class must say",
 }
 
 
@@ -114,27 +122,23 @@ def check_views(
         raise OstafError("--view-extend extends an appearance's surface over its views' outlines: add --views N")
     if extend and attribute != "appearance":
         raise OstafError(f"--view-extend extends an appearance's surface; {attribute}'s views have none: drop it")
-    for (flag, (does, elsewhere)), on in zip(SHAPE_VIEW_FLAGS.items(), (textures, unnamed, zoom), strict=True):
+    for (flag, does), on in zip(SHAPE_VIEW_FLAGS.items(), (textures, unnamed, zoom), strict=True):
         if on and not views:
             raise OstafError(f"{flag} {does}: add --views N (e.g. 8)")
         if on and attribute != "shape":
-            raise OstafError(f"{flag} {does}; {attribute}'s views {elsewhere}: drop {flag}")
+            raise OstafError(f"{flag} {does}; {attribute}'s views {VIEWS_DO[attribute]}: drop {flag}")
     if not views:
         return
-    if attribute not in VIEW_SLOTS:
-        raise OstafError(
-            f"--views changes what the reference shares with nothing else: a shape's colour, an appearance's "
-            f"outline; {attribute} has no views: drop --views"
-        )
-    slot, words, _ = VIEW_SLOTS[attribute]
+    slots, _ = VIEW_SLOTS[attribute]
+    words = max((SLOT_WORDS[slot] for slot in slots), key=len)
     most = len(words) * (len(TEXTURES) if textures else 1)
     if views > most:
         kinds = f"{len(words)} colours × {len(TEXTURES)} textures" if textures else ", ".join(words)
         raise OstafError(f"--views {views}: {attribute} has {most} ({kinds}); use ≤ {most}")
     template = view_class_of(attribute, view_class, textures)
-    if not textures and "{texture}" in template:
+    if not textures and "texture" not in slots and "{texture}" in template:
         raise OstafError(f"--view-class {template!r} names {{texture}}: add --view-textures, or drop it")
-    for needed in (slot, "texture") if textures else (slot,):
+    for needed in (*slots, "texture") if textures else slots:
         if "{" + needed + "}" not in template:
             raise OstafError(
                 f"--view-class {template!r} has no {{{needed}}}: write where each view's {needed} goes, "

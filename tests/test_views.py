@@ -157,7 +157,9 @@ def test_textured_views_give_every_colour_before_a_repeat_and_no_pair_twice():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (dict(attribute="style", views=2), "style has no views"),
+        (dict(attribute="style", views=11), "style has 10 .* use ≤ 10"),
+        (dict(attribute="style", views=2, view_class="{colour} {texture} vase"), "has no {shape}"),
+        (dict(attribute="style", views=2, view_zoom=True), "style's views keep the reference's style"),
         (dict(views=len(PALETTE) + 1), "use ≤ 8"),
         (dict(attribute="appearance", views=len(PRIMITIVES) + 1), "use ≤ 10"),
         (dict(views=2, view_class="object"), "has no {colour}"),

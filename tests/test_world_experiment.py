@@ -403,11 +403,14 @@ def test_a_generation_variant_takes_the_tuned_settings_of_the_method_it_trains_a
     assert tuned_itself.settings("reference-attention", "shape")["steps"] == 99
 
 
-def test_a_method_with_views_on_an_attribute_without_views_is_one_error_before_any_work(tmp_path):
+def test_a_method_whose_views_an_attribute_cannot_have_is_one_error_before_any_work(tmp_path):
     from ostaf.world.experiment import ExperimentConfig, run
 
-    config = ExperimentConfig(references=1, methods=["token+views"], attributes=["shape", "style"], out=str(tmp_path))
-    with pytest.raises(OstafError, match="token\\+views/style: views exist for shape and appearance only"):
+    # the textured shape views on a style: its views are named outlines in named colours
+    config = ExperimentConfig(
+        references=1, methods=["views400+lambda"], attributes=["shape", "style"], out=str(tmp_path)
+    )
+    with pytest.raises(OstafError, match="views400\\+lambda/style: --view-textures .* drop --view-textures"):
         run(config, log_to_mlflow=False, progress=False)
     assert not any(tmp_path.iterdir())
 

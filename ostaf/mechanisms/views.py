@@ -15,6 +15,11 @@ weights stop following the prompt's words. Views make the attribute the only thi
                  --view-extend a primitive of the object's own area,
                  the surface continued over it by the shifts by
                  which it repeats (its texture's period)
+    style        a named primitive of the object's area in a named  "a red striped star in the style of *s"
+                 colour and texture, with what the reference draws along its
+                 object's edge and around it (a rim, a cast shadow:
+                 `ostaf.edge_band`) drawn along the primitive's, on
+                 the reference's canvas (its frame kept)
 
 Each view is trained under its own prompt (the class from `--view-class`, its slot filled with the view's
 word), so the words beside the placeholder keep working: the views teach exactly that composition. Every step
@@ -34,6 +39,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ostaf.edge_band import EdgeBand
 from ostaf.errors import OstafError
 from ostaf.mechanisms import timesteps
 from ostaf.mechanisms.base import BaseModel, Mechanism
@@ -56,6 +62,9 @@ if TYPE_CHECKING:
     from ostaf.training_setup import TrainingSetup
 
 BORDER_TOLERANCE = 40.0  # RGB distance from the border's colour past which a pixel is foreground (no mask given)
+FRAME_MAX = 1 / 10  # the widest band of one colour along the image's edge read as a frame (share of the shorter side)
+SHADOW_SHADE = (0.25, 0.85)  # a cast shadow: the background's colour at these shares of its brightness
+SHADOW_TOLERANCE = 25.0  # RGB distance from the black–background line within which a pixel is a shadow
 ZOOM_FILL = 0.8  # --view-zoom: the enlarged silhouette's bounding box spans this share of the frame's shorter side
 
 
@@ -65,13 +74,48 @@ def border_colour(image: Image.Image) -> np.ndarray:
     return np.median(np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]]), axis=0)
 
 
+def plain_background(image: Image.Image) -> tuple[np.ndarray, int]:
+    """The colour of the picture's plain background and the width of the band of another colour along its edge
+    (a frame; 0 without one): the border's colour, or the first ring inside a band of it that differs."""
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+    edge = border_colour(image)
+    height, width = pixels.shape[:2]
+    for k in range(1, max(1, round(FRAME_MAX * min(height, width))) + 1):
+        across, down = slice(k, width - k), slice(k, height - k)
+        ring = np.concatenate([pixels[k, across], pixels[-1 - k, across], pixels[down, k], pixels[down, -1 - k]])
+        if (np.linalg.norm(ring - edge, axis=1) <= BORDER_TOLERANCE).mean() >= 0.9:
+            continue  # still the edge's band
+        median = np.median(ring, axis=0)
+        uniform = (np.linalg.norm(ring - median, axis=1) <= BORDER_TOLERANCE).mean() >= 0.8
+        if uniform and np.linalg.norm(median - edge) > BORDER_TOLERANCE:
+            return median, k
+        break
+    return edge, 0
+
+
+def cast_shadow(pixels: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """Boolean (H, W): pixels that are the background darkened (on the line from black to its colour, at
+    `SHADOW_SHADE` of it): a shadow the object casts, not the object."""
+    length = float(np.linalg.norm(background))
+    direction = background / length
+    along = pixels @ direction
+    off = np.linalg.norm(pixels - along[..., None] * direction, axis=-1)
+    return (off <= SHADOW_TOLERANCE) & (along >= SHADOW_SHADE[0] * length) & (along <= SHADOW_SHADE[1] * length)
+
+
 def foreground(reference: Preprocessed) -> np.ndarray:
     """The reference's foreground: its mask when segmented (not all True), else the pixels that differ from
-    its border's colour (a plain background); one clear error when neither finds one."""
+    its plain background (inside a frame along its edge, if it has one), cast shadows left out; one clear
+    error when neither finds one."""
     if not reference.mask.all():
         return reference.mask
     pixels = np.asarray(reference.image.convert("RGB"), dtype=np.float32)
-    mask = np.linalg.norm(pixels - border_colour(reference.image), axis=-1) > BORDER_TOLERANCE
+    background, band = plain_background(reference.image)
+    mask = (np.linalg.norm(pixels - background, axis=-1) > BORDER_TOLERANCE) & ~cast_shadow(pixels, background)
+    if band:
+        inside = np.zeros_like(mask)
+        inside[band:-band, band:-band] = True
+        mask &= inside
     share = mask.mean()
     if not 0.005 < share < 0.95:
         raise OstafError(
@@ -250,21 +294,43 @@ def unit_area(shape: str) -> float:
     return float(primitive(shape, (1000, 1000), (500.0, 500.0), 400.0).sum()) / 400.0**2
 
 
+def of_its_area(mask: np.ndarray, shape: str, flag: str) -> np.ndarray:
+    """The primitive `shape` of the area of `mask`'s object, at its centroid (`flag`: what needs it, for the
+    error on an object too small to draw one)."""
+    rows, cols = np.nonzero(mask)
+    if rows.size < 16:
+        raise OstafError(f"{flag}: the reference's object covers under 16 px; use a larger image, or drop --views")
+    radius = float(np.sqrt(rows.size / unit_area(shape)))
+    return primitive(shape, mask.shape, (cols.mean() + 0.5, rows.mean() + 0.5), radius)
+
+
 def extended_to(image: Image.Image, mask: np.ndarray, shape: str, surface: Surface | None = None) -> Image.Image:
     """The surface of `mask` extended over the primitive `shape` of the object's own area at its centroid, on the
     plain background (`--view-extend`: the look at the reference's scale on a whole named outline); `surface`:
     the reference's, when several views share it."""
-    rows, cols = np.nonzero(mask)
-    if rows.size < 16:
-        raise OstafError(
-            "--view-extend: the reference's object covers under 16 px; use a larger image, or drop --views"
-        )
-    radius = float(np.sqrt(rows.size / unit_area(shape)))
-    target = primitive(shape, mask.shape, (cols.mean() + 0.5, rows.mean() + 0.5), radius)
+    target = of_its_area(mask, shape, "--view-extend")
     pixels = np.empty((*mask.shape, 3), np.uint8)
     pixels[:] = border_colour(image).round().astype(np.uint8)
     pixels[target] = extend_surface(surface or Surface.of(image, mask), target)[target]
     return Image.fromarray(pixels)
+
+
+def restyled(image: Image.Image, mask: np.ndarray, fill: dict[str, str], band: EdgeBand) -> Image.Image:
+    """A style's view: the primitive `fill["shape"]` of the object's area at its centroid, in the colour and
+    texture `fill` names, with the reference's edge `band` drawn along it."""
+    target = of_its_area(mask, fill["shape"], "--views on a style")
+    height, width = mask.shape
+    pixels = np.empty((height, width, 3), np.uint8)
+    pixels[:] = PALETTE[fill["colour"]]
+    pixels[texture_mask(fill.get("texture", "plain"), height, width, texture_period(height, width))] = TEXTURE_SECOND
+    return Image.fromarray(band.restyled(target, pixels))
+
+
+def style_fills(fills: list[dict[str, str]], band: EdgeBand) -> list[dict[str, str]]:
+    """`fills` with each colour the reference's band draws with (a rim or a shadow would vanish into it)
+    replaced by the next one that differs from them."""
+    allowed = [name for name, rgb in PALETTE.items() if band.allows(rgb)] or list(PALETTE)
+    return [fill | {"colour": allowed[i % len(allowed)]} for i, fill in enumerate(fills)]
 
 
 def make_view(
@@ -274,14 +340,19 @@ def make_view(
     fill: dict[str, str],
     zoom: bool,
     extend: Surface | None = None,
+    band: EdgeBand | None = None,
 ) -> Image.Image:
     """One view of `attribute`: the reference with what is not the attribute changed to `fill`'s words (`zoom`: a
     shape's silhouette enlarged on the plain background; `extend`: an appearance's surface, extended over a
-    whole primitive instead of cut inside the object)."""
+    whole primitive instead of cut inside the object; `band`: a style's edge, drawn around the fill)."""
     if attribute == "shape":
         if zoom:
             image, mask = on_background(image, mask)
         return recolour(image, mask, PALETTE[fill["colour"]], fill.get("texture", "plain"))
+    if attribute == "style":
+        if band is None:
+            raise ValueError("a style's view is drawn from the reference's edge band: pass it")
+        return restyled(image, mask, fill, band)
     if extend is not None:
         return extended_to(image, mask, fill["shape"], extend)
     return cut_to(image, mask, fill["shape"])
@@ -323,8 +394,13 @@ class CaptionedViews(Mechanism):
         attribute = get_attribute(config.attribute)
         fills = view_fills(attribute.name, config.views, config.view_textures)
         mask = foreground(base.reference)
-        # the surface's repeat shifts are searched once for every view (`--view-extend`)
+        # the surface's repeat shifts (`--view-extend`), a style's edge band: read once for every view
         surface = Surface.of(base.reference.image, mask) if config.view_extend else None
+        band = None
+        if attribute.name == "style":
+            pixels = np.asarray(base.reference.image.convert("RGB"))
+            band = EdgeBand.of(pixels, mask, plain_background(base.reference.image)[1])
+            fills = style_fills(fills, band)
         images = [
             make_view(
                 attribute.name,
@@ -333,6 +409,7 @@ class CaptionedViews(Mechanism):
                 fill,
                 zoom=config.view_zoom and i % 2 == 1,
                 extend=surface,
+                band=band,
             )
             for i, fill in enumerate(fills)
         ]

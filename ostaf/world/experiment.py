@@ -174,20 +174,30 @@ def check_lambdas(config: ExperimentConfig) -> None:
 
 
 def check_methods(config: ExperimentConfig) -> None:
-    """Every method must train on every asked attribute (views exist for shape and appearance only): one error
-    before any work."""
-    from ostaf.view_words import VIEW_SLOTS
+    """Every method must train on every asked attribute (a shape's view flags, say, on a style's views): one
+    error before any work."""
+    from ostaf.view_words import check_views
 
-    refused = [
-        f"{m}/{a}"
-        for m in config.methods
-        for a in config.attributes
-        if method_recipe(m, a).train.get("views") and a not in VIEW_SLOTS
-    ]
+    refused = []
+    for m in config.methods:
+        for a in config.attributes:
+            train = method_recipe(m, a).train
+            try:
+                check_views(
+                    a,
+                    train.get("views", 0),
+                    train.get("view_class", ""),
+                    train.get("view_textures", False),
+                    train.get("view_unnamed", False),
+                    train.get("view_zoom", False),
+                    train.get("view_extend", False),
+                )
+            except OstafError as e:
+                refused.append(f"{m}/{a}: {e}")
     if refused:
         raise OstafError(
-            f"{', '.join(refused)}: views exist for {' and '.join(VIEW_SLOTS)} only; pass --attributes "
-            f"{' '.join(VIEW_SLOTS)} with these methods"
+            f"methods that cannot train on an asked attribute — {'; '.join(refused)}; pass --attributes "
+            "for which they can, or other --methods"
         )
 
 

@@ -32,6 +32,12 @@ _VIEWS = (
 _TEXTURED = dict(trainable="blocks", views=8, view_textures=True)  # the `views` recipe before it took the band
 _BAND_VIEWS = _TEXTURED | dict(timestep_range=[0.25, 1.0])  # the `views` recipe on the band, 200 steps (its rows)
 _EXTENDED_BAND = {k: v for k, v in APPEARANCE_VIEWS.train.items() if k != "steps"}  # its rows at the world's 200
+_STYLE_VIEWS = (
+    "10 style views (`--views 10` on a style): each a named outline in a named colour and texture with what the "
+    "reference draws along its object's edge and around it (rim, cast shadow; its frame kept), 'a red plain circle "
+    "in the style of *s'"
+)
+_STYLE_TRAIN = dict(trainable="blocks", views=10, timestep_range=[0.25, 1.0], steps=400)
 _HYPER = "the hypernetwork's square matrices as rank-R factors (`--hyper-rank`; issue 17: does quality change?)"
 _REFERENCE = dict(reference_attention=2.0)
 _VECTORS = "a placeholder of two vectors (`--num-vectors 2`), for the values CLIP spells with two tokens (hex·agon)"
@@ -258,6 +264,31 @@ METHODS: dict[str, Recipe] = {
             "the extended appearance views on all ten named outlines, 400 steps: the `appearance-views` recipe",
             generate=APPEARANCE_VIEWS.generate,
             **APPEARANCE_VIEWS.train,
+        ),
+        _method(
+            "style-views+band400+lambda",
+            f"{_STYLE_VIEWS}: the decoder's blocks fine-tuned with them on {_BAND}, 400 steps, λ a strength",
+            generate=APPEARANCE_VIEWS.generate,
+            **_STYLE_TRAIN,
+        ),
+        _method(
+            "style-views400+lambda",
+            f"{_STYLE_VIEWS}, on the whole schedule (a rim is a detail the last steps draw), 400 steps",
+            generate=APPEARANCE_VIEWS.generate,
+            **{k: v for k, v in _STYLE_TRAIN.items() if k != "timestep_range"},
+        ),
+        _method(
+            "style-views+unet+band400+lambda",
+            f"{_STYLE_VIEWS}: every U-Net weight fine-tuned with them (a cast shadow is where the object is: the "
+            f"encoder's coarse blocks place it) on {_BAND}, 400 steps, λ a strength",
+            generate=APPEARANCE_VIEWS.generate,
+            **(_STYLE_TRAIN | dict(trainable="unet")),
+        ),
+        _method(
+            "style-views+band+lambda",
+            f"{_STYLE_VIEWS}, on {_BAND}, at the world's 200 steps",
+            generate=APPEARANCE_VIEWS.generate,
+            **(_STYLE_TRAIN | dict(steps=200)),
         ),
         _method(
             "appearance-views+band+lambda",

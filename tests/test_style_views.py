@@ -1,0 +1,132 @@
+"""A style's views (`--views` on a style): the reference's edge band — rim, cast shadow — drawn around named
+outlines in named colours, its frame kept (`ostaf.edge_band`, `ostaf.mechanisms.views`)."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ostaf.edge_band import EdgeBand
+from ostaf.mechanisms import views
+from ostaf.preprocess import Preprocessed
+from ostaf.view_words import PALETTE
+from tests.conftest import tiny_config
+
+BG = np.array([222, 208, 176])
+FRAME = (60, 120, 60)
+BODY = (30, 60, 200)
+RIM = (240, 0, 160)
+SHADE = tuple(int(c) for c in (BG * 0.5).round())
+OFFSET = (5, 4)  # the shadow's (dx, dy): down and to the right
+
+
+def disc(centre, radius, size=64) -> np.ndarray:
+    yy, xx = np.mgrid[:size, :size] + 0.5
+    return np.hypot(xx - centre[0], yy - centre[1]) <= radius
+
+
+def styled(rim=RIM, frame=3, centre=(32, 30)) -> tuple[np.ndarray, np.ndarray]:
+    """A blue disc with a 2 px rim, a shadow cast down-right and a frame: (pixels, the disc's mask)."""
+    pixels = np.empty((64, 64, 3), np.uint8)
+    pixels[:] = BG
+    mask = disc(centre, 13)
+    shadow = disc((centre[0] + OFFSET[0], centre[1] + OFFSET[1]), 13)
+    pixels[shadow & ~mask] = SHADE
+    pixels[mask] = BODY
+    pixels[mask & ~disc(centre, 11)] = rim  # the outer 2 px ring of the disc
+    if frame:
+        pixels[:frame], pixels[-frame:], pixels[:, :frame], pixels[:, -frame:] = FRAME, FRAME, FRAME, FRAME
+    return pixels, mask
+
+
+def test_the_background_inside_a_frame_and_the_foreground_without_its_shadow():
+    pixels, mask = styled()
+    image = Image.fromarray(pixels)
+    colour, width = views.plain_background(image)
+    assert width == 3 and np.allclose(colour, BG)
+    reference = Preprocessed(image, np.ones(mask.shape, bool), [], "style")
+    assert np.array_equal(views.foreground(reference), mask)  # neither the frame nor the cast shadow
+    # no frame: the border's colour; an object reaching the edge is not a frame
+    unframed, _ = styled(frame=0)
+    unframed[20:40, :6] = BODY
+    colour, width = views.plain_background(Image.fromarray(unframed))
+    assert width == 0 and np.allclose(colour, BG)
+
+
+def test_the_band_reads_the_rim_rings_and_no_deeper():
+    pixels, mask = styled()
+    band = EdgeBand.of(pixels, mask, frame=3)
+    assert len(band.inner) == 2  # the 2 px rim, not the blue body under it
+    assert all((ring.colours == RIM).all() for ring in band.inner)  # its pixels, not the body's in its rings
+    no_rim, _ = styled(rim=BODY)
+    assert EdgeBand.of(no_rim, mask, frame=3).inner == []
+    assert not band.allows((230, 20, 150)) and not band.allows(SHADE)  # the rim's and the shadow's colours
+    assert band.allows(PALETTE["green"])
+
+
+def test_a_restyled_outline_carries_the_rim_and_the_shadow_on_the_same_side_and_keeps_the_frame():
+    pixels, mask = styled()
+    band = EdgeBand.of(pixels, mask, frame=3)
+    square = np.zeros((64, 64), bool)
+    square[20:41, 22:43] = True  # rows 20–40, columns 22–42
+    out = band.restyled(square, PALETTE["red"])
+    assert (out[:3] == FRAME).all() and (out[:, -3:] == FRAME).all()  # the frame is the picture's: kept
+    # the rim: the square's two outer rings; the fill inside them
+    assert (out[30, 22] == RIM).all() and (out[30, 23] == RIM).all() and (out[30, 24] == PALETTE["red"]).all()
+    assert (out[20, 30] == RIM).all() and (out[40, 30] == RIM).all() and (out[30, 42] == RIM).all()
+    # the shadow: below and to the right of the square, as the reference cast it; none above or to the left
+    assert (out[30, 44] == SHADE).all() and (out[30, 46] == SHADE).all() and (out[42, 30] == SHADE).all()
+    assert (out[30, 20] == BG).all() and (out[18, 30] == BG).all()
+    # the reference's disc is gone, and its band with it: a small outline elsewhere leaves the background there
+    small = band.restyled(disc((48, 48), 5), PALETTE["red"])
+    assert not (small == BODY).all(-1).any() and (small[17:44, 19:46] == BG).all()
+    # an outline whose band reaches the frame leaves the frame as it is
+    big = np.zeros((64, 64), bool)
+    big[7:57, 7:57] = True
+    framed = band.restyled(big, PALETTE["red"])
+    edge = np.ones((64, 64), bool)
+    edge[3:-3, 3:-3] = False
+    assert (framed[edge] == FRAME).all() and (framed[57:60, 30] == SHADE).all()
+
+
+def test_a_reference_beside_its_frame_lends_the_views_none_of_the_frame():
+    """The frame is the picture's: neither the canvas where the object was nor the rings around a new outline
+    take its colour, though the object's outer rings reach it."""
+    pixels, mask = styled(centre=(18, 30))  # 5 px from the frame: its outer rings cross it
+    band = EdgeBand.of(pixels, mask, frame=3)
+    out = band.restyled(disc((40, 32), 10), PALETTE["red"])
+    assert not (out[3:-3, 3:-3] == FRAME).all(-1).any()
+    out[3:-3, 3:-3] = FRAME
+    assert (out == FRAME).all()  # and the frame itself is whole
+
+
+def test_a_style_s_views_are_named_outlines_in_looks_its_band_does_not_use(tmp_path):
+    """Under the prompts naming each view's colour, texture and outline; the rim's red is skipped for the fill."""
+    from ostaf.train import prepare
+
+    pixels, mask = styled(rim=(210, 40, 40))  # a red rim: a red fill would hide it
+    path = tmp_path / "styled.png"
+    Image.fromarray(pixels).save(path)
+    config = tiny_config(path, tmp_path / "s", attribute="style", class_name="blue plain circle", views=3)
+    made = prepare(config).mechanism(views.CaptionedViews).views
+    assert made.words == ["green plain circle", "blue striped square", "yellow dotted triangle"]
+    assert made.prompts == [
+        "a green plain circle in the style of *s",
+        "a blue striped square in the style of *s",
+        "a yellow dotted triangle in the style of *s",
+    ]
+    band = EdgeBand.of(pixels, mask, frame=3)
+    square = views.of_its_area(mask, "square", "test")
+    assert abs(int(square.sum()) - int(mask.sum())) < 0.1 * mask.sum()  # the object's own area
+    fill = np.empty((64, 64, 3), np.uint8)
+    fill[:] = PALETTE["blue"]
+    fill[np.indices((64, 64))[0] % 8 >= 4] = 250  # white stripes, 4 px of every 8 rows
+    fill_view = {"colour": "blue", "texture": "striped", "shape": "square"}
+    made_view = views.make_view("style", Image.fromarray(pixels), mask, fill_view, False, band=band)
+    assert np.array_equal(np.asarray(made_view), band.restyled(square, fill))
+    assert (np.asarray(made_view)[square & (np.indices((64, 64))[0] % 8 >= 4)] != PALETTE["blue"]).any(-1).all()
+
+
+def test_a_style_view_without_its_band_is_refused():
+    pixels, mask = styled()
+    with pytest.raises(ValueError, match="edge band"):
+        views.make_view("style", Image.fromarray(pixels), mask, {"colour": "red", "shape": "star"}, False)
