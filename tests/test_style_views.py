@@ -130,3 +130,53 @@ def test_a_style_view_without_its_band_is_refused():
     pixels, mask = styled()
     with pytest.raises(ValueError, match="edge band"):
         views.make_view("style", Image.fromarray(pixels), mask, {"colour": "red", "shape": "star"}, False)
+
+
+def test_rings_count_from_the_object_s_edge_not_the_image_s_and_face_outwards():
+    """An object touching the image's top edge: the image's border is not an edge (its top row is 5 px deep,
+    to the sides); each ring pixel's direction is the outward normal of the edge point nearest to it."""
+    from ostaf.edge_band import _rings
+
+    mask = np.zeros((20, 20), bool)
+    mask[0:10, 5:15] = True
+    ring_in, angle_in = _rings(mask, inside=True)
+    assert ring_in[0, 9] == 5 and ring_in[9, 9] == 1 and ring_in[5, 11] == 4
+    assert angle_in[9, 9] == pytest.approx(np.pi / 2, abs=0.1)  # the bottom edge faces down (rows grow down)
+    assert angle_in[5, 14] == pytest.approx(0, abs=0.1)  # the right edge faces right
+    ring_out, angle_out = _rings(mask, inside=False)
+    assert ring_out[12, 9] == 3 and ring_out[5, 9] == 0
+    assert angle_out[11, 16] == pytest.approx(np.pi / 4, abs=0.25)  # beyond the bottom-right corner: diagonal
+
+
+def test_a_ring_answers_each_direction_with_its_circularly_nearest_pixel():
+    from ostaf.edge_band import Ring
+
+    colours = np.array([[1, 1, 1], [2, 2, 2], [3, 3, 3]], np.uint8)
+    ring = Ring(np.array([-3.0, 0.0, 3.0]), colours)
+    got = ring.facing(np.array([-2.9, 0.2, 2.0, 3.2, -3.2, 1.5, 3.14]))[:, 0]
+    # 3.2 is 0.08 past -3 + 2π and 0.2 past 3; -3.2 is 0.08 short of 3 - 2π; 1.5 is halfway: the first one
+    assert got.tolist() == [1, 2, 3, 1, 3, 2, 3]
+
+
+def test_the_band_reads_every_outer_ring_and_a_rim_three_rings_deep():
+    pixels, mask = styled()
+    assert len(EdgeBand.of(pixels, mask, frame=3).outer) == 8  # 1/8 of 64 px
+    thick = pixels.copy()
+    thick[mask & ~disc((32, 30), 10)] = RIM  # a 3 px rim
+    assert len(EdgeBand.of(thick, mask, frame=3).inner) == 3
+
+
+def test_a_stray_pixel_beside_the_object_is_not_a_colour_of_the_band():
+    pixels, mask = styled()
+    pixels[30, 16] = PALETTE["green"]  # one pixel, 3 px left of the disc: under 5 % of its outer rings
+    band = EdgeBand.of(pixels, mask, frame=3)
+    assert band.allows(PALETTE["green"])
+
+
+def test_a_rim_around_a_textured_body_is_read_against_both_of_its_colours():
+    pixels, mask = styled()
+    striped = pixels.copy()
+    stripes = disc((32, 30), 11) & (np.indices((64, 64))[0] % 4 < 2)
+    striped[stripes] = (250, 250, 250)
+    band = EdgeBand.of(striped, mask, frame=3)
+    assert len(band.inner) == 2 and all((ring.colours == RIM).all() for ring in band.inner)
