@@ -180,3 +180,10 @@ def test_a_rim_around_a_textured_body_is_read_against_both_of_its_colours():
     striped[stripes] = (250, 250, 250)
     band = EdgeBand.of(striped, mask, frame=3)
     assert len(band.inner) == 2 and all((ring.colours == RIM).all() for ring in band.inner)
+
+
+def test_inside_the_frame_on_a_wide_image():
+    from ostaf.edge_band import _inside
+
+    inside = _inside((10, 20), 2)
+    assert inside.sum() == 6 * 16 and inside[2:8, 2:18].all()
