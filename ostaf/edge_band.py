@@ -42,7 +42,7 @@ def _rings(mask: np.ndarray, inside: bool) -> tuple[np.ndarray, np.ndarray]:
     return ring, angle
 
 
-def _inside(shape: tuple[int, int], frame: int) -> np.ndarray:
+def inside_frame(shape: tuple[int, int], frame: int) -> np.ndarray:
     """Boolean (H, W): everything but the outer `frame` px of the image."""
     inside = np.zeros(shape, bool)
     inside[frame : shape[0] - frame, frame : shape[1] - frame] = True
@@ -89,9 +89,9 @@ class EdgeBand:
         pixels = np.asarray(image, np.uint8)
         side = min(mask.shape)
         reach = max(2, round(OUTER_REACH * side))
-        inside_frame = _inside(mask.shape, frame)
+        drawable = inside_frame(mask.shape, frame)
         ring_out, angle_out = _rings(mask, inside=False)
-        outer = [Ring.of(pixels, (ring_out == k) & inside_frame, angle_out) for k in range(1, reach + 1)]
+        outer = [Ring.of(pixels, (ring_out == k) & drawable, angle_out) for k in range(1, reach + 1)]
         ring_in, angle_in = _rings(mask, inside=True)
         deepest = max(1, round(MAX_RIM * side))
         body = ring_in > deepest
@@ -114,17 +114,17 @@ class EdgeBand:
                 break
             ring[ring] = rim  # a rounded ring also crosses a few body pixels: not the rim's
             inner.append(Ring.of(pixels, ring, angle_in))
-        zone = (mask | ((ring_out >= 1) & (ring_out <= reach))) & inside_frame
-        beyond = inside_frame & ~zone  # the picture's own background: what fills the object's place
+        zone = (mask | ((ring_out >= 1) & (ring_out <= reach))) & drawable
+        beyond = drawable & ~zone  # the picture's own background: what fills the object's place
         canvas = pixels.copy()
         if beyond.any():
             _, (near_r, near_c) = distance_transform_edt(~beyond, return_indices=True)
             canvas[zone] = pixels[near_r[zone], near_c[zone]]
-        band = pixels[(ring_out >= 1) & (ring_out <= reach) & inside_frame].reshape(-1, 3)
+        band = pixels[(ring_out >= 1) & (ring_out <= reach) & drawable].reshape(-1, 3)
         colours, counts = np.unique(band, axis=0, return_counts=True)
         common = colours[counts >= BAND_COLOUR_SHARE * max(1, len(band))]
         rims = np.reshape([np.median(r.colours.astype(np.float64), axis=0) for r in inner], (-1, 3))
-        return cls(canvas, inner, outer, inside_frame, np.concatenate([common.astype(np.float64), rims]))
+        return cls(canvas, inner, outer, drawable, np.concatenate([common.astype(np.float64), rims]))
 
     def allows(self, colour: tuple[int, int, int]) -> bool:
         """Whether a view may fill its outline with `colour`: far from every colour the band draws with."""

@@ -183,7 +183,7 @@ def test_a_rim_around_a_textured_body_is_read_against_both_of_its_colours():
 
 
 def test_inside_the_frame_on_a_wide_image():
-    from ostaf.edge_band import _inside
+    from ostaf.edge_band import inside_frame as _inside
 
     inside = _inside((10, 20), 2)
     assert inside.sum() == 6 * 16 and inside[2:8, 2:18].all()

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ostaf.edge_band import EdgeBand
+from ostaf.edge_band import EdgeBand, inside_frame
 from ostaf.errors import OstafError
 from ostaf.mechanisms import timesteps
 from ostaf.mechanisms.base import BaseModel, Mechanism
@@ -112,10 +112,7 @@ def foreground(reference: Preprocessed) -> np.ndarray:
     pixels = np.asarray(reference.image.convert("RGB"), dtype=np.float32)
     background, band = plain_background(reference.image)
     mask = (np.linalg.norm(pixels - background, axis=-1) > BORDER_TOLERANCE) & ~cast_shadow(pixels, background)
-    if band:
-        inside = np.zeros_like(mask)
-        inside[band:-band, band:-band] = True
-        mask &= inside
+    mask &= inside_frame(mask.shape, band)
     share = mask.mean()
     if not 0.005 < share < 0.95:
         raise OstafError(
@@ -315,15 +312,15 @@ def extended_to(image: Image.Image, mask: np.ndarray, shape: str, surface: Surfa
     return Image.fromarray(pixels)
 
 
-def restyled(image: Image.Image, mask: np.ndarray, fill: dict[str, str], band: EdgeBand) -> Image.Image:
+def restyled(mask: np.ndarray, fill: dict[str, str], band: EdgeBand) -> Image.Image:
     """A style's view: the primitive `fill["shape"]` of the object's area at its centroid, in the colour and
-    texture `fill` names, with the reference's edge `band` drawn along it."""
+    texture `fill` names, with the reference's edge `band` drawn along it (on its canvas)."""
     target = of_its_area(mask, fill["shape"], "--views on a style")
-    height, width = mask.shape
-    pixels = np.empty((height, width, 3), np.uint8)
-    pixels[:] = PALETTE[fill["colour"]]
-    pixels[texture_mask(fill.get("texture", "plain"), height, width, texture_period(height, width))] = TEXTURE_SECOND
-    return Image.fromarray(band.restyled(target, pixels))
+    everywhere = np.ones(mask.shape, bool)
+    fill_image = recolour(
+        Image.fromarray(band.canvas), everywhere, PALETTE[fill["colour"]], fill.get("texture", "plain")
+    )
+    return Image.fromarray(band.restyled(target, np.asarray(fill_image)))
 
 
 def style_fills(fills: list[dict[str, str]], band: EdgeBand) -> list[dict[str, str]]:
@@ -352,7 +349,7 @@ def make_view(
     if attribute == "style":
         if band is None:
             raise ValueError("a style's view is drawn from the reference's edge band: pass it")
-        return restyled(image, mask, fill, band)
+        return restyled(mask, fill, band)
     if extend is not None:
         return extended_to(image, mask, fill["shape"], extend)
     return cut_to(image, mask, fill["shape"])
