@@ -7,10 +7,12 @@ what is loaded onto it — `load_lora_weights`, `load_textual_inversion` — is 
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from ostaf.checkpoint import apply, load_base_pipeline, load_checkpoint
@@ -88,6 +90,8 @@ def test_full_rank_loads_in_stock_diffusers_and_matches_apply(lite_on, tmp_path,
     lam = 0.7
     report = export(ExportConfig(ckpt=str(lite_ckpt), out=str(tmp_path / "x.safetensors"), lam=lam, format=fmt))
     assert report.error < 1e-6
+    prefix = {"kohya": "lora_unet_", "diffusers": "unet."}[fmt]  # the file is in the format asked for
+    assert all(key.startswith(prefix) for key in load_file(report.lora))
     assert np.abs(stock(lite_ckpt, report) - ours(lite_ckpt, lam)).max() <= 2  # ≤ 2/255
     ckpt = load_checkpoint(lite_ckpt)
     applied, with_lora, token_only = (load_base_pipeline(ckpt) for _ in range(3))
@@ -129,6 +133,8 @@ def test_a_lora_checkpoint_is_exact_at_its_own_rank(tmp_path, reference):
     assert report.error < 1e-6
     assert np.abs(stock(ckpt, report) - ours(ckpt, 1.0)).max() <= 2
     half = export(ExportConfig(ckpt=str(ckpt), out=str(tmp_path / "h.safetensors"), rank=4, lam=0.5))
+    with safe_open(half.lora, "pt") as written:  # what the file says it is, for a reader without the report
+        assert written.metadata() == {"ostaf.token": "*a", "ostaf.lam": "0.5", "ostaf.rank": "4"}
     loaded = load_checkpoint(ckpt)
     at_half, at_one, with_lora = (load_base_pipeline(loaded) for _ in range(3))
     apply(at_half, loaded, 0.5)
@@ -146,6 +152,9 @@ def test_a_token_only_checkpoint_exports_its_embedding_alone(tmp_path, reference
     report = export(ExportConfig(ckpt=str(ckpt), out=str(tmp_path / "t.safetensors")))
     assert report.lora == "" and not (tmp_path / "t.safetensors").exists() and report.rank == 0
     assert report.embedding == str(tmp_path / "t.embedding.safetensors") and report.error_vs_rank == {}
+    assert report.token == "*a"  # the word to load the embedding under (stock loaders also read it from the file)
+    width = load_checkpoint(ckpt).tensors["token.embedding"].shape[-1]
+    assert load_file(report.embedding)["*a"].shape == (1, width)  # {token: (N, D)}, N = 1 vector
     pipe = load_base_pipeline(load_checkpoint(ckpt))
     pipe.load_textual_inversion(report.embedding, token="*a")
     row = pipe.text_encoder.get_input_embeddings().weight[pipe.tokenizer.convert_tokens_to_ids("*a")]
@@ -159,7 +168,7 @@ def test_a_token_only_checkpoint_exports_its_embedding_alone(tmp_path, reference
 
 def test_what_a_lora_cannot_carry_and_bad_options_are_one_clear_error(tmp_path, reference):
     paper = train(tiny_config(reference, tmp_path / "paper", steps=1, trainable="paper"), progress=False).out
-    with pytest.raises(OstafError, match="cannot carry"):
+    with pytest.raises(OstafError, match=re.escape(str(paper)) + " also trained .* cannot carry"):  # names it
         export(ExportConfig(ckpt=str(paper), out=str(tmp_path / "x.safetensors")))
     assert not (tmp_path / "x.safetensors").exists()
     with pytest.raises(OstafError, match=".safetensors"):

@@ -137,3 +137,51 @@ def test_the_search_takes_its_candidates_rounds_and_draws_from_the_config(refere
     options = dict(token_search=3, token_search_rounds=1, token_search_samples=5)
     prepare(tiny_config(reference, tmp_path / "s", **options))
     assert asked == [(3, 1, 5)]
+
+
+def searched_by_hand(setup, candidates: int, rounds: int, samples: int) -> tuple[int, float, float, int]:
+    """The search written out: each round ranks every candidate row by −(e_w − e*)·∇L(e*), scores the top
+    `candidates` exactly, moves e* to the best one that beats the best so far, and stops after a round without one."""
+    token = setup.token
+    rows = candidate_rows(setup)
+    vocab = setup.prompts.rows(setup.token_id)[rows]
+    draws = fixed_samples(setup, samples, setup.config.seed)
+    with torch.no_grad():
+        start = best = reference_loss(setup, draws).item()
+    current, best_row, tried = token.word_embedding.clone(), -1, 0
+    for _ in range(rounds):
+        leaf = current.clone().requires_grad_(True)
+        token.word_embedding = leaf * 1.0
+        (grad,) = torch.autograd.grad(reference_loss(setup, draws), leaf)
+        top = torch.topk(-((vocab - current) @ grad), candidates).indices.tolist()
+        found_better = False
+        for i in top:
+            token.word_embedding = vocab[i].clone()
+            with torch.no_grad():
+                loss = reference_loss(setup, draws).item()
+            tried += 1
+            if loss < best:
+                best, best_row, found_better = loss, i, True
+        current = vocab[best_row].clone() if best_row >= 0 else current
+        token.word_embedding = current.clone()
+        if not found_better:
+            break
+    return (int(rows[best_row]) if best_row >= 0 else -1), best, start, tried
+
+
+@pytest.mark.parametrize("rounds", [1, 3])
+def test_the_search_is_the_first_order_top_k_scored_exactly_round_after_round(reference, tmp_path, rounds):
+    """On the tiny model, the search's word, losses and count of words scored are those of the search written
+    out (first-order ranking, best of the top K, rounds until one brings nothing), and e* is left at the word."""
+    setup = prepare(tiny_config(reference, tmp_path / "s", trainable="token"))
+    start = setup.token.word_embedding.clone()
+    expected = searched_by_hand(setup, 6, rounds, 8)
+    by_hand_word = setup.token.word_embedding.clone()
+    setup.token.word_embedding = start.clone()
+    found = search_word(setup, candidates=6, rounds=rounds, samples=8)
+    assert found.word_id >= 0  # a word beat the attribute's own: the check has something to find
+    assert (found.word_id, found.tried) == (expected[0], expected[3])
+    assert (found.loss, found.start_loss) == pytest.approx(expected[1:3], rel=1e-5)
+    assert found.loss < found.start_loss
+    assert torch.equal(setup.token.word_embedding, by_hand_word)
+    assert torch.equal(by_hand_word, setup.prompts.rows(setup.token_id)[found.word_id])
