@@ -99,13 +99,34 @@ def test_cross_attention_and_normed_layers_are_left_to_the_inner_processor():
     normed = Attention(WIDTH, heads=HEADS, dim_head=HEAD_DIM, norm_num_groups=2)
     state = ReferenceState(omega=2.0, masks={})
     processor = SubjectAttentionProcessor(AttnProcessor2_0(), state, "l")
+    inner = AttnProcessor2_0()
+    drop_last = torch.tensor([[0.0, 0.0, -1e4]])  # an attention mask over the context's three tokens
     with torch.no_grad():
+        masked = inner(cross, x, context, drop_last)
+        assert not torch.allclose(masked, inner(cross, x, context))  # the mask matters: passing it on is seen
         for mode in ("record", "use"):
             state.mode = mode
-            torch.testing.assert_close(processor(cross, x, context), AttnProcessor2_0()(cross, x, context))
+            torch.testing.assert_close(processor(cross, x, context), inner(cross, x, context))
+            torch.testing.assert_close(processor(cross, x, context, drop_last), masked)  # further arguments
+            torch.testing.assert_close(processor(cross, x, context, attention_mask=drop_last), masked)
             grid = x.transpose(1, 2).reshape(1, WIDTH, 2, 2)
-            torch.testing.assert_close(processor(normed, grid), AttnProcessor2_0()(normed, grid))
+            torch.testing.assert_close(processor(normed, grid), inner(normed, grid))
     assert not state.keys and not state.values
+
+
+def test_the_reference_pass_itself_is_the_inner_processors_with_its_arguments():
+    """Recording keeps the layer's own output, attention mask included (the reference pass runs the base model)."""
+    torch.manual_seed(3)
+    attn = Attention(WIDTH, heads=HEADS, dim_head=HEAD_DIM)
+    x = torch.randn(1, 4, WIDTH)
+    drop_first = torch.tensor([[-1e4, 0.0, 0.0, 0.0]])
+    state = ReferenceState(omega=2.0, masks={}, mode="record")
+    processor = SubjectAttentionProcessor(AttnProcessor2_0(), state, "l")
+    with torch.no_grad():
+        masked = AttnProcessor2_0()(attn, x, None, drop_first)
+        assert not torch.allclose(masked, AttnProcessor2_0()(attn, x))
+        torch.testing.assert_close(processor(attn, x, None, drop_first), masked)
+        torch.testing.assert_close(processor(attn, x, attention_mask=drop_first), masked)
 
 
 def test_the_reference_mask_at_each_resolution_is_any_foreground_pixel_in_the_cell(tiny_pipe):
@@ -128,8 +149,8 @@ def test_the_reference_mask_at_each_resolution_is_any_foreground_pixel_in_the_ce
         assert torch.equal(reference.state.masks[tokens], cells)
 
 
-@pytest.mark.parametrize("by_keyword", [False, True])
-def test_the_reference_pass_feeds_the_noised_reference_at_the_steps_timestep(tiny_pipe, by_keyword):
+@pytest.mark.parametrize("call", ["positional", "keywords", "pipeline"])
+def test_the_reference_pass_feeds_the_noised_reference_at_the_steps_timestep(tiny_pipe, call):
     """Before a generation forward at t, the U-Net first sees add_noise(reference latent, its noise, t) at t with
     the unconditional context, in record mode; the generation forward itself then runs in use mode."""
     unet = tiny_pipe.unet
@@ -149,8 +170,10 @@ def test_the_reference_pass_feeds_the_noised_reference_at_the_steps_timestep(tin
     t = torch.tensor([700, 700])
     try:
         with torch.no_grad():
-            if by_keyword:
+            if call == "keywords":
                 unet(sample, timestep=t, encoder_hidden_states=context)
+            elif call == "pipeline":  # how diffusers' pipelines call it
+                unet(sample, t, encoder_hidden_states=context)
             else:
                 unet(sample, t, context)
     finally:
@@ -169,3 +192,60 @@ def test_the_reference_pass_feeds_the_noised_reference_at_the_steps_timestep(tin
     torch.testing.assert_close(record_context, reference.context.states)
     seeded = torch.randn(reference.latent.shape, generator=torch.Generator().manual_seed(3))
     assert torch.equal(reference.noise, seeded)  # the reference's noise is its seed's
+
+
+def test_the_reference_latent_is_the_vae_mean_of_the_cut_out_times_the_scaling_factor(tiny_pipe):
+    """The reference enters as its VAE posterior mean × scaling factor, its background replaced by the plain
+    one (BACKGROUND) before encoding; a grey or RGBA reference is read as RGB."""
+    from ostaf.preprocess import BACKGROUND
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    mask = np.zeros((64, 64), bool)
+    mask[8:40, 16:56] = True
+    cut = np.where(mask[..., None], pixels, np.array(BACKGROUND, np.uint8))
+    with torch.no_grad():
+        vae = tiny_pipe.vae
+        by_hand = vae.encode(torch.from_numpy(cut / 127.5 - 1).float().permute(2, 0, 1)[None]).latent_dist.mean
+    reference = ReferenceAttention(tiny_pipe, [], Image.fromarray(pixels), mask, omega=1.0, blocks="decoder")
+    reference.remove()
+    torch.testing.assert_close(reference.latent, by_hand * vae.config.scaling_factor, rtol=1e-5, atol=1e-5)
+    grey = Image.fromarray(pixels).convert("L")
+    for image in (grey, Image.fromarray(pixels).convert("RGBA")):
+        other = ReferenceAttention(tiny_pipe, [], image, mask, omega=1.0, blocks="decoder")
+        other.remove()
+        same = ReferenceAttention(tiny_pipe, [], image.convert("RGB"), mask, omega=1.0, blocks="decoder")
+        same.remove()
+        assert torch.equal(other.latent, same.latent)
+
+
+@pytest.mark.parametrize("blocks", ["decoder", "encoder", "all"])
+def test_exactly_the_chosen_blocks_self_attention_is_wrapped_and_remove_restores_the_pipeline(tiny_pipe, blocks):
+    from ostaf.mechanisms.reference_attention import BLOCK_PREFIXES
+    from ostaf.processors import attention_layers
+
+    unet = tiny_pipe.unet
+    before = {name: type(p) for name, p in unet.attn_processors.items()}
+    image = Image.fromarray(np.full((64, 64, 3), (90, 90, 200), np.uint8))
+    reference = ReferenceAttention(tiny_pipe, [], image, np.ones((64, 64), bool), omega=1.0, blocks=blocks)
+    expected = [n for n in attention_layers(unet) if n.endswith("attn1") and n.startswith(BLOCK_PREFIXES[blocks])]
+    assert expected and reference.layers == expected
+    wrapped = [
+        n for n in attention_layers(unet) if isinstance(unet.get_submodule(n).processor, SubjectAttentionProcessor)
+    ]
+    assert wrapped == expected and len(unet._forward_pre_hooks) == 1
+    reference.state.keys["x"] = torch.zeros(1)
+    reference.remove()
+    reference.remove()  # twice: nothing left to undo, no error
+    assert {name: type(p) for name, p in unet.attn_processors.items()} == before
+    assert not unet._forward_pre_hooks and not reference.state.keys
+
+
+def test_omega_zero_or_below_is_refused(tiny_pipe):
+    from ostaf.errors import OstafError
+
+    image = Image.fromarray(np.full((64, 64, 3), (90, 90, 200), np.uint8))
+    for omega in (0.0, -1.0):
+        with pytest.raises(OstafError, match="ω > 0"):
+            ReferenceAttention(tiny_pipe, [], image, np.ones((64, 64), bool), omega=omega, blocks="decoder")
+    assert not tiny_pipe.unet._forward_pre_hooks

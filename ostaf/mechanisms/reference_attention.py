@@ -123,7 +123,7 @@ class ReferenceAttention:
         image: Image.Image,
         mask: np.ndarray,
         omega: float,
-        blocks: str = "decoder",
+        blocks: str,  # a key of BLOCK_PREFIXES (`resolve_blocks` turns the option's `auto` into one)
         resolution: int | None = None,
         seed: int = 0,
     ) -> None:
