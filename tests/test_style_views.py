@@ -3,6 +3,7 @@ outlines in named colours, its frame kept (`ostaf.edge_band`, `ostaf.mechanisms.
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from ostaf.edge_band import EdgeBand
@@ -103,11 +104,12 @@ def test_a_style_s_views_are_named_outlines_in_looks_its_band_does_not_use(tmp_p
     """Under the prompts naming each view's colour, texture and outline; the rim's red is skipped for the fill."""
     from ostaf.train import prepare
 
-    pixels, mask = styled(rim=(210, 40, 40))  # a red rim: a red fill would hide it
+    pixels, mask = styled(rim=(210, 40, 40), centre=(18, 30))  # a red rim: a red fill would hide it; near its frame
     path = tmp_path / "styled.png"
     Image.fromarray(pixels).save(path)
     config = tiny_config(path, tmp_path / "s", attribute="style", class_name="blue plain circle", views=3)
-    made = prepare(config).mechanism(views.CaptionedViews).views
+    setup = prepare(config)
+    made = setup.mechanism(views.CaptionedViews).views
     assert made.words == ["green plain circle", "blue striped square", "yellow dotted triangle"]
     assert made.prompts == [
         "a green plain circle in the style of *s",
@@ -123,6 +125,13 @@ def test_a_style_s_views_are_named_outlines_in_looks_its_band_does_not_use(tmp_p
     fill_view = {"colour": "blue", "texture": "striped", "shape": "square"}
     made_view = views.make_view("style", Image.fromarray(pixels), mask, fill_view, False, band=band)
     assert np.array_equal(np.asarray(made_view), band.restyled(square, fill))
+    from ostaf.models import native_resolution
+    from ostaf.preprocess import sample_recipes
+    from ostaf.training_setup import encode_reference
+
+    recipes = sample_recipes(made_view.size, "style", native_resolution(setup.pipe), 1, 42)
+    mean, _ = encode_reference(setup.pipe, Preprocessed(made_view, mask, recipes, "style"))
+    assert torch.allclose(made.mean[1:2], mean, atol=1e-6)  # the view trained is this one: its band knows the frame
     assert (np.asarray(made_view)[square & (np.indices((64, 64))[0] % 8 >= 4)] != PALETTE["blue"]).any(-1).all()
 
 

@@ -477,7 +477,8 @@ def test_zoomed_views_are_every_other_view_enlarged_on_the_plain_background(star
     plain = prepare(shape_config(path, tmp_path / "p", views=4)).mechanism(views.CaptionedViews).views
     made = prepare(shape_config(path, tmp_path / "z", views=4, view_zoom=True)).mechanism(views.CaptionedViews).views
     assert made.prompts == plain.prompts and made.words == plain.words
-    assert torch.equal(made.mean[0::2], plain.mean[0::2]) and not torch.allclose(made.mean[1], plain.mean[1])
+    assert torch.equal(made.mean[0::2], plain.mean[0::2])
+    assert not torch.allclose(made.mean[1], plain.mean[1]) and not torch.allclose(made.mean[3], plain.mean[3])
     image = Image.open(path)
     green = views.make_view("shape", image, silhouette, {"colour": "green"}, zoom=True)
     expected = np.empty((64, 64, 3), np.uint8)
@@ -492,3 +493,16 @@ def test_zoomed_views_are_every_other_view_enlarged_on_the_plain_background(star
     recipes = sample_recipes(green.size, "shape", native_resolution(setup.pipe), 1, 42)
     mean, _ = encode_reference(setup.pipe, Preprocessed(green, silhouette, recipes, "shape"))
     assert torch.allclose(made.mean[1:2], mean.to(made.mean.device), atol=1e-6)
+
+
+def test_a_recoloured_view_is_rgb_whatever_the_reference_s_mode():
+    """A reference with an alpha channel or in grey still gives an RGB view, the mask in the colour, the rest kept."""
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    rgb[..., 1] = 120
+    mask = np.zeros((8, 8), bool)
+    mask[2:5, 3:6] = True
+    for image in (Image.fromarray(rgb).convert("RGBA"), Image.fromarray(rgb).convert("L")):
+        out = np.asarray(views.recolour(image, mask, (200, 10, 10)))
+        assert out.shape == (8, 8, 3)
+        assert (out[mask] == (200, 10, 10)).all()
+        assert (out[~mask] == np.asarray(image.convert("RGB"))[~mask]).all()
