@@ -503,15 +503,7 @@ class TrainConfig(_Config):
 
     def check_item(self) -> None:
         attribute = get_attribute(self.attribute)
-        check_views(
-            attribute.name,
-            self.views,
-            self.view_class,
-            self.view_textures,
-            self.view_unnamed,
-            self.view_zoom,
-            self.view_extend,
-        )
+        check_view_options(attribute.name, vars(self))
         if not self.class_name.strip():
             raise OstafError("class name is empty: say what the reference shows, e.g. --class-name dog")
         if attribute.token in self.class_name:
@@ -540,6 +532,16 @@ class TrainConfig(_Config):
         """The optimiser's rate of the weights, or of the token (`--token-lr`, else the same)."""
         lr = self.token_lr if token and self.token_lr else self.lr
         return lr * self.grad_accum * self.batch_size if self.scale_lr else lr
+
+
+VIEW_OPTIONS = ("views", "view_class", "view_textures", "view_unnamed", "view_zoom", "view_extend")  # check_views'
+
+
+def check_view_options(attribute: str, options: Mapping[str, Any]) -> None:
+    """`check_views` on a run's view options (a config's fields, or a recipe's training options): an option not
+    given takes TrainConfig's default, so the defaults are written once."""
+    defaults = {f.name: f.default for f in fields(TrainConfig) if f.name in VIEW_OPTIONS}
+    check_views(attribute, *(options.get(name, defaults[name]) for name in VIEW_OPTIONS))
 
 
 @dataclass

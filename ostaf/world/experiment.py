@@ -176,22 +176,13 @@ def check_lambdas(config: ExperimentConfig) -> None:
 def check_methods(config: ExperimentConfig) -> None:
     """Every method must train on every asked attribute (a shape's view flags, say, on a style's views): one
     error before any work."""
-    from ostaf.view_words import check_views
+    from ostaf.config import check_view_options
 
     refused = []
     for m in config.methods:
         for a in config.attributes:
-            train = method_recipe(m, a).train
             try:
-                check_views(
-                    a,
-                    train.get("views", 0),
-                    train.get("view_class", ""),
-                    train.get("view_textures", False),
-                    train.get("view_unnamed", False),
-                    train.get("view_zoom", False),
-                    train.get("view_extend", False),
-                )
+                check_view_options(a, method_recipe(m, a).train)
             except OstafError as e:
                 refused.append(f"{m}/{a}: {e}")
     if refused:
