@@ -39,7 +39,13 @@ from ostaf.io import atomic_write, write_json
 from ostaf.lora import LoraAdapter, LoraSpec
 from ostaf.models import BaseModel, Pipeline, architecture, base_of, load_pipeline
 from ostaf.offsets import OffsetsAdapter, OffsetsConfig
-from ostaf.strength import FixedStrength, Strength, TokenStrength, WeightBlendStrength
+from ostaf.strength import (
+    FixedStrength,
+    Strength,
+    TokenStrength,
+    WeightBlendStrength,
+    prediction_blend_refusal,
+)
 
 if TYPE_CHECKING:  # type hints only: the training setup imports what this module imports
     from ostaf.training_setup import TrainingSetup
@@ -121,6 +127,7 @@ def apply(
     lam: float = 1.0,
     token_lambda: bool = False,
     token_lambda_origin: str = "nearest",
+    token_lambda_blend: str = "row",
 ) -> Strength:
     """Turn a stock `StableDiffusionPipeline` (or `StableDiffusionXLPipeline`) into a personalised one, in place.
 
@@ -132,10 +139,15 @@ def apply(
     fine-tuned checkpoint a `FixedStrength` (nothing for λ to scale: it says so when asked
     for per-block λ or the dual path), or with `token_lambda` a `TokenStrength` (λ blends its placeholder
     from the nearest word — or with `token_lambda_origin="attribute"` the attribute's word — to the learned one;
-    for fine-tuned weights a `WeightBlendStrength`, which blends them from the base model's too).
+    for fine-tuned weights a `WeightBlendStrength`, which blends them from the base model's too);
+    `token_lambda_blend="prediction"` keeps the learned row at every λ for `PredictionBlend` (a token only).
     """
     ckpt = ckpt if isinstance(ckpt, Checkpoint) else load_checkpoint(ckpt)
     check_architecture(ckpt, pipe)
+    if token_lambda and token_lambda_blend == "prediction":
+        reason = prediction_blend_refusal(ckpt.token, ckpt.card.get("trainable", "lite"))
+        if reason:
+            raise OstafError(reason)
     offsets = ckpt.section("offsets.")
     trained_offsets = bool(offsets) and ckpt.card.get("trainable", "lite") in OFFSET_TRAINABLES
     adapter = None
@@ -169,7 +181,13 @@ def apply(
         )
     elif token_lambda:
         driven = TokenStrength(
-            ckpt.token, trainable, PromptEncoder(pipe), token_id, ckpt.tensors["token.embedding"], origin
+            ckpt.token,
+            trainable,
+            PromptEncoder(pipe),
+            token_id,
+            ckpt.tensors["token.embedding"],
+            origin,
+            token_lambda_blend,
         )
     else:
         driven = FixedStrength(ckpt.token, trainable)

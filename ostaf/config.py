@@ -24,6 +24,7 @@ from ostaf.view_words import check_views
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 TOKEN_INITS = ("clip", "word")
 TOKEN_LAMBDA_ORIGINS = ("nearest", "attribute")  # λ = 0 of --token-lambda
+TOKEN_LAMBDA_BLENDS = ("row", "prediction")  # what --token-lambda's λ blends
 MAX_VECTORS = 16  # a placeholder's vectors (--num-vectors): tokens out of CLIP's 77
 OPTIMIZERS = ("adamw", "adamw8bit")
 SCHEDULERS = ("ddim", "pndm", "dpm", "euler")
@@ -608,6 +609,15 @@ class GenerateConfig(_Config):
         choices=TOKEN_LAMBDA_ORIGINS,
         pairwise="choices",
     )
+    token_lambda_blend: str = opt(
+        "row",
+        "what --token-lambda's λ blends for a token checkpoint: row (the placeholder's embedding, (1 − λ)·e_word + "
+        "λ·e*: the text encoder reads a vector between two words) or prediction (the noise predictions of the two "
+        "prompts, ε_word + λ·(ε* − ε_word), as guidance weighs a prompt: both ends are real prompts; one more U-Net "
+        "pass per step where λ ≠ 1)",
+        choices=TOKEN_LAMBDA_BLENDS,
+        pairwise="choices",
+    )
     reference_lambda: bool = opt(
         False,
         "ω follows λ: the reference's weight is ω·λ per image (λ = 0: no reference), so λ dials everything "
@@ -663,6 +673,8 @@ class GenerateConfig(_Config):
                 f"--token-lambda-origin {values['token_lambda_origin']} says what λ = 0 of --token-lambda reads: add "
                 "--token-lambda, or drop --token-lambda-origin"
             )
+        if values["token_lambda_blend"] != "row":
+            check_prediction_blend(values)
         _finite(guidance=values["guidance"], **{f"lam[{i}]": v for i, v in enumerate(values["lam"])})
         _positive(
             num_steps=values["num_steps"],
@@ -749,6 +761,28 @@ def _multiple_of_8(**values: int) -> None:
         if value % 8:
             nearest = max(8, (value + 4) // 8 * 8)  # the nearest multiple, ties up (12 → 16)
             raise OstafError(f"{name} {value} is not a multiple of 8 (the latent grid needs it): use e.g. {nearest}")
+
+
+def check_prediction_blend(values: Mapping[str, Any]) -> None:
+    """`--token-lambda-blend prediction` weighs two prompts' predictions per U-Net call: it needs the blend it
+    belongs to, one λ for every checkpoint, and no other option that changes the U-Net call's context."""
+    if not values["token_lambda"]:
+        raise OstafError(
+            f"--token-lambda-blend {values['token_lambda_blend']} says what --token-lambda's λ blends: add "
+            "--token-lambda, or drop --token-lambda-blend"
+        )
+    clashes = {
+        "--compose-switch": values["compose_switch"],
+        "--reference-attention": values["reference_attention"],
+        "--lam-per-ckpt": values["lam_per_ckpt"],
+        "--dual-path": values["dual_path"] < 1.0,
+    }
+    named = [option for option, on in clashes.items() if on]
+    if named:
+        raise OstafError(
+            f"--token-lambda-blend prediction runs a second U-Net pass with the hard prompt, which {named[0]} would "
+            "change as well: drop one of them (or use --token-lambda-blend row)"
+        )
 
 
 def _unit(**values: float) -> None:

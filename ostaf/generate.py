@@ -31,6 +31,7 @@ from ostaf.errors import OstafError
 from ostaf.images import load_image, make_grid
 from ostaf.mechanisms.compose_switch import ComposeSwitch, check_attributes
 from ostaf.mechanisms.dual_path import VanillaPrompts
+from ostaf.mechanisms.prediction_blend import PredictionBlend
 from ostaf.mechanisms.reference_attention import ReferenceAttention, resolve_blocks
 from ostaf.model_spec import is_preset
 from ostaf.models import Pipeline, base_of, load_pipeline, native_resolution
@@ -38,7 +39,7 @@ from ostaf.offsets.config import parse_block_scales
 from ostaf.preflight import check_generate_inputs
 from ostaf.preprocess import load_preprocessed
 from ostaf.runtime import autocast_dtype, progress_bar, resolve_device
-from ostaf.strength import DUAL_PATH, Strength, refusal
+from ostaf.strength import DUAL_PATH, Strength, prediction_blend_refusal, refusal
 from ostaf.sweep import PromptResult, write_sweep
 
 log = logging.getLogger(__name__)
@@ -66,11 +67,18 @@ class GenerationOptions:
     reference: ReferenceAttention | None = None  # self-subject-attention, installed on the pipeline
     reference_lambda: bool = False  # the reference's weight is ω·λ (--reference-lambda)
     compose: ComposeSwitch | None = None  # --compose-switch: each checkpoint acts in its part of the schedule
+    prediction: PredictionBlend | None = None  # --token-lambda-blend prediction: λ weighs two prompts' predictions
 
     @property
     def unmerged(self) -> bool:
-        """Whether the offsets must stay unmerged (the vanilla path and the reference pass run without them)."""
-        return self.dual_path < 1.0 or self.reference is not None or self.compose is not None
+        """Whether the offsets must stay unmerged (the vanilla path and the reference pass run without them), or
+        λ must reach a mechanism of the U-Net call (the prediction blend) rather than the weights."""
+        return (
+            self.dual_path < 1.0
+            or self.reference is not None
+            or self.compose is not None
+            or self.prediction is not None
+        )
 
     @classmethod
     def from_config(
@@ -83,6 +91,8 @@ class GenerationOptions:
         attributes: list[str] | None = None,
     ) -> GenerationOptions:
         options = cls(strengths=list(config.lam_per_ckpt) or None, reference_lambda=config.reference_lambda)
+        if config.token_lambda and config.token_lambda_blend == "prediction":
+            options.prediction = PredictionBlend(pipe.unet, PromptEncoder(pipe), adapters)
         if config.compose_switch:
             options.compose = ComposeSwitch(
                 pipe.unet,
@@ -209,6 +219,8 @@ def run_batch(
         if options.compose is not None:
             scales = [scale * strength for strength in strengths]
             stack.enter_context(options.compose.active(kwargs["prompt"], guidance, scales))
+        if options.prediction is not None:  # a token's λ: one per batch (the batch was split per λ above)
+            stack.enter_context(options.prediction.active(kwargs["prompt"], guidance, float(scale)))
         return pipe(**kwargs).images
 
 
@@ -234,6 +246,10 @@ def check_adapters_can(config: GenerateConfig, checkpoints: list) -> None:
                 f"--lam-blocks scales weight offsets per block; the {ckpt.token} checkpoint (--trainable "
                 f"{trainable}) has none: drop --lam-blocks for it"
             )
+        if config.token_lambda and config.token_lambda_blend == "prediction":
+            reason = prediction_blend_refusal(ckpt.token, trainable)
+            if reason:
+                raise OstafError(reason)
         what = TRAINABLE.get(trainable, TRAINABLE["lite"])
         if config.compose_switch and not switchable(what, config.token_lambda):
             advice = ("add --token-lambda, or " if what.adapter == "none" else "") + "drop --compose-switch"
@@ -330,7 +346,13 @@ def generate(config: GenerateConfig, pipe: Pipeline | None = None, progress: boo
     pipe.to(device)
     set_scheduler(pipe, config.scheduler)
     adapters = [
-        apply(pipe, c, token_lambda=config.token_lambda, token_lambda_origin=config.token_lambda_origin)
+        apply(
+            pipe,
+            c,
+            token_lambda=config.token_lambda,
+            token_lambda_origin=config.token_lambda_origin,
+            token_lambda_blend=config.token_lambda_blend,
+        )
         for c in checkpoints
     ]
     if config.lam_blocks:

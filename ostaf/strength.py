@@ -68,6 +68,22 @@ def refusal(kind: str, feature: str) -> str | None:
     return f"{feature} needs an adapter that supports it; {what.get(kind, kind)} does not"
 
 
+def prediction_blend_refusal(token: str, trainable: str) -> str | None:
+    """Why `--token-lambda-blend prediction` cannot drive the checkpoint of `token` (trained with `--trainable
+    trainable`), or None: it weighs two prompts' predictions through one model, so the checkpoint may carry
+    nothing but its placeholder (tuned weights or an adapter would act in both passes)."""
+    from ostaf.config import TRAINABLE
+
+    what = TRAINABLE.get(trainable, TRAINABLE["lite"])
+    if what.blocks == "none" and what.adapter == "none":
+        return None
+    return (
+        f"--token-lambda-blend prediction weighs the prompt read with the placeholder against the hard prompt on one "
+        f"model; the {token} checkpoint (--trainable {trainable}) also tuned U-Net weights, which act in both: use "
+        "--token-lambda-blend row for it (its λ blends the weights from the base model's)"
+    )
+
+
 # "none": a training run without an adapter (the token, fine-tuning): λ options have nothing to act on.
 # "fixed": such a checkpoint at generation: any λ per sample is the same model, so a mixed batch is fine.
 # "token": a token checkpoint whose λ blends its placeholder (`TokenStrength`): one prompt encoding per λ.
@@ -228,17 +244,28 @@ class TokenStrength(FixedStrength):
     (1 − λ)·e_word + λ·e*, e_word the vocabulary word nearest to e* (cosine; per vector of a placeholder of
     several) — λ = 0 is that hard prompt — or the attribute's own word (`--token-lambda-origin attribute`:
     λ = 0 names no value); λ = 1 the learned token, past 1 an extrapolation. The text encoder reads the row when
-    a prompt is encoded, so one batch carries one λ (a sweep is one batch per λ, as for LoRA)."""
+    a prompt is encoded, so one batch carries one λ (a sweep is one batch per λ, as for LoRA). With
+    `blend="prediction"` (`--token-lambda-blend prediction`) the row stays e* at every λ and λ weighs the noise
+    predictions of the two prompts instead (`ostaf.mechanisms.prediction_blend`)."""
 
     kind = "token"
 
-    def __init__(self, token: str, trainable: str, prompts, token_id: int, learned: torch.Tensor, origin=None) -> None:
+    def __init__(
+        self,
+        token: str,
+        trainable: str,
+        prompts,
+        token_id: int,
+        learned: torch.Tensor,
+        origin=None,
+        blend: str = "row",
+    ) -> None:
         """`origin`: the row λ = 0 reads (`--token-lambda-origin attribute`: the attribute word's, for every
-        vector); None for each vector's nearest word."""
+        vector); None for each vector's nearest word. `blend`: row, or prediction (the row is left learned)."""
         from ostaf.mechanisms.dual_path import nearest_words
 
         super().__init__(token, trainable)
-        self.prompts, self.token_id = prompts, token_id
+        self.prompts, self.token_id, self.blend = prompts, token_id, blend
         self.learned = learned.detach().float()
         if origin is None:
             vocabulary = prompts.rows(prompts.tokenizer.vocab_size)  # the words, no placeholder among them
@@ -253,6 +280,8 @@ class TokenStrength(FixedStrength):
         import torch
 
         lam = float(scale.flatten()[0]) if torch.is_tensor(scale) else float(scale)  # one λ (checked above)
+        if self.blend == "prediction":
+            lam = 1.0  # the prompt reads e*; λ weighs the two prompts' predictions (PredictionBlend)
         self.prompts.write_row(self.token_id, self.word + lam * (self.learned - self.word))
 
     def merge(self, scale: float) -> None:

@@ -155,3 +155,126 @@ def test_lambda_blends_fine_tuned_weights_from_the_base_models_to_the_tuned_ones
         assert all(torch.equal(own[n].float(), base[n].float()) for n in tuned)
     fixed = apply(load_pipeline("tiny"), ckpt)  # without the option: the tuned weights at every λ
     assert not isinstance(fixed, TokenStrength)
+
+
+def guided(pipe, ids: torch.Tensor) -> dict:
+    """The U-Net's text arguments for [unconditional, the prompt of `ids`] (classifier-free guidance's batch; SDXL:
+    with the pooled embeddings, time ids zero)."""
+    prompts = PromptEncoder(pipe)
+    empty, cond = prompts.unconditional(1), prompts.encode(ids)
+    arguments = dict(encoder_hidden_states=torch.cat([empty.states, cond.states]))
+    if prompts.xl:
+        pooled = torch.cat([empty.pooled, cond.pooled])
+        arguments["added_cond_kwargs"] = dict(text_embeds=pooled, time_ids=torch.zeros(2, 6))
+    return arguments
+
+
+@on_both_models
+def test_the_prediction_blend_weighs_the_hard_prompts_prediction_against_the_learned_ones(token_ckpt, model):
+    """`--token-lambda-blend prediction`: inside a denoising batch each U-Net call returns ε_word + λ·(ε* − ε_word),
+    ε_word on the prompt with the placeholder read as its nearest word and ε* on the prompt as the pipeline encoded
+    it (checked at λ = 0.3 and 0 against two U-Net calls made by hand, for a keyword and a positional context and
+    both output forms); the placeholder's row stays e* at every λ; at λ = 1 the U-Net runs once, untouched."""
+    from ostaf.mechanisms.prediction_blend import PredictionBlend
+
+    pipe = load_pipeline(model)
+    blend = apply(pipe, token_ckpt(model), token_lambda=True, token_lambda_blend="prediction")
+    prompts = PromptEncoder(pipe)
+    learned_row = torch.cat([e.get_input_embeddings().weight[blend.token_id] for _, e in prompts.pairs]).float()
+    with blend.at(0.0):  # the row is not blended: the prompt reads e*, λ goes to the predictions
+        row = torch.cat([e.get_input_embeddings().weight[blend.token_id] for _, e in prompts.pairs]).float()
+    torch.testing.assert_close(row, learned_row)
+    torch.testing.assert_close(row, blend.learned, atol=1e-5, rtol=0)
+    ids = prompts.ids(PROMPT)
+    learned = guided(pipe, ids)  # the pipeline's call: the prompt as written, e* in the placeholder's place
+    hard = guided(pipe, hard_ids(ids, {blend.token_id: blend.word_ids[0]}))  # its nearest word there (SDXL: pooled)
+    assert not torch.allclose(learned["encoder_hidden_states"], hard["encoder_hidden_states"], atol=1e-4)
+    size = pipe.unet.config.sample_size
+    latents = torch.randn(2, pipe.unet.config.in_channels, size, size, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor(500)
+    with torch.no_grad():
+        by_hand = {name: pipe.unet(latents, t, **kw).sample for name, kw in (("learned", learned), ("hard", hard))}
+    context = learned.pop("encoder_hidden_states")
+    extra = learned  # SDXL: the learned prompt's pooled embedding, which the hard pass must replace
+    mechanism = PredictionBlend(pipe.unet, prompts, [blend])
+    calls = []
+    counter = pipe.unet.register_forward_pre_hook(lambda *a: calls.append(1))
+    for lam in (0.3, 0.0):
+        expected = by_hand["hard"] + lam * (by_hand["learned"] - by_hand["hard"])
+        with mechanism.active([PROMPT], guidance=5.0, lam=lam), torch.no_grad():
+            keyword = pipe.unet(latents, t, encoder_hidden_states=context, **extra).sample
+            positional = pipe.unet(latents, t, context, return_dict=False, **extra)[0]
+        torch.testing.assert_close(keyword, expected, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(positional, expected, atol=1e-5, rtol=1e-4)
+    row = torch.cat([e.get_input_embeddings().weight[blend.token_id] for _, e in prompts.pairs]).float()
+    torch.testing.assert_close(row, learned_row)  # the hard prompt's rows were put back: the pipeline reads e*
+    calls.clear()
+    with mechanism.active([PROMPT], guidance=5.0, lam=1.0), torch.no_grad():
+        same = pipe.unet(latents, t, encoder_hidden_states=context, **extra).sample
+    assert len(calls) == 1 and torch.equal(same, by_hand["learned"])
+    with torch.no_grad():  # the hook is gone after the block
+        assert torch.equal(pipe.unet(latents, t, encoder_hidden_states=context, **extra).sample, by_hand["learned"])
+    counter.remove()
+
+
+@on_both_models
+def test_a_prediction_sweep_ends_at_the_hard_prompt_and_the_token_and_weighs_them_in_between(
+    token_ckpt, model, tmp_path
+):
+    """Generation with `--token-lambda-blend prediction --token-lambda-origin attribute`: λ = 0 draws what the
+    row blend draws at λ = 0 (the prompt with the attribute's word), λ = 1 the learned token, and λ = 0.5 is
+    not the row blend's image (another blend)."""
+
+    def sweep(blend: str):
+        config = GenerateConfig(
+            ckpt=[str(token_ckpt(model))],
+            prompt=[PROMPT],
+            lam=[0.0, 0.5, 1.0],
+            seeds=[0],
+            num_steps=3,
+            out=str(tmp_path / blend),
+            token_lambda=True,
+            token_lambda_origin="attribute",
+            token_lambda_blend=blend,
+            device="cpu",
+        )
+        images = generate(config, progress=False)[0].images
+        return {lam: np.asarray(images[(lam, 0)]).astype(int) for lam in (0.0, 0.5, 1.0)}
+
+    rows, predictions = sweep("row"), sweep("prediction")
+    assert np.abs(predictions[0.0] - rows[0.0]).max() <= 1
+    assert np.abs(predictions[1.0] - rows[1.0]).max() <= 1
+    assert not np.array_equal(predictions[0.0], predictions[1.0])
+    assert np.abs(predictions[0.5] - rows[0.5]).max() > 1
+
+
+def test_the_prediction_blend_is_refused_where_it_cannot_weigh_two_prompts(tmp_path):
+    """Without --token-lambda, with an option that changes the U-Net call too, and for a checkpoint with tuned
+    weights (before any model loads, and in `apply`): one error each, naming what to do."""
+    from ostaf.generate import check_adapters_can
+    from tests.conftest import synthetic_image
+
+    with pytest.raises(OstafError, match="add --token-lambda"):
+        GenerateConfig(ckpt=["x"], prompt=[PROMPT], token_lambda_blend="prediction")
+    for clash in (dict(compose_switch=0.4), dict(reference_attention=1.0), dict(lam_per_ckpt=[0.5])):
+        with pytest.raises(OstafError, match=f"--{next(iter(clash)).replace('_', '-')}"):
+            GenerateConfig(ckpt=["x"], prompt=[PROMPT], token_lambda=True, token_lambda_blend="prediction", **clash)
+    assert GenerateConfig(ckpt=["x"], prompt=[PROMPT], token_lambda=True, token_lambda_blend="prediction")
+
+    class Card:
+        token = "*a"
+        card = {"trainable": "blocks", "attribute": "appearance"}
+
+    config = GenerateConfig(ckpt=["x"], prompt=[PROMPT], token_lambda=True, token_lambda_blend="prediction")
+    with pytest.raises(OstafError, match="--token-lambda-blend row"):
+        check_adapters_can(config, [Card()])
+    Card.card = {"trainable": "token", "attribute": "appearance"}
+    check_adapters_can(config, [Card()])
+    synthetic_image().save(tmp_path / "ref.png")
+    tuned = train(tiny_config(tmp_path / "ref.png", tmp_path / "run", steps=1, trainable="blocks"), progress=False)
+    pipe = load_pipeline("tiny")
+    rows = PromptEncoder(pipe).rows(PromptEncoder(pipe).tokenizer.vocab_size).clone()
+    with pytest.raises(OstafError, match="--token-lambda-blend row"):
+        apply(pipe, tuned.out, token_lambda=True, token_lambda_blend="prediction")
+    assert len(PromptEncoder(pipe).tokenizer) == PromptEncoder(pipe).tokenizer.vocab_size  # nothing was added
+    assert torch.equal(PromptEncoder(pipe).rows(len(rows)), rows)

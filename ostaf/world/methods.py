@@ -144,8 +144,27 @@ METHODS: dict[str, Recipe] = {
             generate=dict(token_lambda=True, token_lambda_origin="attribute"),
             **DISENTANGLED.train,
         ),
+        _method(
+            "disentangled+prediction-strength",
+            "the shipped recipe, λ weighing the noise predictions of the attribute's own word (λ = 0: no value "
+            "named) and of e* at generation (`--token-lambda-blend prediction`)",
+            generate=dict(token_lambda=True, token_lambda_origin="attribute", token_lambda_blend="prediction"),
+            **DISENTANGLED.train,
+        ),
+        _method(
+            "disentangled+prediction-lambda",
+            "the shipped recipe, λ weighing the noise predictions of e*'s nearest word and of e* at generation",
+            generate=dict(token_lambda=True, token_lambda_blend="prediction"),
+            **DISENTANGLED.train,
+        ),
         _method("token+vectors2", _VECTORS, trainable="token", num_vectors=2),
         _method("disentangled+vectors2", _VECTORS, **DISENTANGLED.train, num_vectors=2),
+        _method(
+            "disentangled+search",
+            f"the shipped recipe, {_SEARCH} (scored in its band)",
+            **DISENTANGLED.train,
+            token_search=32,
+        ),
         _method("token+band-half", "the noisy half of the schedule", trainable="token", timestep_range=[0.5, 1.0]),
         _method("token+band+snr", f"{_BAND}; {_SNR}", trainable="token", timestep_range=[0.25, 1.0], snr_gamma=1.0),
         _method("token+band-long", f"{_BAND}, 400 steps", trainable="token", timestep_range=[0.25, 1.0], steps=400),
