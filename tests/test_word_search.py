@@ -185,3 +185,51 @@ def test_the_search_is_the_first_order_top_k_scored_exactly_round_after_round(re
     assert found.loss < found.start_loss
     assert torch.equal(setup.token.word_embedding, by_hand_word)
     assert torch.equal(by_hand_word, setup.prompts.rows(setup.token_id)[found.word_id])
+
+
+def test_a_search_that_finds_nothing_better_keeps_the_attribute_word_and_row_zero_counts_as_found(
+    reference, tmp_path, monkeypatch
+):
+    """With a loss that is lowest at e*'s own word no row beats it: the answer is -1, e* is left where it was, and
+    every candidate was scored once; with one lowest at vocabulary row 0 that row is found (mutmut survivors
+    search_word 25, 26, 69–71, 83–88: -1 and row 0 are the edges of `best_index`). An error while scoring leaves
+    e* as it was (47)."""
+    from ostaf.mechanisms import word_search
+
+    setup = prepare(tiny_config(reference, tmp_path / "s", trainable="token"))
+    start = setup.token.word_embedding.clone()
+    rows = candidate_rows(setup)
+    vocab = setup.prompts.rows(setup.token_id)[rows]
+    for target, expected in ((start, -1), (vocab[0], int(rows[0]))):
+        monkeypatch.setattr(
+            word_search, "reference_loss", lambda s, d, t=target: ((s.token.word_embedding - t) ** 2).sum()
+        )
+        setup.token.word_embedding = start.clone()
+        found = search_word(setup, candidates=len(rows), rounds=2, samples=2)
+        assert found.word_id == expected
+        assert found.start_loss == pytest.approx(float(((start - target) ** 2).sum()))
+        assert found.tried == len(rows) * (1 if expected < 0 else 2)  # a second round brings nothing, then stops
+        assert torch.equal(setup.token.word_embedding, start if expected < 0 else vocab[0])
+
+    calls = []
+
+    def failing(s, d):  # the start's score, then the gradient's pass fails
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("scoring failed")
+        return ((s.token.word_embedding - start) ** 2).sum()
+
+    setup.token.word_embedding = start.clone()
+    monkeypatch.setattr(word_search, "reference_loss", failing)
+    with pytest.raises(RuntimeError):
+        search_word(setup, candidates=4, rounds=1, samples=2)
+    assert len(calls) == 2 and torch.equal(setup.token.word_embedding, start)
+
+
+def test_the_draws_pick_from_every_augmentation(reference, tmp_path):
+    """The scored draws sample every augmentation of the reference, the first included (mutmut survivors
+    fixed_samples 18, 19: the first never drawn; the draws picked among as many as the latent has channels)."""
+    setup = prepare(tiny_config(reference, tmp_path / "a"))
+    count = setup.latent_mean.shape[0]
+    assert count > setup.latent_mean.shape[1]  # more augmentations than channels: the two counts can be told apart
+    assert set(fixed_samples(setup, 16 * count, 0).pick.tolist()) == set(range(count))
