@@ -233,3 +233,40 @@ def test_the_draws_pick_from_every_augmentation(reference, tmp_path):
     count = setup.latent_mean.shape[0]
     assert count > setup.latent_mean.shape[1]  # more augmentations than channels: the two counts can be told apart
     assert set(fixed_samples(setup, 16 * count, 0).pick.tolist()) == set(range(count))
+
+
+def test_the_search_says_where_e_star_starts_and_is_built_only_when_asked(reference, tmp_path, monkeypatch, caplog):
+    """`--token-search` logs the word e* starts at (the found row's token, row 0 included; the attribute's own word
+    when none beat it), both losses and the count scored (mutmut survivors WordSearch.attach 12–33); without the
+    option no search is built (build 2: a search of 0 candidates would still run a gradient pass)."""
+    import logging
+
+    from ostaf.mechanisms import word_search
+
+    config = tiny_config(reference, tmp_path / "s", token_search=3, token_search_rounds=1, token_search_samples=2)
+    assert word_search.WordSearch.build(replace(config, token_search=0), None) is None
+    assert word_search.WordSearch.build(config, None).config is config
+    setup = prepare(tiny_config(reference, tmp_path / "plain", trainable="token"))
+    start = setup.token.word_embedding.clone()
+    vocab = setup.prompts.rows(setup.token_id)
+    results = []
+    real = word_search.search_word
+    monkeypatch.setattr(word_search, "search_word", lambda *a: results.append(real(*a)) or results[-1])
+    tokenizer = setup.prompts.tokenizer
+    cases = [(None, None), (start, setup.attribute.word), (vocab[0], tokenizer.convert_ids_to_tokens(0))]
+    for target, expected in cases:  # the real loss; none better than the start; row 0 best
+        if target is not None:
+            loss = lambda s, d, t=target: ((s.token.word_embedding - t) ** 2).sum()  # noqa: E731
+            monkeypatch.setattr(word_search, "reference_loss", loss)
+        setup.token.word_embedding = start.clone()
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger=word_search.__name__):
+            word_search.WordSearch(config).attach(setup)
+        found = results[-1]
+        word = expected or tokenizer.convert_ids_to_tokens(found.word_id)
+        said = [r.getMessage() for r in caplog.records if r.name == word_search.__name__]
+        assert said == [
+            f"word search: {setup.attribute.token} starts at {word!r} (loss {found.loss:.4f}, "
+            f"{setup.attribute.name}'s own word {found.start_loss:.4f}; {found.tried} words scored)"
+        ]
+    assert results[0].word_id >= 0 and results[1].word_id == -1 and results[2].word_id == 0
