@@ -270,3 +270,26 @@ def test_the_search_says_where_e_star_starts_and_is_built_only_when_asked(refere
             f"{setup.attribute.name}'s own word {found.start_loss:.4f}; {found.tried} words scored)"
         ]
     assert results[0].word_id >= 0 and results[1].word_id == -1 and results[2].word_id == 0
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_the_draws_are_the_references_latents_noised_as_written_out(reference, tmp_path, prediction):
+    """Each draw, by hand from the same generator: augmentation k, latent (μ_k + σ_k·ε)·scaling factor, noise n,
+    t stratified in the band (one t per step of the band when there are as many draws as steps), the noisy latent
+    and the target of the model's prediction type (mutmut survivors fixed_samples 47, 52, 53, 56, 58)."""
+    from diffusers import DDPMScheduler
+
+    setup = prepare(tiny_config(reference, tmp_path / "d", timestep_range=[0.25, 1.0]))
+    setup.noise_scheduler = DDPMScheduler.from_config(setup.noise_scheduler.config, prediction_type=prediction)
+    scheduler, count = setup.noise_scheduler, 750  # the band's 750 steps, one draw each
+    draws = fixed_samples(setup, count, 3)
+    generator = torch.Generator().manual_seed(3)
+    pick = torch.randint(0, setup.latent_mean.shape[0], (count,), generator=generator)
+    eps = torch.randn((count, *setup.latent_mean.shape[1:]), generator=generator)
+    noise = torch.randn(eps.shape, generator=generator)
+    assert torch.equal(draws.pick, pick)
+    assert sorted(draws.timesteps.tolist()) == list(range(250, 1000))  # every step of the band, the last included
+    latents = (setup.latent_mean[pick] + setup.latent_std[pick] * eps) * setup.pipe.vae.config.scaling_factor
+    torch.testing.assert_close(draws.noisy, scheduler.add_noise(latents, noise, draws.timesteps))
+    target = noise if prediction == "epsilon" else scheduler.get_velocity(latents, noise, draws.timesteps)
+    torch.testing.assert_close(draws.target, target)
