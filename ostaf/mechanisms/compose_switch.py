@@ -31,6 +31,7 @@ import torch
 
 from ostaf.errors import OstafError
 from ostaf.mechanisms.dual_path import VanillaPrompts
+from ostaf.mechanisms.unet_call import with_context
 
 if TYPE_CHECKING:
     from ostaf.conditioning import PromptEncoder
@@ -98,18 +99,7 @@ class ComposeSwitch:
             context = contexts.get(early)
             if context is None:
                 return None  # the call's own arguments
-            if "encoder_hidden_states" in kwargs:
-                current = kwargs["encoder_hidden_states"]
-                kwargs = kwargs | {"encoder_hidden_states": context.to(current.device, current.dtype)}
-            else:
-                current = args[2]
-                args = (*args[:2], context.to(current.device, current.dtype), *args[3:])
-            if current.shape != context.shape:
-                raise OstafError(
-                    f"--compose-switch prepared a context of shape {tuple(context.shape)} for a U-Net call with "
-                    f"{tuple(current.shape)}: it cannot be combined with a pass of another batch (reference attention)"
-                )
-            return args, kwargs
+            return with_context(args, kwargs, context, "--compose-switch")
 
         with ExitStack() as stack:
             for adapter in self.adapters:

@@ -30,21 +30,10 @@ import torch
 
 from ostaf.conditioning import Conditioning, PromptEncoder
 from ostaf.errors import OstafError
+from ostaf.mechanisms.unet_call import output_sample, with_context, with_sample
 
 if TYPE_CHECKING:
     from ostaf.strength import TokenStrength
-
-
-def output_sample(output) -> torch.Tensor:
-    """The noise prediction of a U-Net call's output (a tuple with `return_dict=False`, else an output object)."""
-    return output[0] if isinstance(output, tuple) else output.sample
-
-
-def with_sample(output, sample: torch.Tensor):
-    """`output` with its noise prediction replaced, in the form the caller asked for."""
-    if isinstance(output, tuple):
-        return (sample, *output[1:])
-    return type(output)(sample=sample)
 
 
 class PredictionBlend:
@@ -90,17 +79,7 @@ class PredictionBlend:
             if hard_prompt.pooled is not None and added and "text_embeds" in added:
                 pooled = added["text_embeds"]
                 kwargs = kwargs | {"added_cond_kwargs": added | {"text_embeds": hard_prompt.pooled.to(pooled)}}
-            if "encoder_hidden_states" in kwargs:
-                current = kwargs["encoder_hidden_states"]
-                kwargs = kwargs | {"encoder_hidden_states": context.to(current.device, current.dtype)}
-            else:
-                current = args[2]
-                args = (*args[:2], context.to(current.device, current.dtype), *args[3:])
-            if current.shape != context.shape:
-                raise OstafError(
-                    f"--token-lambda-blend prediction prepared a context of shape {tuple(context.shape)} for a U-Net "
-                    f"call with {tuple(current.shape)}: it cannot be combined with a pass of another batch"
-                )
+            args, kwargs = with_context(args, kwargs, context, "--token-lambda-blend prediction")
             self._inside = True
             try:
                 hard = output_sample(module(*args, **kwargs))

@@ -310,6 +310,42 @@ METHODS: dict[str, Recipe] = {
             **(_STYLE_TRAIN | dict(steps=200)),
         ),
         _method(
+            "style-views+band400-lr3e-4+lambda",
+            f"{_STYLE_VIEWS}: the decoder's blocks fine-tuned with them on {_BAND}, 400 steps at a third of the "
+            "world's rate (lr 3e-4: the weights move less from the base's, the prompt's words keep more of their say)",
+            generate=APPEARANCE_VIEWS.generate,
+            **(_STYLE_TRAIN | dict(lr=3e-4)),
+        ),
+        _method(
+            "style-views+band400-lr1e-4+lambda",
+            f"{_STYLE_VIEWS}: the decoder's blocks fine-tuned with them on {_BAND}, 400 steps at lr 1e-4",
+            generate=APPEARANCE_VIEWS.generate,
+            **(_STYLE_TRAIN | dict(lr=1e-4)),
+        ),
+        _method(
+            "style-views+band400-lr3e-4+varied-prior",
+            f"{_STYLE_VIEWS}: the decoder's blocks fine-tuned with them on {_BAND}, 400 steps at lr 3e-4; "
+            f"{_VARIED} (8 images)",
+            generate=APPEARANCE_VIEWS.generate,
+            **(_STYLE_TRAIN | dict(lr=3e-4, prior_images=8)),
+        ),
+        _method(
+            "token+style-views",
+            f"{_STYLE_VIEWS}: the placeholder alone learns from them (no weights: the prompt's words keep their say) "
+            f"on {_BAND}, 400 steps",
+            **(_STYLE_TRAIN | dict(trainable="token")),
+        ),
+        _method(
+            "lite+style-views",
+            f"{_STYLE_VIEWS}: OSTAF lite's decoder offsets and the token learn from them on {_BAND}, 400 steps",
+            **(_STYLE_TRAIN | dict(trainable="lite")),
+        ),
+        _method(
+            "lora+style-views",
+            f"{_STYLE_VIEWS}: LoRA on the decoder's q/k/v and the token learn from them on {_BAND}, 400 steps",
+            **(_STYLE_TRAIN | dict(trainable="lora")),
+        ),
+        _method(
             "appearance-views+band+lambda",
             f"the `views` recipe's idea on an appearance: blocks fine-tuned with {_VIEWS[0].lower()}{_VIEWS[1:]}, "
             f"on {_BAND}, λ a strength",
