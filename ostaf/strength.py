@@ -79,8 +79,8 @@ def prediction_blend_refusal(token: str, trainable: str) -> str | None:
         return None
     return (
         f"--token-lambda-blend prediction weighs the prompt read with the placeholder against the hard prompt on one "
-        f"model; the {token} checkpoint (--trainable {trainable}) also tuned U-Net weights, which act in both: use "
-        "--token-lambda-blend row for it (its λ blends the weights from the base model's)"
+        f"model; the {token} checkpoint (--trainable {trainable}) also trained U-Net weights or an adapter, which "
+        "would act in both passes: use --token-lambda-blend row for it (its λ then scales what it trained too)"
     )
 
 
