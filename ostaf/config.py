@@ -645,6 +645,11 @@ class GenerateConfig(_Config):
         choices=REFERENCE_BLOCKS,
     )
 
+    @property
+    def blends_predictions(self) -> bool:
+        """Whether λ weighs a token's two noise predictions (`--token-lambda --token-lambda-blend prediction`)."""
+        return self.token_lambda and self.token_lambda_blend == "prediction"
+
     @staticmethod
     def check_options(values: Mapping[str, Any]) -> None:
         _unit(dual_path=values["dual_path"])

@@ -91,7 +91,7 @@ class GenerationOptions:
         attributes: list[str] | None = None,
     ) -> GenerationOptions:
         options = cls(strengths=list(config.lam_per_ckpt) or None, reference_lambda=config.reference_lambda)
-        if config.token_lambda and config.token_lambda_blend == "prediction":
+        if config.blends_predictions:
             options.prediction = PredictionBlend(pipe.unet, PromptEncoder(pipe), adapters)
         if config.compose_switch:
             options.compose = ComposeSwitch(
@@ -246,7 +246,7 @@ def check_adapters_can(config: GenerateConfig, checkpoints: list) -> None:
                 f"--lam-blocks scales weight offsets per block; the {ckpt.token} checkpoint (--trainable "
                 f"{trainable}) has none: drop --lam-blocks for it"
             )
-        if config.token_lambda and config.token_lambda_blend == "prediction":
+        if config.blends_predictions:
             reason = prediction_blend_refusal(ckpt.token, trainable)
             if reason:
                 raise OstafError(reason)

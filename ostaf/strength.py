@@ -279,9 +279,10 @@ class TokenStrength(FixedStrength):
     def _write_scale(self, scale: Scale) -> None:
         import torch
 
+        if self.blend == "prediction":  # the prompt reads e*; λ weighs the two prompts' predictions (PredictionBlend)
+            self.prompts.write_row(self.token_id, self.learned)
+            return
         lam = float(scale.flatten()[0]) if torch.is_tensor(scale) else float(scale)  # one λ (checked above)
-        if self.blend == "prediction":
-            lam = 1.0  # the prompt reads e*; λ weighs the two prompts' predictions (PredictionBlend)
         self.prompts.write_row(self.token_id, self.word + lam * (self.learned - self.word))
 
     def merge(self, scale: float) -> None:
