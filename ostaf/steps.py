@@ -62,7 +62,7 @@ RUN_FILE = "run.json"
 REPORT_HTML = "report.html"  # the aggregate's self-contained page (KFP's Output[HTML], MLflow's report/)
 
 
-STEP_WORK_MARK = "ostaf-step-work"  # `<mark> <step> <seconds> s` in a task's log: the step's own time
+STEP_WORK_MARK = "ostaf-step-work"  # `<mark> <step> <seconds> s (torch threads N)` in a task's log: its own time
 
 
 def timed_step(function: Callable[..., T]) -> Callable[..., T]:
@@ -79,7 +79,9 @@ def timed_step(function: Callable[..., T]) -> Callable[..., T]:
         try:
             return function(*args, **kwargs)
         finally:
-            print(f"{STEP_WORK_MARK} {function.__name__} {time.perf_counter() - started:.3f} s", flush=True)
+            torch = sys.modules.get("torch")  # the threads it ran on (run-local shares the cores among branches)
+            threads = f" (torch threads {torch.get_num_threads()})" if torch is not None else ""
+            print(f"{STEP_WORK_MARK} {function.__name__} {time.perf_counter() - started:.3f} s{threads}", flush=True)
 
     return timed
 

@@ -14,10 +14,13 @@ defaults (later ones win).
 from __future__ import annotations
 
 import argparse
+import builtins
+import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import MISSING
 from pathlib import Path
 from typing import Any
@@ -43,6 +46,7 @@ from pipelines.dags import build_benchmark, build_personalization
 REPO = Path(__file__).resolve().parents[1]
 UPLOAD_URI = "s3://ostaf-benchmark/references"  # a bucket infra/local and infra/k8s create
 PIPELINES = {"benchmark": build_benchmark, "personalization": build_personalization}
+LOCAL_PARALLELISM = 2  # item branches at once on this machine (kfp's local runner runs at most 2)
 FLAG_PREFIX = {"train": "", "generate": "gen-", "evaluate": ""}  # per options section: `--steps`, `--gen-lam`
 
 
@@ -89,11 +93,14 @@ def parent_run_url(pipeline: str, ui: str = "http://127.0.0.1:5000") -> str:
         return ""
 
 
-def run_local(name: str, params: dict[str, Any], pipeline_root: str | Path = "runs/kfp", parallelism: int = 1) -> Path:
+def run_local(
+    name: str, params: dict[str, Any], pipeline_root: str | Path = "runs/kfp", parallelism: int = LOCAL_PARALLELISM
+) -> Path:
     """Run a pipeline on this machine with the KFP subprocess runner; MLflow goes to ./mlflow.db by default.
 
     No retries here (a local failure is not a lost pod). The pipeline is built with `params`' recipe as its
-    compile-time one, so its typed defaults and the recipe agree. Returns the aggregate task's table (Markdown).
+    compile-time one, so its typed defaults and the recipe agree. Item branches run `parallelism` at a time, the
+    machine's cores shared among them (`task_threads`). Returns the aggregate task's table (Markdown).
     """
     from kfp import local
 
@@ -106,8 +113,42 @@ def run_local(name: str, params: dict[str, Any], pipeline_root: str | Path = "ru
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
     pipeline = build(name, parallelism, retries=0, recipe=list(params.get("recipe", [])))
     started = time.time()
-    pipeline(**params)
+    branches = parallelism if name == "benchmark" else 1  # the personalization pipeline has one branch
+    with runner_globals(task_threads(branches)):
+        pipeline(**params)
     return newest_output(root, "aggregate", "table", since=started)
+
+
+@contextmanager
+def runner_globals(threads: int) -> Iterator[None]:
+    """The task processes' torch threads (`OMP_NUM_THREADS`, unless the user set it), for the run only; and what
+    kfp 2.17's local runner changes process-wide kept from outliving the run or losing its lines.
+
+    Around each task it swaps `builtins.print` (for an indenting one) and the root logger's handlers and level (for
+    one on stdout at INFO), then puts back what it found: two branches at once put back each other's, so later
+    prints stay indented, and a task's "finished" line can go to whatever handlers the process had (a test's
+    capture, a user's file) or under the level it had (WARNING: dropped). Inside, every handler and level it can
+    find are its own; after, all three are as they were.
+    """
+    root = logging.getLogger()
+    saved_print, saved_handlers, saved_level = builtins.print, root.handlers[:], root.level
+    root.handlers = [logging.StreamHandler(sys.stdout)]
+    root.setLevel(logging.INFO)  # what it puts back must not drop the other branch's lines (the default: WARNING)
+    user_threads = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = user_threads or str(threads)
+    try:
+        yield
+    finally:
+        builtins.print = saved_print
+        root.handlers, root.level = saved_handlers, saved_level
+        if user_threads is None:
+            del os.environ["OMP_NUM_THREADS"]
+
+
+def task_threads(parallelism: int, cores: int | None = None) -> int:
+    """Torch threads per task process when `parallelism` branches share the machine's cores: two small U-Nets
+    on one core each train ~1.5× the steps of one on two cores (`benchmarks/startup.py --parallel`)."""
+    return max(1, (cores or os.cpu_count() or 1) // max(1, parallelism))
 
 
 def newest_output(root: Path, task: str, output: str, since: float) -> Path:
@@ -188,6 +229,12 @@ def build_parser(recipe: Recipe | None = None) -> argparse.ArgumentParser:
             )
         else:
             p.add_argument("--pipeline-root", default="runs/kfp")
+            p.add_argument(
+                "--parallelism",
+                type=int,
+                default=LOCAL_PARALLELISM,
+                help="item branches at once (kfp's local runner runs at most 2), the cores shared among them",
+            )
             p.add_argument("--verbose", action="store_true", help="stream every task's full output (KFP's own)")
         if recipe is not None:
             for section in SECTIONS:
@@ -276,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"running the {args.pipeline} pipeline on the KFP local runner (every task's full log: {log})")
         try:
             with quiet_run(log, args.verbose):
-                table = run_local(args.pipeline, params, args.pipeline_root)
+                table = run_local(args.pipeline, params, args.pipeline_root, args.parallelism)
         except RuntimeError as err:  # kfp's local runner: a task failed; its last lines are shown above
             message = ANSI.sub("", str(err))
             print(f"pipelines run-local: error: {message} (its full log: {log})", file=sys.stderr)
