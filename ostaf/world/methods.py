@@ -285,6 +285,13 @@ METHODS: dict[str, Recipe] = {
             **APPEARANCE_VIEWS.train,
         ),
         _method(
+            "appearance-views+confined",
+            "the `appearance-views` recipe with the token learning only through the decoder's blocks "
+            "(`--token-grad confined`: the backward pass stops at the up blocks, a quarter of the step's time)",
+            generate=APPEARANCE_VIEWS.generate,
+            **(APPEARANCE_VIEWS.train | dict(token_grad="confined")),
+        ),
+        _method(
             "style-views+band400+lambda",
             f"{_STYLE_VIEWS}: the decoder's blocks fine-tuned with them on {_BAND}, 400 steps, λ a strength",
             generate=APPEARANCE_VIEWS.generate,
