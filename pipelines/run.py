@@ -113,7 +113,8 @@ def run_local(
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
     pipeline = build(name, parallelism, retries=0, recipe=list(params.get("recipe", [])))
     started = time.time()
-    branches = parallelism if name == "benchmark" else 1  # the personalization pipeline has one branch
+    # the personalization pipeline has one branch; kfp's local runner runs at most LOCAL_PARALLELISM at once
+    branches = min(parallelism, LOCAL_PARALLELISM) if name == "benchmark" else 1
     with runner_globals(task_threads(branches)):
         pipeline(**params)
     return newest_output(root, "aggregate", "table", since=started)

@@ -71,8 +71,11 @@ def test_the_views_join_the_reference_pass_with_the_loss_and_gradient_of_their_o
     together = trainable_grads(setup, joined.mse + joined.frames)
     apart = trainable_grads(setup, alone.mse + 2.5 * own)
     assert any(g.abs().sum() > 0 for g in together)
+    # float sums in another order (one batch of 2 against two of 1) differ by ~4e-6 of the gradients' scale on an
+    # AVX2-only CPU (1.6e-7 absolute: over a fixed 1e-7); a wrong weight or a swapped set moves them by percents
+    atol = 1e-5 * max(float(g.abs().max()) for g in apart)
     for a, b in zip(together, apart, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=atol)
 
 
 @pytest.mark.parametrize(
