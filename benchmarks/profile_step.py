@@ -45,7 +45,8 @@ def main() -> int:
     setup = prepare(config)
     optimizer = make_optimizer(setup)
     generator = torch.Generator().manual_seed(0)
-    processors = list(setup.adapter.processors.values())
+    # OSTAF's processors hold the hypernetwork; blocks, unet and token runs have no adapter, LoRA has peft's layers
+    processors = [p for p in getattr(setup.adapter, "processors", {}).values() if hasattr(p, "offsets")]
 
     def step(phases: dict[str, float] | None) -> None:
         clock = time.perf_counter()

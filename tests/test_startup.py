@@ -110,3 +110,13 @@ def test_the_gpu_script_measures_a_row_on_tiny_without_a_gpu(tmp_path):
     assert row["config"] == "decoder-bf16-adamw8bit" and row["s_per_step"] > 0
     assert row["1000_steps_s"] == round(1000 * row["s_per_step"], 1)
     assert row["optimizer_used"] == "AdamW"  # 8-bit AdamW is CUDA only: the fallback is named, not hidden
+
+
+@pytest.mark.parametrize("trainable", ["blocks", "lora"])
+def test_the_step_profile_runs_for_methods_without_a_hypernetwork(trainable):
+    """benchmarks/profile_step.py read the hypernetwork off every run's adapter: blocks and LoRA runs have none."""
+    command = [sys.executable, str(REPO / "benchmarks" / "profile_step.py"), "--model", "tiny", "--resolution", "64"]
+    command += ["--trainable", trainable, "--steps", "1", "--top", "1"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| hypernetwork ΔW (no grad, for reference) | 0.0 |" in done.stdout and "| backward |" in done.stdout
