@@ -31,22 +31,21 @@ TARGET = 1.3  # machine throughput, branches side by side ÷ one run on every co
 TRAINED = re.compile(r"trained (\d+) steps \(([\d.]+) s/step\)")
 
 
-def reference(folder: Path, attribute: str) -> Path:
-    """`make run`'s named reference of the attribute (the world's held-out stream), as a PNG."""
+def reference(folder: Path, attribute: str) -> tuple[Path, str]:
+    """`make run`'s named reference of the attribute (the first of the world's test stream): PNG, class name."""
     from PIL import Image
 
-    from ostaf.world.references import reference_world
+    from ostaf.world.references import reference_world, references
 
-    path = folder / f"{attribute}.png"
-    Image.fromarray(
-        reference_world(attribute, {"shape": 10000, "appearance": 20000, "style": 30000}[attribute]).image
-    ).save(path)
-    return path
+    (ref,) = references(1, attributes=[attribute])
+    path = folder / f"{ref.id}.png"
+    Image.fromarray(reference_world(ref.attribute, ref.seed, ref.value).image).save(path)
+    return path, ref.class_name
 
 
-def start(image: Path, args: argparse.Namespace, out: Path, threads: int) -> subprocess.Popen:
+def start(image: tuple[Path, str], args: argparse.Namespace, out: Path, threads: int) -> subprocess.Popen:
     command = [
-        sys.executable, "-m", "ostaf.cli", "train", "--image", str(image), "--class-name", "object",
+        sys.executable, "-m", "ostaf.cli", "train", "--image", str(image[0]), "--class-name", image[1],
         "--attribute", args.attribute, "--model", "attribute-world", "--recipe", *args.recipe,
         "--steps", str(args.steps), "--no-segment", "--out", str(out),
     ]  # fmt: skip

@@ -32,6 +32,7 @@ from pipelines.cluster import on_cluster
 
 MODEL = TrainConfig.__dataclass_fields__["model"].default
 RETRIES = 2  # steps that write only their own output folder are retried on a cluster (pod loss, preemption)
+PERSONALIZATION_PARALLELISM = 1  # one reference: one branch
 BACKOFF = "30s"
 EMPTY = inspect.Parameter.empty
 
@@ -176,7 +177,7 @@ def build_personalization(retries: int = RETRIES, recipe: list[str] | None = Non
                 weights=True,  # on a cluster the image is a path on the mounted volume,
                 object_store=True,  # or an s3:// URI (what `submit` uploads a local file to)
             )
-            fan_out(ref, args, start, parallelism=1, retries=retries)
+            fan_out(ref, args, start, parallelism=PERSONALIZATION_PARALLELISM, retries=retries)
 
     return typed_pipeline("attribute-personalization", "One reference image, one attribute, λ sweep.", params, body)
 

@@ -41,7 +41,7 @@ from ostaf.steps import REPORT_HTML, reference_item
 from ostaf.tracking import provenance_tags, tracking_uri
 from pipelines.cluster import CLUSTER
 from pipelines.console import ANSI, quiet_run
-from pipelines.dags import build_benchmark, build_personalization
+from pipelines.dags import PERSONALIZATION_PARALLELISM, build_benchmark, build_personalization
 
 REPO = Path(__file__).resolve().parents[1]
 UPLOAD_URI = "s3://ostaf-benchmark/references"  # a bucket infra/local and infra/k8s create
@@ -113,8 +113,8 @@ def run_local(
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
     pipeline = build(name, parallelism, retries=0, recipe=list(params.get("recipe", [])))
     started = time.time()
-    # the personalization pipeline has one branch; kfp's local runner runs at most LOCAL_PARALLELISM at once
-    branches = min(parallelism, LOCAL_PARALLELISM) if name == "benchmark" else 1
+    # kfp's local runner runs at most LOCAL_PARALLELISM branches at once; the personalization pipeline has one
+    branches = min(parallelism, LOCAL_PARALLELISM) if name == "benchmark" else PERSONALIZATION_PARALLELISM
     with runner_globals(task_threads(branches)):
         pipeline(**params)
     return newest_output(root, "aggregate", "table", since=started)
@@ -148,7 +148,7 @@ def runner_globals(threads: int) -> Iterator[None]:
 
 def task_threads(parallelism: int, cores: int | None = None) -> int:
     """Torch threads per task process when `parallelism` branches share the machine's cores: two small U-Nets
-    on one core each train ~1.5× the steps of one on two cores (`benchmarks/startup.py --parallel`)."""
+    on one core each train ~1.4× the steps of one on two cores (`benchmarks/parallel_branches.py`)."""
     return max(1, (cores or os.cpu_count() or 1) // max(1, parallelism))
 
 

@@ -63,6 +63,20 @@ def _row(values: list) -> dict:
     return {name: values[i] if i < len(values) else options[0] for i, (name, options) in enumerate(FACTORS.items())}
 
 
+def _value_pairs():
+    """Every pair of values of two factors, as (a, x, b, y)."""
+    names = list(FACTORS)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            for x in FACTORS[a]:
+                for y in FACTORS[b]:
+                    yield a, x, b, y
+
+
+def _held(cases: list[dict], a: str, x, b: str, y) -> bool:
+    return any(c[a] == x and c[b] == y for c in cases)
+
+
 def _accepted_completion(accepted: list[dict]) -> list[dict]:
     """Accepted cases for the pairs allpairspy's filtered search left out although some accepted case can hold
     them (its filter sees partial rows, the rest off: a value that needs another option on — the prediction
@@ -71,41 +85,32 @@ def _accepted_completion(accepted: list[dict]) -> list[dict]:
     drawn case (a merge may move a pair the case held by chance: the caller runs it again until nothing is added);
     pairs no accepted case can hold are left to the refused cases."""
     added: list[tuple[dict, dict]] = []  # (case, the pairs' values it was added for)
-    names = list(FACTORS)
-    for i, a in enumerate(names):
-        for b in names[i + 1 :]:
-            for x in FACTORS[a]:
-                for y in FACTORS[b]:
-                    if any(c[a] == x and c[b] == y for c in [*accepted, *(c for c, _ in added)]):
-                        continue
-                    pin = {a: x, b: y}
-                    merged = next(
-                        (
-                            j
-                            for j, (case, pins) in enumerate(added)
-                            if all(pins.get(k, v) == v for k, v in pin.items()) and refusal(case | pin) is None
-                        ),
-                        None,
-                    )
-                    if merged is not None:
-                        added[merged] = (added[merged][0] | pin, added[merged][1] | pin)
-                        continue
-                    start = next((c for c in [_row([]), *accepted] if refusal(c | pin) is None), None)
-                    if start is not None:
-                        added.append((start | pin, pin))
+    for a, x, b, y in _value_pairs():
+        if _held([*accepted, *(c for c, _ in added)], a, x, b, y):
+            continue
+        pin = {a: x, b: y}
+        merged = next(
+            (
+                j
+                for j, (case, pins) in enumerate(added)
+                if all(pins.get(k, v) == v for k, v in pin.items()) and refusal(case | pin) is None
+            ),
+            None,
+        )
+        if merged is not None:
+            added[merged] = (added[merged][0] | pin, added[merged][1] | pin)
+            continue
+        start = next((c for c in [_row([]), *accepted] if refusal(c | pin) is None), None)
+        if start is not None:
+            added.append((start | pin, pin))
     return [case for case, _ in added]
 
 
 def _complete(cases: list[dict]) -> list[dict]:
     """Add a case (the rest off) for each pair no case holds yet: refused, shown refused."""
-    names = list(FACTORS)
-    for i, a in enumerate(names):
-        for b in names[i + 1 :]:
-            seen = {(c[a], c[b]) for c in cases}
-            for x in FACTORS[a]:
-                for y in FACTORS[b]:
-                    if (x, y) not in seen:
-                        cases.append(_row([]) | {a: x, b: y})
+    for a, x, b, y in _value_pairs():
+        if not _held(cases, a, x, b, y):
+            cases.append(_row([]) | {a: x, b: y})
     return cases
 
 
