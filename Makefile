@@ -19,10 +19,11 @@ data: install
 # The main job: the benchmark pipeline on the KFP local runner with the Attribute World model
 # (shipped in the package, ostaf/world/model/) on held-out world references, two per attribute (one named, one
 # novel), with the `world` recipe, then the methods that won on validation references (ostaf/recipes.py):
-# `disentangled` (the token on the noisy band) and, for the shape items only, `views`; tracked in ./mlflow.db.
+# `disentangled` (the token on the noisy band), then each attribute's views (`views` for shapes, `appearance-views`,
+# `style-views`); tracked in ./mlflow.db.
 # Flags: python -m pipelines run-local --help
 run: data
-	$(PY) -m pipelines run-local --per-attribute 2 --model attribute-world --recipe world disentangled views appearance-views
+	$(PY) -m pipelines run-local --per-attribute 2 --model attribute-world --recipe world disentangled views appearance-views style-views
 
 test: data browser
 	$(PY) -m pytest -q

@@ -4,8 +4,7 @@ A recipe is the one place a setting is written (the Makefile, the demo, the worl
 and `--recipe` all read it); explicit options still win over it. Recipes layer: `--recipe A B` takes
 A's values, then B's over them, so a model's settings (`world`) and a method's combine. A recipe can be for some
 attributes only (`views`: shape): it layers in where the run's item has one of them, and is skipped elsewhere, so
-`--recipe world disentangled views appearance-views` trains shapes and appearances with their views and styles
-with the token.
+`--recipe world disentangled views appearance-views style-views` trains each attribute with its own views.
 """
 
 from __future__ import annotations
@@ -91,12 +90,28 @@ APPEARANCE_VIEWS = Recipe(
     attributes=("appearance",),
 )
 
+STYLE_VIEWS = Recipe(
+    "style-views",
+    "for styles (style only): the placeholder token alone (no weights: every word of the prompt keeps its say) "
+    "learns from the reference and 10 style views — a named outline of the object's area in a named colour and "
+    "texture with what the reference draws along its edge and around it (rim, cast shadow) on its canvas (its frame "
+    "kept), 'a red plain circle in the style of *s' — so the style is all the training images share; on the noisy "
+    "three quarters of the schedule, 400 steps at lr 1e-2 (at the world's 1e-3 a named style's token stops half way "
+    "to its word and draws the style under the reference's own caption only). λ blends e* from its nearest word "
+    "(--token-lambda). 8 named validation styles × 2 seeds: match 1.00 against 0.75 for `disentangled`; 4 seen: gap "
+    "closed -0.33 against -0.66 (text control 0.75 / 0.88); 4 novel: -0.91 against -0.75 (text control 0.88 / 0.50) "
+    "(benchmarks/results/world-v3/ablation/)",
+    train=dict(trainable="token", views=10, timestep_range=[0.25, 1.0], steps=400, lr=1e-2),
+    generate=dict(token_lambda=True),
+    attributes=("style",),
+)
+
 PAPER = Recipe(
     "paper",
     "the authors' settings: every option at its default (OSTAF paper hypernetworks with their random init, "
     "3000 steps at lr 1e-6, SAM, CLIP token init, 50 denoising steps)",
 )
-RECIPES: dict[str, Recipe] = {r.name: r for r in (PAPER, WORLD, DISENTANGLED, VIEWS, APPEARANCE_VIEWS)}
+RECIPES: dict[str, Recipe] = {r.name: r for r in (PAPER, WORLD, DISENTANGLED, VIEWS, APPEARANCE_VIEWS, STYLE_VIEWS)}
 
 
 def get_recipe(name: str) -> Recipe:

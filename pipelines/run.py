@@ -54,7 +54,7 @@ FLAG_PREFIX = {"train": "", "generate": "gen-", "evaluate": ""}  # per options s
 # ships in the package) on two held-out world references per attribute with its recipes — minutes, not `tiny` for
 # 3000 steps
 COMPILED = {
-    "recipe": ["world", "disentangled", "views", "appearance-views"],
+    "recipe": ["world", "disentangled", "views", "appearance-views", "style-views"],
     "model": "attribute-world",
     "source": "world",
     "per_attribute": 2,

@@ -109,7 +109,7 @@ def test_parameters_come_from_the_configs(specs):
     # attribute with its recipes
     assert params["model"]["defaultValue"] == "attribute-world" and params["source"]["defaultValue"] == "world"
     assert params["per_attribute"]["defaultValue"] == 2
-    assert params["recipe"]["defaultValue"] == ["world", "disentangled", "views", "appearance-views"]
+    assert params["recipe"]["defaultValue"] == ["world", "disentangled", "views", "appearance-views", "style-views"]
     assert params["metric_models"]["defaultValue"] == EvaluateConfig.__dataclass_fields__["metric_models"].default
     single = specs["attribute_personalization"]["root"]["inputDefinitions"]["parameters"]
     assert {"image", "attribute", "class_name", "prompts", "recipe", "extra_options"} | typed <= set(single)
@@ -279,3 +279,23 @@ def test_a_failed_local_task_is_one_clear_error_naming_it(tmp_path, monkeypatch,
     (log,) = (tmp_path / "kfp" / "logs").glob("benchmark-*.log")
     assert str(log.relative_to(tmp_path)) in err.replace(str(tmp_path) + "/", "")
     assert "executor_input" in log.read_text()
+
+
+def test_the_main_job_the_ui_default_and_the_world_shipped_method_name_the_same_recipes():
+    """`make run`'s `--recipe`, the compiled pipelines' default (`COMPILED`) and the world experiment's `shipped`
+    method (the rows that measure the main job) are one list: a recipe added to one and not the others would
+    report numbers for a job nobody runs."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    from ostaf.world.methods import LAYERED
+    from pipelines.run import COMPILED
+
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    line = next(line for line in makefile.splitlines() if line.startswith("\t") and "pipelines run-local" in line)
+    words = shlex.split(re.sub(r"\$\(\w+\)", "", line))
+    make_recipes = words[words.index("--recipe") + 1 :]
+    make_recipes = make_recipes[: next((i for i, w in enumerate(make_recipes) if w.startswith("--")), None)]
+    assert make_recipes == COMPILED["recipe"]
+    assert ["world", *LAYERED["shipped"]] == COMPILED["recipe"]

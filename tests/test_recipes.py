@@ -134,13 +134,14 @@ def card(folder, attribute: str) -> str:
 
 
 def test_a_recipe_for_some_attributes_layers_in_for_their_items_only(tmp_path):
-    """`--recipe world disentangled views appearance-views` (the main job's): shape and appearance items train
-    with their views and generate with λ as a strength, style items with the token in its band, in the pipeline
-    (one resolved options file for every item) and in the CLI (`train --attribute`, `generate` from its
-    checkpoint's attribute); a typed parameter and `extra_options` still win over the shape's recipe."""
+    """`--recipe world disentangled views appearance-views style-views` (the main job's): each attribute's items
+    train with their own views and generate with λ as a strength — shapes the encoder's blocks, appearances the
+    decoder's, styles the token alone at its own rate — in the pipeline (one resolved options file for every item)
+    and in the CLI (`train --attribute`, `generate` from its checkpoint's attribute); a typed parameter and
+    `extra_options` still win over the shape's recipe."""
     from ostaf.options import resolve_options
 
-    recipe = ["world", "disentangled", "views", "appearance-views"]
+    recipe = ["world", "disentangled", "views", "appearance-views", "style-views"]
     resolved = resolve_options(recipe, {}, {})
 
     def train_of(attribute: str, options=resolved) -> TrainConfig:
@@ -158,13 +159,14 @@ def test_a_recipe_for_some_attributes_layers_in_for_their_items_only(tmp_path):
     assert (look.trainable, look.views, look.view_extend, look.view_textures) == ("blocks", 10, True, False)
     assert (look.steps, look.timestep_range) == (400, [0.25, 1])
     style = train_of("style")
-    assert style.steps == 200  # the world's
-    assert (style.trainable, style.views, style.view_textures, style.timestep_range) == ("token", 0, False, [0.25, 1])
-    assert not generate_of("style").token_lambda and generate_of("appearance").token_lambda
+    assert (style.steps, style.lr) == (400, 1e-2)  # the recipe's own rate, over the world's 1e-3
+    assert (style.trainable, style.views, style.view_textures, style.timestep_range) == ("token", 10, False, [0.25, 1])
+    assert generate_of("style").token_lambda and generate_of("appearance").token_lambda
     assert generate_of("shape").token_lambda and generate_of("shape").lam == generate_of("style").lam == [1.0]
-    assert set(resolved["train"]["per_attribute"]) == {"shape", "appearance"}  # only what differs, where it does
+    assert set(resolved["train"]["per_attribute"]) == {"shape", "appearance", "style"}  # only what differs, where
     assert set(resolved["train"]["per_attribute"]["shape"]) == {"trainable", "views", "view_textures", "steps"}
     assert set(resolved["train"]["per_attribute"]["appearance"]) == {"trainable", "views", "view_extend", "steps"}
+    assert set(resolved["train"]["per_attribute"]["style"]) == {"views", "steps", "lr"}
 
     typed = resolve_options(recipe, {"train": {"view_loss_weight": 3.0}}, {"trainable": "lora"})
     assert (train_of("shape", typed).trainable, train_of("shape", typed).view_loss_weight) == ("lora", 3.0)
@@ -174,10 +176,17 @@ def test_a_recipe_for_some_attributes_layers_in_for_their_items_only(tmp_path):
     synthetic_image().save(image)
     argv = ["train", "--image", str(image), "--class-name", "object", "--model", "tiny", "--recipe", *recipe]
     assert config_from_args(TrainConfig, parsed([*argv, "--attribute", "shape"])).views == 8
-    assert config_from_args(TrainConfig, parsed([*argv, "--attribute", "style"])).trainable == "token"
-    for attribute, strength in (("shape", True), ("appearance", True), ("style", False)):
-        flags = ["generate", "--ckpt", card(tmp_path / attribute, attribute), "--prompt", "a cat", "--recipe", *recipe]
-        assert config_from_args(GenerateConfig, parsed(flags)).token_lambda is strength
+    style_flags = config_from_args(TrainConfig, parsed([*argv, "--attribute", "style"]))
+    assert (style_flags.trainable, style_flags.views, style_flags.lr) == ("token", 10, 1e-2)
+    shape_and_look = recipe[:4]  # without style-views a style generates as the token recipe does: one λ, no knob
+    for attribute, names, strength in (
+        ("shape", shape_and_look, True),
+        ("appearance", shape_and_look, True),
+        ("style", shape_and_look, False),
+        ("style", recipe, True),
+    ):
+        flags = ["generate", "--ckpt", card(tmp_path / f"{attribute}{len(names)}", attribute), "--prompt", "a cat"]
+        assert config_from_args(GenerateConfig, parsed([*flags, "--recipe", *names])).token_lambda is strength
 
 
 def test_the_parent_run_logs_what_a_recipe_changes_for_an_attribute(tmp_path, monkeypatch):

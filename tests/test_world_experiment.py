@@ -416,9 +416,10 @@ def test_a_method_whose_views_an_attribute_cannot_have_is_one_error_before_any_w
 
 
 def test_the_shipped_method_trains_and_generates_each_attribute_with_its_recipes(tmp_path, monkeypatch):
-    """`shipped` is the main job's `--recipe world disentangled views appearance-views` per reference: a shape
-    trains the views recipe on the band and sweeps λ (its strength), an appearance its extended views, a style
-    the token on the band with one λ; a composition composes the shape's and the appearance's checkpoints."""
+    """`shipped` is the main job's `--recipe world disentangled views appearance-views style-views` per reference: a
+    shape trains the views recipe on the band and sweeps λ (its strength), an appearance its extended views, a style
+    the token alone with its style views at the recipe's rate, λ sweeping from its nearest word; a composition
+    composes the shape's and the appearance's checkpoints."""
     from PIL import Image
 
     from ostaf.recipes import layered
@@ -452,14 +453,15 @@ def test_the_shipped_method_trains_and_generates_each_attribute_with_its_recipes
     assert asked[-1].token_lambda and asked[-1].lam == [0.0, 1.0]  # the appearance views' knob, swept
     style = references(1, "validation", 0, ("style",), "named")[0]
     jobs.run_job(config, "shipped", style)
-    assert not asked[-1].token_lambda and asked[-1].lam == [1.0]  # a token: one λ
+    assert asked[-1].token_lambda and asked[-1].lam == [0.0, 1.0]  # the style token's knob, swept
     views = layered(["disentangled", "views"], "shape").train
     assert {k: getattr(trained["shape"], k) for k in views} == views and trained["shape"].steps == views["steps"]
     look_views = layered(["disentangled", "appearance-views"], "appearance").train
     assert {k: getattr(trained["appearance"], k) for k in look_views} == look_views
     assert (trained["appearance"].views, trained["appearance"].view_extend) == (10, True)
-    assert trained["style"].steps == 7  # the run's steps where the recipe sets none
-    assert (trained["style"].trainable, trained["style"].views) == ("token", 0)
+    style_views = layered(["disentangled", "style-views"], "style").train
+    assert {k: getattr(trained["style"], k) for k in style_views} == style_views
+    assert (trained["style"].trainable, trained["style"].views, trained["style"].lr) == ("token", 10, 1e-2)
     assert trained["style"].timestep_range == [0.25, 1.0]
     jobs.run_compose(config, "shipped", shape, look)
     runs = tmp_path / "runs" / "shipped"

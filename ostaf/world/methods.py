@@ -138,6 +138,16 @@ METHODS: dict[str, Recipe] = {
             generate=dict(token_lambda=True),
             **DISENTANGLED.train,
         ),
+        *(
+            _method(
+                f"disentangled-lr{lr}",
+                f"the shipped recipe with the token at lr {lr} (the world's 1e-3 leaves a style's token half way to "
+                "its word: it draws the style under the reference's own caption and not under other prompts)",
+                generate=dict(token_lambda=True),
+                **(DISENTANGLED.train | dict(lr=float(lr))),
+            )
+            for lr in ("3e-3", "1e-2", "3e-2")
+        ),
         _method(
             "disentangled+strength",
             "the shipped recipe, λ blending e* from the attribute's own word at generation (λ = 0: no value named)",
@@ -349,6 +359,43 @@ METHODS: dict[str, Recipe] = {
             f"on {_BAND}, 400 steps",
             **(_STYLE_TRAIN | dict(trainable="token")),
         ),
+        *(
+            _method(
+                f"token+style-views-lr{lr}",
+                f"{_STYLE_VIEWS}: the placeholder alone learns from them on {_BAND}, 400 steps at lr {lr} (at the "
+                "world's 1e-3 the token stays half way to a style's word)",
+                generate=dict(token_lambda=True),
+                **(_STYLE_TRAIN | dict(trainable="token", lr=float(lr))),
+            )
+            for lr in ("3e-3", "1e-2")
+        ),
+        _method(
+            "token+style-views-lr1e-2+confined",
+            f"{_STYLE_VIEWS}: the placeholder alone learns from them through the decoder's blocks only (`--token-grad "
+            f"confined`: the backward pass stops there) on {_BAND}, 400 steps at lr 1e-2",
+            generate=dict(token_lambda=True),
+            **(_STYLE_TRAIN | dict(trainable="token", lr=1e-2, token_grad="confined")),
+        ),
+        _method(
+            "token+style-views-lr1e-2+accum1",
+            f"{_STYLE_VIEWS}: the placeholder alone learns from them on {_BAND}, 400 steps at lr 1e-2, one reference "
+            "draw per step (`--grad-accum 1`: a U-Net batch of 2 with the view, not 3)",
+            generate=dict(token_lambda=True),
+            **(_STYLE_TRAIN | dict(trainable="token", lr=1e-2, grad_accum=1)),
+        ),
+        _method(
+            "token+style-views200-lr1e-2",
+            f"{_STYLE_VIEWS}: the placeholder alone learns from them on {_BAND}, 200 steps at lr 1e-2",
+            generate=dict(token_lambda=True),
+            **(_STYLE_TRAIN | dict(trainable="token", lr=1e-2, steps=200)),
+        ),
+        _method(
+            "style-views+token-lr1e-2",
+            f"{_STYLE_VIEWS}: the decoder's blocks at lr 3e-4 and the token at lr 1e-2 (`--token-lr`) learn from them "
+            f"on {_BAND}, 400 steps: the token reaches the nearest style word, the weights what no word names",
+            generate=APPEARANCE_VIEWS.generate,
+            **(_STYLE_TRAIN | dict(lr=3e-4, token_lr=1e-2)),
+        ),
         _method(
             "lite+style-views",
             f"{_STYLE_VIEWS}: OSTAF lite's decoder offsets and the token learn from them on {_BAND}, 400 steps",
@@ -383,7 +430,7 @@ METHODS: dict[str, Recipe] = {
 }
 # methods whose options depend on the reference's attribute: recipes layered per attribute, as `--recipe` layers
 # them for a benchmark's items
-_SHIPPED = ("disentangled", "views", "appearance-views")  # make run's recipes
+_SHIPPED = ("disentangled", "views", "appearance-views", "style-views")  # make run's recipes
 # what a layered method adds to its recipes (for the attributes its Recipe names)
 LAYERED_EXTRA: dict[str, Recipe] = {
     "shipped+unnamed": Recipe(
