@@ -105,13 +105,14 @@ def test_the_world_experiment_sweeps_lambda_only_where_it_acts():
     assert not reads_lambda("disentangled") and not reads_lambda("token") and not reads_lambda("finetune")
     assert reads_lambda("disentangled+lambda") and reads_lambda("lora") and reads_lambda("compose/ostaf-lite")
     assert reads_lambda("reference-attention-lambda") and not reads_lambda("reference-attention")
-    # `shipped` layers per attribute: its shapes and appearances blend (their views), its styles are the token; a
-    # composition of its checkpoints blends their weights (so a timestep switch can turn them off) and reads λ
+    # `shipped` layers per attribute: its shapes and appearances blend (their views), its styles' token from its
+    # nearest word (style-views); a composition of its checkpoints blends their weights (so a timestep switch can
+    # turn them off) and reads λ
     assert reads_lambda("shipped", "shape") and reads_lambda("shipped", "appearance")
-    assert not reads_lambda("shipped", "style")
+    assert reads_lambda("shipped", "style") and generate_options("shipped", "style")["token_lambda"]
     assert reads_lambda("compose/shipped") and not reads_lambda("compose/disentangled")
     assert generate_options("compose@0.5/shipped")["token_lambda"] and "token_lambda" not in generate_options(
-        "shipped", "style"
+        "disentangled", "style"
     )
 
 
