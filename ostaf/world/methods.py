@@ -38,6 +38,11 @@ _STYLE_VIEWS = (
     "in the style of *s'"
 )
 _STYLE_TRAIN = dict(trainable="blocks", views=10, timestep_range=[0.25, 1.0], steps=400)
+# pivotal tuning on the style views: the `style-views` recipe's token phase, then the decoder's blocks with the token
+# frozen (`--token-steps`), each at its own rate
+_STYLE_PIVOTAL = STYLE_VIEWS.train | dict(
+    trainable="blocks", token_steps=STYLE_VIEWS.train["steps"], token_lr=STYLE_VIEWS.train["lr"], steps=600, lr=3e-4
+)
 _HYPER = "the hypernetwork's square matrices as rank-R factors (`--hyper-rank`; issue 17: does quality change?)"
 _REFERENCE = dict(reference_attention=2.0)
 _VECTORS = "a placeholder of two vectors (`--num-vectors 2`), for the values CLIP spells with two tokens (hex·agon)"
@@ -398,6 +403,28 @@ METHODS: dict[str, Recipe] = {
             f"on {_BAND}, 400 steps: the token reaches the nearest style word, the weights what no word names",
             generate=APPEARANCE_VIEWS.generate,
             **(_STYLE_TRAIN | dict(lr=3e-4, token_lr=1e-2)),
+        ),
+        _method(
+            "style-views+pivotal",
+            f"{_STYLE_VIEWS}: pivotal — the `style-views` recipe's token first (400 steps at lr 1e-2, the weights at "
+            "λ = 0), then the decoder's blocks at lr 3e-4 for 200 steps with the token frozen (`--token-steps 400`): "
+            "the weights learn only what the token's word leaves",
+            generate=STYLE_VIEWS.generate,
+            **_STYLE_PIVOTAL,
+        ),
+        _method(
+            "style-views+pivotal-lr1e-4",
+            f"{_STYLE_VIEWS}: as `style-views+pivotal` with the blocks at lr 1e-4",
+            generate=STYLE_VIEWS.generate,
+            **(_STYLE_PIVOTAL | dict(lr=1e-4)),
+        ),
+        _method(
+            "appearance-views+pivotal",
+            "the `appearance-views` recipe's views and blocks, pivotal as `style-views+pivotal`: the token first with "
+            "the views (400 steps at lr 1e-2, the weights at λ = 0), then the decoder's blocks at the recipe's lr 1e-3 "
+            "for 200 steps with the token frozen (`--token-steps 400`)",
+            generate=APPEARANCE_VIEWS.generate,
+            **(APPEARANCE_VIEWS.train | dict(token_steps=400, token_lr=1e-2, steps=600, lr=1e-3)),
         ),
         _method(
             "lite+style-views",
