@@ -16,6 +16,7 @@ from ostaf.errors import OstafError
 from ostaf.mechanisms import binding
 from ostaf.mechanisms.contrastive import NearestWordContrast
 from ostaf.mechanisms.masked_loss import MaskedLoss, masked_mse
+from ostaf.models import load_pipeline
 from ostaf.train import denoising_loss, mechanism_loss, optimizer_step, prepare, sample_batch, train
 from tests.conftest import on_both_models, synthetic_image, tiny_config
 
@@ -297,6 +298,21 @@ def test_token_steps_train_the_token_first_then_only_the_offsets(reference, tmp_
     assert not torch.equal(middle["token.embedding"], initial.token().detach())  # the token did
     assert torch.equal(middle["token.embedding"], final["token.embedding"])  # steps 3-4: the token is frozen
     assert any(not torch.equal(middle[k], final[k]) for k in start)  # and the offsets train
+
+
+def test_token_steps_with_fine_tuned_blocks_train_the_token_then_only_the_blocks(reference, tmp_path):
+    """Pivotal tuning as the world's `style-views+pivotal` runs it (`--trainable blocks --token-steps`): no adapter,
+    so the token phase is the base model because the blocks are frozen in it; after it the token is frozen and the
+    blocks move."""
+    out = tmp_path / "pivotal"
+    config = tiny_config(reference, out, steps=4, token_steps=2, checkpoint_every=2, trainable="blocks", token_lr=5e-2)
+    base = {f"unet.{n}": p.detach() for n, p in load_pipeline(config.model, seed=config.seed).unet.named_parameters()}
+    train(config, progress=False)
+    middle, final = tensors(out / "checkpoints" / "step-000002"), tensors(out)
+    blocks = [k for k in final if k.startswith("unet.")]
+    assert blocks and all(torch.equal(middle[k].float(), base[k].float()) for k in blocks)  # steps 1-2: no block
+    assert torch.equal(middle["token.embedding"], final["token.embedding"])  # steps 3-4: the token is frozen
+    assert any(not torch.equal(middle[k], final[k]) for k in blocks)  # and the blocks train
 
 
 def test_the_token_phase_runs_the_base_model_and_the_later_steps_the_offsets_at_their_lambda(reference, tmp_path):

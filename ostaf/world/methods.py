@@ -419,6 +419,12 @@ METHODS: dict[str, Recipe] = {
             **(_STYLE_PIVOTAL | dict(lr=1e-4)),
         ),
         _method(
+            "style-views+pivotal100",
+            f"{_STYLE_VIEWS}: as `style-views+pivotal` with 100 steps of the blocks (500 in all)",
+            generate=STYLE_VIEWS.generate,
+            **(_STYLE_PIVOTAL | dict(steps=500)),
+        ),
+        _method(
             "appearance-views+pivotal",
             "the `appearance-views` recipe's views and blocks, pivotal as `style-views+pivotal`: the token first with "
             "the views (400 steps at lr 1e-2, the weights at λ = 0), then the decoder's blocks at the recipe's lr 1e-3 "
