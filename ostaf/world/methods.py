@@ -406,9 +406,9 @@ METHODS: dict[str, Recipe] = {
         ),
         _method(
             "style-views+pivotal",
-            f"{_STYLE_VIEWS}: pivotal — the `style-views` recipe's token first (400 steps at lr 1e-2, the weights at "
-            "λ = 0), then the decoder's blocks at lr 3e-4 for 200 steps with the token frozen (`--token-steps 400`): "
-            "the weights learn only what the token's word leaves",
+            f"{_STYLE_VIEWS}: pivotal — the `style-views` recipe's token first (400 steps at lr 1e-2 on the base "
+            "model, the blocks frozen), then the decoder's blocks at lr 3e-4 for 200 steps with the token frozen "
+            "(`--token-steps 400`): the weights learn only what the token's word leaves",
             generate=STYLE_VIEWS.generate,
             **_STYLE_PIVOTAL,
         ),
@@ -427,7 +427,7 @@ METHODS: dict[str, Recipe] = {
         _method(
             "appearance-views+pivotal",
             "the `appearance-views` recipe's views and blocks, pivotal as `style-views+pivotal`: the token first with "
-            "the views (400 steps at lr 1e-2, the weights at λ = 0), then the decoder's blocks at the recipe's lr 1e-3 "
+            "the views (400 steps at lr 1e-2, the blocks frozen), then the decoder's blocks at the recipe's lr 1e-3 "
             "for 200 steps with the token frozen (`--token-steps 400`)",
             generate=APPEARANCE_VIEWS.generate,
             **(APPEARANCE_VIEWS.train | dict(token_steps=400, token_lr=1e-2, steps=600, lr=1e-3)),
