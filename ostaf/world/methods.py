@@ -40,9 +40,8 @@ _STYLE_VIEWS = (
 _STYLE_TRAIN = dict(trainable="blocks", views=10, timestep_range=[0.25, 1.0], steps=400)
 # pivotal tuning on the style views: the `style-views` recipe's token phase, then the decoder's blocks with the token
 # frozen (`--token-steps`), each at its own rate
-_STYLE_PIVOTAL = STYLE_VIEWS.train | dict(
-    trainable="blocks", token_steps=STYLE_VIEWS.train["steps"], token_lr=STYLE_VIEWS.train["lr"], steps=600, lr=3e-4
-)
+_TOKEN_FIRST = dict(token_steps=STYLE_VIEWS.train["steps"], token_lr=STYLE_VIEWS.train["lr"])  # its token phase
+_STYLE_PIVOTAL = STYLE_VIEWS.train | _TOKEN_FIRST | dict(trainable="blocks", steps=600, lr=3e-4)
 _HYPER = "the hypernetwork's square matrices as rank-R factors (`--hyper-rank`; issue 17: does quality change?)"
 _REFERENCE = dict(reference_attention=2.0)
 _VECTORS = "a placeholder of two vectors (`--num-vectors 2`), for the values CLIP spells with two tokens (hex·agon)"
@@ -381,21 +380,21 @@ METHODS: dict[str, Recipe] = {
             "token+style-views-lr1e-2+confined",
             f"{_STYLE_VIEWS}: the placeholder alone learns from them through the decoder's blocks only (`--token-grad "
             f"confined`: the backward pass stops there) on {_BAND}, 400 steps at lr 1e-2",
-            generate=dict(token_lambda=True),
-            **(_STYLE_TRAIN | dict(trainable="token", lr=1e-2, token_grad="confined")),
+            generate=STYLE_VIEWS.generate,
+            **(STYLE_VIEWS.train | dict(token_grad="confined")),
         ),
         _method(
             "token+style-views-lr1e-2+accum1",
             f"{_STYLE_VIEWS}: the placeholder alone learns from them on {_BAND}, 400 steps at lr 1e-2, one reference "
             "draw per step (`--grad-accum 1`: a U-Net batch of 2 with the view, not 3)",
-            generate=dict(token_lambda=True),
-            **(_STYLE_TRAIN | dict(trainable="token", lr=1e-2, grad_accum=1)),
+            generate=STYLE_VIEWS.generate,
+            **(STYLE_VIEWS.train | dict(grad_accum=1)),
         ),
         _method(
             "token+style-views200-lr1e-2",
             f"{_STYLE_VIEWS}: the placeholder alone learns from them on {_BAND}, 200 steps at lr 1e-2",
-            generate=dict(token_lambda=True),
-            **(_STYLE_TRAIN | dict(trainable="token", lr=1e-2, steps=200)),
+            generate=STYLE_VIEWS.generate,
+            **(STYLE_VIEWS.train | dict(steps=200)),
         ),
         _method(
             "style-views+token-lr1e-2",
@@ -430,7 +429,7 @@ METHODS: dict[str, Recipe] = {
             "the views (400 steps at lr 1e-2, the blocks frozen), then the decoder's blocks at the recipe's lr 1e-3 "
             "for 200 steps with the token frozen (`--token-steps 400`)",
             generate=APPEARANCE_VIEWS.generate,
-            **(APPEARANCE_VIEWS.train | dict(token_steps=400, token_lr=1e-2, steps=600, lr=1e-3)),
+            **(APPEARANCE_VIEWS.train | _TOKEN_FIRST | dict(steps=600, lr=1e-3)),
         ),
         _method(
             "lite+style-views",
