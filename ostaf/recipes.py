@@ -99,8 +99,8 @@ STYLE_VIEWS = Recipe(
     "three quarters of the schedule, 400 steps at lr 1e-2 (at the world's 1e-3 a named style's token stops half way "
     "to its word and draws the style under the reference's own caption only). λ blends e* from its nearest word "
     "(--token-lambda). 8 named validation styles × 2 seeds: match 1.00 against 0.75 for `disentangled`; 4 seen: gap "
-    "closed -0.33 against -0.66 (text control 0.75 / 0.88); 4 novel: -0.91 against -0.75 (text control 0.88 / 0.50). "
-    "16 test styles × 3 seeds: named match 1.00 at text control 0.92 (the token: 0.94 at 0.90); styles no word names "
+    "closed -0.33 against -0.66 (text control 0.75 / 0.88); 4 novel: -0.91 against -0.75 (text control 1.00 / 0.88). "
+    "16 test styles × 3 seeds: named match 1.00 at text control 0.94 (the token: 0.94 at 0.90); styles no word names "
     "lose — seen gap closed -1.63, novel -1.39 against the token's -1.03 / -0.93: a token reaches a style word, not "
     "past it (benchmarks/results/world-v3/ablation/)",
     train=dict(trainable="token", views=10, timestep_range=[0.25, 1.0], steps=400, lr=1e-2),

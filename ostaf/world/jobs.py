@@ -1,5 +1,6 @@
 """One job of the world experiment: train one method on one reference (or compose two checkpoints), generate the
-λ sweep, score it; a finished job is read back from its `rows.json` when its settings are the same."""
+λ sweep, score it; a finished job is read back from its `rows.json` when its settings are the same (and scored
+again from its images when the scoring changed since)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from PIL import Image
 from ostaf.images import save_image
 from ostaf.io import write_json
 from ostaf.recipes import WORLD
-from ostaf.sweep import PromptResult, write_sweep
+from ostaf.sweep import PromptResult, SweepIndex, write_sweep
 from ostaf.world.generator import WorldImage
 from ostaf.world.methods import (
     COMPOSE_PROMPTS,
@@ -26,7 +27,7 @@ from ostaf.world.methods import (
     reads_lambda,
     reference_options,
 )
-from ostaf.world.references import Reference, score, score_composition
+from ostaf.world.references import SCORE_VERSION, Reference, score, score_composition
 
 if TYPE_CHECKING:
     from ostaf.world.experiment import ExperimentConfig
@@ -103,24 +104,49 @@ def job_key(config: ExperimentConfig, method: str, attribute: str) -> dict:
     return json.loads(json.dumps(key))  # as it reads back from JSON (tuples → lists)
 
 
-def finished_rows(config: ExperimentConfig, job: Path, method: str, attribute: str) -> list[dict] | None:
-    """The rows of a job this configuration already finished (None when not, or with other settings)."""
+def finished_rows(
+    config: ExperimentConfig, job: Path, method: str, attribute: str, ref: Reference | None = None
+) -> list[dict] | None:
+    """The rows of a job this configuration already finished (None when not, or with other settings); rows
+    scored under an older `SCORE_VERSION` are scored again from the job's images (given its `ref`: no
+    training), or, without them, the job runs again."""
     path = job / ROWS
     if not path.exists():
         return None
     saved = json.loads(path.read_text())
-    return saved["rows"] if saved.get("key") == job_key(config, method, attribute) else None
+    if saved.get("key") != job_key(config, method, attribute):
+        return None
+    if saved.get("score", 1) == SCORE_VERSION.get(attribute, 1):
+        return saved["rows"]
+    if ref is None or not (job / IMAGES / SweepIndex.FILE).is_file():
+        return None
+    return save_rows(config, job, method, attribute, rescored(job / IMAGES, ref, saved["rows"]))
 
 
 def save_rows(config: ExperimentConfig, job: Path, method: str, attribute: str, rows: list[dict]) -> list[dict]:
-    write_json(job / ROWS, {"key": job_key(config, method, attribute), "rows": rows})
+    key = job_key(config, method, attribute)
+    write_json(job / ROWS, {"key": key, "score": SCORE_VERSION.get(attribute, 1), "rows": rows})
     return rows
+
+
+def rescored(images: Path, ref: Reference, rows: list[dict]) -> list[dict]:
+    """`rows` with their metrics scored again from the sweep in `images` (training time and keys kept); a row
+    whose λ was not rendered reads the λ = 1 image, as `_generate` showed it."""
+    paths = {(e["lam"], e["seed"]): images / e["path"] for e in SweepIndex.read(images).entries}
+    world, scored = ref.world(), {}
+    out = []
+    for row in rows:
+        path = paths.get((row["lam"], row["seed"])) or paths[(1.0, row["seed"])]
+        if path not in scored:
+            scored[path] = score(np.asarray(Image.open(path).convert("RGB")), ref.attribute, ref.prompt, world)
+        out.append(row | scored[path])
+    return out
 
 
 def run_job(config: ExperimentConfig, method: str, ref: Reference) -> list[dict]:
     """Train `method` on `ref`, generate the λ sweep and score it; a job already done is read back."""
     job = Path(config.out) / "runs" / method / ref.id
-    done = finished_rows(config, job, method, ref.attribute)
+    done = finished_rows(config, job, method, ref.attribute, ref)
     return done if done is not None else save_rows(config, job, method, ref.attribute, _run_job(config, method, ref))
 
 

@@ -213,6 +213,26 @@ def _band(
     return (colour, width) if colour is not None else (np.zeros(3), 0)
 
 
+def _rim(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """(colour, width in px) of the band along the inside of the object's edge unlike its body; width 0: none."""
+    if mask.sum() < 30:
+        return np.zeros(3), 0
+    body = look_of(image, erode(mask, MAX_RIM))
+    if body is None:
+        return np.zeros(3), 0
+    colours = [body.colour] + ([body.second] if body.second is not None else [])
+    return _band(image, mask, colours, RIM_DELTA_E, MAX_RIM)
+
+
+def body_of(image: np.ndarray, mask: np.ndarray, inset: int = 0) -> np.ndarray:
+    """The object's mask without the rim a style draws along its edge (`mask` itself without one): where the
+    body's colour and texture are read — an unnamed rim is the style's, not the prompt's colour. `inset`: the
+    px a reader already steps in by itself (the texture's `interior`), taken off the rim's width."""
+    width = max(_rim(image, mask)[1] - inset, 0)
+    body = erode(mask, width) if width else mask
+    return body if body.sum() >= 30 else mask
+
+
 def style_of(image: np.ndarray, mask: np.ndarray) -> Style:
     """The style parts drawn around the object under `mask` (`recover_mask`'s), at 64 px."""
     scale = len(image) / SIZE
@@ -223,11 +243,8 @@ def style_of(image: np.ndarray, mask: np.ndarray) -> Style:
     # rim: rings along the object's edge, unlike the body inside
     rim, shadow = None, None
     if mask.sum() >= 30:
-        body = look_of(image, erode(mask, MAX_RIM))
-        if body is not None:
-            colours = [body.colour] + ([body.second] if body.second is not None else [])
-            rim_colour, rim_width = _band(image, mask, colours, RIM_DELTA_E, MAX_RIM)
-            rim = (rim_colour, round(rim_width / scale)) if rim_width else None
+        rim_colour, rim_width = _rim(image, mask)
+        rim = (rim_colour, round(rim_width / scale)) if rim_width else None
         # shadow: the offset that best explains the shadow pixels as the silhouette moved
         cast = _shadow_pixels(image) & ~mask
         if cast.sum() >= 0.02 * mask.sum():

@@ -424,6 +424,27 @@ METHODS: dict[str, Recipe] = {
             **(_STYLE_PIVOTAL | dict(steps=500)),
         ),
         _method(
+            "style-views+pivotal+varied-prior",
+            f"{_STYLE_VIEWS}: as `style-views+pivotal`, the blocks' phase with {_VARIED} (8 images): the token "
+            "draws the nearest word, the weights what it leaves, the prior keeps the prompt's words in charge",
+            generate=STYLE_VIEWS.generate,
+            **(_STYLE_PIVOTAL | dict(prior_images=8)),
+        ),
+        _method(
+            "style-views+pivotal+varied-prior-0.3",
+            f"{_STYLE_VIEWS}: as `style-views+pivotal+varied-prior` with the prior's loss at 0.3",
+            generate=STYLE_VIEWS.generate,
+            **(_STYLE_PIVOTAL | dict(prior_images=8, prior_loss_weight=0.3)),
+        ),
+        _method(
+            "style-views+pivotal+views4",
+            f"{_STYLE_VIEWS}: as `style-views+pivotal` with the views' loss at 4 × the reference's "
+            "(`--view-loss-weight 4`): the rim and shadow learned along named outlines in named looks, less of the "
+            "reference's own outline and colours",
+            generate=STYLE_VIEWS.generate,
+            **(_STYLE_PIVOTAL | dict(view_loss_weight=4.0)),
+        ),
+        _method(
             "appearance-views+pivotal",
             "the `appearance-views` recipe's views and blocks, pivotal as `style-views+pivotal`: the token first with "
             "the views (400 steps at lr 1e-2, the blocks frozen), then the decoder's blocks at the recipe's lr 1e-3 "

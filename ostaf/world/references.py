@@ -56,6 +56,7 @@ from ostaf.world.evaluate import (
 )
 from ostaf.world.generator import (
     COLOURS,
+    OUTLINE_WIDTH,
     SHAPES,
     STYLES,
     TEXTURE_WORDS,
@@ -316,6 +317,13 @@ def _appearance_is(image: np.ndarray, mask: np.ndarray, colour: str, texture: st
     return classify_colour(image, mask) == colour, classify_texture(image, mask) == texture
 
 
+def _body_look_is(image: np.ndarray, mask: np.ndarray, colour: str, texture: str) -> tuple[bool, bool]:
+    """`_appearance_is` on the body inside a style's rim (`measure.body_of`): the rim is the style's, not the
+    colour or texture the prompt asks for (the texture's reader steps in `OUTLINE_WIDTH` by itself)."""
+    colour_is = classify_colour(image, measure.body_of(image, mask)) == colour
+    return colour_is, classify_texture(image, measure.body_of(image, mask, inset=OUTLINE_WIDTH)) == texture
+
+
 def unnamed_strength(image: np.ndarray, mask: np.ndarray, attribute: str, world: WorldImage) -> tuple[float, bool]:
     """(similarity or gap, match) of an image's attribute against an unnamed reference value."""
     if attribute == "shape":
@@ -327,6 +335,11 @@ def unnamed_strength(image: np.ndarray, mask: np.ndarray, attribute: str, world:
     gap = measure.style_gap(measure.style_of(image, mask), measure.style_of(world.image, world.mask)).total()
     return gap, gap <= measure.STYLE_MATCH
 
+
+# how each attribute's images are scored (`score`): a job's rows scored under another version are scored again
+# from its images (`ostaf.world.jobs`). Style 2: the prompt's colour and texture are read inside the rim
+# (`measure.body_of`), not over it — a rim of an unnamed colour read as the body failed text control.
+SCORE_VERSION = {"shape": 1, "appearance": 1, "style": 2}
 
 # the one place that says which metric is an attribute's strength (registered on the group: every table reads it)
 STRENGTH = {
@@ -367,7 +380,8 @@ def score(image: np.ndarray, attribute: str, prompt: str, world: WorldImage) -> 
         return strength | {"text_control": float(text and found), "leakage": float(leaked_look)}
     if attribute == "appearance":
         return strength | {"text_control": float(shape == target.get("shape")), "leakage": float(shape == f.shape)}
-    look = _appearance_is(image, mask, target.get("colour"), target.get("texture"))
+    look = _body_look_is(image, mask, target.get("colour"), target.get("texture"))
+    leaked_look = any(_body_look_is(image, mask, f.colour, f.texture)) and found
     return strength | {
         "text_control": float(shape == target.get("shape") and all(look)),
         "leakage": float(shape == f.shape or leaked_look),
