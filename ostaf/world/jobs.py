@@ -118,9 +118,8 @@ def finished_rows(
         return None
     if saved.get("score", 1) == SCORE_VERSION.get(attribute, 1):
         return saved["rows"]
-    if ref is None or not (job / IMAGES / SweepIndex.FILE).is_file():
-        return None
-    return save_rows(config, job, method, attribute, rescored(job / IMAGES, ref, saved["rows"]))
+    rows = rescored(job / IMAGES, ref, saved["rows"]) if ref is not None else None
+    return None if rows is None else save_rows(config, job, method, attribute, rows)
 
 
 def save_rows(config: ExperimentConfig, job: Path, method: str, attribute: str, rows: list[dict]) -> list[dict]:
@@ -129,14 +128,18 @@ def save_rows(config: ExperimentConfig, job: Path, method: str, attribute: str, 
     return rows
 
 
-def rescored(images: Path, ref: Reference, rows: list[dict]) -> list[dict]:
-    """`rows` with their metrics scored again from the sweep in `images` (training time and keys kept); a row
-    whose λ was not rendered reads the λ = 1 image, as `_generate` showed it."""
+def rescored(images: Path, ref: Reference, rows: list[dict]) -> list[dict] | None:
+    """`rows` with their metrics scored again from the sweep in `images` (training time and keys kept; a row
+    whose λ was not rendered reads the λ = 1 image, as `_generate` showed it); None when an image is missing."""
+    if not (images / SweepIndex.FILE).is_file():
+        return None
     paths = {(e["lam"], e["seed"]): images / e["path"] for e in SweepIndex.read(images).entries}
     world, scored = ref.world(), {}
     out = []
     for row in rows:
-        path = paths.get((row["lam"], row["seed"])) or paths[(1.0, row["seed"])]
+        path = paths.get((row["lam"], row["seed"])) or paths.get((1.0, row["seed"]))
+        if path is None or not path.is_file():
+            return None
         if path not in scored:
             scored[path] = score(np.asarray(Image.open(path).convert("RGB")), ref.attribute, ref.prompt, world)
         out.append(row | scored[path])

@@ -224,12 +224,15 @@ def _rim(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, int]:
     return _band(image, mask, colours, RIM_DELTA_E, MAX_RIM)
 
 
-def body_of(image: np.ndarray, mask: np.ndarray, inset: int = 0) -> np.ndarray:
-    """The object's mask without the rim a style draws along its edge (`mask` itself without one): where the
-    body's colour and texture are read — an unnamed rim is the style's, not the prompt's colour. `inset`: the
-    px a reader already steps in by itself (the texture's `interior`), taken off the rim's width."""
-    width = max(_rim(image, mask)[1] - inset, 0)
-    body = erode(mask, width) if width else mask
+def rim_width(image: np.ndarray, mask: np.ndarray) -> int:
+    """The px width of the rim a style draws along the object's edge (0: none), as `style_of` finds it."""
+    return _rim(image, mask)[1]
+
+
+def body_of(mask: np.ndarray, rim: int) -> np.ndarray:
+    """The object's mask without a rim `rim` px wide (`mask` itself for none, or when too little is left): where
+    the body's colour and texture are read — an unnamed rim is the style's, not the prompt's colour."""
+    body = erode(mask, rim) if rim > 0 else mask
     return body if body.sum() >= 30 else mask
 
 

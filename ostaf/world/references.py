@@ -317,11 +317,11 @@ def _appearance_is(image: np.ndarray, mask: np.ndarray, colour: str, texture: st
     return classify_colour(image, mask) == colour, classify_texture(image, mask) == texture
 
 
-def _body_look_is(image: np.ndarray, mask: np.ndarray, colour: str, texture: str) -> tuple[bool, bool]:
-    """`_appearance_is` on the body inside a style's rim (`measure.body_of`): the rim is the style's, not the
-    colour or texture the prompt asks for (the texture's reader steps in `OUTLINE_WIDTH` by itself)."""
-    colour_is = classify_colour(image, measure.body_of(image, mask)) == colour
-    return colour_is, classify_texture(image, measure.body_of(image, mask, inset=OUTLINE_WIDTH)) == texture
+def _body_look_is(image: np.ndarray, mask: np.ndarray, rim: int, colour: str, texture: str) -> tuple[bool, bool]:
+    """`_appearance_is` on the body inside a style's rim `rim` px wide (`measure.body_of`): the rim is the
+    style's, not the colour or texture the prompt asks for (the texture's reader steps in `OUTLINE_WIDTH` itself)."""
+    colour_is = classify_colour(image, measure.body_of(mask, rim)) == colour
+    return colour_is, classify_texture(image, measure.body_of(mask, rim - OUTLINE_WIDTH)) == texture
 
 
 def unnamed_strength(image: np.ndarray, mask: np.ndarray, attribute: str, world: WorldImage) -> tuple[float, bool]:
@@ -380,8 +380,9 @@ def score(image: np.ndarray, attribute: str, prompt: str, world: WorldImage) -> 
         return strength | {"text_control": float(text and found), "leakage": float(leaked_look)}
     if attribute == "appearance":
         return strength | {"text_control": float(shape == target.get("shape")), "leakage": float(shape == f.shape)}
-    look = _body_look_is(image, mask, target.get("colour"), target.get("texture"))
-    leaked_look = any(_body_look_is(image, mask, f.colour, f.texture)) and found
+    rim = measure.rim_width(image, mask)
+    look = _body_look_is(image, mask, rim, target.get("colour"), target.get("texture"))
+    leaked_look = any(_body_look_is(image, mask, rim, f.colour, f.texture)) and found
     return strength | {
         "text_control": float(shape == target.get("shape") and all(look)),
         "leakage": float(shape == f.shape or leaked_look),
