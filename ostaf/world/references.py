@@ -313,13 +313,9 @@ def references(
     return refs
 
 
-def _appearance_is(image: np.ndarray, mask: np.ndarray, colour: str, texture: str) -> tuple[bool, bool]:
-    return classify_colour(image, mask) == colour, classify_texture(image, mask) == texture
-
-
-def _body_look_is(image: np.ndarray, mask: np.ndarray, rim: int, colour: str, texture: str) -> tuple[bool, bool]:
-    """`_appearance_is` on the body inside a style's rim `rim` px wide (`measure.body_of`): the rim is the
-    style's, not the colour or texture the prompt asks for (the texture's reader steps in `OUTLINE_WIDTH` itself)."""
+def _appearance_is(image: np.ndarray, mask: np.ndarray, colour: str, texture: str, rim: int = 0) -> tuple[bool, bool]:
+    """(colour, texture) as asked, read on the body inside a style's rim `rim` px wide (`measure.body_of`): the rim
+    is the style's, not the prompt's colour (the texture's reader steps in `OUTLINE_WIDTH` by itself)."""
     colour_is = classify_colour(image, measure.body_of(mask, rim)) == colour
     return colour_is, classify_texture(image, measure.body_of(mask, rim - OUTLINE_WIDTH)) == texture
 
@@ -381,8 +377,8 @@ def score(image: np.ndarray, attribute: str, prompt: str, world: WorldImage) -> 
     if attribute == "appearance":
         return strength | {"text_control": float(shape == target.get("shape")), "leakage": float(shape == f.shape)}
     rim = measure.rim_width(image, mask)
-    look = _body_look_is(image, mask, rim, target.get("colour"), target.get("texture"))
-    leaked_look = any(_body_look_is(image, mask, rim, f.colour, f.texture)) and found
+    look = _appearance_is(image, mask, target.get("colour"), target.get("texture"), rim)
+    leaked_look = any(_appearance_is(image, mask, f.colour, f.texture, rim)) and found
     return strength | {
         "text_control": float(shape == target.get("shape") and all(look)),
         "leakage": float(shape == f.shape or leaked_look),
