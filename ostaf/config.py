@@ -402,6 +402,15 @@ class TrainConfig(_Config):
         False, "count the denoising loss only inside the (dilated) reference mask", pairwise=(False, True)
     )
     mask_dilation: int = opt(1, "latent pixels the loss mask grows by (--masked-loss)")
+    mask_region: str = opt(
+        "object",
+        "what --masked-loss counts: object (the reference mask) or edge (the band along the object's edge — rim, "
+        "cast shadow, the picture's frame: what a style draws, not the object's inside nor the background beyond)",
+        choices=("object", "edge"),
+    )
+    masked_loss_start: int = opt(
+        0, "the step from which --masked-loss counts (before it: the whole picture; = --token-steps: the weights only)"
+    )
     prior_images: int = opt(
         0,
         "prior preservation (DreamBooth): N images of the class prompt from the base model, generated once and "

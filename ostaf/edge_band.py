@@ -126,6 +126,19 @@ class EdgeBand:
         rims = np.reshape([np.median(r.colours.astype(np.float64), axis=0) for r in inner], (-1, 3))
         return cls(canvas, inner, outer, drawable, np.concatenate([common.astype(np.float64), rims]))
 
+    def region(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Boolean (H, W): where `image` (the picture the band was read from, its object `mask`) draws the band —
+        the edge's own rings (one each side), the rim's rings inside it, the pixels of the outer rings that are
+        not the canvas (a cast shadow, a halo), and the picture's frame: the pixels a style draws, not the
+        object's inside nor the plain background around it (`--mask-region edge`)."""
+        pixels = np.asarray(image, np.float64)
+        ring_in, _ = _rings(mask, inside=True)
+        ring_out, _ = _rings(mask, inside=False)
+        rim = (ring_in >= 1) & (ring_in <= max(1, len(self.inner)))
+        drawn = np.linalg.norm(pixels - self.canvas, axis=-1) > RIM_TOLERANCE
+        around = (ring_out == 1) | ((ring_out >= 1) & (ring_out <= len(self.outer)) & drawn)
+        return rim | around | ~self.drawable
+
     def allows(self, colour: tuple[int, int, int]) -> bool:
         """Whether a view may fill its outline with `colour`: far from every colour the band draws with."""
         return bool(

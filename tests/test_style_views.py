@@ -196,3 +196,67 @@ def test_inside_the_frame_on_a_wide_image():
 
     inside = _inside((10, 20), 2)
     assert inside.sum() == 6 * 16 and inside[2:8, 2:18].all()
+
+
+def test_the_edge_region_is_the_rim_the_shadow_and_the_frame_not_the_inside_nor_the_background_beyond():
+    """`--mask-region edge`: what a style draws — not the body past its rim, not the plain background away from
+    the object (the edge's own outer ring aside)."""
+    from scipy.ndimage import distance_transform_edt
+
+    from ostaf.edge_band import inside_frame
+
+    pixels, mask = styled()
+    region = EdgeBand.of(pixels, mask, frame=3).region(pixels, mask)
+    for drawn in ((pixels == RIM).all(-1), (pixels == SHADE).all(-1), ~inside_frame(mask.shape, 3)):
+        assert drawn.any() and region[drawn].all()
+    assert not region[disc((32, 30), 10.5)].any()  # the body inside the 2 px rim
+    away = (distance_transform_edt(~mask) > 1.5) & (pixels == BG).all(-1)
+    assert away.sum() > 1000 and not region[away].any()
+    no_rim, _ = styled(rim=BODY, frame=0)  # no rim, no frame: the edge's own ring inside, the shadow outside
+    bare = EdgeBand.of(no_rim, mask).region(no_rim, mask)
+    assert region[mask].sum() > bare[mask].sum() > 0 and not bare[disc((32, 30), 11.5)].any()
+    assert not bare[~inside_frame(mask.shape, 3) & (no_rim == BG).all(-1)].any()
+
+
+def test_the_edge_loss_counts_the_band_only_and_only_from_its_start_step(tmp_path):
+    """The masked loss on `--mask-region edge` averages the band's latent cells (the frame's, not the body's), and
+    before `--masked-loss-start` the run is the plain run, bit for bit."""
+    from ostaf.checkpoint import load_checkpoint
+    from ostaf.mechanisms.masked_loss import MaskedLoss, masked_mse
+    from ostaf.train import prepare, sample_batch, train
+
+    pixels, mask = styled()
+    path = tmp_path / "styled.png"
+    Image.fromarray(pixels).save(path)
+    edge = dict(attribute="style", class_name="blue plain circle", masked_loss=True, mask_region="edge")
+    setup = prepare(tiny_config(path, tmp_path / "e", **edge, mask_dilation=0, masked_loss_start=2))
+    masked = setup.mechanism(MaskedLoss)
+    cells = masked.masks[0, 0]
+    h, w = cells.shape
+    cell_y, cell_x = 64 // h, 64 // w
+    body = disc((32, 30), 10.5)
+    for y in range(h):
+        for x in range(w):
+            if body[y * cell_y : (y + 1) * cell_y, x * cell_x : (x + 1) * cell_x].all():
+                assert cells[y, x] == 0  # the body past the rim is not learned
+    assert (cells[0] == 1).all() and (cells[:, -1] == 1).all()  # the frame is
+    batch = sample_batch(setup, torch.Generator().manual_seed(0))
+    pred = torch.randn(batch.latents.shape, generator=torch.Generator().manual_seed(1))
+    target = torch.zeros_like(pred)
+    masked.enter_step(setup, 1)
+    assert masked.reduce(pred, target, None, batch) is None  # before its start: the whole picture's mean
+    masked.enter_step(setup, 2)
+    torch.testing.assert_close(
+        masked.reduce(pred, target, None, batch), masked_mse(pred, target, masked.masks[batch.pick])
+    )
+
+    def trained(name: str, **options) -> dict:
+        style = dict(attribute="style", class_name="blue plain circle", steps=2)
+        return load_checkpoint(
+            train(tiny_config(path, tmp_path / name, **(style | options)), progress=False).out
+        ).tensors
+
+    plain = trained("plain")
+    late, early = trained("late", **edge, masked_loss_start=2), trained("early", **edge)  # 2 steps: 0 and 1
+    assert all(torch.equal(plain[k], late[k]) for k in plain)
+    assert any(not torch.equal(plain[k], early[k]) for k in plain)

@@ -4,7 +4,7 @@ One module per mechanism (config fields live in `ostaf.config`, grouped and name
 training mechanism is a class implementing `base.Mechanism` (built from its config fields or absent, hooks
 around each step) listed in `registry.REGISTRY`; the training loop calls the hooks and names none of them.
 
-    masked_loss   --masked-loss                 the denoising loss counts only inside the reference mask
+    masked_loss   --masked-loss, --mask-region  the denoising loss counts only in the reference mask (or its edge band)
     schedule      --train-lam, --token-steps    λ drawn per sample while training; token-first phases
     timesteps     --timestep-range, --snr-gamma where in the noise schedule the loss looks (band, min-SNR-γ)
     contrastive   --nn-contrastive              InfoNCE keeping e* among its nearest vocabulary words

@@ -42,6 +42,8 @@ _STYLE_TRAIN = dict(trainable="blocks", views=10, timestep_range=[0.25, 1.0], st
 # frozen (`--token-steps`), each at its own rate
 _TOKEN_FIRST = dict(token_steps=STYLE_VIEWS.train["steps"], token_lr=STYLE_VIEWS.train["lr"])  # its token phase
 _STYLE_PIVOTAL = STYLE_VIEWS.train | _TOKEN_FIRST | dict(trainable="blocks", steps=600, lr=3e-4)
+_EDGE = "the band along its object's edge (`--masked-loss --mask-region edge`: rim, cast shadow, frame)"
+_EDGE_LOSS = dict(masked_loss=True, mask_region="edge", mask_dilation=0)
 _HYPER = "the hypernetwork's square matrices as rank-R factors (`--hyper-rank`; issue 17: does quality change?)"
 _REFERENCE = dict(reference_attention=2.0)
 _VECTORS = "a placeholder of two vectors (`--num-vectors 2`), for the values CLIP spells with two tokens (hex·agon)"
@@ -443,6 +445,20 @@ METHODS: dict[str, Recipe] = {
             "reference's own outline and colours",
             generate=STYLE_VIEWS.generate,
             **(_STYLE_PIVOTAL | dict(view_loss_weight=4.0)),
+        ),
+        _method(
+            "style-views+pivotal+edge-loss",
+            f"{_STYLE_VIEWS}: as `style-views+pivotal`, the blocks' phase learning the reference only on {_EDGE}: the "
+            "weights are not asked to draw the reference's inside, nor its background",
+            generate=STYLE_VIEWS.generate,
+            **(_STYLE_PIVOTAL | _EDGE_LOSS | dict(masked_loss_start=_TOKEN_FIRST["token_steps"])),
+        ),
+        _method(
+            "style-views+edge-loss",
+            f"{_STYLE_VIEWS}: as `style-views`, the token learning the reference only on {_EDGE}: its look is "
+            "the prompt's words', not the token's",
+            generate=STYLE_VIEWS.generate,
+            **(STYLE_VIEWS.train | _EDGE_LOSS),
         ),
         _method(
             "appearance-views+pivotal",
