@@ -179,6 +179,31 @@ def test_a_job_scored_before_a_scoring_change_is_scored_again_from_its_images(tm
     assert jobs.run_job(config, "token", ref) == [{"trained": True}]
 
 
+def test_a_job_of_a_method_redefined_since_it_ran_is_run_again(tmp_path, monkeypatch):
+    from ostaf.io import write_json
+    from ostaf.recipes import Recipe
+    from ostaf.world import jobs, methods
+    from ostaf.world.experiment import ExperimentConfig
+
+    ref, _ = _rimmed_answer()
+    config = ExperimentConfig(
+        references=1, kind="novel", attributes=["style"], methods=["token"], lams=[1.0], seeds=[0], num_steps=3,
+        compose=[], out=str(tmp_path),
+    )  # fmt: skip
+    job = tmp_path / "runs" / "token" / ref.id
+    done = [{"method": "token", "reference": ref.id, "attribute": "style", "lam": 1.0, "seed": 0}]
+    jobs.save_rows(config, job, "token", "style", done)
+    monkeypatch.setattr(jobs, "_run_job", lambda *a: [{"trained": True}])
+    assert jobs.run_job(config, "token", ref) == done  # the same method: read back
+    old = methods.METHODS["token"]
+    monkeypatch.setitem(methods.METHODS, "token", Recipe("token", old.description, old.train | {"steps": 7}))
+    assert jobs.run_job(config, "token", ref) == [{"trained": True}]  # its options changed: trained again
+    monkeypatch.setitem(methods.METHODS, "token", old)
+    legacy = {k: v for k, v in jobs.job_key(config, "token", "style").items() if k != "options"}
+    write_json(job / jobs.ROWS, {"key": legacy, "score": SCORE_VERSION["style"], "rows": done})
+    assert jobs.run_job(config, "token", ref) == done  # saved before options were keyed: read back as it was
+
+
 def test_gap_closed_is_the_share_of_the_floor_to_limit_gap():
     bounds = [
         {"method": "floor", "reference": "r", "attribute": "appearance", "lam": 1.0, "appearance_dist": 1.2},

@@ -1,6 +1,6 @@
 """One job of the world experiment: train one method on one reference (or compose two checkpoints), generate the
-λ sweep, score it; a finished job is read back from its `rows.json` when its settings are the same (and scored
-again from its images when the scoring changed since)."""
+λ sweep, score it; a finished job is read back from its `rows.json` when its settings and its method's options are
+the same (and scored again from its images when the scoring changed since)."""
 
 from __future__ import annotations
 
@@ -97,11 +97,21 @@ ROWS = "rows.json"  # a finished job's scored rows, beside its images: a rerun s
 
 
 def job_key(config: ExperimentConfig, method: str, attribute: str) -> dict:
+    """What a job's rows depend on: the experiment's shared settings and, for a trained method, its own options
+    (`options`: a method redefined since the job ran is run again)."""
     key = {k: getattr(config, k) for k in JOB_FIELDS}
     if method != "words" and not is_compose(method):
         settings = config.settings(method, attribute)
         key |= {k: v for k, v in settings.items() if k != "lam" and (k != "token_lr" or v)}  # 0: as before it
+        recipe = method_recipe(method, attribute)
+        key["options"] = {"train": recipe.train, "generate": recipe.generate}
     return json.loads(json.dumps(key))  # as it reads back from JSON (tuples → lists)
+
+
+def same_job(saved: dict, key: dict) -> bool:
+    """Whether a saved job's key is `key`; a key saved before the methods' options were keyed (no `options`) is
+    compared without them: the committed results' jobs are read back as they were run."""
+    return saved == (key if "options" in saved else {k: v for k, v in key.items() if k != "options"})
 
 
 def finished_rows(
@@ -114,7 +124,7 @@ def finished_rows(
     if not path.exists():
         return None
     saved = json.loads(path.read_text())
-    if saved.get("key") != job_key(config, method, attribute):
+    if not same_job(saved.get("key", {}), job_key(config, method, attribute)):
         return None
     if saved.get("score", 1) == SCORE_VERSION.get(attribute, 1):
         return saved["rows"]
