@@ -260,3 +260,15 @@ def test_the_edge_loss_counts_the_band_only_and_only_from_its_start_step(tmp_pat
     late, early = trained("late", **edge, masked_loss_start=2), trained("early", **edge)  # 2 steps: 0 and 1
     assert all(torch.equal(plain[k], late[k]) for k in plain)
     assert any(not torch.equal(plain[k], early[k]) for k in plain)
+
+
+def test_the_edge_loss_on_a_picture_without_a_foreground_says_how_to_give_one(tmp_path):
+    from ostaf.errors import OstafError
+    from ostaf.train import prepare
+
+    path = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(path)
+    config = tiny_config(path, tmp_path / "n", attribute="style", masked_loss=True, mask_region="edge")
+    with pytest.raises(OstafError, match="--mask-region edge needs the reference's foreground.*segment it"):
+        prepare(config)
+    assert not (tmp_path / "n").exists() or not any((tmp_path / "n").iterdir())  # nothing half-written

@@ -57,7 +57,7 @@ def edge_region(reference: Preprocessed) -> np.ndarray:
     from ostaf.edge_band import EdgeBand
     from ostaf.mechanisms.views import foreground, plain_background
 
-    mask = foreground(reference)
+    mask = foreground(reference, needed_by="--mask-region edge")
     pixels = np.asarray(reference.image.convert("RGB"))
     return EdgeBand.of(pixels, mask, plain_background(reference.image)[1]).region(pixels, mask)
 

@@ -103,10 +103,10 @@ def cast_shadow(pixels: np.ndarray, background: np.ndarray) -> np.ndarray:
     return (off <= SHADOW_TOLERANCE) & (along >= SHADOW_SHADE[0] * length) & (along <= SHADOW_SHADE[1] * length)
 
 
-def foreground(reference: Preprocessed) -> np.ndarray:
+def foreground(reference: Preprocessed, needed_by: str = "--views") -> np.ndarray:
     """The reference's foreground: its mask when segmented (not all True), else the pixels that differ from
     its plain background (inside a frame along its edge, if it has one), cast shadows left out; one clear
-    error when neither finds one."""
+    error, naming the option `needed_by` it, when neither finds one."""
     if not reference.mask.all():
         return reference.mask
     pixels = np.asarray(reference.image.convert("RGB"), dtype=np.float32)
@@ -116,7 +116,7 @@ def foreground(reference: Preprocessed) -> np.ndarray:
     share = mask.mean()
     if not 0.005 < share < 0.95:
         raise OstafError(
-            f"--views needs the reference's foreground: it has no mask and no plain background to find one "
+            f"{needed_by} needs the reference's foreground: it has no mask and no plain background to find one "
             f"({share:.0%} of the pixels differ from the border); segment it (--segment with SAM weights) or "
             "pass an `ostaf preprocess` folder with its mask.png"
         )

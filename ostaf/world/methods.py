@@ -245,6 +245,13 @@ METHODS: dict[str, Recipe] = {
             **VIEWS.train,
         ),
         _method(
+            "views+band400+edge-loss",
+            f"the `views` recipe as shipped, the reference learned only on {_EDGE}: its loss a mean over the cells "
+            "along the silhouette's edge, where the lobes and notches are, the views' over the whole picture",
+            generate=VIEWS.generate,
+            **(VIEWS.train | _EDGE_LOSS),
+        ),
+        _method(
             "views+band600+lambda",
             "the `views` recipe at 600 steps (half again the shipped 400: the lever that took 200 → 400 from 58 % "
             "to 68 % of the gap on validation)",
