@@ -510,3 +510,94 @@ def test_lam_range_reads_the_control_columns_over_part_of_the_sweep(tmp_path, ca
     assert whole["lam_rho"] == 0.39 and whole["text_drop"] == 1.0
     lam_range.main([str(tmp_path), "--lams", "0", "1"])
     assert "[0.0, 0.5, 1.0]" in capsys.readouterr().out
+
+
+def test_a_methods_own_sampler_settings_reach_its_generation_and_a_composition_keeps_the_experiments(
+    tmp_path, monkeypatch
+):
+    """A recipe's guidance (a generation option, as `views` has) wins over the experiment's for its own
+    references; a composition of two checkpoints samples at the experiment's."""
+    from PIL import Image
+
+    from ostaf.recipes import Recipe
+    from ostaf.sweep import PromptResult
+    from ostaf.world import experiment, jobs, methods
+    from ostaf.world.references import references
+
+    asked = []
+
+    def fake_generate(gen, pipe=None, progress=True):
+        asked.append(gen)
+        image = Image.new("RGB", (64, 64))
+        return [PromptResult(gen.prompt[0], {(lam, s): image for lam in gen.lam for s in gen.seeds}, image)]
+
+    monkeypatch.setattr("ostaf.train.train", lambda *a, **k: None)
+    monkeypatch.setattr("ostaf.generate.generate", fake_generate)
+    for name in (
+        "ostaf.models.load_pipeline",
+        "ostaf.checkpoint.load_checkpoint",
+        "ostaf.checkpoint.load_base_pipeline",
+    ):
+        monkeypatch.setattr(name, lambda *a, **k: None)
+    token = methods.METHODS["token"]
+    monkeypatch.setitem(methods.METHODS, "token", Recipe("token", "", token.train, {"guidance": 2.5}))
+    config = experiment.ExperimentConfig(out=str(tmp_path), seeds=[0], lams=[1.0], guidance=6.0, num_steps=4)
+    shape, look = (references(1, "validation", 0, (a,), "named")[0] for a in ("shape", "appearance"))
+    jobs.run_job(config, "token", shape)
+    assert (asked[-1].guidance, asked[-1].num_steps) == (2.5, 4)  # the method's guidance, the experiment's steps
+    jobs.run_job(config, "lora", shape)
+    assert asked[-1].guidance == 6.0  # a method without its own: the experiment's
+    jobs.run_job(config, "token", look)
+    jobs.run_compose(config, "token", shape, look)
+    assert asked[-1].guidance == 6.0 and len(asked[-1].ckpt) == 2
+
+
+def test_the_guidance_benchmark_generates_a_finished_experiments_checkpoints_at_each_scale(tmp_path, monkeypatch):
+    """benchmarks/guidance.py: each job's checkpoint generated again at every asked guidance (no training), on the
+    source's references, seeds and table λ; rows `<method>@g<scale>`; a job without its checkpoint is one error."""
+    import sys
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from PIL import Image
+
+    from ostaf.sweep import PromptResult
+    from ostaf.world.experiment import ExperimentConfig
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        import guidance
+    finally:
+        sys.path.pop(0)
+    source = tmp_path / "source"
+    config = ExperimentConfig(references=2, attributes=["shape"], kind="named", seeds=[0, 1], table_lam=1.0)
+    (source).mkdir()
+    (source / "results.json").write_text(json.dumps({"config": asdict(config)}))
+    refs = config.draw()
+    asked = []
+
+    def fake_generate(gen, pipe=None, progress=True):
+        asked.append(gen)
+        image = Image.new("RGB", (64, 64))
+        return [PromptResult(gen.prompt[0], {(lam, s): image for lam in gen.lam for s in gen.seeds}, image)]
+
+    monkeypatch.setattr("ostaf.generate.generate", fake_generate)
+    monkeypatch.setattr("ostaf.checkpoint.load_checkpoint", lambda *a, **k: None)
+    monkeypatch.setattr("ostaf.checkpoint.load_base_pipeline", lambda *a, **k: None)
+    with pytest.raises(SystemExit, match="has no checkpoint"):
+        guidance.main(
+            [str(source), "--methods", "views+band400+lambda", "--guidance", "2", "--out", str(tmp_path / "o")]
+        )
+    for ref in refs:
+        ckpt = source / "runs" / "views+band400+lambda" / ref.id / "ckpt"
+        ckpt.mkdir(parents=True)
+        (ckpt / "ostaf.json").write_text("{}")
+    out = tmp_path / "out"
+    guidance.main([str(source), "--methods", "views+band400+lambda", "--guidance", "2", "3.5", "--out", str(out)])
+    assert [(g.guidance, g.ckpt[0].split("/")[-2]) for g in asked] == [
+        (scale, ref.id) for scale in (2.0, 3.5) for ref in refs
+    ]
+    assert all(g.lam == [1.0] and g.seeds == [0, 1] and g.token_lambda for g in asked)  # the method's own options
+    rows = json.loads((out / "rows.json").read_text())
+    assert {r["method"] for r in rows} == {"views+band400+lambda@g2", "views+band400+lambda@g3.5"} and len(rows) == 8
+    assert "| views+band400+lambda@g3.5 | 2 |" in (out / "table.md").read_text()

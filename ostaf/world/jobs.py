@@ -54,16 +54,14 @@ def _generate(
     from ostaf.generate import generate
 
     rendered = list(lams) if reads_lambda(method, attribute) else [1.0]
-
+    sampler = {"num_steps": config.num_steps, "guidance": config.guidance}  # the experiment's, or the method's own
     gen = GenerateConfig(
-        **generate_options(method, attribute),
+        **(sampler | generate_options(method, attribute)),
         ckpt=ckpts,
         prompt=[prompt],
         lam=rendered,
         seeds=list(config.seeds),
         out=str(job / IMAGES),
-        num_steps=config.num_steps,
-        guidance=config.guidance,
         batch_size=len(rendered) * len(config.seeds),
         device="cpu",
         compose_switch=compose_switch,
@@ -76,7 +74,8 @@ def _generate(
     return PromptResult(result.prompt, images, result.grid)
 
 
-def _rows(images: dict, ref: Reference, method: str, world: WorldImage, seconds: float = 0.0) -> list[dict]:
+def scored_rows(images: dict, ref: Reference, method: str, world: WorldImage, seconds: float = 0.0) -> list[dict]:
+    """One row per generated image ((λ, seed) → image) of `method` on `ref`, with the world's exact metrics."""
     rows, scored = [], {}  # an image shown at several λ (`_generate`) is scored once
     for (lam, seed), image in images.items():
         if id(image) not in scored:
@@ -176,7 +175,7 @@ def _run_job(config: ExperimentConfig, method: str, ref: Reference) -> list[dict
     image = save_image(Image.fromarray(world.image), Path(config.out) / "references" / f"{ref.id}.png")
     started = time.perf_counter()
     if method == "words":
-        return _rows(_generate_words(config, ref, out), ref, method, world)
+        return scored_rows(_generate_words(config, ref, out), ref, method, world)
     train_config = TrainConfig(
         image=str(image),
         class_name=ref.class_name,
@@ -195,7 +194,7 @@ def _run_job(config: ExperimentConfig, method: str, ref: Reference) -> list[dict
     pipe = load_base_pipeline(load_checkpoint(ckpt))
     result = _generate(config, pipe, [ckpt], ref.prompt, config.lams, out, method, attribute=ref.attribute)
     save_image(result.grid, out / "grid.png")
-    return _rows(result.images, ref, method, world, seconds)
+    return scored_rows(result.images, ref, method, world, seconds)
 
 
 def _generate_words(config: ExperimentConfig, ref: Reference, out: Path) -> dict[tuple[float, int], Image.Image]:

@@ -608,6 +608,9 @@ def trains_as(method: str) -> list[str]:
     return [m for m, r in METHODS.items() if not r.generate and r.train == METHODS[method].train]
 
 
+SAMPLER_OPTIONS = ("num_steps", "guidance")  # a recipe's own sampler settings (else the experiment's)
+
+
 def generate_options(method: str, attribute: str | None = None) -> dict[str, Any]:
     """The generation options of `method` on `attribute`'s references. A composition (`compose/<method>`) takes
     both checkpoints' methods' options (a layered method's shape recipe blends its fine-tuned weights with
@@ -615,8 +618,9 @@ def generate_options(method: str, attribute: str | None = None) -> dict[str, Any
     base = composed_method(method)
     if base not in METHODS:
         return {}
-    if is_compose(method):
-        return {k: v for a in ("shape", "appearance") for k, v in method_recipe(base, a).generate.items()}
+    if is_compose(method):  # one sampler for the pair: the experiment's (a recipe's own is for its attribute)
+        pair = {k: v for a in ("shape", "appearance") for k, v in method_recipe(base, a).generate.items()}
+        return {k: v for k, v in pair.items() if k not in SAMPLER_OPTIONS}
     return dict(method_recipe(method, attribute).generate)
 
 
