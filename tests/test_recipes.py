@@ -54,8 +54,10 @@ def test_the_views_recipe_fine_tunes_the_encoder_with_eight_textured_views_as_me
     from ostaf.recipes import VIEWS
     from ostaf.world.methods import METHODS
 
-    shipped = METHODS["views+band400+lambda"]
+    shipped = METHODS["views+band400+g2.5"]
     assert (shipped.train, shipped.generate) == (VIEWS.train, VIEWS.generate)
+    at_five = METHODS["views+band400+lambda"]  # the rows measured at the experiment's guidance (5)
+    assert at_five.train == VIEWS.train and at_five.generate == {"token_lambda": True}
     band = {k: v for k, v in VIEWS.train.items() if k != "steps"}  # the rows measured at the world's 200 steps
     assert METHODS["views+band+lambda"].train == band
     before = band | {"timestep_range": [0.0, 1.0]}  # the rows measured before the band

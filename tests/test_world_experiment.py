@@ -449,8 +449,10 @@ def test_the_shipped_method_trains_and_generates_each_attribute_with_its_recipes
     shape, look = (references(1, "validation", 0, (a,), "named")[0] for a in ("shape", "appearance"))
     jobs.run_job(config, "shipped", shape)
     assert asked[-1].token_lambda and asked[-1].lam == [0.0, 1.0]  # the views recipe's knob, swept
+    assert asked[-1].guidance == 2.5 != config.guidance  # at the views recipe's own guidance
     jobs.run_job(config, "shipped", look)
     assert asked[-1].token_lambda and asked[-1].lam == [0.0, 1.0]  # the appearance views' knob, swept
+    assert asked[-1].guidance == config.guidance
     style = references(1, "validation", 0, ("style",), "named")[0]
     jobs.run_job(config, "shipped", style)
     assert asked[-1].token_lambda and asked[-1].lam == [0.0, 1.0]  # the style token's knob, swept

@@ -31,6 +31,9 @@ _VIEWS = (
 )
 _TEXTURED = dict(trainable="blocks", views=8, view_textures=True)  # the `views` recipe before it took the band
 _BAND_VIEWS = _TEXTURED | dict(timestep_range=[0.25, 1.0])  # the `views` recipe on the band, 200 steps (its rows)
+SAMPLER_OPTIONS = ("num_steps", "guidance")  # a recipe's own sampler settings (else the experiment's)
+# the `views` recipe's generation without its own guidance: the rows its variants measured at the experiment's (5)
+_VIEWS_KNOB = {k: v for k, v in VIEWS.generate.items() if k not in SAMPLER_OPTIONS}
 _EXTENDED_BAND = {k: v for k, v in APPEARANCE_VIEWS.train.items() if k != "steps"}  # its rows at the world's 200
 _STYLE_VIEWS = (
     "10 style views (`--views 10` on a style): each a named outline in a named colour and texture with what the "
@@ -228,19 +231,26 @@ METHODS: dict[str, Recipe] = {
             "views+lambda",
             "the `views` recipe before the band: λ blends its fine-tuned weights from the base's and its placeholder "
             "from the nearest word at generation (`--token-lambda`)",
-            generate=VIEWS.generate,
+            generate=_VIEWS_KNOB,
             **_TEXTURED,
         ),
         _method(
             "views+band+lambda",
             f"the `views` recipe on the band, 200 steps (as shipped before 400): textured views trained on {_BAND}, "
             "λ a strength",
-            generate=VIEWS.generate,
+            generate=_VIEWS_KNOB,
             **_BAND_VIEWS,
         ),
         _method(
             "views+band400+lambda",
-            "the `views` recipe as shipped: textured views trained on the band for 400 steps (twice the world's)",
+            "the `views` recipe's training as shipped (textured views on the band, 400 steps: twice the world's), "
+            "generated at the experiment's guidance (the world's 5: the recipe's until it took 2.5)",
+            generate=_VIEWS_KNOB,
+            **VIEWS.train,
+        ),
+        _method(
+            "views+band400+g2.5",
+            "the `views` recipe as shipped: its training, generated at its own guidance (2.5)",
             generate=VIEWS.generate,
             **VIEWS.train,
         ),
@@ -248,45 +258,45 @@ METHODS: dict[str, Recipe] = {
             "views+band400+edge-loss",
             f"the `views` recipe as shipped, the reference learned only on {_EDGE}: its loss a mean over the cells "
             "along the silhouette's edge, where the lobes and notches are, the views' over the whole picture",
-            generate=VIEWS.generate,
+            generate=_VIEWS_KNOB,
             **(VIEWS.train | _EDGE_LOSS),
         ),
         _method(
             "views+band600+lambda",
             "the `views` recipe at 600 steps (half again the shipped 400: the lever that took 200 → 400 from 58 % "
             "to 68 % of the gap on validation)",
-            generate=VIEWS.generate,
+            generate=_VIEWS_KNOB,
             **(_BAND_VIEWS | dict(steps=600)),
         ),
         _method(
             "views+band400-b2+lambda",
             "the `views` recipe, 400 steps of 2 samples in one batch (`--batch-size 2 --grad-accum 1`: "
             "the samples of 400 steps at the default accumulation of 2, in half the U-Net passes)",
-            generate=VIEWS.generate,
+            generate=_VIEWS_KNOB,
             **(_BAND_VIEWS | dict(steps=400, batch_size=2, grad_accum=1)),
         ),
         _method(
             "views+band-lr2e-3+lambda",
             "the `views` recipe on the band at 200 steps and twice the world's rate (lr 2e-3)",
-            generate=VIEWS.generate,
+            generate=_VIEWS_KNOB,
             **(_BAND_VIEWS | dict(lr=2e-3)),
         ),
         _method(
             "views+band0.1+lambda",
             "the `views` recipe at 200 steps, the band widened to the noisy nine tenths (`--timestep-range 0.1 1`)",
-            generate=VIEWS.generate,
+            generate=_VIEWS_KNOB,
             **(_BAND_VIEWS | dict(timestep_range=[0.1, 1.0])),
         ),
         _method(
             "views+zoom+band+lambda",
             "the `views` recipe at 200 steps, every other view's silhouette enlarged to fill the frame (`--view-zoom`)",
-            generate=VIEWS.generate,
+            generate=_VIEWS_KNOB,
             **(_BAND_VIEWS | dict(view_zoom=True)),
         ),
         _method(
             "views16+band+lambda",
             "the `views` recipe at 200 steps with 16 views (every palette colour twice, the textures in turn)",
-            generate=VIEWS.generate,
+            generate=_VIEWS_KNOB,
             **(_BAND_VIEWS | dict(views=16)),
         ),
         _method(
@@ -489,7 +499,7 @@ METHODS: dict[str, Recipe] = {
             "appearance-views+band+lambda",
             f"the `views` recipe's idea on an appearance: blocks fine-tuned with {_VIEWS[0].lower()}{_VIEWS[1:]}, "
             f"on {_BAND}, λ a strength",
-            generate=VIEWS.generate,
+            generate=_VIEWS_KNOB,
             trainable="blocks",
             views=4,
             timestep_range=[0.25, 1.0],
@@ -497,7 +507,7 @@ METHODS: dict[str, Recipe] = {
         _method(
             "views400+lambda",
             "the `views` recipe before the band, 400 steps (twice the world's)",
-            generate=VIEWS.generate,
+            generate=_VIEWS_KNOB,
             **_TEXTURED,
             steps=400,
         ),
@@ -606,9 +616,6 @@ def trains_as(method: str) -> list[str]:
     if not METHODS[method].generate:
         return []
     return [m for m, r in METHODS.items() if not r.generate and r.train == METHODS[method].train]
-
-
-SAMPLER_OPTIONS = ("num_steps", "guidance")  # a recipe's own sampler settings (else the experiment's)
 
 
 def generate_options(method: str, attribute: str | None = None) -> dict[str, Any]:
