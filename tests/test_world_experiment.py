@@ -515,31 +515,16 @@ def test_lam_range_reads_the_control_columns_over_part_of_the_sweep(tmp_path, ca
 
 
 def test_a_methods_own_sampler_settings_reach_its_generation_and_a_composition_keeps_the_experiments(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, asked
 ):
     """A recipe's guidance (a generation option, as `views` has) wins over the experiment's for its own
     references; a composition of two checkpoints samples at the experiment's."""
-    from PIL import Image
-
     from ostaf.recipes import Recipe
-    from ostaf.sweep import PromptResult
     from ostaf.world import experiment, jobs, methods
     from ostaf.world.references import references
 
-    asked = []
-
-    def fake_generate(gen, pipe=None, progress=True):
-        asked.append(gen)
-        image = Image.new("RGB", (64, 64))
-        return [PromptResult(gen.prompt[0], {(lam, s): image for lam in gen.lam for s in gen.seeds}, image)]
-
     monkeypatch.setattr("ostaf.train.train", lambda *a, **k: None)
-    monkeypatch.setattr("ostaf.generate.generate", fake_generate)
-    for name in (
-        "ostaf.models.load_pipeline",
-        "ostaf.checkpoint.load_checkpoint",
-        "ostaf.checkpoint.load_base_pipeline",
-    ):
+    for name in ("ostaf.checkpoint.load_checkpoint", "ostaf.checkpoint.load_base_pipeline"):
         monkeypatch.setattr(name, lambda *a, **k: None)
     token = methods.METHODS["token"]
     monkeypatch.setitem(methods.METHODS, "token", Recipe("token", "", token.train, {"guidance": 2.5}))
@@ -554,16 +539,15 @@ def test_a_methods_own_sampler_settings_reach_its_generation_and_a_composition_k
     assert asked[-1].guidance == 6.0 and len(asked[-1].ckpt) == 2
 
 
-def test_the_guidance_benchmark_generates_a_finished_experiments_checkpoints_at_each_scale(tmp_path, monkeypatch):
+def test_the_guidance_benchmark_generates_a_finished_experiments_checkpoints_at_each_scale(
+    tmp_path, monkeypatch, asked
+):
     """benchmarks/guidance.py: each job's checkpoint generated again at every asked guidance (no training), on the
     source's references, seeds and table λ; rows `<method>@g<scale>`; a job without its checkpoint is one error."""
     import sys
     from dataclasses import asdict
     from pathlib import Path
 
-    from PIL import Image
-
-    from ostaf.sweep import PromptResult
     from ostaf.world.experiment import ExperimentConfig
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -573,17 +557,9 @@ def test_the_guidance_benchmark_generates_a_finished_experiments_checkpoints_at_
         sys.path.pop(0)
     source = tmp_path / "source"
     config = ExperimentConfig(references=2, attributes=["shape"], kind="named", seeds=[0, 1], table_lam=1.0)
-    (source).mkdir()
+    source.mkdir()
     (source / "results.json").write_text(json.dumps({"config": asdict(config)}))
     refs = config.draw()
-    asked = []
-
-    def fake_generate(gen, pipe=None, progress=True):
-        asked.append(gen)
-        image = Image.new("RGB", (64, 64))
-        return [PromptResult(gen.prompt[0], {(lam, s): image for lam in gen.lam for s in gen.seeds}, image)]
-
-    monkeypatch.setattr("ostaf.generate.generate", fake_generate)
     monkeypatch.setattr("ostaf.checkpoint.load_checkpoint", lambda *a, **k: None)
     monkeypatch.setattr("ostaf.checkpoint.load_base_pipeline", lambda *a, **k: None)
     with pytest.raises(SystemExit, match="has no checkpoint"):
