@@ -19,8 +19,7 @@ from pathlib import Path
 from ostaf.images import save_image
 from ostaf.io import atomic_write, write_json
 from ostaf.world.experiment import ExperimentConfig, unnamed_bounds
-from ostaf.world.jobs import IMAGES, scored_rows
-from ostaf.world.methods import generate_options
+from ostaf.world.jobs import generate_sweep, scored_rows
 from ostaf.world.table import summarise, table_markdown, with_gap_closed
 
 
@@ -36,8 +35,6 @@ def experiment_of(source: Path) -> ExperimentConfig:
 def regenerate(config: ExperimentConfig, source: Path, out: Path, method: str, guidance: float) -> list[dict]:
     """`method`'s checkpoints in `source` generated at `guidance` (the table λ, every seed), scored."""
     from ostaf.checkpoint import load_base_pipeline, load_checkpoint
-    from ostaf.config import GenerateConfig
-    from ostaf.generate import generate
 
     name, rows = f"{method}@g{guidance:g}", []
     for ref in config.draw():
@@ -45,19 +42,11 @@ def regenerate(config: ExperimentConfig, source: Path, out: Path, method: str, g
         if not (ckpt / "ostaf.json").is_file():
             raise SystemExit(f"{ckpt} has no checkpoint: run {method} in {source} first (its jobs keep them)")
         job = out / "runs" / name / ref.id
-        gen = GenerateConfig(
-            **(generate_options(method, ref.attribute) | {"guidance": guidance}),
-            ckpt=[str(ckpt)],
-            prompt=[ref.prompt],
-            lam=[config.table_lam],
-            seeds=list(config.seeds),
-            out=str(job / IMAGES),
-            num_steps=config.num_steps,
-            batch_size=len(config.seeds),
-            device="cpu",
-        )
         pipe = load_base_pipeline(load_checkpoint(str(ckpt)))  # fresh: a pipeline takes one placeholder per name
-        result = generate(gen, pipe=pipe, progress=False)[0]
+        lam = [config.table_lam]
+        result = generate_sweep(
+            config, pipe, [str(ckpt)], ref.prompt, lam, job, method, attribute=ref.attribute, guidance=guidance
+        )
         save_image(result.grid, job / "grid.png")
         rows += scored_rows(result.images, ref, name, ref.world())
         print(f"{name:40s} {ref.id}", flush=True)

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 IMAGES = "images"  # each job's sweep folder (a `SweepIndex`) under runs/<method>/<reference>/
 
 
-def _generate(
+def generate_sweep(
     config: ExperimentConfig,
     pipe,
     ckpts: list[str],
@@ -47,16 +47,19 @@ def _generate(
     compose_switch: float = 0.0,
     attribute: str | None = None,
     compose_look: str = "late",
+    guidance: float | None = None,
 ):
     """The λ sweep of `ckpts`; where λ cannot change the images (`reads_lambda`), one λ rendered and shown
-    at each λ of the sweep (the rows and curves keep their shape: flat, as they are)."""
+    at each λ of the sweep (the rows and curves keep their shape: flat, as they are). `guidance`: a scale that
+    replaces the experiment's and the method's (`benchmarks/guidance.py`)."""
     from ostaf.config import GenerateConfig
     from ostaf.generate import generate
 
     rendered = list(lams) if reads_lambda(method, attribute) else [1.0]
     sampler = {"num_steps": config.num_steps, "guidance": config.guidance}  # the experiment's, or the method's own
+    asked = {} if guidance is None else {"guidance": guidance}
     gen = GenerateConfig(
-        **(sampler | generate_options(method, attribute)),
+        **(sampler | generate_options(method, attribute) | asked),
         ckpt=ckpts,
         prompt=[prompt],
         lam=rendered,
@@ -192,7 +195,7 @@ def _run_job(config: ExperimentConfig, method: str, ref: Reference) -> list[dict
     seconds = time.perf_counter() - started
     ckpt = str(out / "ckpt")
     pipe = load_base_pipeline(load_checkpoint(ckpt))
-    result = _generate(config, pipe, [ckpt], ref.prompt, config.lams, out, method, attribute=ref.attribute)
+    result = generate_sweep(config, pipe, [ckpt], ref.prompt, config.lams, out, method, attribute=ref.attribute)
     save_image(result.grid, out / "grid.png")
     return scored_rows(result.images, ref, method, world, seconds)
 
@@ -236,7 +239,9 @@ def run_compose(
     if done is not None:
         return done
     pipe = load_pipeline(config.model)
-    result = _generate(config, pipe, ckpts, COMPOSE_PROMPTS[form], config.lams, job, name, switch, compose_look=look)
+    result = generate_sweep(
+        config, pipe, ckpts, COMPOSE_PROMPTS[form], config.lams, job, name, switch, compose_look=look
+    )
     save_image(result.grid, job / "grid.png")
     shape_world, look_world = shape_ref.world(), look_ref.world()
     rows = [
